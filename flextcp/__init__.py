@@ -1,0 +1,1 @@
+"""flextcp package."""

@@ -1,0 +1,39 @@
+/*
+ * flowtab.h -- the shared flow table: fixed-size records (struct tas_flow)
+ * plus an open-addressing hash index from 4-tuple to flow id.
+ * The index has a single writer (SP); FP cores only read it.  A slot is
+ * published with a release store after the record is complete, so a
+ * reader that finds a slot sees a filled record (it still re-checks the
+ * 4-tuple and status).  Python twin: flextcp/flowtab.py.
+ */
+
+/* Hash slot values: 0 empty, all-ones tombstone, else
+ * (hash << 32) | (flow_id + 1). */
+#define TAS_HASH_EMPTY 0
+
+struct tas_ft {
+    struct tas_ft_hdr *hdr;
+    struct tas_flow *flows;
+    uint64_t *hash;
+    uint32_t n_flows;
+    uint32_t hash_mask;
+};
+
+uint64_t tas_ft_bytes(uint32_t n_flows);
+int tas_ft_init(void *mem, uint32_t n_flows);
+/* n_flows is what the caller expects; fails if the region is too small. */
+int tas_ft_attach(struct tas_ft *ft, void *mem, uint64_t len, uint32_t n_flows);
+
+uint32_t tas_flow_hash(uint32_t local_ip, uint16_t local_port,
+                       uint32_t remote_ip, uint16_t remote_port);
+/* Flow id of an installed (status != FREE) flow with this 4-tuple, or -1. */
+int64_t tas_ft_lookup(struct tas_ft *ft, uint32_t local_ip, uint16_t local_port,
+                      uint32_t remote_ip, uint16_t remote_port);
+/* Index flow_id under the 4-tuple stored in its record.  SP only.
+ * 0, or -1 if the index is full or the tuple is already present. */
+int tas_ft_insert(struct tas_ft *ft, uint32_t flow_id);
+/* Remove flow_id from the index (tombstone).  SP only.  0 or -1. */
+int tas_ft_remove(struct tas_ft *ft, uint32_t flow_id);
+
+void tas_flow_lock(struct tas_flow *f);
+void tas_flow_unlock(struct tas_flow *f);

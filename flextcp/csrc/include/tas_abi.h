@@ -1,0 +1,285 @@
+/*
+ * tas_abi.h -- the one shared-memory ABI of the stack.
+ *
+ * Every structure that crosses a process boundary is defined here, once.
+ * The cffi builder (build_native.py) feeds this file to ffi.cdef() after
+ * stripping preprocessor lines other than integer #defines, so it must stay
+ * "cdef-clean": no macros with arguments, no attributes (padding is
+ * explicit), no inline code.  tests/test_abi.py asserts sizes and offsets.
+ *
+ * Who writes what is said on every field: SP = slow path (kernel_slowpath),
+ * FP = fast path (flextcp, one process per core), APP = libtas in an
+ * application.  Anything an APP writes is untrusted by SP and FP.
+ *
+ * Positions in flow buffers are absolute 64-bit byte counts since the flow
+ * opened ("bytes ever written/consumed"); a buffer offset is pos & (len-1).
+ * Entries that carry positions are therefore idempotent: a replayed or
+ * reordered update can never move a position backwards.
+ */
+
+#define TAS_ABI_VERSION 1
+#define TAS_CACHELINE 64
+#define TAS_MAX_CORES 16
+#define TAS_MAX_CTX 4096
+#define TAS_CTX_MAGIC 0x54415343
+#define TAS_FT_MAGIC 0x54414654
+
+/* ------------------------------------------------------------------ */
+/* SPSC ring: head and tail on their own cache lines.                  */
+/* Slots follow the header; slots is a power of two.                   */
+/* ------------------------------------------------------------------ */
+struct tas_ring_hdr {
+    uint64_t head;          /* producer: entries ever enqueued */
+    uint8_t pad0[56];
+    uint64_t tail;          /* consumer: entries ever dequeued */
+    uint8_t pad1[56];
+    uint32_t slots;         /* SP at creation */
+    uint32_t entry_size;    /* SP at creation, multiple of 8 */
+    uint8_t pad2[56];
+};
+
+/* Process-local view of a ring.  The index of the side this process owns
+ * is kept privately in `own` so a hostile peer overwriting the shared
+ * header cannot make us read or write outside the ring. */
+struct tas_ring {
+    struct tas_ring_hdr *hdr;
+    uint8_t *slots;
+    uint64_t own;           /* private head (producer) or tail (consumer) */
+    uint64_t mask;
+    uint32_t entry_size;
+    uint32_t is_producer;
+    uint64_t corrupt;       /* times the peer's index was out of range */
+};
+
+/* ------------------------------------------------------------------ */
+/* Application context queue entries                                    */
+/* ------------------------------------------------------------------ */
+#define TAS_ATX_UPDATE 1    /* new rx_tail / tx_head positions */
+#define TAS_ATX_ENTRY_SIZE 32
+
+/* APP -> FP, one ring per (context, FP core). */
+struct tas_atx {
+    uint32_t flow_id;       /* global flow id as given at open */
+    uint16_t gen;           /* flow generation as given at open */
+    uint16_t kind;          /* TAS_ATX_* */
+    uint64_t rx_tail;       /* bytes the app consumed (absolute) */
+    uint64_t tx_head;       /* bytes the app wrote (absolute) */
+    uint64_t rsvd;
+};
+
+#define TAS_ARX_RX 1        /* rx_head moved (data or FIN) */
+#define TAS_ARX_TX 2        /* tx_acked moved: send space freed */
+#define TAS_ARX_ENTRY_SIZE 16
+
+/* FP -> APP, one ring per (context, FP core). */
+struct tas_arx {
+    uint32_t flow_id;
+    uint16_t gen;
+    uint16_t kind;          /* TAS_ARX_* bits */
+    uint64_t rsvd;
+};
+
+/* Stack-written, app-read per-flow block inside the context region.
+ * The app may scribble on it; the stack never reads it back. */
+#define TAS_AF_RX_FIN 1     /* peer sent FIN: rx_head is final */
+#define TAS_AF_RESET 2      /* connection reset */
+#define TAS_AF_TX_FIN_ACKED 4
+
+struct tas_appflow {
+    uint64_t rx_head;       /* FP/SP: in-order bytes placed in rx buffer */
+    uint64_t tx_acked;      /* FP/SP: bytes acknowledged by the peer */
+    uint32_t flags;         /* FP/SP: TAS_AF_* */
+    uint32_t flow_id;
+    uint32_t rx_off;        /* SP: rx buffer offset in the region */
+    uint32_t rx_len;        /* SP: power of two */
+    uint32_t tx_off;
+    uint32_t tx_len;
+    uint16_t gen;
+    uint8_t pad[18];
+};
+
+/* First page of each context region.  Written by SP at creation except
+ * the armed words.  FP never trusts this header: it computes the layout
+ * itself (tas_ctx_layout) from values SP handed it. */
+struct tas_ctx_hdr {
+    uint32_t magic;
+    uint32_t abi_version;
+    uint64_t region_len;
+    uint32_t ctx_id;
+    uint32_t n_cores;
+    uint32_t atx_slots;
+    uint32_t arx_slots;
+    uint64_t heap_off;      /* first byte usable for flow buffers */
+    uint8_t pad0[24];
+    uint32_t app_armed;     /* APP: 1 while it sleeps on its eventfd */
+    uint8_t pad1[60];
+    uint32_t fp_armed[16];  /* FP core c: 1 while it sleeps */
+};
+
+/* ------------------------------------------------------------------ */
+/* Flow table (SP and FP only; apps never map it)                       */
+/* ------------------------------------------------------------------ */
+#define TAS_FLOW_FREE 0
+#define TAS_FLOW_ACTIVE 1     /* FP handles data/ACK segments */
+#define TAS_FLOW_SLOWPATH 2   /* every segment goes to SP */
+
+#define TAS_FF_TS 1           /* timestamps negotiated */
+#define TAS_FF_SACK 2         /* SACK permitted both ways */
+#define TAS_FF_WSCALE 4       /* window scaling negotiated */
+#define TAS_FF_ECN 8
+#define TAS_FF_RX_FIN 16      /* FP: in-order FIN received */
+#define TAS_FF_TX_FIN 32      /* SP: app closed its send side at tx_head */
+#define TAS_FF_FIN_SENT 64    /* FP: FIN transmitted at least once */
+#define TAS_FF_FIN_ACKED 128  /* FP: our FIN acknowledged */
+#define TAS_FF_IN_TXQ 256     /* FP: flow is on its core's tx ready queue */
+#define TAS_FF_NODELAY 512
+#define TAS_FF_RECOVERY 1024  /* FP: in fast recovery (NewReno) */
+#define TAS_FF_ACK_NOW 2048   /* FP: an ACK must go out at batch end */
+#define TAS_FF_DETACHED 4096  /* SP: app closed; no more app notifications */
+
+#define TAS_OOO_RANGES 4
+
+/* 256 bytes, four cache lines grouped by writer. */
+struct tas_flow {
+    /* line 0: identity and setup, SP at install */
+    uint32_t lock;          /* FP/SP: spinlock, 0 free */
+    uint16_t gen;           /* SP: bumped on each install */
+    uint16_t status;        /* SP: TAS_FLOW_* */
+    uint32_t flags;         /* FP/SP under lock: TAS_FF_* */
+    uint32_t ctx_id;        /* SP: owning context */
+    uint32_t local_ip;      /* SP: host byte order */
+    uint32_t remote_ip;
+    uint16_t local_port;
+    uint16_t remote_port;
+    uint8_t remote_mac[6];
+    uint8_t snd_wscale;     /* SP: shift applied to the peer's windows */
+    uint8_t rcv_wscale;     /* SP: shift applied to our windows */
+    uint16_t mss;           /* SP: max payload per segment we send */
+    uint16_t core;          /* SP: home FP core (TX) */
+    uint32_t rx_off;        /* SP: rx buffer offset in context region */
+    uint32_t rx_len;        /* SP: power of two */
+    uint32_t tx_off;
+    uint32_t tx_len;
+    uint32_t appflow_off;   /* SP: tas_appflow offset in context region */
+    uint32_t rx_seq0;       /* SP: sequence number of rx byte 0 (IRS+1) */
+    uint32_t tx_seq0;       /* SP: sequence number of tx byte 0 (ISS+1) */
+    uint8_t pad0[4];
+
+    /* line 1: receive side, FP */
+    uint64_t rx_head;       /* in-order bytes received */
+    uint64_t rx_tail;       /* bytes the app consumed (validated) */
+    uint64_t rx_adv;        /* right edge of the window we advertised (abs) */
+    uint32_t ts_recent;     /* peer's TSval to echo */
+    uint16_t unacked_segs;  /* segments received since our last ACK */
+    uint16_t pad1;
+    uint32_t ooo_start[4];  /* out-of-order ranges [start, end) as the low */
+    uint32_t ooo_end[4];    /* 32 bits of absolute rx positions; start==end: empty */
+
+    /* line 2: transmit side, FP (SP under lock for RTO) */
+    uint64_t tx_head;       /* bytes the app wrote (validated) */
+    uint64_t tx_una;        /* bytes acknowledged */
+    uint64_t tx_nxt;        /* next byte to send */
+    uint64_t tx_max;        /* highest byte ever sent + 1 */
+    uint64_t tx_recover;    /* NewReno recovery point */
+    uint32_t snd_wnd;       /* peer's window in bytes, scaled */
+    uint32_t snd_wl1;       /* seq of segment used for last window update */
+    uint32_t snd_wl2;       /* ack of that segment */
+    uint16_t dupacks;
+    uint16_t rto_backoff;   /* SP: consecutive RTO expirations */
+
+    /* line 3: timing, congestion, counters */
+    uint32_t cwnd;          /* bytes; FP grows it on ACK, SP cuts on RTO */
+    uint32_t ssthresh;
+    uint32_t srtt_us;       /* 0 until the first sample */
+    uint32_t rttvar_us;
+    uint32_t rto_us;
+    uint32_t rto_start_us;  /* FP: when the oldest unacked byte's timer began */
+    uint32_t last_rx_us;    /* FP: time of the last segment received */
+    uint32_t pad3;
+    uint64_t cnt_acked;     /* FP: bytes acknowledged (for CC) */
+    uint64_t cnt_rexmit;    /* FP/SP: segments retransmitted */
+    uint64_t cnt_rx_segs;
+    uint64_t cnt_tx_segs;
+};
+
+/* Flow table region header.  Hash slots follow the flow records. */
+struct tas_ft_hdr {
+    uint32_t magic;
+    uint32_t abi_version;
+    uint32_t n_flows;       /* SP */
+    uint32_t n_hash;        /* SP: power of two, >= 2 * n_flows */
+    uint64_t flows_off;
+    uint64_t hash_off;
+    uint8_t pad[32];
+};
+
+/* ------------------------------------------------------------------ */
+/* Slow-path queues (one pair per FP core)                              */
+/* ------------------------------------------------------------------ */
+#define TAS_KQ_ENTRY_SIZE 2048
+#define TAS_KQ_DATA 2016
+
+#define TAS_KRX_PACKET 1      /* a frame the fast path does not handle */
+#define TAS_KRX_FLOW 2        /* flow event(s), bits in `events` */
+
+#define TAS_EV_FIN_RCVD 1     /* in-order FIN received */
+#define TAS_EV_FIN_ACKED 2    /* our FIN was acknowledged */
+#define TAS_EV_APP_GONE 4
+
+/* FP -> SP */
+struct tas_krx {
+    uint16_t kind;
+    uint16_t len;           /* frame bytes in data[] */
+    uint32_t flow_id;       /* TAS_KRX_FLOW */
+    uint32_t events;        /* TAS_EV_* */
+    uint32_t core;
+    uint64_t now_us;
+    uint64_t rsvd;
+    uint8_t data[2016];
+};
+
+#define TAS_KTX_FRAME 1       /* transmit data[0:len] as is */
+#define TAS_KTX_KICK 2        /* flow_id needs transmit attention */
+#define TAS_KTX_FRAME_TS 3    /* frame with a TCP timestamp option to stamp */
+
+/* SP -> FP */
+struct tas_ktx {
+    uint16_t kind;
+    uint16_t len;
+    uint32_t flow_id;
+    uint32_t rsvd0;
+    uint32_t rsvd1;
+    uint64_t rsvd2;
+    uint64_t rsvd3;
+    uint8_t data[2016];
+};
+
+/* ------------------------------------------------------------------ */
+/* Per-FP-core counters, in a shared region SP reads for `tas stats`.   */
+/* ------------------------------------------------------------------ */
+struct tas_fp_stats {
+    uint64_t polls;           /* loop iterations */
+    uint64_t busy_polls;      /* iterations that did work */
+    uint64_t sleeps;          /* times the core blocked */
+    uint64_t rx_frames;
+    uint64_t rx_bytes;
+    uint64_t tx_frames;
+    uint64_t tx_bytes;
+    uint64_t rx_fast;         /* segments handled entirely on the fast path */
+    uint64_t to_slowpath;     /* frames handed to SP */
+    uint64_t krx_full;        /* frames dropped: SP queue full */
+    uint64_t acks_sent;
+    uint64_t data_segs_sent;
+    uint64_t rexmit_fast;     /* fast retransmits */
+    uint64_t rexmit_segs;     /* segments sent again (any cause) */
+    uint64_t ooo_segs;        /* segments kept out of order */
+    uint64_t ooo_dropped;     /* out-of-order segments we had no range for */
+    uint64_t dup_segs;        /* segments entirely old */
+    uint64_t beyond_window;   /* segments (parts) beyond our window */
+    uint64_t atx_bad;         /* invalid application entries dropped */
+    uint64_t arx_full;        /* app notifications not posted (ring full) */
+    uint64_t ring_corrupt;    /* app ring indices out of range */
+    uint64_t tap_errors;
+    uint64_t drops[16];       /* malformed frames by -TAS_DROP_* reason */
+    uint64_t pad[2];
+};

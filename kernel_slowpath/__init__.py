@@ -1,0 +1,1 @@
+"""kernel_slowpath package."""

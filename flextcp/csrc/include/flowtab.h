@@ -6,6 +6,11 @@
  * reader that finds a slot sees a filled record (it still re-checks the
  * 4-tuple and status).  Python twin: flextcp/flowtab.py.
  */
+#ifndef TAS_FLOWTAB_H
+#define TAS_FLOWTAB_H
+#include <stdint.h>
+#include "tas_abi.h"
+
 
 /* Hash slot values: 0 empty, all-ones tombstone, else
  * (hash << 32) | (flow_id + 1). */
@@ -37,3 +42,5 @@ int tas_ft_remove(struct tas_ft *ft, uint32_t flow_id);
 
 void tas_flow_lock(struct tas_flow *f);
 void tas_flow_unlock(struct tas_flow *f);
+
+#endif /* TAS_FLOWTAB_H */

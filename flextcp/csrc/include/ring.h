@@ -3,6 +3,11 @@
  * Release/acquire ordering with __atomic builtins; batch operations so
  * Python crosses into C once per batch.  Python twin: flextcp/ring.py.
  */
+#ifndef TAS_RING_H
+#define TAS_RING_H
+#include <stdint.h>
+#include "tas_abi.h"
+
 
 /* Bytes a ring with `slots` entries of `entry_size` bytes occupies. */
 uint64_t tas_ring_bytes(uint32_t slots, uint32_t entry_size);
@@ -31,3 +36,5 @@ uint32_t tas_ring_dequeue_n(struct tas_ring *r, void *dst, uint32_t n);
  * peer's index is out of range. */
 uint32_t tas_ring_count(struct tas_ring *r);
 uint32_t tas_ring_free(struct tas_ring *r);
+
+#endif /* TAS_RING_H */

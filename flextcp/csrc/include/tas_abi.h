@@ -16,6 +16,10 @@
  * Entries that carry positions are therefore idempotent: a replayed or
  * reordered update can never move a position backwards.
  */
+#ifndef TAS_ABI_H
+#define TAS_ABI_H
+#include <stdint.h>
+
 
 #define TAS_ABI_VERSION 1
 #define TAS_CACHELINE 64
@@ -136,6 +140,10 @@ struct tas_ctx_hdr {
 #define TAS_FF_RECOVERY 1024  /* FP: in fast recovery (NewReno) */
 #define TAS_FF_ACK_NOW 2048   /* FP: an ACK must go out at batch end */
 #define TAS_FF_DETACHED 4096  /* SP: app closed; no more app notifications */
+#define TAS_FF_FIN_OUT 8192   /* FP: FIN is outstanding beyond tx_nxt */
+#define TAS_FF_PROBE 16384    /* SP: send one byte past a zero window */
+#define TAS_FF_REXMIT_HEAD 32768 /* FP: retransmit one segment at tx_una */
+#define TAS_FF_IN_ACKQ 65536  /* FP: on this poll's ACK queue */
 
 #define TAS_OOO_RANGES 4
 
@@ -283,3 +291,5 @@ struct tas_fp_stats {
     uint64_t drops[16];       /* malformed frames by -TAS_DROP_* reason */
     uint64_t pad[2];
 };
+
+#endif /* TAS_ABI_H */

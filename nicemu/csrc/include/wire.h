@@ -6,6 +6,11 @@
  * All multi-byte values in struct tas_pkt and struct tas_seg are in HOST
  * byte order; the kernels do the byte swapping.
  */
+#ifndef TAS_WIRE_H
+#define TAS_WIRE_H
+#include <stdint.h>
+#include "tas_abi.h"
+
 
 /* tas_parse_frame() result classes (>= 0) and drop reasons (< 0). */
 #define TAS_PK_TCP 1
@@ -131,3 +136,5 @@ uint32_t tas_build_tcp(uint8_t *out, uint32_t cap, const struct tas_seg *s,
 
 /* Length of the TCP options tas_build_tcp would emit for s. */
 uint32_t tas_tcp_opts_len(const struct tas_seg *s);
+
+#endif /* TAS_WIRE_H */

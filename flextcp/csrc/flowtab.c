@@ -1,0 +1,246 @@
+/*
+ * flowtab.c -- shared flow table.  See include/flowtab.h.
+ *
+ * Region layout (all offsets computed here, never read back from the
+ * header): struct tas_ft_hdr (64 B), n_flows struct tas_flow (256 B each,
+ * 64-B aligned), n_hash uint64_t hash slots, n_hash = next power of two
+ * >= 2 * n_flows.  The index uses linear probing.  Slot values:
+ * 0 empty, UINT64_MAX tombstone, else (hash << 32) | (flow_id + 1).
+ */
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "tas_abi.h"
+#include "flowtab.h"
+
+#define FT_TOMB UINT64_MAX
+#define FT_MAX_FLOWS (1u << 30)
+
+_Static_assert(sizeof(struct tas_ft_hdr) == 64, "tas_ft_hdr size");
+_Static_assert(sizeof(struct tas_flow) == 256, "tas_flow size");
+
+static uint32_t ft_n_hash(uint32_t n_flows)
+{
+    uint32_t n = 2;
+
+    while (n < 2 * n_flows)
+        n <<= 1;
+    return n;
+}
+
+static uint64_t ft_flows_off(void)
+{
+    return sizeof(struct tas_ft_hdr);
+}
+
+static uint64_t ft_hash_off(uint32_t n_flows)
+{
+    return ft_flows_off() + (uint64_t)n_flows * sizeof(struct tas_flow);
+}
+
+uint64_t tas_ft_bytes(uint32_t n_flows)
+{
+    if (n_flows == 0 || n_flows > FT_MAX_FLOWS)
+        return 0;
+    return ft_hash_off(n_flows) + (uint64_t)ft_n_hash(n_flows) * sizeof(uint64_t);
+}
+
+int tas_ft_init(void *mem, uint32_t n_flows)
+{
+    struct tas_ft_hdr *h = mem;
+    uint64_t len = tas_ft_bytes(n_flows);
+
+    if (mem == NULL || len == 0)
+        return -1;
+    memset(mem, 0, len);
+    h->n_flows = n_flows;
+    h->n_hash = ft_n_hash(n_flows);
+    h->flows_off = ft_flows_off();
+    h->hash_off = ft_hash_off(n_flows);
+    h->abi_version = TAS_ABI_VERSION;
+    __atomic_store_n(&h->magic, TAS_FT_MAGIC, __ATOMIC_RELEASE);
+    return 0;
+}
+
+int tas_ft_attach(struct tas_ft *ft, void *mem, uint64_t len, uint32_t n_flows)
+{
+    struct tas_ft_hdr *h = mem;
+    uint64_t need = tas_ft_bytes(n_flows);
+
+    if (ft == NULL || mem == NULL || need == 0 || len < need)
+        return -1;
+    if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != TAS_FT_MAGIC ||
+        h->abi_version != TAS_ABI_VERSION || h->n_flows != n_flows ||
+        h->n_hash != ft_n_hash(n_flows) || h->flows_off != ft_flows_off() ||
+        h->hash_off != ft_hash_off(n_flows))
+        return -1;
+    ft->hdr = h;
+    ft->flows = (struct tas_flow *)((uint8_t *)mem + ft_flows_off());
+    ft->hash = (uint64_t *)((uint8_t *)mem + ft_hash_off(n_flows));
+    ft->n_flows = n_flows;
+    ft->hash_mask = ft_n_hash(n_flows) - 1;
+    return 0;
+}
+
+static inline uint32_t rotl32(uint32_t x, int r)
+{
+    return (x << r) | (x >> (32 - r));
+}
+
+static inline uint32_t mm3_block(uint32_t h, uint32_t k)
+{
+    k *= 0xcc9e2d51u;
+    k = rotl32(k, 15);
+    k *= 0x1b873593u;
+    h ^= k;
+    h = rotl32(h, 13);
+    return h * 5 + 0xe6546b64u;
+}
+
+/* MurmurHash3 x86_32 of the three 32-bit words (local_ip, remote_ip,
+ * local_port << 16 | remote_port), seed 0x9747b28c. */
+uint32_t tas_flow_hash(uint32_t local_ip, uint16_t local_port,
+                       uint32_t remote_ip, uint16_t remote_port)
+{
+    uint32_t h = 0x9747b28cu;
+
+    h = mm3_block(h, local_ip);
+    h = mm3_block(h, remote_ip);
+    h = mm3_block(h, ((uint32_t)local_port << 16) | remote_port);
+    h ^= 12;
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35u;
+    h ^= h >> 16;
+    return h;
+}
+
+static int flow_matches(const struct tas_flow *f, uint32_t local_ip,
+                        uint16_t local_port, uint32_t remote_ip,
+                        uint16_t remote_port)
+{
+    return f->local_ip == local_ip && f->remote_ip == remote_ip &&
+           f->local_port == local_port && f->remote_port == remote_port &&
+           __atomic_load_n(&f->status, __ATOMIC_RELAXED) != TAS_FLOW_FREE;
+}
+
+int64_t tas_ft_lookup(struct tas_ft *ft, uint32_t local_ip, uint16_t local_port,
+                      uint32_t remote_ip, uint16_t remote_port)
+{
+    uint32_t h = tas_flow_hash(local_ip, local_port, remote_ip, remote_port);
+    uint64_t i = h & ft->hash_mask;
+    uint64_t step;
+
+    for (step = 0; step <= ft->hash_mask; step++, i = (i + 1) & ft->hash_mask) {
+        uint64_t s = __atomic_load_n(&ft->hash[i], __ATOMIC_ACQUIRE);
+        uint32_t fid;
+
+        if (s == TAS_HASH_EMPTY)
+            return -1;
+        if (s == FT_TOMB || (uint32_t)(s >> 32) != h)
+            continue;
+        fid = (uint32_t)s - 1;
+        if (fid < ft->n_flows &&
+            flow_matches(&ft->flows[fid], local_ip, local_port, remote_ip,
+                         remote_port))
+            return fid;
+    }
+    return -1;
+}
+
+int tas_ft_insert(struct tas_ft *ft, uint32_t flow_id)
+{
+    const struct tas_flow *f;
+    uint32_t h;
+    uint64_t i, step, target = UINT64_MAX;
+
+    if (flow_id >= ft->n_flows)
+        return -1;
+    f = &ft->flows[flow_id];
+    h = tas_flow_hash(f->local_ip, f->local_port, f->remote_ip, f->remote_port);
+    i = h & ft->hash_mask;
+    for (step = 0; step <= ft->hash_mask; step++, i = (i + 1) & ft->hash_mask) {
+        uint64_t s = ft->hash[i];    /* single writer: plain load */
+        uint32_t fid;
+
+        if (s == TAS_HASH_EMPTY) {
+            if (target == UINT64_MAX)
+                target = i;
+            break;
+        }
+        if (s == FT_TOMB) {
+            if (target == UINT64_MAX)
+                target = i;
+            continue;
+        }
+        fid = (uint32_t)s - 1;
+        if (fid == flow_id)
+            return -1;      /* already indexed */
+        if ((uint32_t)(s >> 32) == h && fid < ft->n_flows &&
+            flow_matches(&ft->flows[fid], f->local_ip, f->local_port,
+                         f->remote_ip, f->remote_port))
+            return -1;      /* tuple already present */
+    }
+    if (target == UINT64_MAX)
+        return -1;          /* index full */
+    __atomic_store_n(&ft->hash[target], ((uint64_t)h << 32) | (flow_id + 1),
+                     __ATOMIC_RELEASE);
+    return 0;
+}
+
+int tas_ft_remove(struct tas_ft *ft, uint32_t flow_id)
+{
+    const struct tas_flow *f;
+    uint32_t h;
+    uint64_t i, step, want;
+
+    if (flow_id >= ft->n_flows)
+        return -1;
+    f = &ft->flows[flow_id];
+    h = tas_flow_hash(f->local_ip, f->local_port, f->remote_ip, f->remote_port);
+    want = ((uint64_t)h << 32) | (flow_id + 1);
+    i = h & ft->hash_mask;
+    for (step = 0; step <= ft->hash_mask; step++, i = (i + 1) & ft->hash_mask) {
+        uint64_t s = ft->hash[i];
+
+        if (s == TAS_HASH_EMPTY)
+            return -1;
+        if (s != want)
+            continue;
+        __atomic_store_n(&ft->hash[i], FT_TOMB, __ATOMIC_RELEASE);
+        /* If the next slot is empty no probe path runs through this one:
+         * turn it and any tombstones right before it back into EMPTY so
+         * tombstones do not accumulate.  Safe with concurrent readers: a
+         * reader reaching these slots would stop at the empty one anyway. */
+        if (ft->hash[(i + 1) & ft->hash_mask] == TAS_HASH_EMPTY) {
+            uint64_t j = i, n;
+
+            for (n = 0; n <= ft->hash_mask && ft->hash[j] == FT_TOMB; n++) {
+                __atomic_store_n(&ft->hash[j], TAS_HASH_EMPTY, __ATOMIC_RELEASE);
+                j = (j - 1) & ft->hash_mask;
+            }
+        }
+        return 0;
+    }
+    return -1;
+}
+
+void tas_flow_lock(struct tas_flow *f)
+{
+    while (__atomic_exchange_n(&f->lock, 1, __ATOMIC_ACQUIRE) != 0) {
+        while (__atomic_load_n(&f->lock, __ATOMIC_RELAXED) != 0) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+            __asm__ volatile("yield");
+#endif
+        }
+    }
+}
+
+void tas_flow_unlock(struct tas_flow *f)
+{
+    __atomic_store_n(&f->lock, 0, __ATOMIC_RELEASE);
+}

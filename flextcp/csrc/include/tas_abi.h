@@ -248,7 +248,7 @@ struct tas_krx {
 
 #define TAS_KTX_FRAME 1       /* transmit data[0:len] as is */
 #define TAS_KTX_KICK 2        /* flow_id needs transmit attention */
-#define TAS_KTX_FRAME_TS 3    /* frame with a TCP timestamp option to stamp */
+#define TAS_KTX_RX 4          /* process data[0:len] as a received frame */
 
 /* SP -> FP */
 struct tas_ktx {

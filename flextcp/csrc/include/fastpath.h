@@ -3,6 +3,11 @@
  * fast-path process; Python (flextcp/loop.py) calls tas_fp_poll() in a loop
  * and only decides when to sleep.  All per-packet work happens inside.
  */
+#ifndef TAS_FASTPATH_H
+#define TAS_FASTPATH_H
+#include <stdint.h>
+#include "tas_abi.h"
+
 
 struct tas_fp;
 
@@ -54,3 +59,11 @@ struct tas_ctx_layout {
 };
 void tas_ctx_layout(uint32_t n_cores, uint32_t atx_slots, uint32_t arx_slots,
                     struct tas_ctx_layout *out);
+
+/* Armed-flag doorbell protocol helpers: a sequentially consistent store
+ * followed by a full fence (the sleeper arms, then re-checks its queues),
+ * and a fenced load (the producer publishes, then reads the flag). */
+void tas_armed_set(uint32_t *flag, uint32_t value);
+uint32_t tas_armed_get(uint32_t *flag);
+
+#endif /* TAS_FASTPATH_H */

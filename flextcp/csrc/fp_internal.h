@@ -1,0 +1,85 @@
+/*
+ * fp_internal.h -- private state of the fast-path engine (not cdef'd).
+ */
+#ifndef FP_INTERNAL_H
+#define FP_INTERNAL_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "tas_abi.h"
+#include "ring.h"
+#include "flowtab.h"
+#include "wire.h"
+#include "fastpath.h"
+#include "tcp_common.h"
+
+#define FP_FRAME_MAX 2048
+#define FP_RX_BATCH_MAX 64
+#define FP_ATX_BATCH 64
+#define FP_KTX_BATCH 32
+#define FP_SEGS_PER_VISIT 16
+
+/* Drop reasons the fast path adds after the wire parser's (indices 14, 15). */
+#define FP_DROP_WRONG_DST_IP 14
+#define FP_DROP_WRONG_DST_MAC 15
+#define FP_DROP_NO_CTX 0         /* flow whose context this core has not mapped */
+
+struct fp_ctx {
+    uint8_t *base;
+    uint64_t len;
+    int evfd;
+    uint32_t id;
+    struct tas_ring atx;        /* we consume */
+    struct tas_ring arx;        /* we produce */
+    uint32_t notify;            /* posted ARX entries since last kick */
+    uint32_t listed;            /* on the active list */
+};
+
+struct tas_fp {
+    struct tas_fp_config cfg;
+    struct tas_ft ft;
+    struct tas_ring krx;        /* we produce */
+    struct tas_ring ktx;        /* we consume */
+    struct tas_fp_stats *st;
+    struct fp_ctx *ctx[TAS_MAX_CTX];
+    uint32_t active[TAS_MAX_CTX];   /* ids of registered contexts */
+    uint32_t n_active;
+
+    /* transmit ready queue: flow ids (FIFO ring, capacity n_flows + 1) */
+    uint32_t *txq;
+    uint32_t txq_cap, txq_head, txq_tail;
+
+    /* flows that need an ACK at the end of this poll */
+    uint32_t *ackq;
+    uint32_t n_ack;
+
+    /* per-flow "notified in this poll" stamp to coalesce ARX entries */
+    uint32_t *notif_stamp;
+    uint32_t poll_stamp;
+
+    uint32_t krx_posted;
+    uint64_t now_us;
+    uint8_t rxbuf[FP_RX_BATCH_MAX][FP_FRAME_MAX];
+    uint8_t txbuf[FP_FRAME_MAX];
+    uint8_t ktxbuf[FP_KTX_BATCH][TAS_KQ_ENTRY_SIZE];
+};
+
+/* fp_rx.c */
+void fp_rx_frame(struct tas_fp *fp, const uint8_t *frame, uint32_t len);
+/* fp_tx.c */
+void fp_txq_push(struct tas_fp *fp, uint32_t flow_id, struct tas_flow *f);
+uint32_t fp_tx_run(struct tas_fp *fp, uint32_t budget);
+void fp_send_ack(struct tas_fp *fp, struct tas_flow *f);
+void fp_flush_acks(struct tas_fp *fp);
+void fp_need_ack(struct tas_fp *fp, uint32_t flow_id, struct tas_flow *f);
+int fp_write_frame(struct tas_fp *fp, const uint8_t *frame, uint32_t len);
+/* fp_main.c */
+void fp_notify_app(struct tas_fp *fp, uint32_t flow_id, struct tas_flow *f, uint16_t kind);
+void fp_to_sp_frame(struct tas_fp *fp, const uint8_t *frame, uint32_t len);
+void fp_to_sp_event(struct tas_fp *fp, uint32_t flow_id, uint32_t events);
+struct tas_appflow *fp_appflow(struct tas_fp *fp, struct tas_flow *f);
+uint8_t *fp_buf(struct tas_fp *fp, struct tas_flow *f, int tx);
+
+#endif

@@ -1,0 +1,366 @@
+/*
+ * fp_main.c -- the fast-path engine's poll loop body, context registry and
+ * the queues to the slow path and to applications.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fp_internal.h"
+
+#define PAGE 4096u
+
+static uint64_t align_page(uint64_t v) { return (v + PAGE - 1) & ~(uint64_t)(PAGE - 1); }
+
+void tas_ctx_layout(uint32_t n_cores, uint32_t atx_slots, uint32_t arx_slots,
+                    struct tas_ctx_layout *out)
+{
+    memset(out, 0, sizeof(*out));
+    uint64_t off = PAGE;
+    for (uint32_t c = 0; c < n_cores && c < TAS_MAX_CORES; c++) {
+        out->atx_off[c] = off;
+        off = align_page(off + tas_ring_bytes(atx_slots, TAS_ATX_ENTRY_SIZE));
+        out->arx_off[c] = off;
+        off = align_page(off + tas_ring_bytes(arx_slots, TAS_ARX_ENTRY_SIZE));
+    }
+    out->heap_off = off;
+}
+
+uint64_t tas_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+struct tas_fp *tas_fp_create(const struct tas_fp_config *cfg)
+{
+    if (cfg->rx_batch == 0 || cfg->rx_batch > FP_RX_BATCH_MAX || cfg->n_flows == 0)
+        return NULL;
+    struct tas_fp *fp = calloc(1, sizeof(*fp));
+    if (!fp)
+        return NULL;
+    fp->cfg = *cfg;
+    fp->st = cfg->stats;
+    if (tas_ft_attach(&fp->ft, cfg->ft_mem, cfg->ft_len, cfg->n_flows) != 0)
+        goto fail;
+    if (tas_ring_attach(&fp->krx, cfg->krx_mem, cfg->kq_slots, TAS_KQ_ENTRY_SIZE, 1) != 0)
+        goto fail;
+    if (tas_ring_attach(&fp->ktx, cfg->ktx_mem, cfg->kq_slots, TAS_KQ_ENTRY_SIZE, 0) != 0)
+        goto fail;
+    fp->txq_cap = cfg->n_flows + 1;
+    fp->txq = calloc(fp->txq_cap, sizeof(uint32_t));
+    fp->ackq = calloc(cfg->n_flows, sizeof(uint32_t));
+    fp->notif_stamp = calloc(cfg->n_flows, sizeof(uint32_t));
+    if (!fp->txq || !fp->ackq || !fp->notif_stamp)
+        goto fail;
+    fp->poll_stamp = 1;
+    return fp;
+fail:
+    tas_fp_destroy(fp);
+    return NULL;
+}
+
+void tas_fp_destroy(struct tas_fp *fp)
+{
+    if (!fp)
+        return;
+    for (uint32_t i = 0; i < TAS_MAX_CTX; i++)
+        free(fp->ctx[i]);
+    free(fp->txq);
+    free(fp->ackq);
+    free(fp->notif_stamp);
+    free(fp);
+}
+
+int tas_fp_add_ctx(struct tas_fp *fp, uint32_t ctx_id, void *base, uint64_t len,
+                   int evfd, uint32_t atx_slots, uint32_t arx_slots)
+{
+    if (ctx_id >= TAS_MAX_CTX || fp->ctx[ctx_id])
+        return -1;
+    struct tas_ctx_layout lay;
+    tas_ctx_layout(fp->cfg.n_cores, atx_slots, arx_slots, &lay);
+    if (lay.heap_off > len)
+        return -1;
+    struct fp_ctx *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -1;
+    c->base = base;
+    c->len = len;
+    c->evfd = evfd;
+    c->id = ctx_id;
+    uint32_t core = fp->cfg.core;
+    if (tas_ring_attach(&c->atx, c->base + lay.atx_off[core], atx_slots, TAS_ATX_ENTRY_SIZE, 0) != 0 ||
+        tas_ring_attach(&c->arx, c->base + lay.arx_off[core], arx_slots, TAS_ARX_ENTRY_SIZE, 1) != 0) {
+        free(c);
+        return -1;
+    }
+    fp->ctx[ctx_id] = c;
+    fp->active[fp->n_active++] = ctx_id;
+    return 0;
+}
+
+int tas_fp_remove_ctx(struct tas_fp *fp, uint32_t ctx_id)
+{
+    if (ctx_id >= TAS_MAX_CTX || !fp->ctx[ctx_id])
+        return -1;
+    free(fp->ctx[ctx_id]);
+    fp->ctx[ctx_id] = NULL;
+    for (uint32_t i = 0; i < fp->n_active; i++) {
+        if (fp->active[i] == ctx_id) {
+            fp->active[i] = fp->active[--fp->n_active];
+            break;
+        }
+    }
+    return 0;
+}
+
+void tas_fp_set_armed(struct tas_fp *fp, uint32_t armed)
+{
+    for (uint32_t i = 0; i < fp->n_active; i++) {
+        struct tas_ctx_hdr *h = (struct tas_ctx_hdr *)fp->ctx[fp->active[i]]->base;
+        __atomic_store_n(&h->fp_armed[fp->cfg.core], armed, __ATOMIC_SEQ_CST);
+    }
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+void tas_armed_set(uint32_t *flag, uint32_t value)
+{
+    __atomic_store_n(flag, value, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+uint32_t tas_armed_get(uint32_t *flag)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return __atomic_load_n(flag, __ATOMIC_SEQ_CST);
+}
+
+/* The context of a flow and bounds-checked pointers into its region.  The
+ * offsets come from the slow path, but we still check them: a bug there
+ * must not turn into a write outside the region. */
+static struct fp_ctx *flow_ctx(struct tas_fp *fp, struct tas_flow *f)
+{
+    if (f->ctx_id >= TAS_MAX_CTX)
+        return NULL;
+    return fp->ctx[f->ctx_id];
+}
+
+struct tas_appflow *fp_appflow(struct tas_fp *fp, struct tas_flow *f)
+{
+    struct fp_ctx *c = flow_ctx(fp, f);
+    if (!c || (uint64_t)f->appflow_off + sizeof(struct tas_appflow) > c->len)
+        return NULL;
+    return (struct tas_appflow *)(c->base + f->appflow_off);
+}
+
+uint8_t *fp_buf(struct tas_fp *fp, struct tas_flow *f, int tx)
+{
+    struct fp_ctx *c = flow_ctx(fp, f);
+    uint32_t off = tx ? f->tx_off : f->rx_off;
+    uint32_t len = tx ? f->tx_len : f->rx_len;
+    if (!c || len == 0 || (len & (len - 1)) || (uint64_t)off + len > c->len)
+        return NULL;
+    return c->base + off;
+}
+
+void fp_notify_app(struct tas_fp *fp, uint32_t flow_id, struct tas_flow *f, uint16_t kind)
+{
+    struct fp_ctx *c = flow_ctx(fp, f);
+    if (!c)
+        return;
+    if (fp->notif_stamp[flow_id] == fp->poll_stamp) {
+        /* already notified in this poll: the app rereads the positions */
+        return;
+    }
+    struct tas_arx e = {.flow_id = flow_id, .gen = f->gen, .kind = kind};
+    if (tas_ring_enqueue_n(&c->arx, &e, 1) != 1) {
+        fp->st->arx_full++;
+        /* the app still sees the positions when it polls; kick it */
+    } else {
+        fp->notif_stamp[flow_id] = fp->poll_stamp;
+    }
+    if (!c->notify++ && !c->listed) {
+        c->listed = 1;
+    }
+}
+
+void fp_to_sp_frame(struct tas_fp *fp, const uint8_t *frame, uint32_t len)
+{
+    if (len > TAS_KQ_DATA) {
+        fp->st->krx_full++;
+        return;
+    }
+    uint8_t slot[TAS_KQ_ENTRY_SIZE];
+    struct tas_krx *k = (struct tas_krx *)slot;
+    memset(k, 0, offsetof(struct tas_krx, data));
+    k->kind = TAS_KRX_PACKET;
+    k->len = (uint16_t)len;
+    k->core = fp->cfg.core;
+    k->now_us = fp->now_us;
+    memcpy(k->data, frame, len);
+    if (tas_ring_enqueue_n(&fp->krx, slot, 1) != 1) {
+        fp->st->krx_full++;
+        return;
+    }
+    fp->st->to_slowpath++;
+    fp->krx_posted++;
+}
+
+void fp_to_sp_event(struct tas_fp *fp, uint32_t flow_id, uint32_t events)
+{
+    uint8_t slot[TAS_KQ_ENTRY_SIZE];
+    struct tas_krx *k = (struct tas_krx *)slot;
+    memset(k, 0, offsetof(struct tas_krx, data));
+    k->kind = TAS_KRX_FLOW;
+    k->flow_id = flow_id;
+    k->events = events;
+    k->core = fp->cfg.core;
+    k->now_us = fp->now_us;
+    if (tas_ring_enqueue_n(&fp->krx, slot, 1) != 1) {
+        fp->st->krx_full++;
+        return;
+    }
+    fp->krx_posted++;
+}
+
+static void kick(int fd)
+{
+    uint64_t one = 1;
+    ssize_t r = write(fd, &one, sizeof(one));
+    (void)r;
+}
+
+/* Application updates: validated, never trusted. */
+static uint32_t poll_apps(struct tas_fp *fp)
+{
+    struct tas_atx ents[FP_ATX_BATCH];
+    uint32_t work = 0;
+    for (uint32_t i = 0; i < fp->n_active; i++) {
+        struct fp_ctx *c = fp->ctx[fp->active[i]];
+        uint64_t corrupt = c->atx.corrupt;
+        uint32_t n = tas_ring_dequeue_n(&c->atx, ents, FP_ATX_BATCH);
+        if (c->atx.corrupt != corrupt)
+            fp->st->ring_corrupt++;
+        work += n;
+        for (uint32_t j = 0; j < n; j++) {
+            struct tas_atx *e = &ents[j];
+            if (e->flow_id >= fp->cfg.n_flows || e->kind != TAS_ATX_UPDATE) {
+                fp->st->atx_bad++;
+                continue;
+            }
+            struct tas_flow *f = &fp->ft.flows[e->flow_id];
+            tas_flow_lock(f);
+            if (f->status != TAS_FLOW_ACTIVE || f->ctx_id != c->id || f->gen != e->gen ||
+                (f->flags & TAS_FF_DETACHED)) {
+                tas_flow_unlock(f);
+                fp->st->atx_bad++;
+                continue;
+            }
+            int bad = 0;
+            if (e->tx_head > f->tx_head) {
+                if (e->tx_head - f->tx_una <= f->tx_len && !(f->flags & TAS_FF_TX_FIN)) {
+                    f->tx_head = e->tx_head;
+                    fp_txq_push(fp, e->flow_id, f);
+                } else {
+                    bad = 1;
+                }
+            }
+            if (e->rx_tail > f->rx_tail) {
+                if (e->rx_tail <= f->rx_head) {
+                    uint32_t old_wnd = (uint32_t)(f->rx_adv - f->rx_head);
+                    f->rx_tail = e->rx_tail;
+                    uint64_t right = f->rx_tail + f->rx_len;
+                    uint64_t grow = right - f->rx_adv;
+                    uint32_t thresh = f->rx_len / 2;
+                    if (thresh > 2u * f->mss)
+                        thresh = 2u * f->mss;
+                    /* window update when it opens meaningfully from small
+                     * (RFC 1122 4.2.3.3 receiver SWS avoidance) */
+                    if (right > f->rx_adv && grow >= thresh && old_wnd < f->rx_len / 2)
+                        fp_need_ack(fp, e->flow_id, f);
+                } else {
+                    bad = 1;
+                }
+            }
+            if (bad)
+                fp->st->atx_bad++;
+            tas_flow_unlock(f);
+        }
+    }
+    return work;
+}
+
+static uint32_t poll_sp(struct tas_fp *fp)
+{
+    uint32_t n = tas_ring_dequeue_n(&fp->ktx, fp->ktxbuf, FP_KTX_BATCH);
+    for (uint32_t i = 0; i < n; i++) {
+        struct tas_ktx *k = (struct tas_ktx *)fp->ktxbuf[i];
+        if (k->kind == TAS_KTX_FRAME && k->len <= TAS_KQ_DATA) {
+            fp_write_frame(fp, k->data, k->len);
+        } else if (k->kind == TAS_KTX_RX && k->len <= TAS_KQ_DATA) {
+            /* a segment the slow path handed back once it installed the
+             * flow (e.g. data riding on the handshake's last ACK) */
+            fp_rx_frame(fp, k->data, k->len);
+        } else if (k->kind == TAS_KTX_KICK && k->flow_id < fp->cfg.n_flows) {
+            struct tas_flow *f = &fp->ft.flows[k->flow_id];
+            tas_flow_lock(f);
+            if (f->status == TAS_FLOW_ACTIVE)
+                fp_txq_push(fp, k->flow_id, f);
+            tas_flow_unlock(f);
+        }
+    }
+    return n;
+}
+
+uint32_t tas_fp_poll(struct tas_fp *fp, uint64_t now_us)
+{
+    uint32_t work = 0;
+    fp->now_us = now_us;
+    fp->poll_stamp++;
+    if (fp->poll_stamp == 0)
+        fp->poll_stamp = 1;
+    fp->st->polls++;
+
+    /* 1. frames from the TAP */
+    for (uint32_t i = 0; i < fp->cfg.rx_batch; i++) {
+        ssize_t r = read(fp->cfg.tap_fd, fp->rxbuf[i], FP_FRAME_MAX);
+        if (r <= 0) {
+            if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                fp->st->tap_errors++;
+            break;
+        }
+        fp_rx_frame(fp, fp->rxbuf[i], (uint32_t)r);
+        work++;
+    }
+    /* 2. slow path commands, 3. application updates */
+    work += poll_sp(fp);
+    work += poll_apps(fp);
+    /* 4. transmit */
+    work += fp_tx_run(fp, fp->cfg.tx_batch);
+    /* 5. ACKs not piggybacked on data */
+    fp_flush_acks(fp);
+
+    /* 6. doorbells: apps (only if they sleep) and the slow path.  The
+     * fence orders our ring publication before reading the armed flags
+     * (the sleeper does the mirror image: arm, fence, re-check). */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    for (uint32_t i = 0; i < fp->n_active; i++) {
+        struct fp_ctx *c = fp->ctx[fp->active[i]];
+        if (c->notify) {
+            struct tas_ctx_hdr *h = (struct tas_ctx_hdr *)c->base;
+            if (__atomic_load_n(&h->app_armed, __ATOMIC_SEQ_CST))
+                kick(c->evfd);
+            c->notify = 0;
+            c->listed = 0;
+        }
+    }
+    if (fp->krx_posted) {
+        kick(fp->cfg.sp_evfd);
+        fp->krx_posted = 0;
+    }
+    if (work)
+        fp->st->busy_polls++;
+    return work;
+}

@@ -1,0 +1,376 @@
+/*
+ * fp_rx.c -- receive side of the fast path: one frame at a time, called in
+ * batches from tas_fp_poll().  Handles data and ACK segments of
+ * synchronised flows (RFC 9293 section 3.10.7.4, "SEGMENT ARRIVES",
+ * otherwise-case); SYN, RST, URG, unknown flows and non-TCP frames go to
+ * the slow path whole.
+ */
+#include "fp_internal.h"
+
+static const uint8_t BCAST[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+
+/* Copy payload into the rx ring at absolute position pos. */
+static void rx_copy(struct tas_fp *fp, struct tas_flow *f, uint64_t pos,
+                    const uint8_t *src, uint32_t len)
+{
+    uint8_t *buf = fp_buf(fp, f, 0);
+    if (!buf || len == 0)
+        return;
+    uint32_t mask = f->rx_len - 1;
+    uint32_t off = (uint32_t)pos & mask;
+    uint32_t first = f->rx_len - off;
+    if (first > len)
+        first = len;
+    memcpy(buf + off, src, first);
+    if (len > first)
+        memcpy(buf, src + first, len - first);
+}
+
+/* Record [start, end) (low 32 bits of absolute rx positions) as received
+ * out of order, merging with overlapping or adjacent ranges.  Returns 0 if
+ * there was no room (the caller drops the data). */
+static int ooo_add(struct tas_flow *f, uint32_t start, uint32_t end)
+{
+    int free_slot = -1;
+    for (int i = 0; i < TAS_OOO_RANGES; i++) {
+        uint32_t s = f->ooo_start[i], e = f->ooo_end[i];
+        if (s == e) {
+            if (free_slot < 0)
+                free_slot = i;
+            continue;
+        }
+        /* overlap or adjacency */
+        if (seq_le(start, e) && seq_ge(end, s)) {
+            if (seq_lt(start, s))
+                s = start;
+            if (seq_gt(end, e))
+                e = end;
+            f->ooo_start[i] = s;
+            f->ooo_end[i] = e;
+            /* the grown range may now touch others: fold them in */
+            for (int j = 0; j < TAS_OOO_RANGES; j++) {
+                if (j == i || f->ooo_start[j] == f->ooo_end[j])
+                    continue;
+                if (seq_le(f->ooo_start[j], f->ooo_end[i]) &&
+                    seq_ge(f->ooo_end[j], f->ooo_start[i])) {
+                    if (seq_lt(f->ooo_start[j], f->ooo_start[i]))
+                        f->ooo_start[i] = f->ooo_start[j];
+                    if (seq_gt(f->ooo_end[j], f->ooo_end[i]))
+                        f->ooo_end[i] = f->ooo_end[j];
+                    f->ooo_start[j] = f->ooo_end[j] = 0;
+                }
+            }
+            return 1;
+        }
+    }
+    if (free_slot < 0)
+        return 0;
+    f->ooo_start[free_slot] = start;
+    f->ooo_end[free_slot] = end;
+    return 1;
+}
+
+/* After in-order data advanced rx_head, absorb ranges it reached. */
+static void ooo_merge(struct tas_flow *f)
+{
+    int again = 1;
+    while (again) {
+        again = 0;
+        uint32_t head = (uint32_t)f->rx_head;
+        for (int i = 0; i < TAS_OOO_RANGES; i++) {
+            uint32_t s = f->ooo_start[i], e = f->ooo_end[i];
+            if (s == e)
+                continue;
+            if (seq_le(s, head)) {
+                if (seq_gt(e, head)) {
+                    f->rx_head += (uint32_t)(e - head);
+                    again = 1;
+                }
+                f->ooo_start[i] = f->ooo_end[i] = 0;
+            }
+        }
+    }
+}
+
+static int ooo_empty(const struct tas_flow *f)
+{
+    for (int i = 0; i < TAS_OOO_RANGES; i++)
+        if (f->ooo_start[i] != f->ooo_end[i])
+            return 0;
+    return 1;
+}
+
+/* ACK field processing.  Returns 0 if the segment must be dropped. */
+static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
+                  const struct tas_pkt *p, uint32_t seg_len)
+{
+    uint32_t una = flow_snd_una(f);
+    uint32_t snd_max = flow_snd_max(f);
+    uint32_t ack = p->ack;
+    uint32_t events = 0;
+
+    if (seq_gt(ack, snd_max)) {
+        /* acks something not yet sent: ACK and drop (RFC 9293) */
+        fp_need_ack(fp, id, f);
+        return 0;
+    }
+    int32_t acked = seq_diff(ack, una);
+    uint32_t win = (uint32_t)p->win << f->snd_wscale;
+
+    if (acked > 0) {
+        uint64_t bytes = (uint64_t)acked;
+        uint64_t outstanding = f->tx_max - f->tx_una;
+        if ((f->flags & TAS_FF_FIN_SENT) && ack == snd_max && bytes == outstanding + 1) {
+            bytes = outstanding;
+            f->flags |= TAS_FF_FIN_ACKED;
+            f->flags &= ~TAS_FF_FIN_OUT;
+            events |= TAS_EV_FIN_ACKED;
+        }
+        if (bytes > outstanding)
+            bytes = outstanding;
+        f->tx_una += bytes;
+        if (f->tx_nxt < f->tx_una)
+            f->tx_nxt = f->tx_una;
+        f->cnt_acked += bytes;
+        f->rto_backoff = 0;
+        f->rto_start_us = (uint32_t)fp->now_us;
+
+        if ((f->flags & TAS_FF_TS) && (p->opts & TAS_OPT_TS) && p->tsecr != 0) {
+            uint32_t now_ms = (uint32_t)(fp->now_us / 1000);
+            uint32_t r_ms = now_ms - p->tsecr;
+            if (r_ms < 60000)
+                flow_rtt_sample(f, r_ms * 1000 + 500);
+        }
+
+        /* window growth (NewReno, RFC 5681 / 6582) */
+        uint32_t mss = f->mss;
+        if (f->flags & TAS_FF_RECOVERY) {
+            if (f->tx_una >= f->tx_recover) {
+                f->flags &= ~TAS_FF_RECOVERY;
+                f->cwnd = f->ssthresh;
+            } else {
+                /* partial ACK: retransmit the next hole, deflate */
+                f->flags |= TAS_FF_REXMIT_HEAD;
+                f->cwnd = f->cwnd > bytes ? f->cwnd - (uint32_t)bytes : mss;
+                f->cwnd += mss;
+            }
+        } else if (f->cwnd < f->ssthresh) {
+            f->cwnd += (uint32_t)u64_min(bytes, 2u * mss);
+        } else {
+            uint32_t inc = (uint32_t)(((uint64_t)mss * bytes) / (f->cwnd ? f->cwnd : 1));
+            f->cwnd += inc ? inc : 1;
+        }
+        f->dupacks = 0;
+        if (!(f->flags & TAS_FF_DETACHED)) {
+            struct tas_appflow *af = fp_appflow(fp, f);
+            if (af) {
+                __atomic_store_n(&af->tx_acked, f->tx_una, __ATOMIC_RELEASE);
+                if (events & TAS_EV_FIN_ACKED)
+                    af->flags |= TAS_AF_TX_FIN_ACKED;
+            }
+            fp_notify_app(fp, id, f, TAS_ARX_TX);
+        }
+        if (f->tx_head > f->tx_nxt || (f->flags & TAS_FF_TX_FIN))
+            fp_txq_push(fp, id, f);
+    } else if (acked == 0 && seg_len == 0 && !(p->tcp_flags & TAS_TCP_FIN) &&
+               f->tx_max > f->tx_una && win == f->snd_wnd) {
+        /* duplicate ACK */
+        f->dupacks++;
+        if (f->dupacks == 3 && !(f->flags & TAS_FF_RECOVERY)) {
+            uint64_t flight = f->tx_max - f->tx_una;
+            uint32_t half = (uint32_t)(flight / 2);
+            f->ssthresh = half > 2u * f->mss ? half : 2u * f->mss;
+            f->cwnd = f->ssthresh + 3u * f->mss;
+            f->tx_recover = f->tx_max;
+            f->flags |= TAS_FF_RECOVERY | TAS_FF_REXMIT_HEAD;
+            fp->st->rexmit_fast++;
+            fp_txq_push(fp, id, f);
+        } else if (f->dupacks > 3 && (f->flags & TAS_FF_RECOVERY)) {
+            f->cwnd += f->mss;
+            fp_txq_push(fp, id, f);
+        }
+    }
+
+    /* send window update (RFC 9293 SND.WL1/WL2 rule) */
+    if (seq_lt(f->snd_wl1, p->seq) ||
+        (f->snd_wl1 == p->seq && seq_le(f->snd_wl2, ack))) {
+        uint32_t old = f->snd_wnd;
+        f->snd_wnd = win;
+        f->snd_wl1 = p->seq;
+        f->snd_wl2 = ack;
+        if (win > old && f->tx_head > f->tx_nxt)
+            fp_txq_push(fp, id, f);
+    }
+    if (events)
+        fp_to_sp_event(fp, id, events);
+    return 1;
+}
+
+static void rx_segment(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
+                       const uint8_t *frame, const struct tas_pkt *p)
+{
+    const uint8_t *payload = frame + p->payload_off;
+    uint32_t plen = p->payload_len;
+    int fin = (p->tcp_flags & TAS_TCP_FIN) != 0;
+    uint32_t rcv_nxt = flow_rcv_nxt(f);
+    uint32_t wnd = flow_rcv_wnd(f);
+    uint32_t seg_len = plen + (fin ? 1 : 0);
+
+    f->cnt_rx_segs++;
+    f->last_rx_us = (uint32_t)fp->now_us;
+
+    /* PAWS (RFC 7323 section 5) */
+    if ((f->flags & TAS_FF_TS) && (p->opts & TAS_OPT_TS) &&
+        seq_lt(p->tsval, f->ts_recent)) {
+        fp->st->dup_segs++;
+        fp_need_ack(fp, id, f);
+        return;
+    }
+
+    /* acceptability test (RFC 9293 3.10.7.4, first check) */
+    int32_t off = seq_diff(p->seq, rcv_nxt);
+    int ok;
+    if (seg_len == 0)
+        ok = wnd == 0 ? off == 0 : (off >= 0 && (uint32_t)off < wnd) || off == 0;
+    else if (wnd == 0)
+        ok = 0;
+    else
+        ok = (off >= 0 && (uint32_t)off < wnd) ||
+             (off < 0 && (int64_t)off + (int64_t)seg_len > 0);
+    if (!ok) {
+        if (off < 0)
+            fp->st->dup_segs++;
+        else
+            fp->st->beyond_window++;
+        /* an unacceptable segment still carries a usable ACK if it is just
+         * a pure ACK probing a closed window; RFC says ACK and drop */
+        if (seg_len > 0 || off != 0)
+            fp_need_ack(fp, id, f);
+        if (seg_len == 0 && (p->tcp_flags & TAS_TCP_ACK))
+            rx_ack(fp, id, f, p, 0);
+        return;
+    }
+
+    if (!rx_ack(fp, id, f, p, plen))
+        return;
+
+    if (seg_len == 0)
+        return;
+    if (f->flags & TAS_FF_RX_FIN) {
+        /* data or FIN after the peer's FIN: retransmission, re-ACK */
+        fp_need_ack(fp, id, f);
+        return;
+    }
+
+    /* trim the front (already received bytes) */
+    if (off < 0) {
+        uint32_t cut = (uint32_t)(-off);
+        if (cut >= plen) {
+            payload += plen;
+            plen = 0;
+        } else {
+            payload += cut;
+            plen -= cut;
+        }
+        off = 0;
+    }
+    /* trim the tail to the window */
+    if ((uint64_t)off + plen > wnd) {
+        fp->st->beyond_window++;
+        plen = (uint32_t)off >= wnd ? 0 : wnd - (uint32_t)off;
+        fin = 0;
+    }
+
+    uint64_t old_head = f->rx_head;
+    if (off == 0) {
+        if (plen > 0) {
+            rx_copy(fp, f, f->rx_head, payload, plen);
+            f->rx_head += plen;
+            ooo_merge(f);
+        }
+        if ((p->opts & TAS_OPT_TS) && (f->flags & TAS_FF_TS))
+            f->ts_recent = p->tsval;
+        f->unacked_segs++;
+        if (fin && ooo_empty(f) && (uint32_t)f->rx_head == (uint32_t)(old_head + plen)) {
+            f->flags |= TAS_FF_RX_FIN;
+            f->flags |= TAS_FF_ACK_NOW;
+            fp_to_sp_event(fp, id, TAS_EV_FIN_RCVD);
+        }
+        if (f->rx_head != old_head || (f->flags & TAS_FF_RX_FIN)) {
+            if (!(f->flags & TAS_FF_DETACHED)) {
+                struct tas_appflow *af = fp_appflow(fp, f);
+                if (af) {
+                    if (f->flags & TAS_FF_RX_FIN)
+                        af->flags |= TAS_AF_RX_FIN;
+                    __atomic_store_n(&af->rx_head, f->rx_head, __ATOMIC_RELEASE);
+                }
+                fp_notify_app(fp, id, f, TAS_ARX_RX);
+            }
+        }
+        if (!ooo_empty(f) || f->unacked_segs >= 2)
+            f->flags |= TAS_FF_ACK_NOW;
+        fp->st->rx_fast++;
+        fp_need_ack(fp, id, f);
+    } else {
+        /* out of order: keep it if we have a range for it */
+        if (plen > 0) {
+            uint32_t s = (uint32_t)f->rx_head + (uint32_t)off;
+            if (ooo_add(f, s, s + plen)) {
+                rx_copy(fp, f, f->rx_head + (uint32_t)off, payload, plen);
+                fp->st->ooo_segs++;
+            } else {
+                fp->st->ooo_dropped++;
+            }
+        }
+        /* immediate duplicate ACK tells the sender about the hole */
+        f->flags |= TAS_FF_ACK_NOW;
+        fp_need_ack(fp, id, f);
+    }
+}
+
+void fp_rx_frame(struct tas_fp *fp, const uint8_t *frame, uint32_t len)
+{
+    struct tas_pkt p;
+    int r = tas_parse_frame(frame, len, &p);
+    fp->st->rx_frames++;
+    fp->st->rx_bytes += len;
+    if (r < 0) {
+        if (-r < 16)
+            fp->st->drops[-r]++;
+        return;
+    }
+    if (r != TAS_PK_TCP) {
+        fp_to_sp_frame(fp, frame, len);
+        return;
+    }
+    if (memcmp(p.dst_mac, fp->cfg.local_mac, 6) != 0 && memcmp(p.dst_mac, BCAST, 6) != 0) {
+        fp->st->drops[FP_DROP_WRONG_DST_MAC]++;
+        return;
+    }
+    if (p.dst_ip != fp->cfg.local_ip) {
+        fp->st->drops[FP_DROP_WRONG_DST_IP]++;
+        return;
+    }
+    int64_t id = tas_ft_lookup(&fp->ft, p.dst_ip, p.dst_port, p.src_ip, p.src_port);
+    if (id < 0 || (p.tcp_flags & (TAS_TCP_SYN | TAS_TCP_RST | TAS_TCP_URG)) ||
+        !(p.tcp_flags & TAS_TCP_ACK)) {
+        fp_to_sp_frame(fp, frame, len);
+        return;
+    }
+    struct tas_flow *f = &fp->ft.flows[id];
+    tas_flow_lock(f);
+    if (f->status != TAS_FLOW_ACTIVE || f->remote_ip != p.src_ip ||
+        f->remote_port != p.src_port || f->local_port != p.dst_port) {
+        tas_flow_unlock(f);
+        fp_to_sp_frame(fp, frame, len);
+        return;
+    }
+    if (!fp_buf(fp, f, 0) || !fp_buf(fp, f, 1)) {
+        /* context not (or no longer) mapped here: nothing to place data in */
+        tas_flow_unlock(f);
+        fp->st->drops[FP_DROP_NO_CTX]++;
+        return;
+    }
+    rx_segment(fp, (uint32_t)id, f, frame, &p);
+    tas_flow_unlock(f);
+}

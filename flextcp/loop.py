@@ -1,0 +1,201 @@
+"""The fast-path process: one per core, started by the slow path.
+
+Python only runs the loop and decides when to sleep; every packet is
+handled inside ``tas_fp_poll`` (C).  The process busy-polls while there is
+work and for ``poll_us`` after the last work, then arms its doorbell (so
+apps and the slow path kick its eventfd), polls once more to close the
+race, and blocks in epoll on the TAP queue, the doorbell and its control
+socket.  It exits when the slow path's control socket closes, so a dead
+slow path never leaves fast-path orphans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+
+from flextcp.native import ffi, lib
+from flextcp.shm import Region
+from flextcp.stackmem import stack_layout
+
+log = logging.getLogger("flextcp")
+
+PR_SET_PDEATHSIG = 1
+CTL_CHECK_EVERY = 64
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class FastPath:
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.core = a.core
+        self.ctl = socket.socket(fileno=a.ctl_fd)
+        self.ctl.setblocking(False)
+        self.stack = Region.attach(a.stack_fd, a.stack_size)
+        lay = stack_layout(a.n_flows, a.n_cores, a.kq_slots)
+        self.stats = self.stack.cast("struct tas_fp_stats", lay.stats_off[a.core])
+        self.tap_fd = a.tap_fd
+        self.evfd = a.fp_evfd
+        self.poll_us = a.poll_us
+        cfg = ffi.new("struct tas_fp_config *")
+        cfg.core = a.core
+        cfg.n_cores = a.n_cores
+        cfg.tap_fd = a.tap_fd
+        cfg.sp_evfd = a.sp_evfd
+        cfg.local_ip = a.ip
+        mac = bytes.fromhex(a.mac.replace(":", ""))
+        for i in range(6):
+            cfg.local_mac[i] = mac[i]
+        cfg.ft_mem = self.stack.ptr(lay.ft_off)
+        cfg.ft_len = lay.ft_len
+        cfg.n_flows = a.n_flows
+        cfg.kq_slots = a.kq_slots
+        cfg.krx_mem = self.stack.ptr(lay.krx_off[a.core])
+        cfg.ktx_mem = self.stack.ptr(lay.ktx_off[a.core])
+        cfg.stats = self.stats
+        cfg.rx_batch = 32
+        cfg.tx_batch = 64
+        self.fp = lib.tas_fp_create(cfg)
+        if self.fp == ffi.NULL:
+            raise SystemExit("fast path: tas_fp_create failed")
+        self.ctxs: dict[int, tuple[Region, int]] = {}
+        self.running = True
+
+    # -- control messages from the slow path ---------------------------
+    def handle_ctl(self) -> None:
+        while True:
+            try:
+                msg, fds, _flags, _addr = socket.recv_fds(self.ctl, 65536, 4)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.running = False
+                return
+            if not msg:
+                self.running = False
+                return
+            req = json.loads(msg)
+            op = req.get("op")
+            ok = False
+            if op == "add_ctx" and len(fds) == 2:
+                ok = self.add_ctx(req["ctx"], req["size"], fds[0], fds[1], req["atx"], req["arx"])
+                if not ok:
+                    for fd in fds:
+                        os.close(fd)
+            elif op == "remove_ctx":
+                ok = self.remove_ctx(req["ctx"])
+            elif op == "stop":
+                self.running = False
+                ok = True
+            else:
+                for fd in fds:
+                    os.close(fd)
+            try:
+                self.ctl.send(json.dumps({"ok": ok, "op": op}).encode())
+            except OSError:
+                self.running = False
+                return
+
+    def add_ctx(self, ctx_id: int, size: int, memfd: int, evfd: int, atx: int, arx: int) -> bool:
+        if ctx_id in self.ctxs:
+            return False
+        region = Region.attach(memfd, size)
+        if lib.tas_fp_add_ctx(self.fp, ctx_id, region.addr, size, evfd, atx, arx) != 0:
+            region.close()
+            return False
+        self.ctxs[ctx_id] = (region, evfd)
+        return True
+
+    def remove_ctx(self, ctx_id: int) -> bool:
+        entry = self.ctxs.pop(ctx_id, None)
+        if entry is None:
+            return False
+        lib.tas_fp_remove_ctx(self.fp, ctx_id)
+        region, evfd = entry
+        region.close()
+        os.close(evfd)
+        return True
+
+    # -- the loop -------------------------------------------------------
+    def run(self) -> None:
+        poll = lib.tas_fp_poll
+        now = lib.tas_now_us
+        fp = self.fp
+        ep = select.epoll()
+        ep.register(self.tap_fd, select.EPOLLIN)
+        ep.register(self.evfd, select.EPOLLIN)
+        ep.register(self.ctl.fileno(), select.EPOLLIN)
+        idle_since = now()
+        it = 0
+        while self.running:
+            t = now()
+            work = poll(fp, t)
+            it += 1
+            if it % CTL_CHECK_EVERY == 0:
+                self.handle_ctl()
+            if work:
+                idle_since = t
+                continue
+            if t - idle_since < self.poll_us:
+                continue
+            lib.tas_fp_set_armed(fp, 1)
+            if poll(fp, now()):
+                lib.tas_fp_set_armed(fp, 0)
+                idle_since = now()
+                continue
+            self.stats.sleeps += 1
+            for fd, _ev in ep.poll(0.1):
+                if fd == self.evfd:
+                    try:
+                        os.eventfd_read(self.evfd)
+                    except BlockingIOError:
+                        pass
+                elif fd == self.ctl.fileno():
+                    self.handle_ctl()
+            lib.tas_fp_set_armed(fp, 0)
+            idle_since = now()
+        ep.close()
+
+    def close(self) -> None:
+        for ctx_id in list(self.ctxs):
+            self.remove_ctx(ctx_id)
+        lib.tas_fp_destroy(self.fp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="flextcp", description="TAS fast-path process (started by `tas start`).")
+    for name in ("core", "n-cores", "stack-fd", "stack-size", "n-flows", "kq-slots", "tap-fd",
+                 "sp-evfd", "fp-evfd", "ctl-fd", "ip", "cpu", "poll-us"):
+        p.add_argument(f"--{name}", type=int, required=True)
+    p.add_argument("--mac", required=True)
+    a = p.parse_args(argv)
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.sched_setaffinity(0, {a.cpu})
+    except OSError:
+        pass
+    fpath = FastPath(a)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(fpath, "running", False))
+    try:
+        fpath.run()
+    finally:
+        fpath.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,887 @@
+"""The slow path's TCP engine: everything that is not the common case.
+
+It sees the frames the fast path punts (ARP, ICMP, SYN, RST, segments of
+unknown flows) and the flow events it posts (FIN received, FIN acked), and
+it does connection set-up and teardown, TIME_WAIT, retransmission
+timeouts and zero-window probes (through small C helpers that take the
+flow lock), ARP and ICMP echo.  Established flows are installed into the
+shared flow table and from then on the fast path moves their bytes.
+
+I/O is injected: frames leave through `send_frame` (the KTX ring of a
+fast-path core), time comes from `now_us`, timers from the asyncio loop.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import secrets
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from flextcp.native import ffi, lib
+from kernel_slowpath.frames import (
+    BROADCAST,
+    SegmentBuilder,
+    arp_frame,
+    icmp_echo_reply,
+    parse_arp,
+)
+from kernel_slowpath.tcpstate import SYNCHRONIZED, Event, State, TcpProtocolError, transition
+
+log = logging.getLogger("tas.engine")
+
+FIN, SYN, RST, PSH, ACK = (lib.TAS_TCP_FIN, lib.TAS_TCP_SYN, lib.TAS_TCP_RST, lib.TAS_TCP_PSH, lib.TAS_TCP_ACK)
+OUR_MSS = 1460
+EPHEMERAL = (32768, 60999)
+SYN_RTO_US = 1_000_000
+SYN_RETRIES = 5
+SYNACK_RETRIES = 5
+ARP_RETRIES = 3
+ARP_TTL_US = 60_000_000
+TIME_WAIT_US = 60_000_000
+FIN_WAIT_2_ORPHAN_US = 60_000_000
+SCAN_INTERVAL_S = 0.01
+U32 = 0xFFFFFFFF
+
+
+def ip2int(ip: str) -> int:
+    return int(ipaddress.IPv4Address(ip))
+
+
+def int2ip(v: int) -> str:
+    return str(ipaddress.IPv4Address(v))
+
+
+def seq_lt(a: int, b: int) -> bool:
+    return ((a - b) & U32) >= 0x80000000
+
+
+def wscale_for(buf_len: int) -> int:
+    shift = 0
+    while (buf_len >> shift) > 0xFFFF and shift < 14:
+        shift += 1
+    return shift
+
+
+@dataclass
+class Listener:
+    ctx: Any
+    port: int
+    backlog: int
+    half_open: dict[tuple, HalfOpen] = field(default_factory=dict)
+
+
+@dataclass
+class HalfOpen:
+    """A SYN we answered (SYN-RECEIVED): no flow record or buffers yet."""
+
+    listener: Listener
+    remote_ip: int
+    remote_port: int
+    remote_mac: bytes
+    iss: int
+    irs: int
+    peer_mss: int
+    peer_ws: int | None
+    sack: bool
+    ts_recent: int | None
+    tries: int = 0
+    timer: Any = None
+
+
+@dataclass
+class Conn:
+    fid: int
+    gen: int
+    ctx: Any
+    core: int
+    local_port: int
+    remote_ip: int
+    remote_port: int
+    appflow_off: int
+    rx_off: int
+    rx_len: int
+    tx_off: int
+    tx_len: int
+    state: State
+    iss: int = 0
+    irs: int = 0
+    remote_mac: bytes = b""
+    listener: Listener | None = None
+    detached: bool = False
+    installed: bool = False
+    tries: int = 0
+    timer: Any = None
+    syn_ts: int = 0
+    orphan_deadline: int = 0
+
+    def key(self) -> tuple[int, int, int]:
+        return (self.local_port, self.remote_ip, self.remote_port)
+
+
+class Engine:
+    """Implements the Engine seam of docs/CONTROL.md."""
+
+    def __init__(self, *, ft, n_flows: int, fpm, ktx: list, loop, local_ip: str, prefix: int,
+                 gateway: str | None, mac: bytes, rx_buf: int = 256 << 10, tx_buf: int = 256 << 10,
+                 now_us: Callable[[], int] = lib.tas_now_us) -> None:
+        self.ft = ft
+        self.n_flows = n_flows
+        self.fpm = fpm
+        self.ktx = ktx
+        self.loop = loop
+        self.local_ip_int = ip2int(local_ip)
+        self.local_ip = local_ip
+        self.net = ipaddress.IPv4Network(f"{local_ip}/{prefix}", strict=False)
+        self.gateway = ip2int(gateway) if gateway else None
+        self.mac = mac
+        self.rx_buf = rx_buf
+        self.tx_buf = tx_buf
+        self.now_us = now_us
+        self.segs = SegmentBuilder(mac, self.local_ip_int)
+        self.free_ids = list(range(n_flows - 1, -1, -1))
+        self.conns: dict[int, Conn] = {}
+        self.connecting: dict[tuple, Conn] = {}
+        self.listeners: dict[int, Listener] = {}
+        self.ports_in_use: dict[int, int] = {}  # local port -> users
+        self.time_wait: dict[tuple, tuple[int, int, int]] = {}  # key -> (expiry, snd_nxt, rcv_nxt)
+        self.arp: dict[int, tuple[bytes, int]] = {}
+        self.arp_pending: dict[int, list[Callable[[bytes | None], None]]] = {}
+        self.next_eph = EPHEMERAL[0] + secrets.randbelow(EPHEMERAL[1] - EPHEMERAL[0])
+        self.counters: dict[str, int] = {
+            "exceptions": 0, "arp_in": 0, "arp_replies_sent": 0, "icmp_echo_replies": 0,
+            "syn_rcvd": 0, "synack_sent": 0, "syn_dropped_backlog": 0, "rst_sent": 0, "rst_rcvd": 0,
+            "challenge_acks": 0, "conns_established": 0, "conns_refused": 0, "conns_timed_out": 0,
+            "rto_fired": 0, "zero_window_probes": 0, "time_wait": 0, "reinjected": 0,
+            "non_tcp_ip": 0, "protocol_errors": 0, "ignored": 0, "alloc_failures": 0,
+        }
+        self._pkt = ffi.new("struct tas_pkt *")
+        self._scan_ids = ffi.new("uint32_t[]", 256)
+        self._scan_why = ffi.new("uint8_t[]", 256)
+        self._scan_cursor = ffi.new("uint32_t *")
+        self._snap = ffi.new("struct tas_flow *")
+        self._ktx_slot = ffi.new("uint8_t[]", lib.TAS_KQ_ENTRY_SIZE)
+        self._scan_handle = None
+
+    # ------------------------------------------------------------------
+    # plumbing
+    def start(self) -> None:
+        self._scan_handle = self.loop.call_later(SCAN_INTERVAL_S, self._scan)
+        self.announce()
+
+    def stop(self) -> None:
+        if self._scan_handle:
+            self._scan_handle.cancel()
+
+    def _ktx(self, core: int, kind: int, data: bytes = b"", flow_id: int = 0) -> bool:
+        slot = self._ktx_slot
+        hdr = struct.pack("<HHI", kind, len(data), flow_id)
+        ffi.memmove(slot, hdr, len(hdr))
+        if data:
+            ffi.memmove(slot + 32, data, len(data))
+        ok = self.ktx[core].enqueue_n(ffi.buffer(slot, lib.TAS_KQ_ENTRY_SIZE), 1) == 1
+        self.fpm.kick(core)
+        return ok
+
+    def send_frame(self, frame: bytes, core: int = 0) -> None:
+        if not self._ktx(core, lib.TAS_KTX_FRAME, frame):
+            log.warning("KTX ring full: dropped a %d-byte frame", len(frame))
+
+    def kick_flow(self, conn: Conn) -> None:
+        self._ktx(conn.core, lib.TAS_KTX_KICK, flow_id=conn.fid)
+
+    def ts_now(self) -> int:
+        return (self.now_us() // 1000) & U32
+
+    # ------------------------------------------------------------------
+    # ARP (RFC 826)
+    def announce(self) -> None:
+        """Gratuitous ARP so peers update stale caches after a restart."""
+        self.send_frame(arp_frame(1, self.mac, self.local_ip_int, b"\0" * 6, self.local_ip_int, BROADCAST))
+
+    def next_hop(self, ip: int) -> int | None:
+        if ipaddress.IPv4Address(ip) in self.net:
+            return ip
+        return self.gateway
+
+    def resolve(self, ip: int, cb: Callable[[bytes | None], None]) -> None:
+        hit = self.arp.get(ip)
+        if hit and hit[1] > self.now_us():
+            cb(hit[0])
+            return
+        waiting = self.arp_pending.setdefault(ip, [])
+        waiting.append(cb)
+        if len(waiting) == 1:
+            self._arp_request(ip, 0)
+
+    def _arp_request(self, ip: int, tries: int) -> None:
+        if ip not in self.arp_pending:
+            return
+        if tries >= ARP_RETRIES:
+            for cb in self.arp_pending.pop(ip, []):
+                cb(None)
+            return
+        self.send_frame(arp_frame(1, self.mac, self.local_ip_int, b"\0" * 6, ip, BROADCAST))
+        self.loop.call_later(1.0, self._arp_request, ip, tries + 1)
+
+    def _learn(self, ip: int, mac: bytes) -> None:
+        self.arp[ip] = (mac, self.now_us() + ARP_TTL_US)
+        for cb in self.arp_pending.pop(ip, []):
+            cb(mac)
+
+    def _on_arp(self, frame: bytes) -> None:
+        self.counters["arp_in"] += 1
+        a = parse_arp(frame)
+        if a is None:
+            return
+        op, smac, sip, tip = a
+        if tip == self.local_ip_int and sip != 0:
+            self._learn(sip, smac)
+            if op == 1:
+                self.send_frame(arp_frame(2, self.mac, self.local_ip_int, smac, sip, smac))
+                self.counters["arp_replies_sent"] += 1
+        elif sip in self.arp or sip in self.arp_pending:
+            self._learn(sip, smac)
+
+    # ------------------------------------------------------------------
+    # exceptions from the fast path
+    def on_krx(self, buf: bytes, n: int) -> None:
+        size = lib.TAS_KQ_ENTRY_SIZE
+        for i in range(n):
+            off = i * size
+            kind, length, flow_id, events = struct.unpack_from("<HHII", buf, off)
+            if kind == lib.TAS_KRX_PACKET:
+                self.counters["exceptions"] += 1
+                try:
+                    self.on_frame(bytes(buf[off + 32 : off + 32 + length]))
+                except Exception:
+                    log.exception("slow path failed on a frame; dropped")
+            elif kind == lib.TAS_KRX_FLOW:
+                try:
+                    self.on_flow_event(flow_id, events)
+                except Exception:
+                    log.exception("slow path failed on a flow event")
+
+    def on_frame(self, frame: bytes) -> None:
+        p = self._pkt
+        r = lib.tas_parse_frame(frame, len(frame), p)
+        if r == lib.TAS_PK_ARP:
+            self._on_arp(frame)
+        elif r == lib.TAS_PK_ICMP:
+            if p.dst_ip == self.local_ip_int and frame[p.l4_off] == 8:
+                reply = icmp_echo_reply(frame, p, self.mac)
+                if reply:
+                    self.send_frame(reply)
+                    self.counters["icmp_echo_replies"] += 1
+        elif r == lib.TAS_PK_TCP:
+            if p.dst_ip == self.local_ip_int:
+                self.on_tcp(frame, p)
+        elif r == lib.TAS_PK_OTHER_IP:
+            self.counters["non_tcp_ip"] += 1
+        else:
+            self.counters["ignored"] += 1
+
+    def on_tcp(self, frame: bytes, p) -> None:
+        key = (p.dst_port, p.src_ip, p.src_port)
+        flags = p.tcp_flags
+        fid = self.ft.lookup(self.local_ip_int, p.dst_port, p.src_ip, p.src_port)
+        if fid >= 0 and fid in self.conns:
+            self._on_flow_segment(self.conns[fid], frame, p)
+            return
+        conn = self.connecting.get(key)
+        if conn is not None:
+            self._on_syn_sent(conn, p)
+            return
+        lst = self.listeners.get(p.dst_port)
+        if lst is not None:
+            ho = lst.half_open.get(key)
+            if ho is not None:
+                self._on_half_open(ho, frame, p)
+                return
+        tw = self.time_wait.get(key)
+        if tw is not None:
+            if self._on_time_wait(key, tw, p):
+                return
+        if flags & RST:
+            return
+        if flags & SYN and not flags & ACK and lst is not None:
+            self._on_syn(lst, p)
+            return
+        self._reply_rst(p)
+
+    # -- segments for installed flows (SYN, RST, races) -----------------
+    def _on_flow_segment(self, conn: Conn, frame: bytes, p) -> None:
+        flags = p.tcp_flags
+        snap = self._snapshot(conn)
+        rcv_nxt = (snap.rx_seq0 + snap.rx_head + (1 if snap.flags & lib.TAS_FF_RX_FIN else 0)) & U32
+        wnd = max(snap.rx_len - (snap.rx_head - snap.rx_tail), 1)
+        in_window = ((p.seq - rcv_nxt) & U32) < wnd
+        if flags & RST:
+            self.counters["rst_rcvd"] += 1
+            if p.seq == rcv_nxt:
+                self._reset(conn, errno.ECONNRESET, send_rst=False)
+            elif in_window:
+                self._challenge_ack(conn)  # RFC 5961 3.2
+            return
+        if flags & SYN:
+            self._challenge_ack(conn)  # RFC 5961 4.2
+            return
+        if snap.status == lib.TAS_FLOW_ACTIVE:
+            # raced with installation: hand the segment back to the fast path
+            self.counters["reinjected"] += 1
+            self._ktx(conn.core, lib.TAS_KTX_RX, frame)
+
+    def _snapshot(self, conn: Conn):
+        lib.tas_sp_snapshot(self.ft.raw, conn.fid, self._snap)
+        return self._snap
+
+    def _seqs(self, conn: Conn) -> tuple[int, int]:
+        s = self._snapshot(conn)
+        snd_nxt = (s.tx_seq0 + s.tx_nxt + (1 if s.flags & lib.TAS_FF_FIN_OUT else 0)) & U32
+        rcv_nxt = (s.rx_seq0 + s.rx_head + (1 if s.flags & lib.TAS_FF_RX_FIN else 0)) & U32
+        return snd_nxt, rcv_nxt
+
+    def _challenge_ack(self, conn: Conn) -> None:
+        self._ack_now(conn)
+        self.counters["challenge_acks"] += 1
+
+    def _send_rst_for(self, conn: Conn) -> None:
+        snd_nxt, rcv_nxt = self._seqs(conn)
+        self.send_frame(self.segs.build(dst_mac=conn.remote_mac, dst_ip=conn.remote_ip, sport=conn.local_port,
+                                        dport=conn.remote_port, seq=snd_nxt, ack=rcv_nxt, flags=RST | ACK),
+                        conn.core)
+        self.counters["rst_sent"] += 1
+
+    def _reply_rst(self, p) -> None:
+        """RST for a segment that matches no connection (RFC 9293 3.10.7.1)."""
+        mac = bytes(p.src_mac)
+        if p.tcp_flags & ACK:
+            seq, ack, flags = p.ack, 0, RST
+        else:
+            seg_len = p.payload_len + (1 if p.tcp_flags & SYN else 0) + (1 if p.tcp_flags & FIN else 0)
+            seq, ack, flags = 0, p.seq + seg_len, RST | ACK
+        self.send_frame(self.segs.build(dst_mac=mac, dst_ip=p.src_ip, sport=p.dst_port, dport=p.src_port,
+                                        seq=seq, ack=ack, flags=flags))
+        self.counters["rst_sent"] += 1
+
+    # -- passive open ---------------------------------------------------
+    def _on_syn(self, lst: Listener, p) -> None:
+        self.counters["syn_rcvd"] += 1
+        if len(lst.half_open) >= lst.backlog:
+            self.counters["syn_dropped_backlog"] += 1
+            return
+        ho = HalfOpen(
+            listener=lst, remote_ip=p.src_ip, remote_port=p.src_port, remote_mac=bytes(p.src_mac),
+            iss=secrets.randbits(32), irs=p.seq,
+            peer_mss=p.mss if p.opts & lib.TAS_OPT_MSS else 536,
+            peer_ws=p.wscale if p.opts & lib.TAS_OPT_WS else None,
+            sack=bool(p.opts & lib.TAS_OPT_SACKPERM),
+            ts_recent=p.tsval if p.opts & lib.TAS_OPT_TS else None,
+        )
+        lst.half_open[(p.dst_port, p.src_ip, p.src_port)] = ho
+        self._send_synack(ho)
+
+    def _send_synack(self, ho: HalfOpen) -> None:
+        ws = wscale_for(self.rx_buf) if ho.peer_ws is not None else None
+        ts = (self.ts_now(), ho.ts_recent) if ho.ts_recent is not None else None
+        self.send_frame(self.segs.build(
+            dst_mac=ho.remote_mac, dst_ip=ho.remote_ip, sport=ho.listener.port, dport=ho.remote_port,
+            seq=ho.iss, ack=ho.irs + 1, flags=SYN | ACK, win=min(self.rx_buf, 0xFFFF), mss=OUR_MSS,
+            wscale=ws, sack_perm=ho.sack, ts=ts))
+        self.counters["synack_sent"] += 1
+        ho.timer = self.loop.call_later(SYN_RTO_US / 1e6 * (1 << ho.tries), self._synack_timeout, ho)
+
+    def _synack_timeout(self, ho: HalfOpen) -> None:
+        key = (ho.listener.port, ho.remote_ip, ho.remote_port)
+        if ho.listener.half_open.get(key) is not ho:
+            return
+        ho.tries += 1
+        if ho.tries > SYNACK_RETRIES:
+            del ho.listener.half_open[key]
+            return
+        self._send_synack(ho)
+
+    def _on_half_open(self, ho: HalfOpen, frame: bytes, p) -> None:
+        flags = p.tcp_flags
+        key = (ho.listener.port, ho.remote_ip, ho.remote_port)
+        if flags & RST:
+            if p.seq == (ho.irs + 1) & U32:
+                ho.timer.cancel()
+                del ho.listener.half_open[key]
+            return
+        if flags & SYN:
+            if p.seq == ho.irs:  # retransmitted SYN
+                ho.timer.cancel()
+                self._send_synack(ho)
+            return
+        if not flags & ACK:
+            return
+        if p.ack != (ho.iss + 1) & U32:
+            self._reply_rst(p)
+            return
+        ho.timer.cancel()
+        del ho.listener.half_open[key]
+        lst = ho.listener
+        conn = self._new_conn(lst.ctx, lst.port, ho.remote_ip, ho.remote_port, self.rx_buf, self.tx_buf,
+                              State.SYN_RECEIVED)
+        if conn is None:
+            self._reply_rst(p)
+            return
+        conn.listener = lst
+        conn.iss, conn.irs, conn.remote_mac = ho.iss, ho.irs, ho.remote_mac
+        ws_ok = ho.peer_ws is not None
+        self._install(conn, peer_mss=ho.peer_mss, snd_wscale=ho.peer_ws if ws_ok else 0,
+                      rcv_wscale=wscale_for(conn.rx_len) if ws_ok else 0, sack=ho.sack,
+                      ts_recent=p.tsval if (p.opts & lib.TAS_OPT_TS and ho.ts_recent is not None) else None,
+                      snd_wnd=p.win << (ho.peer_ws if ws_ok else 0), wl1=p.seq, wl2=p.ack,
+                      rtt_us=self._ts_rtt(p))
+        lst.ctx.event({"ev": "newconn", "ctx": lst.ctx.ctx_id, "listener": lst.port,
+                       "flow": self.flow_info(conn)})
+        if p.payload_len or flags & FIN:
+            self.counters["reinjected"] += 1
+            self._ktx(conn.core, lib.TAS_KTX_RX, frame)
+
+    def _ts_rtt(self, p) -> int:
+        if p.opts & lib.TAS_OPT_TS and p.tsecr:
+            r = (self.ts_now() - p.tsecr) & U32
+            if r < 60000:
+                return r * 1000 + 500
+        return 0
+
+    # -- active open ----------------------------------------------------
+    def _on_syn_sent(self, conn: Conn, p) -> None:
+        flags = p.tcp_flags
+        ack_ok = bool(flags & ACK) and p.ack == (conn.iss + 1) & U32
+        if flags & ACK and not ack_ok:
+            if not flags & RST:
+                self._reply_rst(p)
+            return
+        if flags & RST:
+            if ack_ok:
+                self.counters["conns_refused"] += 1
+                self._fail_connect(conn, errno.ECONNREFUSED)
+            return
+        if not flags & SYN or not ack_ok:
+            return  # simultaneous open is not supported; the peer retransmits
+        if conn.timer:
+            conn.timer.cancel()
+        del self.connecting[conn.key()]
+        conn.irs = p.seq
+        ws_ok = bool(p.opts & lib.TAS_OPT_WS)
+        self._install(conn, peer_mss=p.mss if p.opts & lib.TAS_OPT_MSS else 536,
+                      snd_wscale=p.wscale if ws_ok else 0, rcv_wscale=wscale_for(conn.rx_len) if ws_ok else 0,
+                      sack=bool(p.opts & lib.TAS_OPT_SACKPERM),
+                      ts_recent=p.tsval if p.opts & lib.TAS_OPT_TS else None,
+                      snd_wnd=p.win, wl1=p.seq, wl2=p.ack, rtt_us=self._ts_rtt(p))
+        self._ack_now(conn)  # the handshake's final ACK
+        conn.ctx.event({"ev": "connected", "ctx": conn.ctx.ctx_id, "flow": conn.fid})
+
+    def _ack_now(self, conn: Conn) -> None:
+        snd_nxt, rcv_nxt = self._seqs(conn)
+        s = self._snap
+        ts = (self.ts_now(), s.ts_recent) if s.flags & lib.TAS_FF_TS else None
+        win = (s.rx_len - (s.rx_head - s.rx_tail)) >> s.rcv_wscale
+        self.send_frame(self.segs.build(dst_mac=conn.remote_mac, dst_ip=conn.remote_ip, sport=conn.local_port,
+                                        dport=conn.remote_port, seq=snd_nxt, ack=rcv_nxt, flags=ACK,
+                                        win=win, ts=ts), conn.core)
+
+    def _send_syn(self, conn: Conn) -> None:
+        conn.syn_ts = self.ts_now()
+        self.send_frame(self.segs.build(
+            dst_mac=conn.remote_mac, dst_ip=conn.remote_ip, sport=conn.local_port, dport=conn.remote_port,
+            seq=conn.iss, ack=0, flags=SYN, win=min(conn.rx_len, 0xFFFF), mss=OUR_MSS,
+            wscale=wscale_for(conn.rx_len), sack_perm=True, ts=(conn.syn_ts, 0)))
+        conn.timer = self.loop.call_later(SYN_RTO_US / 1e6 * (1 << conn.tries), self._syn_timeout, conn)
+
+    def _syn_timeout(self, conn: Conn) -> None:
+        if self.connecting.get(conn.key()) is not conn:
+            return
+        conn.tries += 1
+        if conn.tries > SYN_RETRIES:
+            self.counters["conns_timed_out"] += 1
+            self._fail_connect(conn, errno.ETIMEDOUT)
+            return
+        self._send_syn(conn)
+
+    def _fail_connect(self, conn: Conn, err: int) -> None:
+        if conn.timer:
+            conn.timer.cancel()
+        self.connecting.pop(conn.key(), None)
+        conn.state = State.CLOSED
+        af = conn.ctx.region.cast("struct tas_appflow", conn.appflow_off)
+        af.flags |= lib.TAS_AF_RESET
+        conn.ctx.event({"ev": "conn_failed", "ctx": conn.ctx.ctx_id, "flow": conn.fid, "errno": err})
+        if conn.detached:
+            self._free(conn)
+
+    # -- flows: allocation, installation, teardown -----------------------
+    def _alloc_port(self) -> int | None:
+        lo, hi = EPHEMERAL
+        for _ in range(hi - lo + 1):
+            port = self.next_eph
+            self.next_eph = lo if self.next_eph >= hi else self.next_eph + 1
+            if port not in self.ports_in_use and port not in self.listeners:
+                return port
+        return None
+
+    def _new_conn(self, ctx, local_port: int, rip: int, rport: int, rx_len: int, tx_len: int,
+                  state: State) -> Conn | None:
+        if not self.free_ids:
+            self.counters["alloc_failures"] += 1
+            return None
+        offs = []
+        for size in (64, rx_len, tx_len):
+            off = ctx.alloc(size)
+            if off is None:
+                for o in offs:
+                    ctx.free(o)
+                self.counters["alloc_failures"] += 1
+                return None
+            offs.append(off)
+        fid = self.free_ids.pop()
+        f = self.ft.flow(fid)
+        gen = (f.gen + 1) & 0xFFFF
+        conn = Conn(fid=fid, gen=gen, ctx=ctx, core=fid % self.fpm.n_cores, local_port=local_port,
+                    remote_ip=rip, remote_port=rport, appflow_off=offs[0], rx_off=offs[1], rx_len=rx_len,
+                    tx_off=offs[2], tx_len=tx_len, state=state)
+        af = ctx.region.cast("struct tas_appflow", conn.appflow_off)
+        ffi.memmove(af, b"\0" * 64, 64)
+        af.flow_id, af.gen = fid, gen
+        af.rx_off, af.rx_len, af.tx_off, af.tx_len = conn.rx_off, rx_len, conn.tx_off, tx_len
+        self.conns[fid] = conn
+        self.ports_in_use[local_port] = self.ports_in_use.get(local_port, 0) + 1
+        return conn
+
+    def _install(self, conn: Conn, *, peer_mss: int, snd_wscale: int, rcv_wscale: int, sack: bool,
+                 ts_recent: int | None, snd_wnd: int, wl1: int, wl2: int, rtt_us: int) -> None:
+        f = self.ft.flow(conn.fid)
+        size = ffi.sizeof("struct tas_flow")
+        ffi.memmove(f, b"\0" * size, size)
+        f.gen = conn.gen
+        f.status = lib.TAS_FLOW_FREE
+        flags = lib.TAS_FF_NODELAY
+        if ts_recent is not None:
+            flags |= lib.TAS_FF_TS
+            f.ts_recent = ts_recent
+        if sack:
+            flags |= lib.TAS_FF_SACK
+        if snd_wscale or rcv_wscale:
+            flags |= lib.TAS_FF_WSCALE
+        f.flags = flags
+        f.ctx_id = conn.ctx.ctx_id
+        f.local_ip, f.remote_ip = self.local_ip_int, conn.remote_ip
+        f.local_port, f.remote_port = conn.local_port, conn.remote_port
+        f.remote_mac = list(conn.remote_mac)
+        f.snd_wscale, f.rcv_wscale = snd_wscale, rcv_wscale
+        f.mss = max(64, min(peer_mss, OUR_MSS))
+        f.core = conn.core
+        f.rx_off, f.rx_len, f.tx_off, f.tx_len = conn.rx_off, conn.rx_len, conn.tx_off, conn.tx_len
+        f.appflow_off = conn.appflow_off
+        f.rx_seq0 = (conn.irs + 1) & U32
+        f.tx_seq0 = (conn.iss + 1) & U32
+        f.rx_adv = conn.rx_len
+        f.snd_wnd = snd_wnd
+        f.snd_wl1, f.snd_wl2 = wl1, wl2
+        f.cwnd = 10 * f.mss  # RFC 6928
+        f.ssthresh = 0x7FFFFFFF
+        f.rto_us = 1_000_000
+        if rtt_us:
+            f.srtt_us = rtt_us
+            f.rttvar_us = rtt_us // 2
+            f.rto_us = max(200_000, rtt_us + 4 * (rtt_us // 2))
+        f.rto_start_us = self.now_us() & U32
+        f.status = lib.TAS_FLOW_ACTIVE
+        if self.ft.insert(conn.fid) != 0:
+            raise RuntimeError(f"flow table index refused flow {conn.fid}")
+        conn.installed = True
+        conn.state = transition(conn.state, Event.ESTABLISH)
+        self.counters["conns_established"] += 1
+        log.debug("flow %d established %s:%d <-> %s:%d", conn.fid, self.local_ip, conn.local_port,
+                  int2ip(conn.remote_ip), conn.remote_port)
+
+    def _free(self, conn: Conn) -> None:
+        """Forget a connection: flow record, index entry, buffers, id."""
+        if self.conns.get(conn.fid) is not conn:
+            return
+        if conn.timer:
+            conn.timer.cancel()
+        if conn.installed:
+            lib.tas_sp_set_status(self.ft.raw, conn.fid, lib.TAS_FLOW_FREE, lib.TAS_FF_DETACHED)
+            self.ft.remove(conn.fid)
+        self.connecting.pop(conn.key(), None)
+        for off in (conn.appflow_off, conn.rx_off, conn.tx_off):
+            conn.ctx.free(off)
+        del self.conns[conn.fid]
+        self.free_ids.append(conn.fid)
+        n = self.ports_in_use.get(conn.local_port, 0) - 1
+        if n > 0:
+            self.ports_in_use[conn.local_port] = n
+        else:
+            self.ports_in_use.pop(conn.local_port, None)
+        if not conn.detached:
+            conn.ctx.event({"ev": "closed", "ctx": conn.ctx.ctx_id, "flow": conn.fid})
+
+    def _reset(self, conn: Conn, err: int, send_rst: bool) -> None:
+        """End a connection abruptly; the app learns ECONNRESET."""
+        if conn.installed and send_rst and conn.state in SYNCHRONIZED:
+            self._send_rst_for(conn)
+        if conn.installed:
+            lib.tas_sp_set_status(self.ft.raw, conn.fid, lib.TAS_FLOW_SLOWPATH, 0)
+        was = conn.state
+        conn.state = transition(conn.state, Event.RST)
+        if conn.detached:
+            self._free(conn)
+            return
+        if was not in (State.TIME_WAIT, State.CLOSED):
+            af = conn.ctx.region.cast("struct tas_appflow", conn.appflow_off)
+            af.flags |= lib.TAS_AF_RESET
+            conn.ctx.event({"ev": "reset", "ctx": conn.ctx.ctx_id, "flow": conn.fid, "errno": err})
+
+    def on_flow_event(self, fid: int, events: int) -> None:
+        conn = self.conns.get(fid)
+        if conn is None or not conn.installed:
+            return
+        try:
+            if events & lib.TAS_EV_FIN_ACKED:
+                conn.state = transition(conn.state, Event.FIN_ACKED)
+            if events & lib.TAS_EV_FIN_RCVD:
+                conn.state = transition(conn.state, Event.FIN_RCVD)
+        except TcpProtocolError as e:
+            self.counters["protocol_errors"] += 1
+            log.warning("flow %d: %s", fid, e)
+            return
+        self._settle(conn)
+
+    def _settle(self, conn: Conn) -> None:
+        """Free what a finished connection no longer needs."""
+        if conn.state is State.TIME_WAIT and conn.detached:
+            snd_nxt, rcv_nxt = self._seqs(conn)
+            self.time_wait[conn.key()] = (self.now_us() + TIME_WAIT_US, snd_nxt, rcv_nxt)
+            self.counters["time_wait"] += 1
+            self._free(conn)
+        elif conn.state is State.CLOSED and conn.detached:
+            self._free(conn)
+        elif conn.state is State.FIN_WAIT_2 and conn.detached:
+            conn.orphan_deadline = self.now_us() + FIN_WAIT_2_ORPHAN_US
+
+    def _on_time_wait(self, key: tuple, tw: tuple[int, int, int], p) -> bool:
+        """Segments for a TIME-WAIT connection.  True if consumed."""
+        expiry, snd_nxt, rcv_nxt = tw
+        flags = p.tcp_flags
+        if flags & RST:
+            return True  # RFC 1337: TIME-WAIT assassination protection
+        if flags & SYN and not flags & ACK and not seq_lt(p.seq, rcv_nxt) and p.seq != rcv_nxt - 1:
+            del self.time_wait[key]  # a new incarnation (RFC 9293 3.6.1)
+            return False
+        if flags & FIN:
+            self.time_wait[key] = (self.now_us() + TIME_WAIT_US, snd_nxt, rcv_nxt)
+        self.send_frame(self.segs.build(dst_mac=bytes(p.src_mac), dst_ip=p.src_ip, sport=p.dst_port,
+                                        dport=p.src_port, seq=snd_nxt, ack=rcv_nxt, flags=ACK))
+        return True
+
+    # ------------------------------------------------------------------
+    # timers: RTO, zero-window probes, TIME-WAIT, orphans
+    def _scan(self) -> None:
+        try:
+            self.scan_once()
+        except Exception:
+            log.exception("timer scan failed")
+        self._scan_handle = self.loop.call_later(SCAN_INTERVAL_S, self._scan)
+
+    def scan_once(self) -> None:
+        now = self.now_us()
+        n = lib.tas_sp_scan_timeouts(self.ft.raw, now & U32, self.n_flows, self._scan_cursor,
+                                     self._scan_ids, self._scan_why, 256)
+        for i in range(n):
+            fid = self._scan_ids[i]
+            conn = self.conns.get(fid)
+            if conn is None:
+                continue
+            if self._scan_why[i] == lib.TAS_TMO_RTO:
+                backoff = lib.tas_sp_rto_fire(self.ft.raw, fid, now & U32)
+                self.counters["rto_fired"] += 1
+                if backoff > 12:
+                    log.info("flow %d: retransmission gave up", fid)
+                    self._reset(conn, errno.ETIMEDOUT, send_rst=True)
+                    continue
+            else:
+                lib.tas_sp_probe(self.ft.raw, fid, now & U32)
+                self.counters["zero_window_probes"] += 1
+            self.kick_flow(conn)
+        if self.time_wait:
+            for key in [k for k, v in self.time_wait.items() if v[0] <= now]:
+                del self.time_wait[key]
+        for conn in [c for c in self.conns.values() if c.orphan_deadline and c.orphan_deadline <= now]:
+            if conn.state is State.FIN_WAIT_2:
+                self._reset(conn, errno.ETIMEDOUT, send_rst=True)
+
+    # ------------------------------------------------------------------
+    # the Engine seam (called by the control server)
+    def listen(self, ctx, port: int, backlog: int, reuseaddr: bool) -> int:
+        if port == 0:
+            port = self._alloc_port()
+            if port is None:
+                raise OSError(errno.EADDRINUSE, "no free ephemeral port")
+        if not 0 < port < 65536:
+            raise OSError(errno.EINVAL, "port out of range")
+        if port in self.listeners or (port in self.ports_in_use and not reuseaddr):
+            raise OSError(errno.EADDRINUSE, f"port {port} already in use")
+        self.listeners[port] = Listener(ctx=ctx, port=port, backlog=max(1, min(backlog, 65535)))
+        log.debug("listen on port %d", port)
+        return port
+
+    def listen_close(self, ctx, port: int) -> None:
+        lst = self.listeners.get(port)
+        if lst is None or lst.ctx is not ctx:
+            raise OSError(errno.EBADF, "not a listener of this context")
+        for ho in lst.half_open.values():
+            ho.timer.cancel()
+        del self.listeners[port]
+
+    def connect(self, ctx, ip: str, port: int, local_port: int, rx_len: int, tx_len: int) -> dict:
+        try:
+            rip = ip2int(ip)
+        except ValueError:
+            raise OSError(errno.EINVAL, f"not an IPv4 address: {ip!r}") from None
+        if not 0 < port < 65536:
+            raise OSError(errno.EINVAL, "port out of range")
+        if rip == self.local_ip_int:
+            raise OSError(errno.EADDRNOTAVAIL, "connecting to the stack's own address is not supported")
+        hop = self.next_hop(rip)
+        if hop is None:
+            raise OSError(errno.ENETUNREACH, f"no route to {ip} (no --gateway)")
+        if local_port == 0:
+            local_port = self._alloc_port()
+            if local_port is None:
+                raise OSError(errno.EADDRNOTAVAIL, "no free ephemeral port")
+        elif (local_port, rip, port) in self.connecting or self.ft.lookup(
+                self.local_ip_int, local_port, rip, port) >= 0:
+            raise OSError(errno.EADDRINUSE, "connection already exists")
+        rx_len = _pow2(rx_len or self.rx_buf)
+        tx_len = _pow2(tx_len or self.tx_buf)
+        conn = self._new_conn(ctx, local_port, rip, port, rx_len, tx_len, State.SYN_SENT)
+        if conn is None:
+            raise OSError(errno.ENOBUFS, "no flow slot or buffer memory left")
+        conn.iss = secrets.randbits(32)
+        self.connecting[conn.key()] = conn
+
+        def arp_done(mac: bytes | None) -> None:
+            if self.connecting.get(conn.key()) is not conn:
+                return
+            if mac is None:
+                self._fail_connect(conn, errno.EHOSTUNREACH)
+                return
+            conn.remote_mac = mac
+            self._send_syn(conn)
+
+        self.resolve(hop, arp_done)
+        return self.flow_info(conn)
+
+    def _conn_of(self, ctx, fid: int) -> Conn:
+        conn = self.conns.get(fid)
+        if conn is None or conn.ctx is not ctx or conn.detached:
+            raise OSError(errno.EBADF, f"no flow {fid} in this context")
+        return conn
+
+    def shutdown(self, ctx, flow: int, tx_head: int) -> None:
+        conn = self._conn_of(ctx, flow)
+        self._shutdown(conn, tx_head)
+
+    def _shutdown(self, conn: Conn, tx_head: int) -> None:
+        if not conn.installed or conn.state not in (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1,
+                                                    State.FIN_WAIT_2, State.CLOSING, State.LAST_ACK):
+            return
+        if lib.tas_sp_tx_close(self.ft.raw, conn.fid, tx_head) != 0:
+            raise OSError(errno.EINVAL, "bad send position for shutdown")
+        conn.state = transition(conn.state, Event.APP_SHUTDOWN)
+        self.kick_flow(conn)
+
+    def close(self, ctx, flow: int, tx_head: int, rx_tail: int) -> None:
+        conn = self._conn_of(ctx, flow)
+        if not conn.installed:
+            conn.detached = True
+            if conn.state is State.SYN_SENT:
+                self._free(conn)
+            elif conn.state is State.CLOSED:
+                self._free(conn)
+            return
+        snap = self._snapshot(conn)
+        unread = snap.rx_head > max(rx_tail, snap.rx_tail)
+        if unread and conn.state in SYNCHRONIZED and conn.state is not State.TIME_WAIT:
+            # RFC 9293 3.10.4 / RFC 2525: closing with unread data resets
+            conn.detached = True
+            self._reset(conn, errno.ECONNRESET, send_rst=True)
+            return
+        self._shutdown(conn, tx_head)
+        conn.detached = True
+        lib.tas_sp_set_status(self.ft.raw, conn.fid, snap.status, lib.TAS_FF_DETACHED)
+        self._settle(conn)
+
+    def abort(self, ctx, flow: int) -> None:
+        conn = self._conn_of(ctx, flow)
+        conn.detached = True
+        if conn.installed:
+            self._reset(conn, errno.ECONNRESET, send_rst=True)
+        else:
+            self._free(conn)
+
+    def context_gone(self, ctx) -> None:
+        for conn in [c for c in self.conns.values() if c.ctx is ctx]:
+            conn.detached = True
+            if conn.installed:
+                self._reset(conn, errno.ECONNRESET, send_rst=True)
+            self._free(conn)
+        for port in [p for p, lst in self.listeners.items() if lst.ctx is ctx]:
+            self.listen_close(ctx, port)
+
+    def reset_all(self) -> None:
+        for conn in list(self.conns.values()):
+            conn.detached = True
+            if conn.installed:
+                self._reset(conn, errno.ECONNRESET, send_rst=True)
+            self._free(conn)
+
+    # ------------------------------------------------------------------
+    def flow_info(self, conn: Conn) -> dict:
+        return {"flow": conn.fid, "gen": conn.gen, "ctx": conn.ctx.ctx_id, "core": conn.core,
+                "appflow_off": conn.appflow_off, "rx_off": conn.rx_off, "rx_len": conn.rx_len,
+                "tx_off": conn.tx_off, "tx_len": conn.tx_len, "local_ip": self.local_ip,
+                "local_port": conn.local_port, "remote_ip": int2ip(conn.remote_ip),
+                "remote_port": conn.remote_port}
+
+    def flows(self) -> list[dict]:
+        out = []
+        for conn in self.conns.values():
+            d = {"flow": conn.fid, "state": conn.state.value, "ctx": conn.ctx.ctx_id, "core": conn.core,
+                 "local": f"{self.local_ip}:{conn.local_port}",
+                 "remote": f"{int2ip(conn.remote_ip)}:{conn.remote_port}", "detached": conn.detached}
+            if conn.installed:
+                s = self._snapshot(conn)
+                d.update({"rx_bytes": int(s.rx_head), "tx_bytes": int(s.tx_una),
+                          "rx_buffered": int(s.rx_head - s.rx_tail), "rx_buf": int(s.rx_len),
+                          "tx_buffered": int(s.tx_head - s.tx_una), "tx_buf": int(s.tx_len),
+                          "in_flight": int(s.tx_nxt - s.tx_una), "cwnd": int(s.cwnd),
+                          "ssthresh": int(s.ssthresh), "snd_wnd": int(s.snd_wnd), "srtt_us": int(s.srtt_us),
+                          "rto_us": int(s.rto_us), "mss": int(s.mss), "retransmits": int(s.cnt_rexmit),
+                          "segs_in": int(s.cnt_rx_segs), "segs_out": int(s.cnt_tx_segs)})
+            out.append(d)
+        return out
+
+    def stats(self) -> dict:
+        return {"flows_open": sum(1 for c in self.conns.values() if c.installed),
+                "flows_connecting": len(self.connecting),
+                "half_open": sum(len(lst.half_open) for lst in self.listeners.values()),
+                "listeners": len(self.listeners), "time_wait": len(self.time_wait),
+                "arp_entries": len(self.arp), "flow_record_bytes": ffi.sizeof("struct tas_flow"),
+                "slowpath": dict(self.counters)}
+
+
+def _pow2(n: int) -> int:
+    n = max(4096, min(int(n), 16 << 20))
+    p = 4096
+    while p < n:
+        p <<= 1
+    return p

@@ -1,0 +1,271 @@
+"""`tas start`: the slow-path control process and everything it owns.
+
+Order of bring-up: validate (root, /dev/net/tun, address, state dir lock),
+open the TAP, create the stack region (flow table, KRX/KTX rings,
+counters), start the fast-path processes, start the engine and the
+control socket, announce ourselves with a gratuitous ARP, print `ready`.
+Tear-down runs in reverse on SIGINT/SIGTERM: reset open flows, stop the
+fast paths, close (and so unlink) every memfd, remove a TAP we created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import ipaddress
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from flextcp.native import lib
+from flextcp.ring import Ring
+from flextcp.shm import Region
+from flextcp.stackmem import stack_layout
+from flextcp.flowtab import FlowTable
+from kernel_slowpath.engine import Engine
+from kernel_slowpath.fpmanager import FastPathManager
+from kernel_slowpath.server import ControlServer
+from nicemu import tap as tapmod
+
+log = logging.getLogger("tas")
+
+DEFAULT_STATE_DIR = "/run/tas/default"
+
+
+class StartError(Exception):
+    """A reason `tas start` cannot run, printed as one line."""
+
+
+@dataclass
+class StackConfig:
+    tap: str
+    ip: str
+    prefix: int
+    mac: bytes
+    gateway: str | None
+    fp_cores: int
+    state_dir: Path
+    n_flows: int = 16384
+    kq_slots: int = 1024
+    poll_us: int = 500
+    rx_buf: int = 256 << 10
+    tx_buf: int = 256 << 10
+    region_len: int = 256 << 20
+    allowed_uids: set[int] | None = None
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("TAS_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def parse_config(tap: str, ip: str, mac: str | None, gateway: str | None, fp_cores: int,
+                 state_dir: str | None, **extra) -> StackConfig:
+    try:
+        iface = ipaddress.IPv4Interface(ip)
+    except ValueError:
+        raise StartError(f"bad address {ip!r}: expected IPv4 ADDR/PREFIX, e.g. 198.18.0.2/24") from None
+    if "/" not in ip:
+        raise StartError(f"bad address {ip!r}: the prefix length is required, e.g. {ip}/24")
+    if iface.ip == iface.network.network_address or iface.ip == iface.network.broadcast_address \
+            and iface.network.prefixlen < 31:
+        raise StartError(f"bad address {ip!r}: network or broadcast address")
+    if gateway:
+        try:
+            gw = ipaddress.IPv4Address(gateway)
+        except ValueError:
+            raise StartError(f"bad gateway {gateway!r}") from None
+        if gw not in iface.network:
+            raise StartError(f"gateway {gateway} is not in {iface.network}")
+    try:
+        mac_b = tapmod.parse_mac(mac) if mac else tapmod.default_mac(tap, str(iface.ip))
+    except ValueError as e:
+        raise StartError(str(e)) from None
+    if not 1 <= fp_cores <= 16:
+        raise StartError("--fp-cores must be between 1 and 16")
+    return StackConfig(tap=tap, ip=str(iface.ip), prefix=iface.network.prefixlen, mac=mac_b, gateway=gateway,
+                       fp_cores=fp_cores, state_dir=Path(state_dir) if state_dir else default_state_dir(),
+                       **extra)
+
+
+def check_environment() -> None:
+    if os.geteuid() != 0:
+        raise StartError("tas start must run as root (it opens a TAP device and pins cores)")
+    if not os.path.exists(tapmod.TUN_PATH):
+        raise StartError(f"{tapmod.TUN_PATH} is missing: no TUN/TAP support on this machine")
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Create the state dir (0700) and take its lock; fail if a live stack
+    holds it.  The lock dies with the process, so a crashed stack never
+    blocks the next start."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(state_dir, 0o700)
+    fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            pid = os.read(fd, 32).decode().strip() or "?"
+        except OSError:
+            pid = "?"
+        os.close(fd)
+        raise StartError(f"state dir {state_dir} is in use by a live stack (pid {pid})") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+class Stack:
+    def __init__(self, cfg: StackConfig) -> None:
+        self.cfg = cfg
+        self.tap: tapmod.Tap | None = None
+        self.region: Region | None = None
+        self.fpm: FastPathManager | None = None
+        self.engine: Engine | None = None
+        self.server: ControlServer | None = None
+        self.sp_evfd = -1
+        self.lock_fd = -1
+        self.krx: list[Ring] = []
+        self.ktx: list[Ring] = []
+        self._stop = asyncio.Event()
+
+    async def run(self, ready_out=sys.stdout) -> int:
+        cfg = self.cfg
+        check_environment()
+        self.lock_fd = lock_state_dir(cfg.state_dir)
+        try:
+            self._bring_up()
+            loop = asyncio.get_running_loop()
+            self.engine = Engine(ft=self.ft, n_flows=cfg.n_flows, fpm=self.fpm, ktx=self.ktx, loop=loop,
+                                 local_ip=cfg.ip, prefix=cfg.prefix, gateway=cfg.gateway, mac=cfg.mac,
+                                 rx_buf=cfg.rx_buf, tx_buf=cfg.tx_buf)
+            self.server = ControlServer(cfg.state_dir, self.engine, self.fpm, cfg.ip, tapmod.mac_str(cfg.mac),
+                                        region_len=cfg.region_len, allowed_uids=cfg.allowed_uids,
+                                        default_buf=cfg.rx_buf)
+            await self.server.start()
+            loop.add_reader(self.sp_evfd, self._on_doorbell)
+            self.engine.start()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._stop.set)
+            watchdog = loop.create_task(self._watch_fastpaths())
+            self._on_doorbell()
+            print(f"tas: ready on {cfg.tap} {cfg.ip}/{cfg.prefix} mac {tapmod.mac_str(cfg.mac)} "
+                  f"fp-cores {cfg.fp_cores} state-dir {cfg.state_dir}", file=ready_out, flush=True)
+            await self._stop.wait()
+            watchdog.cancel()
+            log.info("stopping: resetting %d open flows", len(self.engine.conns))
+            self.engine.reset_all()
+            self._drain_ktx_soon()
+            loop.remove_reader(self.sp_evfd)
+            self.engine.stop()
+            await self.server.stop()
+            return 0
+        finally:
+            self._tear_down()
+
+    def _bring_up(self) -> None:
+        cfg = self.cfg
+        try:
+            self.tap = tapmod.open_tap(cfg.tap, cfg.fp_cores)
+        except tapmod.TapError as e:
+            raise StartError(str(e)) from None
+        lay = stack_layout(cfg.n_flows, cfg.fp_cores, cfg.kq_slots)
+        self.region = Region.create(lay.size, "stack")
+        self.ft = FlowTable.create(self.region, lay.ft_off, cfg.n_flows)
+        for c in range(cfg.fp_cores):
+            self.krx.append(Ring.create(self.region, lay.krx_off[c], cfg.kq_slots, lib.TAS_KQ_ENTRY_SIZE,
+                                        producer=False))
+            self.ktx.append(Ring.create(self.region, lay.ktx_off[c], cfg.kq_slots, lib.TAS_KQ_ENTRY_SIZE,
+                                        producer=True))
+        self.stats_off = lay.stats_off
+        self.sp_evfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        ncpu = os.cpu_count() or 1
+        # the slow path keeps CPU 0; fast paths take the others first
+        cpus = [c % ncpu for c in range(1, ncpu + 1)] if ncpu > 1 else [0]
+        self.fpm = FastPathManager(n_cores=cfg.fp_cores, tap_fds=self.tap.fds, stack_fd=self.region.fd,
+                                   stack_size=lay.size, n_flows=cfg.n_flows, kq_slots=cfg.kq_slots,
+                                   sp_evfd=self.sp_evfd, local_ip=int(ipaddress.IPv4Address(cfg.ip)),
+                                   mac=tapmod.mac_str(cfg.mac), poll_us=cfg.poll_us, cpus=cpus)
+        try:
+            os.sched_setaffinity(0, {0})
+        except OSError:
+            pass
+
+    def _on_doorbell(self) -> None:
+        try:
+            os.eventfd_read(self.sp_evfd)
+        except BlockingIOError:
+            pass
+        for ring in self.krx:
+            while True:
+                data = ring.dequeue_n(32)
+                n = len(data) // lib.TAS_KQ_ENTRY_SIZE
+                if n == 0:
+                    break
+                self.engine.on_krx(data, n)
+
+    def fp_stats(self) -> list[dict]:
+        out = []
+        for off in self.stats_off:
+            s = self.region.cast("struct tas_fp_stats", off)
+            out.append(s)
+        return out
+
+    async def _watch_fastpaths(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            for core, alive in enumerate(self.fpm.alive()):
+                if not alive:
+                    log.error("fast path core %d died (exit %s): resetting all flows and stopping",
+                              core, self.fpm.procs[core].returncode)
+                    self._stop.set()
+                    return
+
+    def _drain_ktx_soon(self) -> None:
+        """Give the fast paths a moment to put the final RSTs on the wire."""
+        import time
+
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline and any(r.count() < 0 or r.free() < self.cfg.kq_slots
+                                                  for r in self.ktx):
+            self.fpm.kick_all()
+            time.sleep(0.01)
+
+    def _tear_down(self) -> None:
+        if self.fpm:
+            self.fpm.stop()
+        if self.tap:
+            self.tap.close()
+        if self.region:
+            self.region.close()
+        if self.sp_evfd >= 0:
+            os.close(self.sp_evfd)
+        try:
+            (self.cfg.state_dir / "control.sock").unlink()
+        except FileNotFoundError:
+            pass
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+
+
+def run(cfg: StackConfig) -> int:
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    try:
+        return runner(Stack(cfg).run())
+    except StartError as e:
+        print(f"tas start: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno == errno.EPERM:
+            print(f"tas start: permission denied: {e}", file=sys.stderr)
+            return 2
+        raise

@@ -1,0 +1,100 @@
+"""The TAP device the emulated NIC owns.
+
+Opening /dev/net/tun with TUNSETIFF attaches to an existing TAP of that
+name or creates a new one; a TAP we created lives exactly as long as our
+file descriptors, so "remove on stop" is simply closing them.  With more
+than one fast-path core the TAP is opened multi-queue, one queue (fd) per
+core, so each core reads its own share of the traffic.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+
+TUNSETIFF = 0x400454CA
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_MULTI_QUEUE = 0x0100
+TUN_PATH = "/dev/net/tun"
+
+
+class TapError(OSError):
+    """The TAP could not be opened; the message says why in one line."""
+
+
+@dataclass
+class Tap:
+    name: str
+    fds: list[int]
+    created: bool
+
+    def close(self) -> None:
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
+
+
+def exists(name: str) -> bool:
+    return os.path.exists(f"/sys/class/net/{name}")
+
+
+def open_tap(name: str, queues: int = 1) -> Tap:
+    """Open (or create) TAP `name` with `queues` non-blocking queue fds."""
+    if not os.path.exists(TUN_PATH):
+        raise TapError(f"{TUN_PATH} does not exist: load the tun module or run where TAP devices are allowed")
+    if len(name.encode()) > 15:
+        raise TapError(f"interface name too long: {name!r}")
+    created = not exists(name)
+    flags = IFF_TAP | IFF_NO_PI | (IFF_MULTI_QUEUE if queues > 1 else 0)
+    fds: list[int] = []
+    try:
+        for _ in range(queues):
+            fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            fds.append(fd)
+            ifr = struct.pack("16sH14x", name.encode(), flags)
+            fcntl.ioctl(fd, TUNSETIFF, ifr)
+    except OSError as e:
+        for fd in fds:
+            os.close(fd)
+        hint = " (an existing TAP must be multi-queue for --fp-cores > 1)" if queues > 1 else ""
+        raise TapError(e.errno, f"cannot open TAP {name}: {e.strerror}{hint}") from None
+    if created:
+        _set_up(name)
+    return Tap(name, fds, created)
+
+
+def _set_up(name: str) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=name)
+        if idx:
+            ipr.link("set", index=idx[0], state="up")
+
+
+def default_mac(tap: str, ip: str) -> bytes:
+    """A stable, locally administered unicast MAC for (tap, ip): restarting
+    the stack keeps the address peers have cached."""
+    h = hashlib.sha256(f"{tap}/{ip}".encode()).digest()
+    return bytes([0x02]) + h[:5]
+
+
+def mac_str(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def parse_mac(text: str) -> bytes:
+    parts = text.split(":")
+    if len(parts) != 6:
+        raise ValueError(f"bad MAC address: {text!r}")
+    mac = bytes(int(p, 16) for p in parts)
+    if mac[0] & 1:
+        raise ValueError(f"MAC address must be unicast: {text!r}")
+    return mac

@@ -1,0 +1,421 @@
+"""Control protocol codec (docs/CONTROL.md), shared by the slow path and libtas.
+
+Messages are single UTF-8 JSON objects (at most :data:`MAX_MSG` bytes) sent
+as one packet each on a Unix ``SOCK_SEQPACKET`` socket; file descriptors
+travel with ``SCM_RIGHTS``.
+
+* :func:`parse_request` is the slow path's strict decoder: unknown ``op``,
+  missing, unknown or wrongly-typed fields and out-of-range values raise
+  :class:`ProtocolError` (carrying the request id when it could be read and
+  an errno, EINVAL unless said otherwise), which the server turns into an
+  error reply.
+* :func:`parse_message` / :func:`check_reply` are libtas's decoders for
+  replies and events (required fields typed; extra fields tolerated).
+* :func:`send_msg` / :func:`recv_msg` move one message plus fds.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import ipaddress
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = [
+    "MAX_MSG",
+    "MAX_FDS",
+    "ProtocolError",
+    "FlowInfo",
+    "Request",
+    "REQUESTS",
+    "REQUEST_FDS",
+    "EVENTS",
+    "REPLIES",
+    "encode",
+    "decode",
+    "parse_request",
+    "parse_message",
+    "check_reply",
+    "reply",
+    "error_reply",
+    "send_msg",
+    "recv_msg",
+]
+
+MAX_MSG = 64 * 1024
+MAX_FDS = 16
+U64 = (0, (1 << 64) - 1)
+U32 = (0, (1 << 32) - 1)
+U16 = (0, (1 << 16) - 1)
+PORT = U16
+ID = (0, (1 << 63) - 1)
+
+
+class ProtocolError(Exception):
+    """A malformed message.  ``req_id`` is the request id if it could be
+    read (else None), ``errno`` the errno for the error reply."""
+
+    def __init__(self, message: str, req_id: int | None = None, errno: int = _errno.EINVAL) -> None:
+        super().__init__(message)
+        self.req_id = req_id
+        self.errno = errno
+
+
+# --------------------------------------------------------------------------
+# Field validation
+
+
+class _F:
+    """Spec of one field: type, optional [lo, hi] range, required/default."""
+
+    __slots__ = ("typ", "rng", "required", "default")
+
+    def __init__(self, typ: type, rng: tuple[int, int] | None = None, *, default: Any = ...) -> None:
+        self.typ = typ
+        self.rng = rng
+        self.required = default is ...
+        self.default = default
+
+
+def _check_value(name: str, spec: _F, value: Any) -> Any:
+    typ = spec.typ
+    if typ is int:
+        # bool is a subclass of int; JSON true must not pass as 1
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ProtocolError(f"field {name!r} must be an integer")
+        if spec.rng is not None and not spec.rng[0] <= value <= spec.rng[1]:
+            raise ProtocolError(f"field {name!r} out of range [{spec.rng[0]}, {spec.rng[1]}]")
+    elif typ is bool:
+        if not isinstance(value, bool):
+            raise ProtocolError(f"field {name!r} must be a boolean")
+    elif typ is str:
+        if not isinstance(value, str):
+            raise ProtocolError(f"field {name!r} must be a string")
+    elif typ is _IPv4:
+        if not isinstance(value, str) or not _is_ipv4(value):
+            raise ProtocolError(f"field {name!r} must be a dotted IPv4 address")
+    elif typ is _FlowDict:
+        if not isinstance(value, dict):
+            raise ProtocolError(f"field {name!r} must be a FlowInfo object")
+        FlowInfo.from_dict(value)  # validates
+    elif typ is list:
+        if not isinstance(value, list):
+            raise ProtocolError(f"field {name!r} must be a list")
+    elif typ is dict:
+        if not isinstance(value, dict):
+            raise ProtocolError(f"field {name!r} must be an object")
+    else:  # pragma: no cover - spec error
+        raise AssertionError(typ)
+    return value
+
+
+class _IPv4:
+    """Marker type: dotted-quad IPv4 string."""
+
+
+class _FlowDict:
+    """Marker type: a FlowInfo dict."""
+
+
+def _is_ipv4(s: str) -> bool:
+    try:
+        ipaddress.IPv4Address(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_fields(where: str, spec: dict[str, _F], msg: dict, skip: tuple[str, ...], strict: bool) -> dict:
+    out: dict[str, Any] = {}
+    if strict:
+        unknown = set(msg) - set(spec) - set(skip)
+        if unknown:
+            raise ProtocolError(f"{where}: unknown field(s) {sorted(unknown)}")
+    for name, f in spec.items():
+        if name in msg:
+            out[name] = _check_value(name, f, msg[name])
+        elif f.required:
+            raise ProtocolError(f"{where}: missing field {name!r}")
+        else:
+            out[name] = f.default
+    return out
+
+
+# --------------------------------------------------------------------------
+# FlowInfo
+
+
+@dataclass(frozen=True)
+class FlowInfo:
+    """What an app needs to use a flow (docs/CONTROL.md)."""
+
+    flow: int
+    gen: int
+    ctx: int
+    core: int
+    appflow_off: int
+    rx_off: int
+    rx_len: int
+    tx_off: int
+    tx_len: int
+    local_ip: str
+    local_port: int
+    remote_ip: str
+    remote_port: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> FlowInfo:
+        """Strict: exactly the FlowInfo keys, typed, in range; buffer lengths
+        powers of two.  Raises ProtocolError."""
+        if isinstance(d, FlowInfo):
+            return d
+        if not isinstance(d, dict):
+            raise ProtocolError("FlowInfo must be an object")
+        vals = _check_fields("FlowInfo", _FLOWINFO_SPEC, d, (), strict=True)
+        for name in ("rx_len", "tx_len"):
+            n = vals[name]
+            if n == 0 or n & (n - 1):
+                raise ProtocolError(f"FlowInfo.{name} must be a power of two")
+        return cls(**vals)
+
+
+_FLOWINFO_SPEC = {
+    "flow": _F(int, U32),
+    "gen": _F(int, U16),
+    "ctx": _F(int, U32),
+    "core": _F(int, (0, 15)),
+    "appflow_off": _F(int, U64),
+    "rx_off": _F(int, U32),
+    "rx_len": _F(int, U32),
+    "tx_off": _F(int, U32),
+    "tx_len": _F(int, U32),
+    "local_ip": _F(_IPv4),
+    "local_port": _F(int, PORT),
+    "remote_ip": _F(_IPv4),
+    "remote_port": _F(int, PORT),
+}
+assert list(_FLOWINFO_SPEC) == [f.name for f in fields(FlowInfo)]
+
+
+# --------------------------------------------------------------------------
+# Message specs
+
+BUF = (0, 1 << 30)
+
+REQUESTS: dict[str, dict[str, _F]] = {
+    "hello": {"abi": _F(int, U32)},
+    "ctx_create": {"rx_buf": _F(int, BUF, default=0), "tx_buf": _F(int, BUF, default=0)},
+    "ctx_close": {"ctx": _F(int, U32)},
+    "listen": {
+        "ctx": _F(int, U32),
+        "port": _F(int, PORT),
+        "backlog": _F(int, (0, 1 << 16), default=128),
+        "reuseaddr": _F(bool, default=False),
+    },
+    "listen_close": {"listener": _F(int, U32)},
+    "connect": {
+        "ctx": _F(int, U32),
+        "ip": _F(_IPv4),
+        "port": _F(int, (1, 65535)),
+        "local_port": _F(int, PORT, default=0),
+        "rx_buf": _F(int, BUF, default=0),
+        "tx_buf": _F(int, BUF, default=0),
+    },
+    "shutdown": {"flow": _F(int, U32), "tx_head": _F(int, U64)},
+    "close": {"flow": _F(int, U32), "tx_head": _F(int, U64), "rx_tail": _F(int, U64)},
+    "abort": {"flow": _F(int, U32)},
+    "stats": {},
+    "flows": {},
+}
+
+# Number of fds each request must carry.
+REQUEST_FDS: dict[str, int] = {op: 0 for op in REQUESTS}
+REQUEST_FDS["ctx_create"] = 1
+
+REPLIES: dict[str, dict[str, _F]] = {
+    "hello": {
+        "app_id": _F(int, U32),
+        "n_cores": _F(int, (1, 16)),
+        "local_ip": _F(_IPv4),
+        "local_mac": _F(str),
+    },
+    "ctx_create": {
+        "ctx_id": _F(int, U32),
+        "region_len": _F(int, U64),
+        "atx_slots": _F(int, U32),
+        "arx_slots": _F(int, U32),
+        "n_cores": _F(int, (1, 16)),
+    },
+    "ctx_close": {},
+    "listen": {"listener": _F(int, U32), "port": _F(int, PORT)},
+    "listen_close": {},
+    "connect": {"flow": _F(_FlowDict)},
+    "shutdown": {},
+    "close": {},
+    "abort": {},
+    "stats": {"stats": _F(dict)},
+    "flows": {"flows": _F(list)},
+}
+
+EVENTS: dict[str, dict[str, _F]] = {
+    "newconn": {"listener": _F(int, U32), "flow": _F(_FlowDict)},
+    "connected": {"flow": _F(int, U32)},
+    "conn_failed": {"flow": _F(int, U32), "errno": _F(int, (1, 4095))},
+    "reset": {"flow": _F(int, U32), "errno": _F(int, (1, 4095))},
+    "closed": {"flow": _F(int, U32)},
+}
+
+
+@dataclass
+class Request:
+    op: str
+    id: int
+    args: dict
+    fds: list[int]
+
+
+# --------------------------------------------------------------------------
+# Encoding
+
+
+def encode(msg: dict) -> bytes:
+    """Compact JSON; raises ProtocolError(EMSGSIZE) above MAX_MSG bytes."""
+    data = json.dumps(msg, separators=(",", ":"), allow_nan=False).encode()
+    if len(data) > MAX_MSG:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MSG}", msg.get("id"), _errno.EMSGSIZE)
+    return data
+
+
+def _reject_constant(c: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {c}")
+
+
+def decode(data: bytes) -> dict:
+    """One JSON object; raises ProtocolError."""
+    if len(data) > MAX_MSG:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MSG}")
+    try:
+        obj = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ProtocolError(f"bad JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("message is not a JSON object")
+    return obj
+
+
+def parse_request(data: bytes, nfds: int = 0) -> Request:
+    """Strictly decode a request carrying ``nfds`` file descriptors.
+
+    Raises ProtocolError (with req_id set once the id was read)."""
+    obj = decode(data)
+    req_id = obj.get("id")
+    if not isinstance(req_id, int) or isinstance(req_id, bool) or not ID[0] <= req_id <= ID[1]:
+        raise ProtocolError("missing or bad request id")
+    op = obj.get("op")
+    if not isinstance(op, str) or op not in REQUESTS:
+        raise ProtocolError(f"unknown op {op!r}", req_id)
+    try:
+        args = _check_fields(op, REQUESTS[op], obj, ("op", "id"), strict=True)
+    except ProtocolError as e:
+        e.req_id = req_id
+        raise
+    if nfds != REQUEST_FDS[op]:
+        raise ProtocolError(f"{op}: expected {REQUEST_FDS[op]} fd(s), got {nfds}", req_id)
+    return Request(op, req_id, args, [])
+
+
+def request(op: str, req_id: int, **args: Any) -> dict:
+    return {"op": op, "id": req_id, **args}
+
+
+def reply(req_id: int, **fields_: Any) -> dict:
+    return {"id": req_id, "ok": True, **fields_}
+
+
+def error_reply(req_id: int | None, errno: int, error: str | None = None) -> dict:
+    return {
+        "id": -1 if req_id is None else req_id,
+        "ok": False,
+        "errno": int(errno),
+        "error": error if error is not None else os.strerror(errno),
+    }
+
+
+def parse_message(data: bytes) -> dict:
+    """Client side: a reply (``id``+``ok``) or an event (``ev``+``ctx``).
+
+    Error replies are checked for ``errno``/``error``; events for their
+    fields (FlowInfo dicts are converted to :class:`FlowInfo`).  Raises
+    ProtocolError."""
+    obj = decode(data)
+    if "ev" in obj:
+        ev = obj["ev"]
+        if ev not in EVENTS:
+            raise ProtocolError(f"unknown event {ev!r}")
+        ctx = obj.get("ctx")
+        if not isinstance(ctx, int) or isinstance(ctx, bool):
+            raise ProtocolError("event without ctx")
+        _check_fields(ev, EVENTS[ev], obj, (), strict=False)
+        if isinstance(obj.get("flow"), dict):
+            obj["flow"] = FlowInfo.from_dict(obj["flow"])
+        return obj
+    rid = obj.get("id")
+    ok = obj.get("ok")
+    if not isinstance(rid, int) or isinstance(rid, bool) or not isinstance(ok, bool):
+        raise ProtocolError("message is neither a reply nor an event")
+    if not ok:
+        err = obj.get("errno")
+        if not isinstance(err, int) or isinstance(err, bool) or not isinstance(obj.get("error"), str):
+            raise ProtocolError("error reply without errno/error")
+    return obj
+
+
+def check_reply(op: str, msg: dict) -> dict:
+    """Validate the fields of a successful reply to ``op``; FlowInfo dicts
+    become :class:`FlowInfo`.  Raises ProtocolError."""
+    _check_fields(f"{op} reply", REPLIES[op], msg, (), strict=False)
+    if op == "connect":
+        msg["flow"] = FlowInfo.from_dict(msg["flow"])
+    return msg
+
+
+# --------------------------------------------------------------------------
+# Transport
+
+
+def send_msg(sock: socket.socket, msg: dict | bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
+    """Send one message (dict or pre-encoded bytes) with optional fds."""
+    data = msg if isinstance(msg, bytes | bytearray) else encode(msg)
+    if fds:
+        socket.send_fds(sock, [data], list(fds))
+    else:
+        sock.send(data)
+
+
+def recv_msg(sock: socket.socket, maxfds: int = MAX_FDS, flags: int = 0) -> tuple[bytes, list[int]]:
+    """Receive one packet and its fds.  ``b''`` means EOF.
+
+    Raises ProtocolError for oversized packets or truncated fd lists (after
+    closing whatever fds arrived), BlockingIOError when nothing is queued on
+    a non-blocking call."""
+    data, fds, msg_flags, _ = socket.recv_fds(sock, MAX_MSG + 1, maxfds, flags)
+    if msg_flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_MSG:
+        for fd in fds:
+            _close_quiet(fd)
+        if msg_flags & socket.MSG_CTRUNC:
+            raise ProtocolError("too many file descriptors")
+        raise ProtocolError(f"message exceeds {MAX_MSG} bytes")
+    return data, list(fds)
+
+
+def _close_quiet(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass

@@ -1,0 +1,677 @@
+"""The slow path's control server (docs/CONTROL.md).
+
+Listens on ``<state_dir>/control.sock`` (SOCK_SEQPACKET), one connection per
+application.  Everything runs on the asyncio loop thread: requests are read
+in an ``add_reader`` callback and handled synchronously (the engine's calls
+are synchronous); replies and events go through a per-app output queue that
+falls back to ``add_writer`` when the socket is full.  The engine calls back
+into :class:`Context` (alloc/free/event) on the same thread.
+
+Nothing one application sends can crash the server: malformed requests get
+an EINVAL error reply, engine ``OSError``\\s become error replies with their
+errno, unexpected exceptions are logged and become EIO.  When an app's
+socket reaches EOF (it closed it, or the process died) all its contexts are
+torn down: ``engine.context_gone``, ``fpm.remove_ctx``, memfd and eventfd
+closed, ids recycled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import heapq
+import logging
+import os
+import socket
+import stat
+import struct
+from collections import deque
+from pathlib import Path
+from typing import Any, Protocol
+
+from flextcp import ctlproto
+from flextcp.ctlproto import FlowInfo, ProtocolError
+from flextcp.layout import TAS_ARX_ENTRY_SIZE, TAS_ATX_ENTRY_SIZE, ctx_layout
+from flextcp.native import lib
+from flextcp.shm import Region
+from kernel_slowpath.bufalloc import BuddyAllocator, BufAllocError
+
+log = logging.getLogger("tas.control")
+
+TAS_ABI_VERSION = 1
+TAS_CTX_MAGIC = 0x54415343
+TAS_MAX_CTX = 4096
+MIN_BUF = 4096
+MAX_BUF = 16 << 20
+DEFAULT_BUF = 64 << 10
+# A peer that stops reading its socket is dropped once this many messages wait.
+MAX_OUTQ = 16384
+_UCRED = struct.Struct("3i")
+
+
+class Engine(Protocol):  # the seam documented in docs/CONTROL.md
+    local_ip: str
+
+    def listen(self, ctx: Context, port: int, backlog: int, reuseaddr: bool) -> int: ...
+    def listen_close(self, ctx: Context, port: int) -> None: ...
+    def connect(
+        self, ctx: Context, ip: str, port: int, local_port: int, rx_len: int, tx_len: int
+    ) -> dict: ...
+    def shutdown(self, ctx: Context, flow: int, tx_head: int) -> None: ...
+    def close(self, ctx: Context, flow: int, tx_head: int, rx_tail: int) -> None: ...
+    def abort(self, ctx: Context, flow: int) -> None: ...
+    def context_gone(self, ctx: Context) -> None: ...
+    def stats(self) -> dict: ...
+    def flows(self) -> list[dict]: ...
+
+
+class FastPathManager(Protocol):
+    n_cores: int
+    evfds: list[int]
+
+    def add_ctx(self, ctx_id: int, memfd: int, app_evfd: int, atx_slots: int, arx_slots: int) -> None: ...
+    def remove_ctx(self, ctx_id: int) -> None: ...
+
+
+class IdPool:
+    """Small integer ids, lowest free first (recycled through a heap)."""
+
+    def __init__(self, limit: int, first: int = 0) -> None:
+        self.limit = limit
+        self._next = first
+        self._free: list[int] = []
+
+    def get(self) -> int | None:
+        if self._free:
+            return heapq.heappop(self._free)
+        if self._next >= self.limit:
+            return None
+        self._next += 1
+        return self._next - 1
+
+    def put(self, i: int) -> None:
+        heapq.heappush(self._free, i)
+
+    def in_use(self) -> int:
+        return self._next - len(self._free)
+
+
+def _round_buf(n: int, default: int) -> int:
+    if n == 0:
+        return default
+    size = max(MIN_BUF, 1 << (n - 1).bit_length())
+    if size > MAX_BUF:
+        raise OSError(errno.EINVAL, f"buffer size {n} above {MAX_BUF}")
+    return size
+
+
+def _is_eventfd(fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]"
+    except OSError:
+        return False
+
+
+def _close_quiet(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+class Context:
+    """An application context: a shared region (header, per-core rings, heap)
+    plus the app's eventfd.  The engine allocates flow state with
+    :meth:`alloc`/:meth:`free` and notifies the app with :meth:`event`.
+
+    Attributes: ``ctx_id``, ``app``, ``region`` (flextcp.shm.Region),
+    ``heap`` (BuddyAllocator), ``evfd``, ``layout``, ``n_cores``,
+    ``atx_slots``, ``arx_slots``, ``rx_buf``/``tx_buf`` (default flow buffer
+    sizes, powers of two), ``flows`` (ids of the app's open flows),
+    ``listeners`` (listening ports)."""
+
+    def __init__(
+        self,
+        server: ControlServer,
+        app: App,
+        ctx_id: int,
+        evfd: int,
+        region_len: int,
+        n_cores: int,
+        atx_slots: int,
+        arx_slots: int,
+        rx_buf: int,
+        tx_buf: int,
+    ) -> None:
+        self.server = server
+        self.app = app
+        self.ctx_id = ctx_id
+        self.evfd = evfd
+        self.n_cores = n_cores
+        self.atx_slots = atx_slots
+        self.arx_slots = arx_slots
+        self.rx_buf = rx_buf
+        self.tx_buf = tx_buf
+        self.flows: set[int] = set()
+        self.listeners: set[int] = set()
+        self.closed = False
+        self.layout = ctx_layout(n_cores, atx_slots, arx_slots)
+        if self.layout.heap_off >= region_len:
+            raise OSError(errno.EINVAL, "region too small for its rings")
+        self.region = Region.create(region_len, f"ctx{ctx_id}")
+        try:
+            for c in range(n_cores):
+                if lib.tas_ring_init(self.region.ptr(self.layout.atx_off[c]), atx_slots, TAS_ATX_ENTRY_SIZE):
+                    raise OSError(errno.EINVAL, "tas_ring_init failed")
+                if lib.tas_ring_init(self.region.ptr(self.layout.arx_off[c]), arx_slots, TAS_ARX_ENTRY_SIZE):
+                    raise OSError(errno.EINVAL, "tas_ring_init failed")
+            hdr = self.region.cast("struct tas_ctx_hdr")
+            hdr.abi_version = TAS_ABI_VERSION
+            hdr.region_len = region_len
+            hdr.ctx_id = ctx_id
+            hdr.n_cores = n_cores
+            hdr.atx_slots = atx_slots
+            hdr.arx_slots = arx_slots
+            hdr.heap_off = self.layout.heap_off
+            hdr.magic = TAS_CTX_MAGIC  # last: a complete header
+        except BaseException:
+            self.region.close()
+            raise
+        self.heap = BuddyAllocator(self.layout.heap_off, region_len, min_block=64, max_block=MAX_BUF)
+
+    @property
+    def region_len(self) -> int:
+        return self.region.size
+
+    # -- engine callbacks -------------------------------------------------
+    def alloc(self, nbytes: int) -> int | None:
+        """Heap offset of a power-of-two block of at least nbytes, or None."""
+        if self.closed:
+            return None
+        return self.heap.alloc(nbytes)
+
+    def free(self, off: int) -> None:
+        """Return a block from :meth:`alloc` (raises on double/foreign free)."""
+        if self.closed:
+            return  # the whole region is going away
+        self.heap.free(off)
+
+    def event(self, msg: dict) -> None:
+        """Send an event to the app (``ctx`` is filled in) and ring its eventfd."""
+        if self.closed:
+            return
+        msg = dict(msg)
+        msg["ctx"] = self.ctx_id
+        ev = msg.get("ev")
+        flow = msg.get("flow")
+        if ev == "newconn" and isinstance(flow, FlowInfo):
+            msg["flow"] = flow = flow.to_dict()
+        if ev == "newconn" and isinstance(flow, dict):
+            self.flows.add(flow["flow"])
+        elif ev in ("closed", "conn_failed") and isinstance(flow, int):  # the engine freed it
+            self.flows.discard(flow)
+        self.app.send_event(self, msg)
+
+    def ring(self) -> None:
+        if self.closed:
+            return
+        try:
+            os.eventfd_write(self.evfd, 1)
+        except OSError:
+            pass
+
+    def _destroy(self) -> None:
+        self.closed = True
+        self.region.close()
+        _close_quiet(self.evfd)
+        self.evfd = -1
+
+    def __repr__(self) -> str:
+        return f"<Context {self.ctx_id} app={self.app.app_id}>"
+
+
+class App:
+    """One connected application: ``app_id``, ``pid``, ``uid``, ``gid``,
+    ``contexts`` (ctx_id -> Context)."""
+
+    def __init__(self, server: ControlServer, sock: socket.socket, app_id: int, pid: int, uid: int, gid: int):
+        self.server = server
+        self.sock = sock
+        self.app_id = app_id
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+        self.contexts: dict[int, Context] = {}
+        self.hello = False
+        self.dead = False
+        self.requests = 0
+        self.errors = 0
+        self._outq: deque[tuple[bytes, list[int]]] = deque()
+        self._writing = False
+        self._deferred: list[tuple[Context, dict]] | None = None
+
+    def __repr__(self) -> str:
+        return f"<App {self.app_id} pid={self.pid} uid={self.uid}>"
+
+    # -- output -------------------------------------------------------------
+    def send(self, msg: dict, fds: list[int] | tuple[int, ...] = ()) -> None:
+        if self.dead:
+            return
+        try:
+            data = ctlproto.encode(msg)
+        except ProtocolError as e:  # reply too large (e.g. huge flows list)
+            data = ctlproto.encode(ctlproto.error_reply(msg.get("id"), e.errno, str(e)))
+            fds = ()
+        self._outq.append((data, list(fds)))
+        if len(self._outq) > MAX_OUTQ:
+            log.warning(
+                "app %d (pid %d) does not read its control socket; dropping it", self.app_id, self.pid
+            )
+            self.server._schedule_gone(self)
+            return
+        if not self._writing:
+            self._flush()
+
+    def send_event(self, ctx: Context, msg: dict) -> None:
+        if self._deferred is not None:  # inside a request: after its reply
+            self._deferred.append((ctx, msg))
+            return
+        self.send(msg)
+        ctx.ring()
+
+    def _flush(self) -> None:
+        while self._outq and not self.dead:
+            data, fds = self._outq[0]
+            try:
+                if fds:
+                    socket.send_fds(self.sock, [data], fds)
+                else:
+                    self.sock.send(data)
+            except BlockingIOError:
+                if not self._writing:
+                    self._writing = True
+                    self.server._loop.add_writer(self.sock.fileno(), self._flush)
+                return
+            except OSError as e:
+                log.debug("app %d send failed: %s", self.app_id, e)
+                self.server._schedule_gone(self)
+                return
+            self._outq.popleft()
+        if self._writing:
+            self._writing = False
+            try:
+                self.server._loop.remove_writer(self.sock.fileno())
+            except Exception:
+                pass
+
+
+class ControlServer:
+    """Control-socket server.  ``apps``: app_id -> App (for stats)."""
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike,
+        engine: Engine,
+        fpm: FastPathManager,
+        local_ip: str,
+        local_mac: str,
+        region_len: int = 256 << 20,
+        allowed_uids: set[int] | None = None,
+        atx_slots: int = 1024,
+        arx_slots: int = 2048,
+        default_buf: int = DEFAULT_BUF,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / "control.sock"
+        self.engine = engine
+        self.fpm = fpm
+        self.local_ip = local_ip
+        self.local_mac = local_mac
+        self.region_len = region_len
+        self.allowed_uids = set(allowed_uids) if allowed_uids is not None else None
+        self.atx_slots = atx_slots
+        self.arx_slots = arx_slots
+        self.default_buf = _round_buf(default_buf, DEFAULT_BUF)
+        ctx_layout(max(1, fpm.n_cores), atx_slots, arx_slots)  # validates
+        self.apps: dict[int, App] = {}
+        self.contexts: dict[int, Context] = {}
+        self._app_ids = IdPool(1 << 31, first=1)
+        self._ctx_ids = IdPool(TAS_MAX_CTX)
+        self._lsock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.counters = {"accepted": 0, "refused": 0, "requests": 0, "errors": 0, "bad_requests": 0}
+        self._handlers = {
+            "hello": self._op_hello,
+            "ctx_create": self._op_ctx_create,
+            "ctx_close": self._op_ctx_close,
+            "listen": self._op_listen,
+            "listen_close": self._op_listen_close,
+            "connect": self._op_connect,
+            "shutdown": self._op_shutdown,
+            "close": self._op_close,
+            "abort": self._op_abort,
+            "stats": self._op_stats,
+            "flows": self._op_flows,
+        }
+
+    # -- lifecycle ------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if not self.state_dir.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "state directory does not exist", str(self.state_dir))
+        self._remove_stale_socket()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            s.bind(str(self.path))
+            os.chmod(self.path, 0o660)
+            s.listen(128)
+            s.setblocking(False)
+        except BaseException:
+            s.close()
+            raise
+        self._lsock = s
+        self._loop.add_reader(s.fileno(), self._on_accept)
+        log.info("control socket listening at %s", self.path)
+
+    def _remove_stale_socket(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise FileExistsError(errno.EEXIST, "not a socket", str(self.path))
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            probe.connect(str(self.path))
+        except OSError:
+            os.unlink(self.path)  # stale: nobody listening
+            return
+        finally:
+            probe.close()
+        raise OSError(errno.EADDRINUSE, "another slow path is serving", str(self.path))
+
+    async def stop(self) -> None:
+        if self._lsock is not None:
+            self._loop.remove_reader(self._lsock.fileno())
+            self._lsock.close()
+            self._lsock = None
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        for app in list(self.apps.values()):
+            self._app_gone(app, "server stopping")
+
+    # -- connections ------------------------------------------------------------
+    def _on_accept(self) -> None:
+        for _ in range(64):
+            try:
+                sock, _addr = self._lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("accept failed: %s", e)
+                return
+            try:
+                pid, uid, gid = _UCRED.unpack(
+                    sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+                )
+            except OSError as e:
+                log.warning("SO_PEERCRED failed: %s", e)
+                sock.close()
+                continue
+            if self.allowed_uids is not None and uid not in self.allowed_uids:
+                log.warning("refused app pid %d: uid %d not allowed", pid, uid)
+                self.counters["refused"] += 1
+                sock.close()
+                continue
+            app_id = self._app_ids.get()
+            if app_id is None:
+                sock.close()
+                continue
+            sock.setblocking(False)
+            app = App(self, sock, app_id, pid, uid, gid)
+            self.apps[app_id] = app
+            self.counters["accepted"] += 1
+            self._loop.add_reader(sock.fileno(), self._on_readable, app)
+            log.info("app %d connected (pid %d, uid %d)", app_id, pid, uid)
+
+    def _on_readable(self, app: App) -> None:
+        for _ in range(64):  # bounded: be fair to other apps
+            if app.dead:
+                return
+            try:
+                data, fds = ctlproto.recv_msg(app.sock)
+            except (BlockingIOError, InterruptedError):
+                return
+            except ProtocolError as e:
+                self._bad_request(app, e)
+                continue
+            except OSError as e:  # ECONNRESET etc.
+                self._app_gone(app, f"socket error: {e.strerror}")
+                return
+            if not data and not fds:
+                self._app_gone(app, "disconnected")
+                return
+            self._handle(app, data, fds)
+
+    def _schedule_gone(self, app: App) -> None:
+        if not app.dead:
+            app.dead = True
+            self._loop.call_soon(self._app_gone, app, "dropped")
+
+    def _app_gone(self, app: App, why: str) -> None:
+        if self.apps.get(app.app_id) is not app:
+            return
+        app.dead = True
+        try:
+            self._loop.remove_reader(app.sock.fileno())
+            if app._writing:
+                self._loop.remove_writer(app.sock.fileno())
+        except Exception:
+            pass
+        n = len(app.contexts)
+        for ctx in list(app.contexts.values()):
+            self._destroy_ctx(ctx)
+        app.sock.close()
+        del self.apps[app.app_id]
+        self._app_ids.put(app.app_id)
+        log.info("app %d (pid %d) gone: %s; %d context(s) released", app.app_id, app.pid, why, n)
+
+    def _destroy_ctx(self, ctx: Context) -> None:
+        try:
+            self.engine.context_gone(ctx)
+        except Exception:
+            log.exception("engine.context_gone(%d) failed", ctx.ctx_id)
+        ctx.closed = True
+        try:
+            self.fpm.remove_ctx(ctx.ctx_id)
+        except Exception:
+            log.exception("fpm.remove_ctx(%d) failed", ctx.ctx_id)
+        ctx._destroy()
+        ctx.app.contexts.pop(ctx.ctx_id, None)
+        self.contexts.pop(ctx.ctx_id, None)
+        self._ctx_ids.put(ctx.ctx_id)
+
+    # -- requests -----------------------------------------------------------
+    def _bad_request(self, app: App, e: ProtocolError, fds: list[int] = ()) -> None:
+        for fd in fds:
+            _close_quiet(fd)
+        self.counters["bad_requests"] += 1
+        app.errors += 1
+        log.debug("app %d: bad request: %s", app.app_id, e)
+        app.send(ctlproto.error_reply(e.req_id, e.errno, str(e)))
+
+    def _handle(self, app: App, data: bytes, fds: list[int]) -> None:
+        self.counters["requests"] += 1
+        app.requests += 1
+        try:
+            req = ctlproto.parse_request(data, len(fds))
+        except ProtocolError as e:
+            self._bad_request(app, e, fds)
+            return
+        req.fds = fds
+        app._deferred = []
+        try:
+            try:
+                if req.op != "hello" and not app.hello:
+                    raise OSError(errno.EPROTO, "hello first")
+                result = self._handlers[req.op](app, req)
+            except OSError as e:
+                err = e.errno if isinstance(e.errno, int) and e.errno > 0 else errno.EIO
+                self.counters["errors"] += 1
+                app.send(ctlproto.error_reply(req.id, err, e.strerror or str(e)))
+            except (ProtocolError, BufAllocError, ValueError, TypeError) as e:
+                self.counters["errors"] += 1
+                app.send(ctlproto.error_reply(req.id, getattr(e, "errno", None) or errno.EINVAL, str(e)))
+            except Exception as e:
+                log.exception("app %d: %s failed", app.app_id, req.op)
+                self.counters["errors"] += 1
+                app.send(ctlproto.error_reply(req.id, errno.EIO, f"internal error: {e!r}"))
+            else:
+                fields, out_fds = result if isinstance(result, tuple) else (result, ())
+                app.send(ctlproto.reply(req.id, **(fields or {})), out_fds)
+        finally:
+            for fd in req.fds:  # fds not taken over by a handler
+                _close_quiet(fd)
+            deferred, app._deferred = app._deferred, None
+            for ctx, msg in deferred:
+                if not ctx.closed:
+                    app.send_event(ctx, msg)
+
+    def _ctx(self, app: App, ctx_id: int) -> Context:
+        ctx = app.contexts.get(ctx_id)
+        if ctx is None:
+            raise OSError(errno.EBADF, f"no context {ctx_id}")
+        return ctx
+
+    def _flow_ctx(self, app: App, flow: int) -> Context:
+        for ctx in app.contexts.values():
+            if flow in ctx.flows:
+                return ctx
+        raise OSError(errno.EBADF, f"no flow {flow}")
+
+    def _op_hello(self, app: App, req: ctlproto.Request):
+        if app.hello:
+            raise OSError(errno.EPROTO, "hello already done")
+        if req.args["abi"] != TAS_ABI_VERSION:
+            raise OSError(
+                errno.EPROTONOSUPPORT, f"ABI {req.args['abi']} unsupported (stack: {TAS_ABI_VERSION})"
+            )
+        app.hello = True
+        fields = {
+            "app_id": app.app_id,
+            "n_cores": self.fpm.n_cores,
+            "local_ip": self.local_ip,
+            "local_mac": self.local_mac,
+        }
+        return fields, list(self.fpm.evfds)
+
+    def _op_ctx_create(self, app: App, req: ctlproto.Request):
+        evfd = req.fds[0]
+        if not _is_eventfd(evfd):
+            raise OSError(errno.EINVAL, "ctx_create needs an eventfd")
+        rx_buf = _round_buf(req.args["rx_buf"], self.default_buf)
+        tx_buf = _round_buf(req.args["tx_buf"], self.default_buf)
+        ctx_id = self._ctx_ids.get()
+        if ctx_id is None:
+            raise OSError(errno.EMFILE, "too many contexts")
+        try:
+            ctx = Context(
+                self,
+                app,
+                ctx_id,
+                evfd,
+                self.region_len,
+                self.fpm.n_cores,
+                self.atx_slots,
+                self.arx_slots,
+                rx_buf,
+                tx_buf,
+            )
+        except BaseException:
+            self._ctx_ids.put(ctx_id)
+            raise
+        req.fds.clear()  # the context owns the eventfd now
+        try:
+            self.fpm.add_ctx(ctx_id, ctx.region.fd, evfd, self.atx_slots, self.arx_slots)
+        except BaseException:
+            ctx._destroy()
+            self._ctx_ids.put(ctx_id)
+            raise
+        app.contexts[ctx_id] = ctx
+        self.contexts[ctx_id] = ctx
+        fields = {
+            "ctx_id": ctx_id,
+            "region_len": ctx.region_len,
+            "atx_slots": self.atx_slots,
+            "arx_slots": self.arx_slots,
+            "n_cores": self.fpm.n_cores,
+        }
+        return fields, [ctx.region.fd]
+
+    def _op_ctx_close(self, app: App, req: ctlproto.Request):
+        self._destroy_ctx(self._ctx(app, req.args["ctx"]))
+        return {}
+
+    def _op_listen(self, app: App, req: ctlproto.Request):
+        ctx = self._ctx(app, req.args["ctx"])
+        a = req.args
+        port = self.engine.listen(ctx, a["port"], a["backlog"], a["reuseaddr"])
+        ctx.listeners.add(port)
+        return {"listener": port, "port": port}
+
+    def _op_listen_close(self, app: App, req: ctlproto.Request):
+        port = req.args["listener"]
+        for ctx in app.contexts.values():
+            if port in ctx.listeners:
+                self.engine.listen_close(ctx, port)
+                ctx.listeners.discard(port)
+                return {}
+        raise OSError(errno.EBADF, f"no listener {port}")
+
+    def _op_connect(self, app: App, req: ctlproto.Request):
+        a = req.args
+        ctx = self._ctx(app, a["ctx"])
+        rx_len = _round_buf(a["rx_buf"], ctx.rx_buf)
+        tx_len = _round_buf(a["tx_buf"], ctx.tx_buf)
+        info = FlowInfo.from_dict(
+            self.engine.connect(ctx, a["ip"], a["port"], a["local_port"], rx_len, tx_len)
+        )
+        ctx.flows.add(info.flow)
+        return {"flow": info.to_dict()}
+
+    def _op_shutdown(self, app: App, req: ctlproto.Request):
+        flow = req.args["flow"]
+        self.engine.shutdown(self._flow_ctx(app, flow), flow, req.args["tx_head"])
+        return {}
+
+    def _op_close(self, app: App, req: ctlproto.Request):
+        flow = req.args["flow"]
+        ctx = self._flow_ctx(app, flow)
+        self.engine.close(ctx, flow, req.args["tx_head"], req.args["rx_tail"])
+        ctx.flows.discard(flow)
+        return {}
+
+    def _op_abort(self, app: App, req: ctlproto.Request):
+        flow = req.args["flow"]
+        ctx = self._flow_ctx(app, flow)
+        self.engine.abort(ctx, flow)
+        ctx.flows.discard(flow)
+        return {}
+
+    def _op_stats(self, app: App, req: ctlproto.Request):
+        stats: dict[str, Any] = dict(self.engine.stats())
+        stats.setdefault("control", self.stats())
+        return {"stats": stats}
+
+    def _op_flows(self, app: App, req: ctlproto.Request):
+        return {"flows": list(self.engine.flows())}
+
+    def stats(self) -> dict:
+        return {
+            "apps": len(self.apps),
+            "contexts": len(self.contexts),
+            "heap_used": sum(c.heap.used_bytes for c in self.contexts.values()),
+            **self.counters,
+        }

@@ -1,0 +1,984 @@
+"""libtas native API: TCP through the TAS stack with the data path in shared memory.
+
+Usage::
+
+    stack = Stack()                       # $TAS_STATE_DIR or /run/tas/default
+    ctx = stack.context()
+    lst = ctx.listen(8080)
+    conn = lst.accept()
+    data = conn.recv(4096)
+    conn.sendall(data)
+
+Control operations (listen, connect, close, ...) are request/reply messages
+on the stack's control socket (docs/CONTROL.md).  Data never goes through
+the control socket: ``send`` copies into the flow's tx buffer in the
+context region and posts an ATX update on the flow's core ring (ringing the
+fast-path core's eventfd only if it is asleep); ``recv`` copies out of the
+rx buffer, whose fill level the fast path publishes in the flow's appflow
+block, and posts ATX updates so the fast path can reopen the window.
+
+Threads: a :class:`Context` is meant for one thread.  Every public method
+takes the context's (reentrant) lock, so using one context, its listeners
+and connections from several threads is safe but serialised; blocking calls
+release the lock while they sleep.  For parallelism use one context per
+thread (they share the Stack's control socket, which has its own lock).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import struct
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+
+from flextcp import ctlproto, layout
+from flextcp.ctlproto import FlowInfo, ProtocolError
+from flextcp.doorbell import Doorbell
+from flextcp.ring import make_ring
+from flextcp.shm import Region
+
+__all__ = ["Stack", "Context", "Listener", "Connection", "TAS_ABI_VERSION", "DEFAULT_STATE_DIR"]
+
+TAS_ABI_VERSION = 1
+TAS_CTX_MAGIC = 0x54415343
+TAS_AF_RX_FIN = 1
+TAS_AF_RESET = 2
+TAS_ATX_UPDATE = 1
+DEFAULT_STATE_DIR = "/run/tas/default"
+CALL_TIMEOUT = 30.0  # seconds to wait for a control reply
+# Longest single sleep on the eventfd: a safety net for the armed-flag
+# protocol (Python cannot issue the store->load fence it needs).
+MAX_SLEEP = 0.05
+
+_ATX = struct.Struct("<IHHQQQ")
+_ARX = struct.Struct("<IHHQ")
+_ARX_BATCH = 64
+
+_STATE_CONNECTING = "connecting"
+_STATE_CONNECTED = "connected"
+_STATE_FAILED = "failed"
+_STATE_CLOSED = "closed"
+
+
+def _oserror(err: int, msg: str | None = None) -> OSError:
+    """OSError(err) — Python picks the subclass (ConnectionRefusedError, ...)."""
+    return OSError(err, msg or os.strerror(err))
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+class Stack:
+    """A connection to a running TAS stack (its control socket).
+
+    ``app_id``, ``n_cores``, ``local_ip``, ``local_mac`` come from the
+    ``hello`` exchange."""
+
+    def __init__(self, state_dir: str | os.PathLike | None = None) -> None:
+        if state_dir is None:
+            state_dir = os.environ.get("TAS_STATE_DIR") or DEFAULT_STATE_DIR
+        self.state_dir = os.fspath(state_dir)
+        path = os.path.join(self.state_dir, "control.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(path)
+        except FileNotFoundError:
+            sock.close()
+            raise FileNotFoundError(errno.ENOENT, f"no TAS stack running at {self.state_dir}", path) from None
+        except ConnectionRefusedError:
+            sock.close()
+            raise ConnectionRefusedError(
+                errno.ECONNREFUSED, f"no TAS stack running at {self.state_dir}", path
+            ) from None
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._next_id = 1
+        self._contexts: dict[int, Context] = {}
+        self._closed = False
+        self.doorbells: list[Doorbell] = []
+        try:
+            rep, fds = self._call("hello", abi=TAS_ABI_VERSION)
+            self.app_id = rep["app_id"]
+            self.n_cores = rep["n_cores"]
+            self.local_ip = rep["local_ip"]
+            self.local_mac = rep["local_mac"]
+            self.doorbells = [Doorbell(fd) for fd in fds]
+            if len(fds) != self.n_cores:
+                raise ProtocolError(f"hello carried {len(fds)} doorbells for {self.n_cores} cores")
+        except BaseException:
+            self.close()
+            raise
+
+    # -- control channel ------------------------------------------------------
+    def _call(self, op: str, fds: tuple[int, ...] = (), **args) -> tuple[dict, list[int]]:
+        """Send a request and wait for its reply, queueing events that arrive
+        meanwhile on their contexts.  Raises OSError from error replies."""
+        with self._lock:
+            if self._closed:
+                raise _oserror(errno.EBADF, "stack closed")
+            req_id = self._next_id
+            self._next_id += 1
+            try:
+                ctlproto.send_msg(self._sock, ctlproto.request(op, req_id, **args), fds)
+            except (BrokenPipeError, ConnectionResetError):
+                raise ConnectionResetError(errno.ECONNRESET, "TAS stack went away") from None
+            deadline = time.monotonic() + CALL_TIMEOUT
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(errno.ETIMEDOUT, f"no reply to {op} from the TAS stack")
+                r, _, _ = select.select([self._sock], [], [], remaining)
+                if not r:
+                    continue
+                msg, rfds = self._recv_one(0)
+                if msg is None:
+                    continue
+                if "ev" in msg:
+                    self._dispatch_event(msg)
+                    continue
+                if msg["id"] != req_id:
+                    for fd in rfds:
+                        os.close(fd)
+                    continue  # stale reply (e.g. to a request that timed out)
+                if not msg["ok"]:
+                    for fd in rfds:
+                        os.close(fd)
+                    raise _oserror(msg["errno"], f"{op}: {msg['error']}")
+                try:
+                    return ctlproto.check_reply(op, msg), rfds
+                except ProtocolError:
+                    for fd in rfds:
+                        os.close(fd)
+                    raise
+
+    def _recv_one(self, flags: int) -> tuple[dict | None, list[int]]:
+        try:
+            data, fds = ctlproto.recv_msg(self._sock, flags=flags)
+        except ProtocolError:
+            return None, []
+        if not data:
+            self._closed = True
+            raise ConnectionResetError(errno.ECONNRESET, "TAS stack went away")
+        try:
+            return ctlproto.parse_message(data), fds
+        except ProtocolError:
+            for fd in fds:
+                os.close(fd)
+            return None, []
+
+    def _dispatch_event(self, msg: dict) -> None:
+        ctx = self._contexts.get(msg["ctx"])
+        if ctx is not None:
+            ctx._events.append(msg)
+
+    def _drain_events(self) -> None:
+        """Non-blocking: move every queued event to its context.  (Waits for
+        the lock if another thread is in _call: the stack answers quickly.)"""
+        with self._lock:
+            if self._closed:
+                return
+            while True:
+                try:
+                    msg, fds = self._recv_one(socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    return
+                for fd in fds:
+                    os.close(fd)
+                if msg is not None and "ev" in msg:
+                    self._dispatch_event(msg)
+
+    # -- public ----------------------------------------------------------------
+    def context(self, rx_buf: int | None = None, tx_buf: int | None = None) -> Context:
+        """A new context (shared region + rings + doorbell).  rx_buf/tx_buf:
+        default flow buffer sizes (rounded up to powers of two by the stack)."""
+        evfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            rep, fds = self._call("ctx_create", fds=(evfd,), rx_buf=rx_buf or 0, tx_buf=tx_buf or 0)
+        except BaseException:
+            os.close(evfd)
+            raise
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            os.close(evfd)
+            raise ProtocolError("ctx_create reply without a memfd")
+        try:
+            ctx = Context(self, rep, fds[0], evfd)
+        except BaseException:
+            os.close(evfd)
+            raise
+        self._contexts[ctx.ctx_id] = ctx
+        return ctx
+
+    def stats(self) -> dict:
+        return self._call("stats")[0]["stats"]
+
+    def flows(self) -> list[dict]:
+        return self._call("flows")[0]["flows"]
+
+    def close(self) -> None:
+        """Close every context and the control connection (the stack then
+        releases everything this app held)."""
+        for ctx in list(self._contexts.values()):
+            ctx._teardown()
+        self._contexts.clear()
+        with self._lock:
+            self._closed = True
+            self._sock.close()
+        for db in self.doorbells:
+            db.close()
+        self.doorbells = []
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Context:
+    """A set of flows sharing one region, per-core rings and one doorbell."""
+
+    def __init__(self, stack: Stack, rep: dict, memfd: int, evfd: int) -> None:
+        self.stack = stack
+        self.ctx_id = rep["ctx_id"]
+        self.n_cores = rep["n_cores"]
+        self.atx_slots = rep["atx_slots"]
+        self.arx_slots = rep["arx_slots"]
+        self._lock = threading.RLock()
+        self._events: deque[dict] = deque()
+        self._flows: dict[int, Connection] = {}
+        self._listeners: dict[int, Listener] = {}
+        self._conns: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self._updates: dict[int, Connection] = {}  # flow id -> connection with a pending update
+        self._closed = False
+        self._waiters = 0
+        self.evfd = evfd
+        self.region = Region.attach(memfd, rep["region_len"])
+        try:
+            self._hdr = self.region.cast("struct tas_ctx_hdr")
+            h = self._hdr
+            if (
+                h.magic != TAS_CTX_MAGIC
+                or h.abi_version != TAS_ABI_VERSION
+                or h.ctx_id != self.ctx_id
+                or h.n_cores != self.n_cores
+            ):
+                raise ProtocolError("context region header does not match the ctx_create reply")
+            self.layout = layout.ctx_layout(self.n_cores, self.atx_slots, self.arx_slots)
+            self._atx = [
+                make_ring(
+                    self.region, self.layout.atx_off[c], self.atx_slots, layout.TAS_ATX_ENTRY_SIZE, True
+                )
+                for c in range(self.n_cores)
+            ]
+            self._arx = [
+                make_ring(
+                    self.region, self.layout.arx_off[c], self.arx_slots, layout.TAS_ARX_ENTRY_SIZE, False
+                )
+                for c in range(self.n_cores)
+            ]
+            self._arxbuf = bytearray(_ARX_BATCH * layout.TAS_ARX_ENTRY_SIZE)
+            self._mv = self.region.view()
+        except BaseException:
+            self.region.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"<libtas.Context {self.ctx_id}>"
+
+    # -- plumbing ----------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise _oserror(errno.EBADF, "context closed")
+
+    def _queue_update(self, conn: Connection) -> None:
+        self._updates[conn.flow_id] = conn
+
+    def _flush(self) -> None:
+        """Post the pending ATX updates (one per flow, latest positions) and
+        ring the fast-path cores that sleep."""
+        if not self._updates:
+            return
+        per_core: dict[int, list[Connection]] = {}
+        for conn in self._updates.values():
+            per_core.setdefault(conn.info.core, []).append(conn)
+        left: dict[int, Connection] = {}
+        for core, conns in per_core.items():
+            if core >= self.n_cores:
+                continue
+            data = b"".join(
+                _ATX.pack(c.flow_id, c.info.gen, TAS_ATX_UPDATE, c._rx_tail, c._tx_head, 0) for c in conns
+            )
+            n = self._atx[core].enqueue_n(data, len(conns))
+            for c in conns[:n]:
+                c._rx_posted = c._rx_tail
+            for c in conns[n:]:  # ring full: retry on the next call
+                left[c.flow_id] = c
+            if n and self._hdr.fp_armed[core]:
+                self.stack.doorbells[core].ring()
+        self._updates = left
+
+    def _process_events(self) -> int:
+        n = 0
+        while self._events:
+            msg = self._events.popleft()
+            n += 1
+            ev = msg["ev"]
+            if ev == "newconn":
+                info: FlowInfo = msg["flow"]
+                lst = self._listeners.get(msg["listener"])
+                try:
+                    conn = Connection(self, info, _STATE_CONNECTED)
+                except ProtocolError:
+                    continue  # bogus FlowInfo: ignore the flow
+                self._flows[info.flow] = conn
+                if lst is None or lst._closed:
+                    conn._abort_quiet()  # raced with listener close
+                else:
+                    lst._queue.append(conn)
+                continue
+            conn = self._flows.get(msg["flow"])
+            if conn is None:
+                continue
+            if ev == "connected":
+                if conn._state == _STATE_CONNECTING:
+                    conn._state = _STATE_CONNECTED
+            elif ev == "conn_failed":  # the stack has freed the flow
+                conn._state = _STATE_FAILED
+                conn._error = msg["errno"]
+                conn._gone = True
+                self._flows.pop(conn.flow_id, None)
+            elif ev == "reset":
+                conn._reset = msg["errno"] or errno.ECONNRESET
+            elif ev == "closed":  # buffers reclaimed: never touch them again
+                conn._reset = conn._reset or errno.ECONNRESET
+                conn._gone = True
+                self._flows.pop(conn.flow_id, None)
+                self._updates.pop(conn.flow_id, None)
+        return n
+
+    def _poll_arx(self) -> int:
+        n = 0
+        buf = self._arxbuf
+        for ring in self._arx:
+            while True:
+                k = ring.dequeue_into(buf)
+                n += k
+                # entries are wakeup hints: state is read from the appflow blocks
+                if k < _ARX_BATCH:
+                    break
+        return n
+
+    def _poll_locked(self) -> int:
+        self.stack._drain_events()
+        n = self._process_events() + self._poll_arx()
+        self._flush()
+        return n
+
+    def _wait_locked(self, timeout: float | None) -> int:
+        """One armed sleep on the eventfd (at most MAX_SLEEP), lock released."""
+        self._hdr.app_armed = 1
+        n = self._poll_locked()
+        if n or self._events:
+            self._hdr.app_armed = 0
+            return n
+        slice_ = MAX_SLEEP if self._waiters == 0 else 0.005
+        t = slice_ if timeout is None else min(timeout, slice_)
+        self._waiters += 1
+        self._lock.release()
+        try:
+            select.select([self.evfd], [], [], t)
+        finally:
+            self._lock.acquire()
+            self._waiters -= 1
+        self._hdr.app_armed = 0
+        try:
+            os.eventfd_read(self.evfd)
+        except BlockingIOError:
+            pass
+        return self._poll_locked()
+
+    def _block_until(self, cond: Callable[[], bool], timeout: float | None, what: str) -> None:
+        """Poll/sleep until cond() (lock held); TimeoutError after timeout."""
+        deadline = _deadline(timeout)
+        while True:
+            self._poll_locked()
+            if cond():
+                return
+            remaining = _remaining(deadline)
+            if remaining == 0:
+                raise TimeoutError(errno.ETIMEDOUT, f"timed out {what}")
+            self._wait_locked(remaining)
+            self._check_open()
+
+    # -- public ----------------------------------------------------------------
+    def fileno(self) -> int:
+        """The context eventfd: readable when something may have happened
+        (then call poll())."""
+        return self.evfd
+
+    def poll(self) -> int:
+        """Non-blocking: process control events and fast-path notifications,
+        flush pending updates.  Returns the number of events seen."""
+        with self._lock:
+            self._check_open()
+            return self._poll_locked()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until something happens (or timeout); returns poll()'s count."""
+        with self._lock:
+            self._check_open()
+            deadline = _deadline(timeout)
+            while True:
+                n = self._wait_locked(_remaining(deadline))
+                if n or _remaining(deadline) == 0:
+                    return n
+
+    def listen(self, port: int, backlog: int = 128, reuseaddr: bool = False) -> Listener:
+        with self._lock:
+            self._check_open()
+            rep, _ = self.stack._call(
+                "listen", ctx=self.ctx_id, port=port, backlog=backlog, reuseaddr=reuseaddr
+            )
+            lst = Listener(self, rep["listener"], rep["port"])
+            self._listeners[lst.listener_id] = lst
+            return lst
+
+    def connect(
+        self,
+        ip: str,
+        port: int,
+        timeout: float | None = None,
+        local_port: int = 0,
+        rx_buf: int = 0,
+        tx_buf: int = 0,
+    ) -> Connection:
+        """Open a connection.  Blocks until established unless timeout == 0
+        (then returns a connecting Connection: wait for ``connected``).
+        Raises ConnectionRefusedError, TimeoutError, OSError(EHOSTUNREACH)."""
+        with self._lock:
+            self._check_open()
+            rep, _ = self.stack._call(
+                "connect",
+                ctx=self.ctx_id,
+                ip=ip,
+                port=port,
+                local_port=local_port,
+                rx_buf=rx_buf,
+                tx_buf=tx_buf,
+            )
+            info: FlowInfo = rep["flow"]
+            conn = Connection(self, info, _STATE_CONNECTING)
+            self._flows[info.flow] = conn
+            if timeout == 0:
+                return conn
+            try:
+                self._block_until(lambda: conn._state != _STATE_CONNECTING, timeout, "connecting")
+            except TimeoutError:
+                conn._abort_quiet()
+                raise
+            if conn._state == _STATE_FAILED:
+                conn._release()
+                raise _oserror(conn._error, f"connect to {ip}:{port}: {os.strerror(conn._error)}")
+            return conn
+
+    def close(self) -> None:
+        """Close every connection and listener and release the context."""
+        with self._lock:
+            if self._closed:
+                return
+            for conn in list(self._flows.values()):
+                conn._close_quiet()
+            for lst in list(self._listeners.values()):
+                try:
+                    lst.close()
+                except OSError:
+                    pass
+            self._flush()
+            try:
+                self.stack._call("ctx_close", ctx=self.ctx_id)
+            except OSError:
+                pass
+            self._teardown()
+
+    def _teardown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.stack._contexts.pop(self.ctx_id, None)
+        for ring in self._atx + self._arx:
+            close = getattr(ring, "close", None)
+            if close is not None:
+                close()
+        self._atx = self._arx = []
+        for conn in list(self._conns):
+            conn._gone = True
+            conn._drop_views()
+        self._mv.release()
+        self.region.close()
+        os.close(self.evfd)
+        self.evfd = -1
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Listener:
+    """A listening port; connections complete in the stack and queue here."""
+
+    def __init__(self, ctx: Context, listener_id: int, port: int) -> None:
+        self.ctx = ctx
+        self.listener_id = listener_id
+        self.port = port
+        self._queue: deque[Connection] = deque()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<libtas.Listener port={self.port}>"
+
+    def fileno(self) -> int:
+        return self.ctx.fileno()
+
+    def pending(self) -> int:
+        """Connections waiting to be accepted."""
+        with self.ctx._lock:
+            if not self.ctx._closed:
+                self.ctx._poll_locked()
+            return len(self._queue)
+
+    def accept(self, timeout: float | None = None) -> Connection:
+        """The next established connection.  timeout=0: BlockingIOError if
+        none is queued; TimeoutError after timeout seconds."""
+        ctx = self.ctx
+        with ctx._lock:
+            if self._closed:
+                raise _oserror(errno.EBADF, "listener closed")
+            ctx._check_open()
+            if timeout == 0:
+                ctx._poll_locked()
+                if not self._queue:
+                    raise BlockingIOError(errno.EAGAIN, "no pending connection")
+            else:
+                ctx._block_until(lambda: bool(self._queue) or self._closed, timeout, "accepting")
+            if self._closed:
+                raise _oserror(errno.EBADF, "listener closed")
+            return self._queue.popleft()
+
+    def close(self) -> None:
+        """Stop listening; connections not yet accepted are reset."""
+        ctx = self.ctx
+        with ctx._lock:
+            if self._closed:
+                return
+            self._closed = True
+            ctx._listeners.pop(self.listener_id, None)
+            while self._queue:
+                self._queue.popleft()._abort_quiet()
+            if not ctx._closed:
+                ctx.stack._call("listen_close", listener=self.listener_id)
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Connection:
+    """A TCP connection whose buffers live in the context region."""
+
+    def __init__(self, ctx: Context, info: FlowInfo, state: str) -> None:
+        self.ctx = ctx
+        self.info = info
+        self.flow_id = info.flow
+        self._state = state
+        self._error = 0
+        self._reset = 0  # errno of a reset event
+        self._reset_reported = False
+        self._gone = False  # `closed` event seen
+        self._shut_wr = False
+        self._shut_rd = False
+        self._rx_tail = 0
+        self._tx_head = 0
+        self._rx_posted = 0
+        region = ctx.region
+        end = region.size
+        for off, n in (
+            (info.appflow_off, layout.APPFLOW_BYTES),
+            (info.rx_off, info.rx_len),
+            (info.tx_off, info.tx_len),
+        ):
+            if off < ctx.layout.heap_off or off + n > end:
+                raise ProtocolError(f"flow {info.flow}: buffer outside the context heap")
+        self._af = region.cast("struct tas_appflow", info.appflow_off)
+        self._rx = ctx._mv[info.rx_off : info.rx_off + info.rx_len]
+        self._tx = ctx._mv[info.tx_off : info.tx_off + info.tx_len]
+        self._rx_mask = info.rx_len - 1
+        self._tx_mask = info.tx_len - 1
+        ctx._conns.add(self)
+
+    def __repr__(self) -> str:
+        return f"<libtas.Connection {self.local_address}->{self.remote_address} {self._state}>"
+
+    # -- properties ----------------------------------------------------------------
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return (self.info.local_ip, self.info.local_port)
+
+    @property
+    def remote_address(self) -> tuple[str, int]:
+        return (self.info.remote_ip, self.info.remote_port)
+
+    @property
+    def connected(self) -> bool:
+        with self.ctx._lock:
+            if self._state == _STATE_CONNECTING and not self.ctx._closed:
+                self.ctx._poll_locked()
+            return self._state == _STATE_CONNECTED and not self._is_reset()
+
+    @property
+    def at_eof(self) -> bool:
+        """The peer sent FIN and every byte before it was consumed."""
+        with self.ctx._lock:
+            if self._state != _STATE_CONNECTED:
+                return False
+            if self._gone or self.ctx._closed:
+                return False
+            return bool(self._flags() & TAS_AF_RX_FIN) and self._rx_avail() == 0
+
+    def fileno(self) -> int:
+        return self.ctx.fileno()
+
+    # -- helpers --------------------------------------------------------------------
+    def _flags(self) -> int:
+        return TAS_AF_RESET if self._gone else self._af.flags
+
+    def _is_reset(self) -> bool:
+        if not self._reset and self._state == _STATE_CONNECTED and self._flags() & TAS_AF_RESET:
+            self._reset = errno.ECONNRESET
+        return bool(self._reset)
+
+    def _rx_avail(self) -> int:
+        if self._gone:
+            return 0
+        avail = (self._af.rx_head - self._rx_tail) & 0xFFFFFFFFFFFFFFFF
+        return avail if avail <= self.info.rx_len else 0  # never trust a bogus head
+
+    def _tx_free(self) -> int:
+        if self._gone:
+            return 0
+        used = (self._tx_head - self._af.tx_acked) & 0xFFFFFFFFFFFFFFFF
+        return self.info.tx_len - used if used <= self.info.tx_len else 0
+
+    def _check_usable(self) -> None:
+        if self._state == _STATE_CLOSED:
+            raise _oserror(errno.EBADF, "connection closed")
+        if self.ctx._closed:
+            raise _oserror(errno.EBADF, "context closed")
+        if self._state == _STATE_FAILED:
+            raise _oserror(self._error)
+
+    def _wait_connected(self, timeout: float | None) -> None:
+        if self._state == _STATE_CONNECTING:
+            if timeout == 0:
+                self.ctx._poll_locked()
+                if self._state == _STATE_CONNECTING:
+                    raise BlockingIOError(errno.EAGAIN, "connection in progress")
+            else:
+                self.ctx._block_until(lambda: self._state != _STATE_CONNECTING, timeout, "connecting")
+            self._check_usable()
+
+    def _raise_reset_on_send(self) -> None:
+        if self._reset_reported:
+            raise BrokenPipeError(errno.EPIPE, "connection was reset")
+        self._reset_reported = True
+        raise ConnectionResetError(self._reset, os.strerror(self._reset))
+
+    def _after_consume(self, was_full: bool) -> None:
+        """Queue an ATX update if the fast path should learn about freed rx space."""
+        freed = self._rx_tail - self._rx_posted
+        if freed <= 0:
+            return
+        if was_full or freed >= self.info.rx_len // 4 or self._rx_avail() == 0:
+            self.ctx._queue_update(self)
+
+    # -- data ---------------------------------------------------------------------------
+    def tx_space(self) -> int:
+        """Bytes send() can copy without blocking."""
+        with self.ctx._lock:
+            if self._state != _STATE_CONNECTED or self._shut_wr:
+                return 0
+            return self._tx_free()
+
+    def readable(self) -> bool:
+        """True if recv() would not block (data, EOF or an error)."""
+        with self.ctx._lock:
+            if self._state in (_STATE_CLOSED, _STATE_FAILED) or self.ctx._closed:
+                return True
+            if self._state == _STATE_CONNECTING:
+                return False
+            return bool(self._rx_avail() or self._flags() & (TAS_AF_RX_FIN | TAS_AF_RESET) or self._reset)
+
+    def writable(self) -> bool:
+        """True if send() would not block (space or an error)."""
+        with self.ctx._lock:
+            if self._state in (_STATE_CLOSED, _STATE_FAILED) or self.ctx._closed:
+                return True
+            if self._state == _STATE_CONNECTING:
+                return False
+            return bool(self._shut_wr or self._is_reset() or self._tx_free())
+
+    def send(self, data, timeout: float | None = None) -> int:
+        """Copy as much of data as fits into the tx buffer; block while it is
+        full (timeout=0: BlockingIOError).  Returns bytes accepted."""
+        ctx = self.ctx
+        with ctx._lock:
+            self._check_usable()
+            mv = memoryview(data).cast("B")
+            deadline = _deadline(timeout)
+            self._wait_connected(timeout)
+            while True:
+                if self._shut_wr:
+                    raise BrokenPipeError(errno.EPIPE, "send after shutdown")
+                if self._is_reset():
+                    self._raise_reset_on_send()
+                if not len(mv):
+                    return 0
+                space = self._tx_free()
+                if space:
+                    break
+                if timeout == 0:
+                    ctx._poll_locked()
+                    if self._tx_free() or self._is_reset():
+                        continue
+                    raise BlockingIOError(errno.EAGAIN, "send buffer full")
+                remaining = _remaining(deadline)
+                if remaining == 0:
+                    raise TimeoutError(errno.ETIMEDOUT, "timed out sending")
+                ctx._poll_locked()
+                if self._tx_free() or self._is_reset():
+                    continue
+                ctx._wait_locked(remaining)
+                self._check_usable()
+            n = min(space, len(mv))
+            pos = self._tx_head & self._tx_mask
+            first = min(n, self.info.tx_len - pos)
+            self._tx[pos : pos + first] = mv[:first]
+            if n > first:
+                self._tx[: n - first] = mv[first:n]
+            self._tx_head += n
+            ctx._queue_update(self)
+            ctx._flush()
+            return n
+
+    def sendall(self, data, timeout: float | None = None) -> None:
+        """Send all of data (timeout applies to the whole call)."""
+        mv = memoryview(data).cast("B")
+        deadline = _deadline(timeout)
+        sent = 0
+        while sent < len(mv):
+            remaining = _remaining(deadline)
+            if remaining == 0 and timeout != 0:
+                raise TimeoutError(errno.ETIMEDOUT, f"timed out after sending {sent} bytes")
+            sent += self.send(mv[sent:], remaining)
+
+    def _recv_ready(self, timeout: float | None) -> int:
+        """Wait for data/EOF; returns readable bytes (0 = EOF).  Lock held."""
+        ctx = self.ctx
+        self._check_usable()
+        self._wait_connected(timeout)
+        if self._shut_rd:
+            return 0
+        deadline = _deadline(timeout)
+        while True:
+            flags = self._flags()
+            avail = self._rx_avail()
+            if avail:
+                return avail
+            if self._is_reset() or flags & TAS_AF_RESET:
+                self._reset = self._reset or errno.ECONNRESET
+                raise ConnectionResetError(self._reset, os.strerror(self._reset))
+            if flags & TAS_AF_RX_FIN:
+                return 0
+            ctx._poll_locked()
+            if self._rx_avail() or self._reset or self._flags() & (TAS_AF_RX_FIN | TAS_AF_RESET):
+                continue
+            if timeout == 0:
+                raise BlockingIOError(errno.EAGAIN, "nothing to receive")
+            remaining = _remaining(deadline)
+            if remaining == 0:
+                raise TimeoutError(errno.ETIMEDOUT, "timed out receiving")
+            ctx._wait_locked(remaining)
+            self._check_usable()
+
+    def _copy_out(self, dst: memoryview, n: int) -> None:
+        pos = self._rx_tail & self._rx_mask
+        first = min(n, self.info.rx_len - pos)
+        dst[:first] = self._rx[pos : pos + first]
+        if n > first:
+            dst[first:n] = self._rx[: n - first]
+
+    def _consume_locked(self, n: int, avail: int) -> None:
+        was_full = avail >= self.info.rx_len
+        self._rx_tail += n
+        self._after_consume(was_full)
+        self.ctx._flush()
+
+    def recv(self, n: int, timeout: float | None = None) -> bytes:
+        """Up to n bytes; b'' at EOF.  Blocks until data (timeout=0:
+        BlockingIOError).  ConnectionResetError after a reset."""
+        if n < 0:
+            raise ValueError("negative count")
+        with self.ctx._lock:
+            avail = self._recv_ready(timeout)
+            k = min(n, avail)
+            if not k:
+                return b""
+            out = bytearray(k)
+            self._copy_out(memoryview(out), k)
+            self._consume_locked(k, avail)
+            return bytes(out)
+
+    def recv_into(self, buf, nbytes: int = 0, timeout: float | None = None) -> int:
+        """Like recv() into a writable buffer; returns the byte count."""
+        dst = memoryview(buf).cast("B")
+        want = len(dst) if nbytes <= 0 else min(nbytes, len(dst))
+        with self.ctx._lock:
+            avail = self._recv_ready(timeout)
+            k = min(want, avail)
+            if k:
+                self._copy_out(dst, k)
+                self._consume_locked(k, avail)
+            return k
+
+    def recv_view(self) -> memoryview:
+        """Zero-copy: a read-only view of the readable bytes (up to the buffer
+        wrap; empty if none).  Valid until consume(); call consume(n) after."""
+        with self.ctx._lock:
+            self._check_usable()
+            if self._state == _STATE_CONNECTING:
+                self.ctx._poll_locked()
+                if self._state == _STATE_CONNECTING:
+                    return memoryview(b"")
+            if self._is_reset():
+                raise ConnectionResetError(self._reset, os.strerror(self._reset))
+            avail = self._rx_avail()
+            pos = self._rx_tail & self._rx_mask
+            k = min(avail, self.info.rx_len - pos)
+            return self._rx[pos : pos + k].toreadonly()
+
+    def consume(self, n: int) -> None:
+        """Mark n bytes returned by recv_view() as read."""
+        with self.ctx._lock:
+            self._check_usable()
+            avail = self._rx_avail()
+            if not 0 <= n <= avail:
+                raise ValueError(f"consume({n}) with {avail} bytes readable")
+            if n:
+                self._consume_locked(n, avail)
+
+    # -- teardown -------------------------------------------------------------------------
+    def shutdown(self, how: int) -> None:
+        """SHUT_WR: send FIN after the bytes written so far.  SHUT_RD: recv()
+        returns b'' from now on (local only).  SHUT_RDWR: both."""
+        if how not in (socket.SHUT_RD, socket.SHUT_WR, socket.SHUT_RDWR):
+            raise ValueError(f"bad shutdown mode {how}")
+        ctx = self.ctx
+        with ctx._lock:
+            self._check_usable()
+            if self._state == _STATE_CONNECTING:
+                raise _oserror(errno.ENOTCONN)
+            if how in (socket.SHUT_RD, socket.SHUT_RDWR):
+                self._shut_rd = True
+            if how in (socket.SHUT_WR, socket.SHUT_RDWR) and not self._shut_wr:
+                self._shut_wr = True
+                ctx._flush()
+                if not self._is_reset():
+                    ctx.stack._call("shutdown", flow=self.flow_id, tx_head=self._tx_head)
+
+    def close(self) -> None:
+        """Close the connection (FIN after pending data; the stack keeps
+        sending it).  Idempotent."""
+        with self.ctx._lock:
+            if self._state == _STATE_CLOSED:
+                return
+            if self.ctx._closed:
+                self._state = _STATE_CLOSED
+                return
+            self.ctx._flush()
+            gone = self._gone
+            self._release()
+            if gone:
+                return
+            try:
+                self.ctx.stack._call("close", flow=self.flow_id, tx_head=self._tx_head, rx_tail=self._rx_tail)
+            except OSError as e:
+                if e.errno != errno.EBADF:  # already gone in the stack: fine
+                    raise
+
+    def abort(self) -> None:
+        """Reset the connection (RST) and discard its buffers."""
+        with self.ctx._lock:
+            if self._state == _STATE_CLOSED:
+                return
+            if self.ctx._closed:
+                self._state = _STATE_CLOSED
+                return
+            gone = self._gone
+            self._release()
+            if gone:
+                return
+            try:
+                self.ctx.stack._call("abort", flow=self.flow_id)
+            except OSError as e:
+                if e.errno != errno.EBADF:
+                    raise
+
+    def _release(self) -> None:
+        self._state = _STATE_CLOSED
+        self.ctx._flows.pop(self.flow_id, None)
+        self.ctx._updates.pop(self.flow_id, None)
+        self._drop_views()
+
+    def _drop_views(self) -> None:
+        for v in (self._rx, self._tx):
+            try:
+                v.release()
+            except BufferError:
+                pass  # a recv_view() is still held by the caller
+
+    def _abort_quiet(self) -> None:
+        try:
+            self.abort()
+        except OSError:
+            self._release()
+
+    def _close_quiet(self) -> None:
+        try:
+            self.close()
+        except OSError:
+            self._release()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -59,6 +59,7 @@ _TUNSETOWNER = 0x400454CC
 _IFF_TAP = 0x0002
 _IFF_NO_PI = 0x1000
 _SIOCETHTOOL = 0x8946
+_NUD_PERMANENT = 0x80
 # Legacy ethtool "set one offload" commands (struct ethtool_value).
 _ETHTOOL_SGRO = 0x2C
 _ETHTOOL_SGSO = 0x24
@@ -298,6 +299,21 @@ class Topology:
                 addrs = [f"{a.get('address')}/{a['prefixlen']}" for a in ip.get_addr(family=socket.AF_INET)]
             out["namespaces"][ns] = {"links": links, "ipv4": addrs}
         return out
+
+    def pin_linux_neighbors(self) -> None:
+        """Permanent ARP entries between the peer (198.18.0.1) and the Linux
+        server address (198.18.0.3, needs ``linux_server``), so ARP never
+        crosses a lossy wire."""
+        if not self.linux_server:
+            raise RuntimeError("pin_linux_neighbors needs linux_server=True")
+        with IPRoute(netns=self.peer_ns) as ip:
+            v0 = ip.link_lookup(ifname=self.peer_veth)[0]
+            v0_mac = ip.get_links(v0)[0].get("address")
+            with IPRoute(netns=self.stack_ns) as ip2:
+                br = ip2.link_lookup(ifname=self.bridge)[0]
+                br_mac = ip2.get_links(br)[0].get("address")
+                ip2.neigh("replace", dst=PEER_IP, lladdr=v0_mac, ifindex=br, state=_NUD_PERMANENT)
+            ip.neigh("replace", dst=LINUX_IP, lladdr=br_mac, ifindex=v0, state=_NUD_PERMANENT)
 
     # -- running things inside ------------------------------------------------
     def ns_argv(self, ns: str, argv: Sequence[str]) -> list[str]:

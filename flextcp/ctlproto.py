@@ -20,6 +20,7 @@ import errno as _errno
 import ipaddress
 import json
 import os
+import array
 import socket
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -404,7 +405,14 @@ def recv_msg(sock: socket.socket, maxfds: int = MAX_FDS, flags: int = 0) -> tupl
     Raises ProtocolError for oversized packets or truncated fd lists (after
     closing whatever fds arrived), BlockingIOError when nothing is queued on
     a non-blocking call."""
-    data, fds, msg_flags, _ = socket.recv_fds(sock, MAX_MSG + 1, maxfds, flags)
+    # socket.recv_fds() ignores its flags argument on Python 3.11, so a
+    # MSG_DONTWAIT receive would block: call recvmsg ourselves.
+    fd_arr = array.array("i")
+    data, anc, msg_flags, _ = sock.recvmsg(MAX_MSG + 1, socket.CMSG_LEN(maxfds * fd_arr.itemsize), flags)
+    for level, typ, cdata in anc:
+        if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+            fd_arr.frombytes(cdata[: len(cdata) - (len(cdata) % fd_arr.itemsize)])
+    fds = list(fd_arr)
     if msg_flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_MSG:
         for fd in fds:
             _close_quiet(fd)

@@ -165,6 +165,8 @@ class Engine:
         self._snap = ffi.new("struct tas_flow *")
         self._ktx_slot = ffi.new("uint8_t[]", lib.TAS_KQ_ENTRY_SIZE)
         self._scan_handle = None
+        # set by the stack: per-core counter structs (struct tas_fp_stats *)
+        self.core_stats: Callable[[], list] = list
 
     # ------------------------------------------------------------------
     # plumbing
@@ -871,7 +873,23 @@ class Engine:
         return out
 
     def stats(self) -> dict:
-        return {"flows_open": sum(1 for c in self.conns.values() if c.installed),
+        from nicemu.wire import DROP_REASON_NAMES
+
+        names = {-k: v for k, v in DROP_REASON_NAMES.items()}
+        names.update({0: "no_context", 14: "wrong_dst_ip", 15: "wrong_dst_mac"})
+        cores, drops = [], {}
+        for st in self.core_stats():
+            d = {name: int(getattr(st, name)) for name, _ in ffi.typeof("struct tas_fp_stats").fields
+                 if name not in ("drops", "pad")}
+            d["drops"] = {names.get(i, f"reason_{i}"): int(st.drops[i]) for i in range(16)}
+            for k, v in d["drops"].items():
+                drops[k] = drops.get(k, 0) + v
+            cores.append(d)
+        return {"cores": cores, "drops": drops,
+                "segments_in": sum(c["rx_frames"] for c in cores),
+                "segments_out": sum(c["tx_frames"] for c in cores),
+                "retransmissions": sum(c["rexmit_segs"] for c in cores),
+                "flows_open": sum(1 for c in self.conns.values() if c.installed),
                 "flows_connecting": len(self.connecting),
                 "half_open": sum(len(lst.half_open) for lst in self.listeners.values()),
                 "listeners": len(self.listeners), "time_wait": len(self.time_wait),

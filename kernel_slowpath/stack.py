@@ -143,6 +143,7 @@ class Stack:
             self.engine = Engine(ft=self.ft, n_flows=cfg.n_flows, fpm=self.fpm, ktx=self.ktx, loop=loop,
                                  local_ip=cfg.ip, prefix=cfg.prefix, gateway=cfg.gateway, mac=cfg.mac,
                                  rx_buf=cfg.rx_buf, tx_buf=cfg.tx_buf)
+            self.engine.core_stats = self.fp_stats
             self.server = ControlServer(cfg.state_dir, self.engine, self.fpm, cfg.ip, tapmod.mac_str(cfg.mac),
                                         region_len=cfg.region_len, allowed_uids=cfg.allowed_uids,
                                         default_buf=cfg.rx_buf)

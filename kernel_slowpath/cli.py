@@ -1,0 +1,123 @@
+"""The `tas` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _add_state_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", help="stack state directory (default: $TAS_STATE_DIR or /run/tas/default)")
+
+
+def cmd_start(a: argparse.Namespace) -> int:
+    from kernel_slowpath import stack
+
+    try:
+        cfg = stack.parse_config(a.tap, a.ip, a.mac, a.gateway, a.fp_cores, a.state_dir,
+                                 n_flows=a.max_flows, poll_us=a.poll_us, rx_buf=a.rx_buf, tx_buf=a.tx_buf)
+    except stack.StartError as e:
+        print(f"tas start: {e}", file=sys.stderr)
+        return 2
+    return stack.run(cfg)
+
+
+def _client(a: argparse.Namespace):
+    from libtas.api import Stack
+
+    try:
+        return Stack(a.state_dir)
+    except (FileNotFoundError, ConnectionRefusedError) as e:
+        print(f"tas: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_stats(a: argparse.Namespace) -> int:
+    from kernel_slowpath.statsview import render_stats
+
+    with _client(a) as s:
+        st = s.stats()
+    if a.json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+    else:
+        print(render_stats(st))
+    return 0
+
+
+def cmd_flows(a: argparse.Namespace) -> int:
+    from kernel_slowpath.statsview import render_flows
+
+    with _client(a) as s:
+        flows = s.flows()
+    print(json.dumps(flows, indent=2) if a.json else render_flows(flows))
+    return 0
+
+
+def cmd_echo(a: argparse.Namespace) -> int:
+    from libtas.echo import main
+
+    return main(a.port, a.state_dir)
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from kernel_slowpath.demo import main
+
+    return main(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tas", description="A userspace TCP stack (TAS/FlexTCP design) over a TAP device.")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="log verbosity (debug: one line per connection event)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("start", help="run the stack in the foreground",
+                       description="Run the slow path, start the fast-path processes and the NIC emulation on a "
+                                   "TAP device.  Prints a line containing 'ready' when apps can connect.")
+    s.add_argument("--tap", required=True, help="TAP interface (created if missing, removed on stop if created)")
+    s.add_argument("--ip", required=True, help="the stack's IPv4 address with prefix, e.g. 198.18.0.2/24")
+    s.add_argument("--mac", help="MAC address (default: stable, derived from TAP name and IP)")
+    s.add_argument("--gateway", help="IPv4 next hop for destinations outside the prefix")
+    s.add_argument("--fp-cores", type=int, default=1, help="fast-path processes, one per core (default 1)")
+    _add_state_dir(s)
+    s.add_argument("--max-flows", type=int, default=16384, help="flow table size (default 16384)")
+    s.add_argument("--poll-us", type=int, default=500,
+                   help="busy-poll this long after the last work before sleeping (default 500)")
+    s.add_argument("--rx-buf", type=int, default=256 << 10, help="default receive buffer per flow (bytes)")
+    s.add_argument("--tx-buf", type=int, default=256 << 10, help="default send buffer per flow (bytes)")
+    s.set_defaults(func=cmd_start)
+
+    s = sub.add_parser("stats", help="counters of a running stack (see docs/STATS.md)")
+    _add_state_dir(s)
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_stats)
+
+    s = sub.add_parser("flows", help="open flows of a running stack (like ss -ti)")
+    _add_state_dir(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_flows)
+
+    s = sub.add_parser("echo-server", help="TCP echo server on the native API")
+    s.add_argument("--port", type=int, required=True)
+    _add_state_dir(s)
+    s.set_defaults(func=cmd_echo)
+
+    s = sub.add_parser("demo", help="build a test network, run the stack and Linux side by side, print results")
+    s.add_argument("--requests", type=int, default=2000, help="echo round trips per server (default 2000)")
+    s.add_argument("--bulk-mib", type=int, default=32, help="bulk transfer size in MiB (default 32)")
+    s.add_argument("--keep", action="store_true", help="leave the topology up (for debugging)")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, a.log_level.upper()),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return a.func(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

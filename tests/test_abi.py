@@ -56,11 +56,6 @@ def test_flow_offsets():
     assert off("cnt_rx_segs") == 240
 
 
-@pytest.mark.xfail(
-    reason="tas_abi.h: line 0 of struct tas_flow holds 68 B of fields (+pad0[4]), "
-    "so the rx group starts at 72 and the tx group at 136, not on cache lines",
-    strict=False,
-)
 def test_flow_cache_line_groups():
     off = lambda f: ffi.offsetof("struct tas_flow", f)  # noqa: E731
     assert off("rx_head") == 64

@@ -169,8 +169,6 @@ struct tas_flow {
     uint32_t tx_off;
     uint32_t tx_len;
     uint32_t appflow_off;   /* SP: tas_appflow offset in context region */
-    uint32_t rx_seq0;       /* SP: sequence number of rx byte 0 (IRS+1) */
-    uint32_t tx_seq0;       /* SP: sequence number of tx byte 0 (ISS+1) */
     uint8_t pad0[4];
 
     /* line 1: receive side, FP */
@@ -194,6 +192,8 @@ struct tas_flow {
     uint32_t snd_wl2;       /* ack of that segment */
     uint16_t dupacks;
     uint16_t rto_backoff;   /* SP: consecutive RTO expirations */
+    uint32_t rx_seq0;       /* SP: sequence number of rx byte 0 (IRS+1) */
+    uint32_t tx_seq0;       /* SP: sequence number of tx byte 0 (ISS+1) */
 
     /* line 3: timing, congestion, counters */
     uint32_t cwnd;          /* bytes; FP grows it on ACK, SP cuts on RTO */

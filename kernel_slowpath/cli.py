@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="build a test network, run the stack and Linux side by side, print results")
     s.add_argument("--requests", type=int, default=2000, help="echo round trips per server (default 2000)")
     s.add_argument("--bulk-mib", type=int, default=32, help="bulk transfer size in MiB (default 32)")
+    s.add_argument("--parallel", type=int, default=16, help="concurrent connections (default 16)")
+    s.add_argument("--conns", type=int, default=200, help="connections for the connection rate (default 200)")
+    s.add_argument("--step-timeout", type=float, default=30.0, help="time limit per measurement (s, default 30)")
     s.add_argument("--keep", action="store_true", help="leave the topology up (for debugging)")
     s.set_defaults(func=cmd_demo)
     return p

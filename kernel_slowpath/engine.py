@@ -18,8 +18,9 @@ import ipaddress
 import logging
 import secrets
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from flextcp.native import ffi, lib
 from kernel_slowpath.frames import (

@@ -21,11 +21,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from flextcp.flowtab import FlowTable
 from flextcp.native import lib
 from flextcp.ring import Ring
 from flextcp.shm import Region
 from flextcp.stackmem import stack_layout
-from flextcp.flowtab import FlowTable
 from kernel_slowpath.engine import Engine
 from kernel_slowpath.fpmanager import FastPathManager
 from kernel_slowpath.server import ControlServer

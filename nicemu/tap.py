@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -20,6 +21,9 @@ IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_MULTI_QUEUE = 0x0100
 TUN_PATH = "/dev/net/tun"
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
 
 
 class TapError(OSError):
@@ -71,12 +75,15 @@ def open_tap(name: str, queues: int = 1) -> Tap:
 
 
 def _set_up(name: str) -> None:
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=name)
-        if idx:
-            ipr.link("set", index=idx[0], state="up")
+    """Bring the interface up (SIOCGIFFLAGS/SIOCSIFFLAGS): no netlink
+    library, so it also works inside a running event loop."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        ifr = struct.pack("16sH14x", name.encode(), 0)
+        flags = struct.unpack_from("16sH", fcntl.ioctl(sock, SIOCGIFFLAGS, ifr))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | IFF_UP))
+    finally:
+        sock.close()
 
 
 def default_mac(tap: str, ip: str) -> bytes:

@@ -332,10 +332,13 @@ class Engine:
         if flags & SYN:
             self._challenge_ack(conn)  # RFC 5961 4.2
             return
-        if snap.status == lib.TAS_FLOW_ACTIVE:
+        if snap.status == lib.TAS_FLOW_ACTIVE and flags & ACK and not flags & lib.TAS_TCP_URG:
             # raced with installation: hand the segment back to the fast path
+            # (which would punt it again only for SYN/RST/URG or no ACK)
             self.counters["reinjected"] += 1
             self._ktx(conn.core, lib.TAS_KTX_RX, frame)
+        else:
+            self.counters["ignored"] += 1
 
     def _snapshot(self, conn: Conn):
         lib.tas_sp_snapshot(self.ft.raw, conn.fid, self._snap)

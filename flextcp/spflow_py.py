@@ -1,0 +1,86 @@
+"""Pure-Python twin of flextcp/csrc/sp_flow.c (the slow path's operations
+on shared flow records).  Same arguments, same results; tests compare the
+two on random flow records.  Locking is the caller's business here: the
+twin is used single-threaded (tests, TAS_PURE runs)."""
+
+from __future__ import annotations
+
+from flextcp.native import lib
+
+U32 = 0xFFFFFFFF
+RTO_INIT_US = 1_000_000
+RTO_MAX_US = 60_000_000
+FF = {name: getattr(lib, name) for name in dir(lib) if name.startswith("TAS_FF_")}
+
+
+def _backed_off_rto(f) -> int:
+    rto = f.rto_us or RTO_INIT_US
+    rto <<= min(f.rto_backoff, 12)
+    return min(rto, RTO_MAX_US)
+
+
+def scan_timeouts(flows, n_flows: int, now_us: int, budget: int, cursor: int, max_out: int):
+    """Returns (ids, reasons, new_cursor) like tas_sp_scan_timeouts."""
+    ids: list[int] = []
+    why: list[int] = []
+    i = cursor % n_flows
+    budget = min(budget, n_flows)
+    k = 0
+    while k < budget and len(ids) < max_out:
+        f = flows[i]
+        if f.status == lib.TAS_FLOW_ACTIVE:
+            outstanding = f.tx_max > f.tx_una or (
+                bool(f.flags & lib.TAS_FF_FIN_SENT) and not f.flags & lib.TAS_FF_FIN_ACKED
+            )
+            elapsed = (now_us - f.rto_start_us) & U32
+            if elapsed >= _backed_off_rto(f):
+                if outstanding:
+                    ids.append(i)
+                    why.append(lib.TAS_TMO_RTO)
+                elif f.snd_wnd < f.mss and f.tx_head > f.tx_nxt:
+                    ids.append(i)
+                    why.append(lib.TAS_TMO_PROBE)
+        k += 1
+        i = (i + 1) % n_flows
+    return ids, why, i
+
+
+def rto_fire(f, now_us: int) -> int:
+    if f.status != lib.TAS_FLOW_ACTIVE:
+        return -1
+    half = ((f.tx_max - f.tx_una) // 2) & U32
+    f.ssthresh = max(half, 2 * f.mss)
+    f.cwnd = f.mss
+    f.tx_nxt = f.tx_una
+    f.flags &= ~(lib.TAS_FF_FIN_OUT | lib.TAS_FF_RECOVERY | lib.TAS_FF_REXMIT_HEAD) & U32
+    f.dupacks = 0
+    if f.rto_backoff < 15:
+        f.rto_backoff += 1
+    f.rto_start_us = now_us & U32
+    f.cnt_rexmit += 1
+    return f.rto_backoff
+
+
+def probe(f, now_us: int) -> int:
+    if f.status != lib.TAS_FLOW_ACTIVE:
+        return -1
+    f.flags |= lib.TAS_FF_PROBE
+    if f.rto_backoff < 15:
+        f.rto_backoff += 1
+    f.rto_start_us = now_us & U32
+    return f.rto_backoff
+
+
+def tx_close(f, tx_head: int) -> int:
+    if f.status == lib.TAS_FLOW_ACTIVE and tx_head >= f.tx_head and tx_head - f.tx_una <= f.tx_len:
+        if not f.flags & lib.TAS_FF_TX_FIN:
+            f.tx_head = tx_head
+        f.flags |= lib.TAS_FF_TX_FIN
+        return 0
+    return -1
+
+
+def set_status(f, status: int, set_flags: int) -> int:
+    f.status = status
+    f.flags |= set_flags
+    return 0

@@ -1,0 +1,121 @@
+"""sp_flow.c (slow-path flow operations) against its Python twin."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flextcp import spflow_py
+from flextcp.flowtab import FlowTable
+from flextcp.native import ffi, lib
+from flextcp.shm import Region
+
+N = 8
+U64 = st.integers(0, 1 << 40)
+U32 = st.integers(0, 0xFFFFFFFF)
+
+flow_st = st.fixed_dictionaries(
+    {
+        "status": st.sampled_from(
+            [lib.TAS_FLOW_FREE, lib.TAS_FLOW_ACTIVE, lib.TAS_FLOW_ACTIVE, lib.TAS_FLOW_SLOWPATH]
+        ),
+        "flags": st.integers(0, (1 << 17) - 1),
+        "tx_una": U64,
+        "d_nxt": st.integers(0, 1 << 20),
+        "d_max": st.integers(0, 1 << 20),
+        "d_head": st.integers(0, 1 << 20),
+        "mss": st.integers(64, 9000),
+        "snd_wnd": st.integers(0, 1 << 20),
+        "rto_us": st.integers(0, 5_000_000),
+        "rto_backoff": st.integers(0, 15),
+        "rto_start_us": U32,
+        "tx_len": st.sampled_from([4096, 1 << 16, 1 << 18]),
+        "cwnd": U32,
+        "ssthresh": U32,
+    }
+)
+
+
+def fill(f, d) -> None:
+    f.status, f.flags, f.mss, f.snd_wnd = d["status"], d["flags"], d["mss"], d["snd_wnd"]
+    f.tx_una = d["tx_una"]
+    f.tx_nxt = d["tx_una"] + d["d_nxt"]
+    f.tx_max = f.tx_nxt + d["d_max"]
+    f.tx_head = f.tx_max + d["d_head"]
+    f.rto_us, f.rto_backoff, f.rto_start_us = d["rto_us"], d["rto_backoff"], d["rto_start_us"]
+    f.tx_len, f.cwnd, f.ssthresh = d["tx_len"], d["cwnd"], d["ssthresh"]
+
+
+def tables():
+    size = int(lib.tas_ft_bytes(N))
+    a, b = Region.create(size, "spa"), Region.create(size, "spb")
+    return a, b, FlowTable.create(a, 0, N), FlowTable.create(b, 0, N)
+
+
+def same(fa, fb) -> None:
+    sz = ffi.sizeof("struct tas_flow")
+    assert bytes(ffi.buffer(fa, sz))[4:] == bytes(ffi.buffer(fb, sz))[4:]  # all but the lock word
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(flow_st, min_size=N, max_size=N),
+    U32,
+    st.integers(0, 2 * N),
+    st.integers(1, 2 * N),
+    st.integers(1, N),
+)
+def test_scan_timeouts_matches(flows, now, cursor, budget, max_out):
+    ra, rb, a, b = tables()
+    try:
+        for i, d in enumerate(flows):
+            fill(a.flow(i), d)
+            fill(b.flow(i), d)
+        ids = ffi.new("uint32_t[]", N)
+        why = ffi.new("uint8_t[]", N)
+        cur = ffi.new("uint32_t *", cursor)
+        n = lib.tas_sp_scan_timeouts(a.raw, now, budget, cur, ids, why, max_out)
+        pids, pwhy, pcur = spflow_py.scan_timeouts(
+            [b.flow(i) for i in range(N)], N, now, budget, cursor, max_out
+        )
+        assert list(ids[0:n]) == pids and list(why[0:n]) == pwhy and cur[0] == pcur
+    finally:
+        ra.close()
+        rb.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    flow_st,
+    U32,
+    st.sampled_from(["rto", "probe", "close", "status"]),
+    st.integers(0, 1 << 21),
+    st.integers(0, 2),
+    st.integers(0, (1 << 17) - 1),
+)
+def test_flow_ops_match(d, now, op, close_off, status, set_flags):
+    ra, rb, a, b = tables()
+    try:
+        fa, fb = a.flow(3), b.flow(3)
+        fill(fa, d)
+        fill(fb, d)
+        if op == "rto":
+            r1, r2 = lib.tas_sp_rto_fire(a.raw, 3, now), spflow_py.rto_fire(fb, now)
+        elif op == "probe":
+            r1, r2 = lib.tas_sp_probe(a.raw, 3, now), spflow_py.probe(fb, now)
+        elif op == "close":
+            pos = fa.tx_una + close_off
+            r1, r2 = lib.tas_sp_tx_close(a.raw, 3, pos), spflow_py.tx_close(fb, pos)
+        else:
+            r1, r2 = (
+                lib.tas_sp_set_status(a.raw, 3, status, set_flags),
+                spflow_py.set_status(fb, status, set_flags),
+            )
+        assert r1 == r2
+        same(fa, fb)
+        snap = ffi.new("struct tas_flow *")
+        assert lib.tas_sp_snapshot(a.raw, 3, snap) == 0
+        same(snap, fa)
+    finally:
+        ra.close()
+        rb.close()

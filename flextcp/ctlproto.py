@@ -16,11 +16,11 @@ travel with ``SCM_RIGHTS``.
 
 from __future__ import annotations
 
+import array
 import errno as _errno
 import ipaddress
 import json
 import os
-import array
 import socket
 from dataclasses import asdict, dataclass, fields
 from typing import Any

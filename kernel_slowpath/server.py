@@ -208,7 +208,7 @@ class Context:
             msg["flow"] = flow = flow.to_dict()
         if ev == "newconn" and isinstance(flow, dict):
             self.flows.add(flow["flow"])
-        elif ev in ("closed", "conn_failed") and isinstance(flow, int):  # the engine freed it
+        elif ev == "closed" and isinstance(flow, int):  # the engine freed it
             self.flows.discard(flow)
         self.app.send_event(self, msg)
 

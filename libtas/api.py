@@ -358,11 +358,9 @@ class Context:
             if ev == "connected":
                 if conn._state == _STATE_CONNECTING:
                     conn._state = _STATE_CONNECTED
-            elif ev == "conn_failed":  # the stack has freed the flow
+            elif ev == "conn_failed":  # the app still closes the flow
                 conn._state = _STATE_FAILED
                 conn._error = msg["errno"]
-                conn._gone = True
-                self._flows.pop(conn.flow_id, None)
             elif ev == "reset":
                 conn._reset = msg["errno"] or errno.ECONNRESET
             elif ev == "closed":  # buffers reclaimed: never touch them again
@@ -493,7 +491,7 @@ class Context:
                 conn._abort_quiet()
                 raise
             if conn._state == _STATE_FAILED:
-                conn._release()
+                conn._close_quiet()
                 raise _oserror(conn._error, f"connect to {ip}:{port}: {os.strerror(conn._error)}")
             return conn
 

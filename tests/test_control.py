@@ -53,6 +53,7 @@ class FakeFlow:
         self.lport, self.rip, self.rport = lport, rip, rport
         self.peer: FakeFlow | None = None  # None: echo into itself
         self.sink = False
+        self.failed = False
         self.rx_head = self.rx_tail = self.tx_head = self.tx_sent = 0
         self.fin_at: int | None = None
         self.fin_done = False
@@ -305,8 +306,11 @@ class FakeEngine:
         return f.info()
 
     def _fail(self, f, err):
+        # like the real engine: the flow stays until the app closes it
         if f.id in self.fpm.flows:
-            self._free(f)
+            f.failed = True
+            with self.fpm.lock:
+                self.fpm._write_af(f, AF_RESET)
             f.ctx.event({"ev": "conn_failed", "flow": f.id, "errno": err})
 
     def _get(self, ctx, flow) -> FakeFlow:
@@ -325,6 +329,9 @@ class FakeEngine:
     def close(self, ctx, flow, tx_head, rx_tail):
         self.calls.append(("close", ctx.ctx_id, flow, tx_head, rx_tail))
         f = self._get(ctx, flow)
+        if f.failed:
+            self._free(f)
+            return
         with self.fpm.lock:
             f.tx_head = max(f.tx_head, tx_head)
             if f.fin_at is None:

@@ -82,6 +82,10 @@ def test_connect_failures(harness, stack):
     ctx = stack.context()
     with pytest.raises(ConnectionRefusedError):
         ctx.connect("198.18.0.2", REFUSED_PORT)
+    # the failed flow was closed by libtas and freed by the engine
+    harness.until(lambda: not harness.fpm.flows)
+    assert [c[0] for c in harness.engine.calls[-2:]] == ["connect", "close"]
+    assert not harness.server.contexts[ctx.ctx_id].flows
     with pytest.raises(OSError) as ei:
         ctx.connect(UNREACH_IP, 80)
     assert ei.value.errno == errno.EHOSTUNREACH
@@ -93,6 +97,15 @@ def test_connect_failures(harness, stack):
     with pytest.raises(BlockingIOError):
         conn.recv(10, timeout=0)
     conn.close()
+    # a non-blocking connect that fails
+    conn = ctx.connect("198.18.0.2", REFUSED_PORT, timeout=0)
+    while conn.readable() is False:
+        ctx.wait(0.05)
+    with pytest.raises(ConnectionRefusedError):
+        conn.recv(1)
+    assert not conn.connected
+    conn.close()
+    harness.until(lambda: not harness.fpm.flows)
     with pytest.raises(OSError):
         ctx.connect("not-an-ip", 80)
 

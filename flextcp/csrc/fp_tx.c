@@ -91,7 +91,7 @@ void fp_send_ack(struct tas_fp *fp, struct tas_flow *f)
     struct tas_seg s;
     seg_init(fp, f, &s);
     s.seq = f->tx_seq0 + (uint32_t)f->tx_nxt +
-            ((f->flags & TAS_FF_FIN_OUT) ? 1u : 0u);
+            ((f->flags & (TAS_FF_FIN_OUT | TAS_FF_FIN_ACKED)) ? 1u : 0u);
     uint32_t n = tas_build_tcp(fp->txbuf, sizeof(fp->txbuf), &s, NULL, 0, NULL, 0);
     if (n && fp_write_frame(fp, fp->txbuf, n) == 0)
         fp->st->acks_sent++;
@@ -148,10 +148,17 @@ static int send_segment(struct tas_fp *fp, struct tas_flow *f, uint64_t pos,
 /* Effective payload per segment: the option bytes eat into the MSS. */
 static uint32_t seg_payload_max(const struct tas_flow *f)
 {
-    uint32_t m = f->mss;
-    if (f->flags & TAS_FF_TS)
-        m -= 12;
-    return m ? m : 1;
+    uint32_t opts = (f->flags & TAS_FF_TS) ? 12u : 0u;
+    if (f->flags & TAS_FF_SACK) {
+        /* the SACK blocks seg_init adds (RFC 9293 3.7.1, RFC 6691) */
+        uint32_t n = 0;
+        for (int i = 0; i < TAS_OOO_RANGES && n < 3; i++)
+            if (f->ooo_start[i] != f->ooo_end[i])
+                n++;
+        if (n)
+            opts += 4 + 8 * n;
+    }
+    return f->mss > opts ? f->mss - opts : 1;
 }
 
 /* Transmit what flow f may send now.  Returns segments sent; *more is set

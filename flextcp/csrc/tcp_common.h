@@ -35,6 +35,14 @@ static inline uint32_t flow_snd_max(const struct tas_flow *f)
     return f->tx_seq0 + (uint32_t)f->tx_max + ((f->flags & TAS_FF_FIN_SENT) ? 1u : 0u);
 }
 
+/* Sequence number of the next new byte we send; a FIN sent (outstanding or
+ * acknowledged) occupies one.  Pure ACKs carry this. */
+static inline uint32_t flow_snd_nxt(const struct tas_flow *f)
+{
+    return f->tx_seq0 + (uint32_t)f->tx_nxt +
+           ((f->flags & (TAS_FF_FIN_OUT | TAS_FF_FIN_ACKED)) ? 1u : 0u);
+}
+
 static inline uint32_t flow_snd_una(const struct tas_flow *f)
 {
     return f->tx_seq0 + (uint32_t)f->tx_una;

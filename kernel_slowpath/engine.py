@@ -346,7 +346,8 @@ class Engine:
 
     def _seqs(self, conn: Conn) -> tuple[int, int]:
         s = self._snapshot(conn)
-        snd_nxt = (s.tx_seq0 + s.tx_nxt + (1 if s.flags & lib.TAS_FF_FIN_OUT else 0)) & U32
+        fin = s.flags & (lib.TAS_FF_FIN_OUT | lib.TAS_FF_FIN_ACKED)
+        snd_nxt = (s.tx_seq0 + s.tx_nxt + (1 if fin else 0)) & U32
         rcv_nxt = (s.rx_seq0 + s.rx_head + (1 if s.flags & lib.TAS_FF_RX_FIN else 0)) & U32
         return snd_nxt, rcv_nxt
 

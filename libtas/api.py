@@ -40,6 +40,7 @@ from collections.abc import Callable
 from flextcp import ctlproto, layout
 from flextcp.ctlproto import FlowInfo, ProtocolError
 from flextcp.doorbell import Doorbell
+from flextcp.native import ffi, lib
 from flextcp.ring import make_ring
 from flextcp.shm import Region
 
@@ -52,9 +53,10 @@ TAS_AF_RESET = 2
 TAS_ATX_UPDATE = 1
 DEFAULT_STATE_DIR = "/run/tas/default"
 CALL_TIMEOUT = 30.0  # seconds to wait for a control reply
-# Longest single sleep on the eventfd: a safety net for the armed-flag
-# protocol (Python cannot issue the store->load fence it needs).
-MAX_SLEEP = 0.05
+# Longest single sleep on the eventfd.  The armed-flag protocol is lossless
+# (tas_armed_set/get fence in C); this only bounds how long a sleeper takes
+# to notice its context was closed under it.
+MAX_SLEEP = 0.5
 
 _ATX = struct.Struct("<IHHQQQ")
 _ARX = struct.Struct("<IHHQ")
@@ -271,6 +273,8 @@ class Context:
         self.region = Region.attach(memfd, rep["region_len"])
         try:
             self._hdr = self.region.cast("struct tas_ctx_hdr")
+            self._app_armed = ffi.addressof(self._hdr, "app_armed")
+            self._fp_armed = ffi.cast("uint32_t *", ffi.addressof(self._hdr, "fp_armed"))
             h = self._hdr
             if (
                 h.magic != TAS_CTX_MAGIC
@@ -329,7 +333,7 @@ class Context:
                 c._rx_posted = c._rx_tail
             for c in conns[n:]:  # ring full: retry on the next call
                 left[c.flow_id] = c
-            if n and self._hdr.fp_armed[core]:
+            if n and lib.tas_armed_get(self._fp_armed + core):
                 self.stack.doorbells[core].ring()
         self._updates = left
 
@@ -390,7 +394,7 @@ class Context:
 
     def _wait_locked(self, timeout: float | None) -> int:
         """One armed sleep on the eventfd (at most MAX_SLEEP), lock released."""
-        self._hdr.app_armed = 1
+        lib.tas_armed_set(self._app_armed, 1)
         n = self._poll_locked()
         if n or self._events:
             self._hdr.app_armed = 0

@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bulk-mib", type=int, default=32, help="bulk transfer size in MiB (default 32)")
     s.add_argument("--parallel", type=int, default=16, help="concurrent connections (default 16)")
     s.add_argument("--conns", type=int, default=200, help="connections for the connection rate (default 200)")
-    s.add_argument("--step-timeout", type=float, default=30.0, help="time limit per measurement (s, default 30)")
+    s.add_argument("--step-timeout", type=float, default=30.0, help="seconds per measurement (default 30)")
     s.add_argument("--keep", action="store_true", help="leave the topology up (for debugging)")
     s.set_defaults(func=cmd_demo)
     return p

@@ -1,7 +1,8 @@
 """The fast-path process: one per core, started by the slow path.
 
 Python only runs the loop and decides when to sleep; every packet is
-handled inside ``tas_fp_poll`` (C).  The process busy-polls while there is
+handled inside ``tas_fp_poll`` (C; with ``TAS_PURE=1`` by its pure-Python
+twin ``flextcp.fastpath_py.PyFastPath``).  The process busy-polls while there is
 work and for ``poll_us`` after the last work, then arms its doorbell (so
 apps and the slow path kick its eventfd), polls once more to close the
 race, and blocks in epoll on the TAP queue, the doorbell and its control
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -21,7 +23,7 @@ import signal
 import socket
 import sys
 
-from flextcp.native import ffi, lib
+from flextcp.native import ffi, lib, use_pure
 from flextcp.shm import Region
 from flextcp.stackmem import stack_layout
 
@@ -68,9 +70,25 @@ class FastPath:
         cfg.stats = self.stats
         cfg.rx_batch = 32
         cfg.tx_batch = 64
-        self.fp = lib.tas_fp_create(cfg)
-        if self.fp == ffi.NULL:
-            raise SystemExit("fast path: tas_fp_create failed")
+        self.pure = use_pure()
+        if self.pure:
+            from flextcp.fastpath_py import PyFastPath, PyFPConfig
+
+            self.fp = PyFastPath.create(PyFPConfig(
+                core=a.core, n_cores=a.n_cores, tap_fd=a.tap_fd, sp_evfd=a.sp_evfd, local_ip=a.ip,
+                local_mac=mac, stack=self.stack, ft_off=lay.ft_off, ft_len=lay.ft_len, n_flows=a.n_flows,
+                kq_slots=a.kq_slots, krx_off=lay.krx_off[a.core], ktx_off=lay.ktx_off[a.core],
+                stats_off=lay.stats_off[a.core], rx_batch=cfg.rx_batch, tx_batch=cfg.tx_batch))  # fmt: skip
+            if self.fp is None:
+                raise SystemExit("fast path: PyFastPath.create failed")
+            self._poll = self.fp.poll
+            self._set_armed = self.fp.set_armed
+        else:
+            self.fp = lib.tas_fp_create(cfg)
+            if self.fp == ffi.NULL:
+                raise SystemExit("fast path: tas_fp_create failed")
+            self._poll = functools.partial(lib.tas_fp_poll, self.fp)
+            self._set_armed = functools.partial(lib.tas_fp_set_armed, self.fp)
         self.ctxs: dict[int, tuple[Region, int]] = {}
         self.running = True
 
@@ -113,7 +131,11 @@ class FastPath:
         if ctx_id in self.ctxs:
             return False
         region = Region.attach(memfd, size)
-        if lib.tas_fp_add_ctx(self.fp, ctx_id, region.addr, size, evfd, atx, arx) != 0:
+        if self.pure:
+            rc = self.fp.add_ctx(ctx_id, region, size, evfd, atx, arx)
+        else:
+            rc = lib.tas_fp_add_ctx(self.fp, ctx_id, region.addr, size, evfd, atx, arx)
+        if rc != 0:
             region.close()
             return False
         self.ctxs[ctx_id] = (region, evfd)
@@ -123,7 +145,10 @@ class FastPath:
         entry = self.ctxs.pop(ctx_id, None)
         if entry is None:
             return False
-        lib.tas_fp_remove_ctx(self.fp, ctx_id)
+        if self.pure:
+            self.fp.remove_ctx(ctx_id)
+        else:
+            lib.tas_fp_remove_ctx(self.fp, ctx_id)
         region, evfd = entry
         region.close()
         os.close(evfd)
@@ -131,9 +156,9 @@ class FastPath:
 
     # -- the loop -------------------------------------------------------
     def run(self) -> None:
-        poll = lib.tas_fp_poll
+        poll = self._poll
+        set_armed = self._set_armed
         now = lib.tas_now_us
-        fp = self.fp
         ep = select.epoll()
         ep.register(self.tap_fd, select.EPOLLIN)
         ep.register(self.evfd, select.EPOLLIN)
@@ -142,7 +167,7 @@ class FastPath:
         it = 0
         while self.running:
             t = now()
-            work = poll(fp, t)
+            work = poll(t)
             it += 1
             if it % CTL_CHECK_EVERY == 0:
                 self.handle_ctl()
@@ -151,9 +176,9 @@ class FastPath:
                 continue
             if t - idle_since < self.poll_us:
                 continue
-            lib.tas_fp_set_armed(fp, 1)
-            if poll(fp, now()):
-                lib.tas_fp_set_armed(fp, 0)
+            set_armed(1)
+            if poll(now()):
+                set_armed(0)
                 idle_since = now()
                 continue
             self.stats.sleeps += 1
@@ -165,14 +190,17 @@ class FastPath:
                         pass
                 elif fd == self.ctl.fileno():
                     self.handle_ctl()
-            lib.tas_fp_set_armed(fp, 0)
+            set_armed(0)
             idle_since = now()
         ep.close()
 
     def close(self) -> None:
         for ctx_id in list(self.ctxs):
             self.remove_ctx(ctx_id)
-        lib.tas_fp_destroy(self.fp)
+        if self.pure:
+            self.fp.destroy()
+        else:
+            lib.tas_fp_destroy(self.fp)
 
 
 def main(argv: list[str] | None = None) -> int:

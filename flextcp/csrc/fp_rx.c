@@ -104,7 +104,8 @@ static int ooo_empty(const struct tas_flow *f)
 static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
                   const struct tas_pkt *p, uint32_t seg_len)
 {
-    uint32_t una = flow_snd_una(f);
+    /* once our FIN is acknowledged SND.UNA is past it (RFC 9293) */
+    uint32_t una = flow_snd_una(f) + ((f->flags & TAS_FF_FIN_ACKED) ? 1u : 0u);
     uint32_t snd_max = flow_snd_max(f);
     uint32_t ack = p->ack;
     uint32_t events = 0;
@@ -170,7 +171,7 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
             }
             fp_notify_app(fp, id, f, TAS_ARX_TX);
         }
-        if (f->tx_head > f->tx_nxt || (f->flags & TAS_FF_TX_FIN))
+        if (f->tx_head > f->tx_nxt || (f->flags & (TAS_FF_TX_FIN | TAS_FF_REXMIT_HEAD)))
             fp_txq_push(fp, id, f);
     } else if (acked == 0 && seg_len == 0 && !(p->tcp_flags & TAS_TCP_FIN) &&
                f->tx_max > f->tx_una && win == f->snd_wnd) {

@@ -1,0 +1,1125 @@
+"""Pure-Python twin of the fast-path engine (flextcp/csrc/fp_main.c,
+fp_rx.c, fp_tx.c): :class:`PyFastPath` behaves like ``struct tas_fp`` with
+``tas_fp_create/add_ctx/remove_ctx/poll/set_armed`` and :func:`ctx_layout`
+like ``tas_ctx_layout``.
+
+It works on the same shared memory as the C engine -- flow records in the
+stack region (accessed as cffi ``struct tas_flow *`` and looked up through
+:class:`~flextcp.flowtab.PyFlowTable`), KRX/KTX and ATX/ARX rings through
+:class:`~flextcp.ring.PyRing`, the ``struct tas_fp_stats`` counters, the
+appflow blocks and flow buffers of the registered context regions -- and
+reads/writes frames on the TAP fd exactly as the C does, so the two can be
+swapped (``TAS_PURE=1``, see flextcp/loop.py) and compared frame for frame
+(tests/test_fastpath_twin.py).
+
+The functions mirror the C line by line and keep its names (rx_frame,
+rx_segment, rx_ack, ooo_add, ooo_merge, tx_flow, send_segment, send_ack,
+flush_acks, poll_apps, poll_sp, notify_app, ...).  C's fixed-width
+arithmetic is spelled out with masks; cffi refuses out-of-range stores, so
+a missed wrap shows up as an OverflowError rather than a silent divergence.
+Time is passed in (``now_us``); nothing here reads a clock.
+
+Things the C cannot express in Python and that therefore differ on purpose:
+KRX slots are fully zeroed (C leaves the bytes past the frame/header
+uninitialised), and the flow spinlock is taken through the C helper (the
+twin has no atomics, like PyFlowTable.lock).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+from flextcp.flowtab import PyFlowTable, ft_bytes
+from flextcp.native import ffi, lib
+from flextcp.ring import PyRing
+from flextcp.seqnum import seq_diff, seq_ge, seq_gt, seq_le, seq_lt
+from flextcp.shm import Region
+from nicemu.wire import (
+    TAS_OPT_SACK,
+    TAS_OPT_TS,
+    TAS_PK_TCP,
+    TAS_TCP_ACK,
+    TAS_TCP_FIN,
+    TAS_TCP_PSH,
+    TAS_TCP_RST,
+    TAS_TCP_SYN,
+    TAS_TCP_URG,
+    Segment,
+    build_tcp,
+    parse_frame,
+)
+
+__all__ = ["PyFPConfig", "PyFastPath", "CtxLayout", "ctx_layout"]
+
+M16 = 0xFFFF
+M32 = 0xFFFFFFFF
+M64 = (1 << 64) - 1
+
+# tas_abi.h
+TAS_MAX_CORES = 16
+TAS_MAX_CTX = 4096
+TAS_OOO_RANGES = 4
+TAS_ATX_UPDATE = 1
+TAS_ATX_ENTRY_SIZE = 32
+TAS_ARX_RX = 1
+TAS_ARX_TX = 2
+TAS_ARX_ENTRY_SIZE = 16
+TAS_AF_RX_FIN = 1
+TAS_AF_TX_FIN_ACKED = 4
+TAS_FLOW_ACTIVE = 1
+TAS_FF_TS = 1
+TAS_FF_SACK = 2
+TAS_FF_RX_FIN = 16
+TAS_FF_TX_FIN = 32
+TAS_FF_FIN_SENT = 64
+TAS_FF_FIN_ACKED = 128
+TAS_FF_IN_TXQ = 256
+TAS_FF_RECOVERY = 1024
+TAS_FF_ACK_NOW = 2048
+TAS_FF_DETACHED = 4096
+TAS_FF_FIN_OUT = 8192
+TAS_FF_PROBE = 16384
+TAS_FF_REXMIT_HEAD = 32768
+TAS_FF_IN_ACKQ = 65536
+TAS_KQ_ENTRY_SIZE = 2048
+TAS_KQ_DATA = 2016
+TAS_KRX_PACKET = 1
+TAS_KRX_FLOW = 2
+TAS_EV_FIN_RCVD = 1
+TAS_EV_FIN_ACKED = 2
+TAS_KTX_FRAME = 1
+TAS_KTX_KICK = 2
+TAS_KTX_RX = 4
+
+# fp_internal.h
+FP_FRAME_MAX = 2048
+FP_RX_BATCH_MAX = 64
+FP_ATX_BATCH = 64
+FP_KTX_BATCH = 32
+FP_SEGS_PER_VISIT = 16
+FP_DROP_WRONG_DST_IP = 14
+FP_DROP_WRONG_DST_MAC = 15
+FP_DROP_NO_CTX = 0
+
+# tcp_common.h
+TCP_RTO_MIN_US = 200000
+TCP_RTO_MAX_US = 60000000
+TCP_MAX_WIN = 65535
+
+PAGE = 4096
+RING_HDR_BYTES = 192
+APPFLOW_BYTES = 64
+FLOW_BYTES = 256
+FT_HDR_BYTES = 64
+
+BCAST = b"\xff" * 6
+_KQ_HDR = struct.Struct("<HHIIIQQ")  # tas_krx / tas_ktx up to data[]
+_ATX = struct.Struct("<IHHQQQ")
+_ARX = struct.Struct("<IHHQ")
+_KICK = (1).to_bytes(8, "little")
+
+
+# ---------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class CtxLayout:
+    """struct tas_ctx_layout: 16 ATX/ARX offsets (0 past n_cores) and heap_off."""
+
+    atx_off: tuple[int, ...]
+    arx_off: tuple[int, ...]
+    heap_off: int
+
+
+def _align_page(v: int) -> int:
+    return (v + PAGE - 1) & ~(PAGE - 1) & M64
+
+
+def _ring_bytes(slots: int, entry_size: int) -> int:
+    return (RING_HDR_BYTES + slots * entry_size) & M64
+
+
+def ctx_layout(n_cores: int, atx_slots: int, arx_slots: int) -> CtxLayout:
+    """Twin of tas_ctx_layout (no validation, cores clamped to 16, like C).
+    flextcp.layout.ctx_layout is the validating version used by the SP."""
+    atx = [0] * TAS_MAX_CORES
+    arx = [0] * TAS_MAX_CORES
+    off = PAGE
+    c = 0
+    while c < n_cores and c < TAS_MAX_CORES:
+        atx[c] = off
+        off = _align_page(off + _ring_bytes(atx_slots, TAS_ATX_ENTRY_SIZE))
+        arx[c] = off
+        off = _align_page(off + _ring_bytes(arx_slots, TAS_ARX_ENTRY_SIZE))
+        c += 1
+    return CtxLayout(tuple(atx), tuple(arx), off)
+
+
+def _ring_params_ok(slots: int, entry_size: int) -> bool:
+    return slots >= 2 and slots & (slots - 1) == 0 and entry_size > 0 and entry_size % 8 == 0
+
+
+# ---------------------------------------------------------------- tcp_common.h
+
+
+def flow_rcv_nxt(f) -> int:
+    return (f.rx_seq0 + (f.rx_head & M32) + (1 if f.flags & TAS_FF_RX_FIN else 0)) & M32
+
+
+def flow_snd_max(f) -> int:
+    return (f.tx_seq0 + (f.tx_max & M32) + (1 if f.flags & TAS_FF_FIN_SENT else 0)) & M32
+
+
+def flow_snd_una(f) -> int:
+    return (f.tx_seq0 + (f.tx_una & M32)) & M32
+
+
+def flow_rcv_wnd(f) -> int:
+    used = (f.rx_head - f.rx_tail) & M64
+    if f.flags & TAS_FF_RX_FIN:
+        return 0
+    return 0 if used >= f.rx_len else (f.rx_len - used) & M32
+
+
+def flow_win_field(f) -> int:
+    w = flow_rcv_wnd(f)
+    if f.flags & TAS_FF_RX_FIN:
+        w = (f.rx_len - ((f.rx_head - f.rx_tail) & M64)) & M32
+    w = (w >> f.rcv_wscale) & M32
+    return TCP_MAX_WIN if w > TCP_MAX_WIN else w
+
+
+def flow_rtt_sample(f, r: int) -> None:
+    if f.srtt_us == 0:
+        f.srtt_us = r if r else 1
+        f.rttvar_us = r // 2
+    else:
+        srtt = f.srtt_us
+        d = r - srtt if r > srtt else srtt - r
+        rttvar = f.rttvar_us
+        f.rttvar_us = (rttvar - rttvar // 4 + d // 4) & M32
+        srtt = (srtt - srtt // 8 + r // 8) & M32
+        f.srtt_us = srtt if srtt else 1
+    rto = f.srtt_us + 4 * f.rttvar_us
+    if rto < TCP_RTO_MIN_US:
+        rto = TCP_RTO_MIN_US
+    if rto > TCP_RTO_MAX_US:
+        rto = TCP_RTO_MAX_US
+    f.rto_us = rto
+
+
+# ---------------------------------------------------------------- engine
+
+
+@dataclass
+class PyFPConfig:
+    """struct tas_fp_config with Region + offsets in place of the pointers."""
+
+    core: int
+    n_cores: int
+    tap_fd: int
+    sp_evfd: int
+    local_ip: int
+    local_mac: bytes
+    stack: Region
+    ft_off: int
+    ft_len: int
+    n_flows: int
+    kq_slots: int
+    krx_off: int
+    ktx_off: int
+    stats_off: int
+    rx_batch: int = 32
+    tx_batch: int = 64
+
+
+class _Ctx:
+    """struct fp_ctx."""
+
+    __slots__ = ("region", "base", "len", "evfd", "id", "atx", "arx", "notify", "listed", "mv", "hdr")
+
+    def close(self) -> None:
+        self.atx.close()
+        self.arx.close()
+        self.mv.release()
+
+
+class PyFastPath:
+    """The fast-path engine in Python; raises ValueError where tas_fp_create
+    returns NULL (see :meth:`create` for the None-returning variant)."""
+
+    def __init__(self, cfg: PyFPConfig) -> None:
+        if cfg.rx_batch == 0 or cfg.rx_batch > FP_RX_BATCH_MAX or cfg.n_flows == 0:
+            raise ValueError("bad fast-path config")
+        need = ft_bytes(cfg.n_flows)
+        if need == 0 or cfg.ft_len < need:
+            raise ValueError("flow table region too small")
+        if not _ring_params_ok(cfg.kq_slots, TAS_KQ_ENTRY_SIZE):
+            raise ValueError("bad kq_slots")
+        self.cfg = cfg
+        self.local_mac = bytes(cfg.local_mac)[:6]
+        stack = cfg.stack
+        self.ft = PyFlowTable.attach(stack, cfg.ft_off, cfg.n_flows)
+        try:
+            self.krx = PyRing.attach(stack, cfg.krx_off, cfg.kq_slots, TAS_KQ_ENTRY_SIZE, True)
+            self.ktx = PyRing.attach(stack, cfg.ktx_off, cfg.kq_slots, TAS_KQ_ENTRY_SIZE, False)
+        except ValueError:
+            self.ft.close()
+            raise
+        base = ffi.cast("char *", stack.addr)
+        self.flows = ffi.cast("struct tas_flow *", base + cfg.ft_off + FT_HDR_BYTES)
+        self.st = ffi.cast("struct tas_fp_stats *", base + cfg.stats_off)
+        self.ctx: dict[int, _Ctx] = {}
+        self.active: list[int] = []
+        self.txq_cap = cfg.n_flows + 1
+        self.txq = [0] * self.txq_cap
+        self.txq_head = 0
+        self.txq_tail = 0
+        self.ackq = [0] * cfg.n_flows
+        self.n_ack = 0
+        self.notif_stamp = [0] * cfg.n_flows
+        self.poll_stamp = 1
+        self.krx_posted = 0
+        self.now_us = 0
+        self._closed = False
+
+    @classmethod
+    def create(cls, cfg: PyFPConfig) -> PyFastPath | None:
+        """tas_fp_create: None on a bad configuration."""
+        try:
+            return cls(cfg)
+        except ValueError:
+            return None
+
+    def destroy(self) -> None:
+        """tas_fp_destroy: drop contexts and release the region views."""
+        if self._closed:
+            return
+        self._closed = True
+        for c in self.ctx.values():
+            c.close()
+        self.ctx.clear()
+        self.active.clear()
+        self.krx.close()
+        self.ktx.close()
+        self.ft.close()
+
+    close = destroy
+
+    # -- contexts ---------------------------------------------------------
+    def add_ctx(
+        self, ctx_id: int, region: Region, length: int, evfd: int, atx_slots: int, arx_slots: int
+    ) -> int:
+        """tas_fp_add_ctx over ``region[0:length]``: 0 or -1."""
+        if ctx_id < 0 or ctx_id >= TAS_MAX_CTX or ctx_id in self.ctx:
+            return -1
+        lay = ctx_layout(self.cfg.n_cores, atx_slots, arx_slots)
+        if lay.heap_off > length:
+            return -1
+        if length > region.size:
+            return -1
+        core = self.cfg.core
+        if core >= TAS_MAX_CORES:
+            return -1
+        if not _ring_params_ok(atx_slots, TAS_ATX_ENTRY_SIZE) or not _ring_params_ok(
+            arx_slots, TAS_ARX_ENTRY_SIZE
+        ):
+            return -1
+        c = _Ctx()
+        c.region = region
+        c.base = ffi.cast("char *", region.addr)
+        c.len = length
+        c.evfd = evfd
+        c.id = ctx_id
+        try:
+            c.atx = PyRing.attach(region, lay.atx_off[core], atx_slots, TAS_ATX_ENTRY_SIZE, False)
+        except ValueError:
+            return -1
+        try:
+            c.arx = PyRing.attach(region, lay.arx_off[core], arx_slots, TAS_ARX_ENTRY_SIZE, True)
+        except ValueError:
+            c.atx.close()
+            return -1
+        c.notify = 0
+        c.listed = 0
+        c.mv = region.view(0, length)
+        c.hdr = ffi.cast("struct tas_ctx_hdr *", c.base)
+        self.ctx[ctx_id] = c
+        self.active.append(ctx_id)
+        return 0
+
+    def remove_ctx(self, ctx_id: int) -> int:
+        """tas_fp_remove_ctx: 0 or -1 (releases this engine's views of the region)."""
+        c = self.ctx.pop(ctx_id, None) if 0 <= ctx_id < TAS_MAX_CTX else None
+        if c is None:
+            return -1
+        c.close()
+        act = self.active
+        for i in range(len(act)):
+            if act[i] == ctx_id:
+                act[i] = act[-1]
+                act.pop()
+                break
+        return 0
+
+    def set_armed(self, armed: int) -> None:
+        """tas_fp_set_armed."""
+        core = self.cfg.core
+        for cid in self.active:
+            self.ctx[cid].hdr.fp_armed[core] = armed
+
+    # -- helpers of fp_main.c ---------------------------------------------
+    def flow_ctx(self, f) -> _Ctx | None:
+        if f.ctx_id >= TAS_MAX_CTX:
+            return None
+        return self.ctx.get(f.ctx_id)
+
+    def appflow(self, f):
+        """fp_appflow: ``struct tas_appflow *`` or None."""
+        c = self.flow_ctx(f)
+        if c is None or f.appflow_off + APPFLOW_BYTES > c.len:
+            return None
+        return ffi.cast("struct tas_appflow *", c.base + f.appflow_off)
+
+    def buf(self, f, tx: bool) -> tuple[memoryview, int] | None:
+        """fp_buf: (view of the context region, buffer offset) or None."""
+        c = self.flow_ctx(f)
+        off = f.tx_off if tx else f.rx_off
+        ln = f.tx_len if tx else f.rx_len
+        if c is None or ln == 0 or ln & (ln - 1) or off + ln > c.len:
+            return None
+        return c.mv, off
+
+    def notify_app(self, flow_id: int, f, kind: int) -> None:
+        c = self.flow_ctx(f)
+        if c is None:
+            return
+        if self.notif_stamp[flow_id] == self.poll_stamp:
+            return
+        e = _ARX.pack(flow_id, f.gen, kind, 0)
+        if c.arx.enqueue_n(e, 1) != 1:
+            self.st.arx_full += 1
+        else:
+            self.notif_stamp[flow_id] = self.poll_stamp
+        notify = c.notify
+        c.notify = (notify + 1) & M32
+        if not notify and not c.listed:
+            c.listed = 1
+
+    def to_sp_frame(self, frame, length: int) -> None:
+        if length > TAS_KQ_DATA:
+            self.st.krx_full += 1
+            return
+        slot = bytearray(TAS_KQ_ENTRY_SIZE)
+        _KQ_HDR.pack_into(slot, 0, TAS_KRX_PACKET, length, 0, 0, self.cfg.core, self.now_us, 0)
+        slot[32 : 32 + length] = frame[:length]
+        if self.krx.enqueue_n(slot, 1) != 1:
+            self.st.krx_full += 1
+            return
+        self.st.to_slowpath += 1
+        self.krx_posted += 1
+
+    def to_sp_event(self, flow_id: int, events: int) -> None:
+        slot = bytearray(TAS_KQ_ENTRY_SIZE)
+        _KQ_HDR.pack_into(slot, 0, TAS_KRX_FLOW, 0, flow_id, events, self.cfg.core, self.now_us, 0)
+        if self.krx.enqueue_n(slot, 1) != 1:
+            self.st.krx_full += 1
+            return
+        self.krx_posted += 1
+
+    @staticmethod
+    def kick(fd: int) -> None:
+        try:
+            os.write(fd, _KICK)
+        except OSError:
+            pass
+
+    def poll_apps(self) -> int:
+        """Application updates: validated, never trusted."""
+        st = self.st
+        n_flows = self.cfg.n_flows
+        work = 0
+        for cid in self.active:
+            c = self.ctx[cid]
+            corrupt = c.atx.corrupt
+            data = c.atx.dequeue_n(FP_ATX_BATCH)
+            if c.atx.corrupt != corrupt:
+                st.ring_corrupt += 1
+            n = len(data) // TAS_ATX_ENTRY_SIZE
+            work += n
+            for j in range(n):
+                e_flow, e_gen, e_kind, e_rx_tail, e_tx_head, _ = _ATX.unpack_from(
+                    data, j * TAS_ATX_ENTRY_SIZE
+                )
+                if e_flow >= n_flows or e_kind != TAS_ATX_UPDATE:
+                    st.atx_bad += 1
+                    continue
+                f = self.flows + e_flow
+                lib.tas_flow_lock(f)
+                if (
+                    f.status != TAS_FLOW_ACTIVE
+                    or f.ctx_id != c.id
+                    or f.gen != e_gen
+                    or f.flags & TAS_FF_DETACHED
+                ):
+                    lib.tas_flow_unlock(f)
+                    st.atx_bad += 1
+                    continue
+                bad = False
+                if e_tx_head > f.tx_head:
+                    if ((e_tx_head - f.tx_una) & M64) <= f.tx_len and not f.flags & TAS_FF_TX_FIN:
+                        f.tx_head = e_tx_head
+                        self.txq_push(e_flow, f)
+                    else:
+                        bad = True
+                if e_rx_tail > f.rx_tail:
+                    if e_rx_tail <= f.rx_head:
+                        old_wnd = (f.rx_adv - f.rx_head) & M32
+                        f.rx_tail = e_rx_tail
+                        right = (f.rx_tail + f.rx_len) & M64
+                        grow = (right - f.rx_adv) & M64
+                        thresh = f.rx_len // 2
+                        if thresh > (2 * f.mss) & M32:
+                            thresh = (2 * f.mss) & M32
+                        # window update when it opens meaningfully from small
+                        # (RFC 1122 4.2.3.3 receiver SWS avoidance)
+                        if right > f.rx_adv and grow >= thresh and old_wnd < f.rx_len // 2:
+                            self.need_ack(e_flow, f)
+                    else:
+                        bad = True
+                if bad:
+                    st.atx_bad += 1
+                lib.tas_flow_unlock(f)
+        return work & M32
+
+    def poll_sp(self) -> int:
+        data = self.ktx.dequeue_n(FP_KTX_BATCH)
+        n = len(data) // TAS_KQ_ENTRY_SIZE
+        mv = memoryview(data)
+        for i in range(n):
+            k = mv[i * TAS_KQ_ENTRY_SIZE : (i + 1) * TAS_KQ_ENTRY_SIZE]
+            kind, ln, flow_id = _KQ_HDR.unpack_from(k, 0)[:3]
+            if kind == TAS_KTX_FRAME and ln <= TAS_KQ_DATA:
+                self.write_frame(bytes(k[32 : 32 + ln]))
+            elif kind == TAS_KTX_RX and ln <= TAS_KQ_DATA:
+                # a segment the slow path handed back once it installed the
+                # flow (e.g. data riding on the handshake's last ACK)
+                self.rx_frame(bytes(k[32 : 32 + ln]))
+            elif kind == TAS_KTX_KICK and flow_id < self.cfg.n_flows:
+                f = self.flows + flow_id
+                lib.tas_flow_lock(f)
+                if f.status == TAS_FLOW_ACTIVE:
+                    self.txq_push(flow_id, f)
+                lib.tas_flow_unlock(f)
+        return n
+
+    def poll(self, now_us: int) -> int:
+        """tas_fp_poll: one iteration; returns the amount of work done."""
+        work = 0
+        self.now_us = now_us & M64
+        self.poll_stamp = (self.poll_stamp + 1) & M32
+        if self.poll_stamp == 0:
+            self.poll_stamp = 1
+        st = self.st
+        st.polls += 1
+
+        # 1. frames from the TAP
+        tap = self.cfg.tap_fd
+        for _ in range(self.cfg.rx_batch):
+            try:
+                frame = os.read(tap, FP_FRAME_MAX)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                st.tap_errors += 1
+                break
+            if not frame:
+                break
+            self.rx_frame(frame)
+            work += 1
+        # 2. slow path commands, 3. application updates
+        work += self.poll_sp()
+        work += self.poll_apps()
+        # 4. transmit
+        work += self.tx_run(self.cfg.tx_batch)
+        # 5. ACKs not piggybacked on data
+        self.flush_acks()
+
+        # 6. doorbells: apps (only if they sleep) and the slow path
+        for cid in self.active:
+            c = self.ctx[cid]
+            if c.notify:
+                if c.hdr.app_armed:
+                    self.kick(c.evfd)
+                c.notify = 0
+                c.listed = 0
+        if self.krx_posted:
+            self.kick(self.cfg.sp_evfd)
+            self.krx_posted = 0
+        work &= M32
+        if work:
+            st.busy_polls += 1
+        return work
+
+    # -- fp_rx.c ----------------------------------------------------------
+    def rx_copy(self, f, pos: int, src, length: int) -> None:
+        """Copy payload into the rx ring at absolute position pos."""
+        b = self.buf(f, False)
+        if b is None or length == 0:
+            return
+        mv, base = b
+        rx_len = f.rx_len
+        off = pos & (rx_len - 1)
+        first = rx_len - off
+        if first > length:
+            first = length
+        mv[base + off : base + off + first] = src[:first]
+        if length > first:
+            mv[base : base + length - first] = src[first:length]
+
+    @staticmethod
+    def ooo_add(f, start: int, end: int) -> int:
+        """Record [start, end) as received out of order, merging with
+        overlapping or adjacent ranges.  0 if there was no room."""
+        os_, oe = f.ooo_start, f.ooo_end
+        free_slot = -1
+        for i in range(TAS_OOO_RANGES):
+            s, e = os_[i], oe[i]
+            if s == e:
+                if free_slot < 0:
+                    free_slot = i
+                continue
+            # overlap or adjacency
+            if seq_le(start, e) and seq_ge(end, s):
+                if seq_lt(start, s):
+                    s = start
+                if seq_gt(end, e):
+                    e = end
+                os_[i] = s
+                oe[i] = e
+                # the grown range may now touch others: fold them in
+                for j in range(TAS_OOO_RANGES):
+                    if j == i or os_[j] == oe[j]:
+                        continue
+                    if seq_le(os_[j], oe[i]) and seq_ge(oe[j], os_[i]):
+                        if seq_lt(os_[j], os_[i]):
+                            os_[i] = os_[j]
+                        if seq_gt(oe[j], oe[i]):
+                            oe[i] = oe[j]
+                        os_[j] = 0
+                        oe[j] = 0
+                return 1
+        if free_slot < 0:
+            return 0
+        os_[free_slot] = start
+        oe[free_slot] = end
+        return 1
+
+    @staticmethod
+    def ooo_merge(f) -> None:
+        """After in-order data advanced rx_head, absorb ranges it reached."""
+        os_, oe = f.ooo_start, f.ooo_end
+        again = True
+        while again:
+            again = False
+            head = f.rx_head & M32
+            for i in range(TAS_OOO_RANGES):
+                s, e = os_[i], oe[i]
+                if s == e:
+                    continue
+                if seq_le(s, head):
+                    if seq_gt(e, head):
+                        f.rx_head = (f.rx_head + ((e - head) & M32)) & M64
+                        again = True
+                    os_[i] = 0
+                    oe[i] = 0
+
+    @staticmethod
+    def ooo_empty(f) -> bool:
+        os_, oe = f.ooo_start, f.ooo_end
+        for i in range(TAS_OOO_RANGES):
+            if os_[i] != oe[i]:
+                return False
+        return True
+
+    def rx_ack(self, fid: int, f, p, seg_len: int) -> int:
+        """ACK field processing.  Returns 0 if the segment must be dropped."""
+        # once our FIN is acknowledged SND.UNA is past it (RFC 9293)
+        una = (flow_snd_una(f) + (1 if f.flags & TAS_FF_FIN_ACKED else 0)) & M32
+        snd_max = flow_snd_max(f)
+        ack = p.ack
+        events = 0
+
+        if seq_gt(ack, snd_max):
+            # acks something not yet sent: ACK and drop (RFC 9293)
+            self.need_ack(fid, f)
+            return 0
+        acked = seq_diff(ack, una)
+        win = (p.win << f.snd_wscale) & M32
+
+        if acked > 0:
+            nbytes = acked
+            outstanding = (f.tx_max - f.tx_una) & M64
+            if f.flags & TAS_FF_FIN_SENT and ack == snd_max and nbytes == (outstanding + 1) & M64:
+                nbytes = outstanding
+                f.flags |= TAS_FF_FIN_ACKED
+                f.flags &= ~TAS_FF_FIN_OUT & M32
+                events |= TAS_EV_FIN_ACKED
+            if nbytes > outstanding:
+                nbytes = outstanding
+            f.tx_una = (f.tx_una + nbytes) & M64
+            if f.tx_nxt < f.tx_una:
+                f.tx_nxt = f.tx_una
+            f.cnt_acked = (f.cnt_acked + nbytes) & M64
+            f.rto_backoff = 0
+            f.rto_start_us = self.now_us & M32
+
+            if f.flags & TAS_FF_TS and p.opts & TAS_OPT_TS and p.tsecr != 0:
+                now_ms = (self.now_us // 1000) & M32
+                r_ms = (now_ms - p.tsecr) & M32
+                if r_ms < 60000:
+                    flow_rtt_sample(f, (r_ms * 1000 + 500) & M32)
+
+            # window growth (NewReno, RFC 5681 / 6582)
+            mss = f.mss
+            if f.flags & TAS_FF_RECOVERY:
+                if f.tx_una >= f.tx_recover:
+                    f.flags &= ~TAS_FF_RECOVERY & M32
+                    f.cwnd = f.ssthresh
+                else:
+                    # partial ACK: retransmit the next hole, deflate
+                    f.flags |= TAS_FF_REXMIT_HEAD
+                    f.cwnd = (f.cwnd - (nbytes & M32)) & M32 if f.cwnd > nbytes else mss
+                    f.cwnd = (f.cwnd + mss) & M32
+            elif f.cwnd < f.ssthresh:
+                f.cwnd = (f.cwnd + (min(nbytes, (2 * mss) & M32) & M32)) & M32
+            else:
+                cwnd = f.cwnd
+                inc = ((mss * nbytes) & M64) // (cwnd if cwnd else 1) & M32
+                f.cwnd = (cwnd + (inc if inc else 1)) & M32
+            f.dupacks = 0
+            if not f.flags & TAS_FF_DETACHED:
+                af = self.appflow(f)
+                if af is not None:
+                    af.tx_acked = f.tx_una
+                    if events & TAS_EV_FIN_ACKED:
+                        af.flags |= TAS_AF_TX_FIN_ACKED
+                self.notify_app(fid, f, TAS_ARX_TX)
+            if f.tx_head > f.tx_nxt or f.flags & (TAS_FF_TX_FIN | TAS_FF_REXMIT_HEAD):
+                self.txq_push(fid, f)
+        elif (
+            acked == 0
+            and seg_len == 0
+            and not p.tcp_flags & TAS_TCP_FIN
+            and f.tx_max > f.tx_una
+            and win == f.snd_wnd
+        ):
+            # duplicate ACK
+            f.dupacks = (f.dupacks + 1) & M16
+            if f.dupacks == 3 and not f.flags & TAS_FF_RECOVERY:
+                flight = (f.tx_max - f.tx_una) & M64
+                half = (flight // 2) & M32
+                two = (2 * f.mss) & M32
+                f.ssthresh = half if half > two else two
+                f.cwnd = (f.ssthresh + 3 * f.mss) & M32
+                f.tx_recover = f.tx_max
+                f.flags |= TAS_FF_RECOVERY | TAS_FF_REXMIT_HEAD
+                self.st.rexmit_fast += 1
+                self.txq_push(fid, f)
+            elif f.dupacks > 3 and f.flags & TAS_FF_RECOVERY:
+                f.cwnd = (f.cwnd + f.mss) & M32
+                self.txq_push(fid, f)
+
+        # send window update (RFC 9293 SND.WL1/WL2 rule)
+        if seq_lt(f.snd_wl1, p.seq) or (f.snd_wl1 == p.seq and seq_le(f.snd_wl2, ack)):
+            old = f.snd_wnd
+            f.snd_wnd = win
+            f.snd_wl1 = p.seq
+            f.snd_wl2 = ack
+            if win > old and f.tx_head > f.tx_nxt:
+                self.txq_push(fid, f)
+        if events:
+            self.to_sp_event(fid, events)
+        return 1
+
+    def rx_segment(self, fid: int, f, frame: bytes, p) -> None:
+        st = self.st
+        poff = p.payload_off
+        plen = p.payload_len
+        fin = (p.tcp_flags & TAS_TCP_FIN) != 0
+        rcv_nxt = flow_rcv_nxt(f)
+        wnd = flow_rcv_wnd(f)
+        seg_len = plen + (1 if fin else 0)
+
+        f.cnt_rx_segs += 1
+        f.last_rx_us = self.now_us & M32
+
+        # PAWS (RFC 7323 section 5)
+        if f.flags & TAS_FF_TS and p.opts & TAS_OPT_TS and seq_lt(p.tsval, f.ts_recent):
+            st.dup_segs += 1
+            self.need_ack(fid, f)
+            return
+
+        # acceptability test (RFC 9293 3.10.7.4, first check)
+        off = seq_diff(p.seq, rcv_nxt)
+        if seg_len == 0:
+            ok = off == 0 if wnd == 0 else (0 <= off < wnd) or off == 0
+        elif wnd == 0:
+            ok = False
+        else:
+            ok = (0 <= off < wnd) or (off < 0 and off + seg_len > 0)
+        if not ok:
+            if off < 0:
+                st.dup_segs += 1
+            else:
+                st.beyond_window += 1
+            # an unacceptable segment still carries a usable ACK if it is just
+            # a pure ACK probing a closed window; RFC says ACK and drop
+            if seg_len > 0 or off != 0:
+                self.need_ack(fid, f)
+            if seg_len == 0 and p.tcp_flags & TAS_TCP_ACK:
+                self.rx_ack(fid, f, p, 0)
+            return
+
+        if not self.rx_ack(fid, f, p, plen):
+            return
+
+        if seg_len == 0:
+            return
+        if f.flags & TAS_FF_RX_FIN:
+            # data or FIN after the peer's FIN: retransmission, re-ACK
+            self.need_ack(fid, f)
+            return
+
+        # trim the front (already received bytes)
+        if off < 0:
+            cut = -off
+            if cut >= plen:
+                poff += plen
+                plen = 0
+            else:
+                poff += cut
+                plen -= cut
+            off = 0
+        # trim the tail to the window
+        if off + plen > wnd:
+            st.beyond_window += 1
+            plen = 0 if off >= wnd else wnd - off
+            fin = False
+
+        payload = memoryview(frame)[poff : poff + plen]
+        old_head = f.rx_head
+        if off == 0:
+            if plen > 0:
+                self.rx_copy(f, f.rx_head, payload, plen)
+                f.rx_head = (f.rx_head + plen) & M64
+                self.ooo_merge(f)
+            if p.opts & TAS_OPT_TS and f.flags & TAS_FF_TS:
+                f.ts_recent = p.tsval
+            f.unacked_segs = (f.unacked_segs + 1) & M16
+            if fin and self.ooo_empty(f) and (f.rx_head & M32) == ((old_head + plen) & M32):
+                f.flags |= TAS_FF_RX_FIN
+                f.flags |= TAS_FF_ACK_NOW
+                self.to_sp_event(fid, TAS_EV_FIN_RCVD)
+            if f.rx_head != old_head or f.flags & TAS_FF_RX_FIN:
+                if not f.flags & TAS_FF_DETACHED:
+                    af = self.appflow(f)
+                    if af is not None:
+                        if f.flags & TAS_FF_RX_FIN:
+                            af.flags |= TAS_AF_RX_FIN
+                        af.rx_head = f.rx_head
+                    self.notify_app(fid, f, TAS_ARX_RX)
+            if not self.ooo_empty(f) or f.unacked_segs >= 2:
+                f.flags |= TAS_FF_ACK_NOW
+            st.rx_fast += 1
+            self.need_ack(fid, f)
+        else:
+            # out of order: keep it if we have a range for it
+            if plen > 0:
+                s = ((f.rx_head & M32) + off) & M32
+                if self.ooo_add(f, s, (s + plen) & M32):
+                    self.rx_copy(f, (f.rx_head + off) & M64, payload, plen)
+                    st.ooo_segs += 1
+                else:
+                    st.ooo_dropped += 1
+            # immediate duplicate ACK tells the sender about the hole
+            f.flags |= TAS_FF_ACK_NOW
+            self.need_ack(fid, f)
+
+    def rx_frame(self, frame: bytes) -> None:
+        st = self.st
+        r, p = parse_frame(frame)
+        st.rx_frames += 1
+        st.rx_bytes += len(frame)
+        if r < 0:
+            if -r < 16:
+                st.drops[-r] += 1
+            return
+        if r != TAS_PK_TCP:
+            self.to_sp_frame(frame, len(frame))
+            return
+        if p.dst_mac != self.local_mac and p.dst_mac != BCAST:
+            st.drops[FP_DROP_WRONG_DST_MAC] += 1
+            return
+        if p.dst_ip != self.cfg.local_ip:
+            st.drops[FP_DROP_WRONG_DST_IP] += 1
+            return
+        fid = self.ft.lookup(p.dst_ip, p.dst_port, p.src_ip, p.src_port)
+        if (
+            fid < 0
+            or p.tcp_flags & (TAS_TCP_SYN | TAS_TCP_RST | TAS_TCP_URG)
+            or not p.tcp_flags & TAS_TCP_ACK
+        ):
+            self.to_sp_frame(frame, len(frame))
+            return
+        f = self.flows + fid
+        lib.tas_flow_lock(f)
+        if (
+            f.status != TAS_FLOW_ACTIVE
+            or f.remote_ip != p.src_ip
+            or f.remote_port != p.src_port
+            or f.local_port != p.dst_port
+        ):
+            lib.tas_flow_unlock(f)
+            self.to_sp_frame(frame, len(frame))
+            return
+        if self.buf(f, False) is None or self.buf(f, True) is None:
+            # context not (or no longer) mapped here: nothing to place data in
+            lib.tas_flow_unlock(f)
+            st.drops[FP_DROP_NO_CTX] += 1
+            return
+        self.rx_segment(fid, f, frame, p)
+        lib.tas_flow_unlock(f)
+
+    # -- fp_tx.c ----------------------------------------------------------
+    def write_frame(self, frame: bytes) -> int:
+        """fp_write_frame: 0 or -1."""
+        try:
+            r = os.write(self.cfg.tap_fd, frame)
+        except OSError:
+            r = -1
+        if r != len(frame):
+            self.st.tap_errors += 1
+            return -1
+        self.st.tx_frames += 1
+        self.st.tx_bytes += len(frame)
+        return 0
+
+    def txq_push(self, flow_id: int, f) -> None:
+        if f.flags & TAS_FF_IN_TXQ:
+            return
+        nxt = (self.txq_tail + 1) % self.txq_cap
+        if nxt == self.txq_head:
+            return  # cannot happen: capacity exceeds the number of flows
+        f.flags |= TAS_FF_IN_TXQ
+        self.txq[self.txq_tail] = flow_id
+        self.txq_tail = nxt
+
+    def need_ack(self, flow_id: int, f) -> None:
+        f.flags |= TAS_FF_ACK_NOW
+        if f.flags & TAS_FF_IN_ACKQ:
+            return
+        if self.n_ack >= self.cfg.n_flows:
+            return
+        f.flags |= TAS_FF_IN_ACKQ
+        self.ackq[self.n_ack] = flow_id
+        self.n_ack += 1
+
+    def seg_init(self, f) -> Segment:
+        """Fill the header fields every segment of f shares."""
+        s = Segment(
+            src_mac=self.local_mac,
+            dst_mac=bytes(f.remote_mac),
+            src_ip=f.local_ip,
+            dst_ip=f.remote_ip,
+            src_port=f.local_port,
+            dst_port=f.remote_port,
+            ack=flow_rcv_nxt(f),
+            win=flow_win_field(f),
+            flags=TAS_TCP_ACK,
+        )
+        if f.flags & TAS_FF_TS:
+            s.opts |= TAS_OPT_TS
+            s.tsval = (self.now_us // 1000) & M32
+            s.tsecr = f.ts_recent
+        if f.flags & TAS_FF_SACK:
+            # RFC 2018: report the out-of-order ranges we hold
+            n = 0
+            i = 0
+            while i < TAS_OOO_RANGES and n < 3:
+                if f.ooo_start[i] != f.ooo_end[i]:
+                    s.sack_start[n] = (f.rx_seq0 + f.ooo_start[i]) & M32
+                    s.sack_end[n] = (f.rx_seq0 + f.ooo_end[i]) & M32
+                    n += 1
+                i += 1
+            if n:
+                s.opts |= TAS_OPT_SACK
+                s.n_sack = n
+        return s
+
+    @staticmethod
+    def after_send(f) -> None:
+        f.flags &= ~TAS_FF_ACK_NOW & M32
+        f.unacked_segs = 0
+        f.rx_adv = (f.rx_tail + f.rx_len) & M64
+        f.cnt_tx_segs += 1
+
+    def send_ack(self, f) -> None:
+        s = self.seg_init(f)
+        s.seq = (
+            f.tx_seq0 + (f.tx_nxt & M32) + (1 if f.flags & (TAS_FF_FIN_OUT | TAS_FF_FIN_ACKED) else 0)
+        ) & M32
+        frame = build_tcp(s, b"", FP_FRAME_MAX)
+        if frame and self.write_frame(frame) == 0:
+            self.st.acks_sent += 1
+        self.after_send(f)
+
+    def flush_acks(self) -> None:
+        for i in range(self.n_ack):
+            fid = self.ackq[i]
+            f = self.flows + fid
+            lib.tas_flow_lock(f)
+            f.flags &= ~TAS_FF_IN_ACKQ & M32
+            if f.flags & TAS_FF_ACK_NOW and f.status == TAS_FLOW_ACTIVE:
+                self.send_ack(f)
+            lib.tas_flow_unlock(f)
+        self.n_ack = 0
+
+    def send_segment(self, f, pos: int, length: int, fin: bool) -> int:
+        """Send one segment of f starting at absolute tx position pos with
+        length payload bytes (0 for a bare FIN).  0 or -1."""
+        b = self.buf(f, True)
+        if b is None:
+            return -1
+        mv, base = b
+        s = self.seg_init(f)
+        s.seq = (f.tx_seq0 + (pos & M32)) & M32
+        if fin:
+            s.flags |= TAS_TCP_FIN
+        if length and pos + length == f.tx_head:
+            s.flags |= TAS_TCP_PSH
+        tx_len = f.tx_len
+        off = pos & (tx_len - 1)
+        first = tx_len - off
+        if first > length:
+            first = length
+        payload = bytes(mv[base + off : base + off + first])
+        if length > first:
+            payload += bytes(mv[base : base + length - first])
+        frame = build_tcp(s, payload, FP_FRAME_MAX)
+        if not frame:
+            return -1
+        if self.write_frame(frame) != 0:
+            return -1
+        if pos < f.tx_max:
+            self.st.rexmit_segs += 1
+        self.st.data_segs_sent += 1
+        self.after_send(f)
+        return 0
+
+    @staticmethod
+    def seg_payload_max(f) -> int:
+        """Effective payload per segment: the option bytes eat into the MSS."""
+        opts = 12 if f.flags & TAS_FF_TS else 0
+        if f.flags & TAS_FF_SACK:
+            # the SACK blocks seg_init adds (RFC 9293 3.7.1, RFC 6691)
+            n = 0
+            i = 0
+            while i < TAS_OOO_RANGES and n < 3:
+                if f.ooo_start[i] != f.ooo_end[i]:
+                    n += 1
+                i += 1
+            if n:
+                opts += 4 + 8 * n
+        return f.mss - opts if f.mss > opts else 1
+
+    def tx_flow(self, f, budget: int) -> tuple[int, bool]:
+        """Transmit what flow f may send now: (segments sent, more)."""
+        sent = 0
+        smss = self.seg_payload_max(f)
+        now32 = self.now_us & M32
+
+        if f.flags & TAS_FF_REXMIT_HEAD:
+            f.flags &= ~TAS_FF_REXMIT_HEAD & M32
+            out = (f.tx_max - f.tx_una) & M64
+            if out > 0:
+                ln = min(out, smss)
+                fin = bool(
+                    f.flags & TAS_FF_FIN_SENT and f.tx_una + ln == f.tx_head and f.flags & TAS_FF_TX_FIN
+                )
+                if self.send_segment(f, f.tx_una, ln, fin) == 0:
+                    f.cnt_rexmit += 1
+                    sent += 1
+            elif f.flags & TAS_FF_FIN_SENT and not f.flags & TAS_FF_FIN_ACKED:
+                if self.send_segment(f, f.tx_una, 0, True) == 0:
+                    f.cnt_rexmit += 1
+                    sent += 1
+
+        while sent < budget:
+            flight = (f.tx_nxt - f.tx_una) & M64
+            wnd = min(f.cwnd, f.snd_wnd)
+            avail = (f.tx_head - f.tx_nxt) & M64
+            can = wnd - flight if wnd > flight else 0
+            ln = min(avail, can, smss) & M32
+
+            if ln == 0 and avail > 0 and f.flags & TAS_FF_PROBE:
+                # zero-window probe: one byte past the window (RFC 9293 3.8.6.1)
+                f.flags &= ~TAS_FF_PROBE & M32
+                ln = 1
+            if ln == 0:
+                fin_due = (
+                    f.flags & TAS_FF_TX_FIN
+                    and not f.flags & TAS_FF_FIN_OUT
+                    and not f.flags & TAS_FF_FIN_ACKED
+                    and f.tx_nxt == f.tx_head
+                )
+                if fin_due and (can > 0 or f.snd_wnd == 0 or flight == 0):
+                    if f.tx_nxt == f.tx_una:
+                        f.rto_start_us = now32
+                    if self.send_segment(f, f.tx_nxt, 0, True) == 0:
+                        if f.flags & TAS_FF_FIN_SENT:
+                            f.cnt_rexmit += 1
+                        f.flags |= TAS_FF_FIN_SENT | TAS_FF_FIN_OUT
+                        sent += 1
+                break
+            fin = bool(
+                f.flags & TAS_FF_TX_FIN and f.tx_nxt + ln == f.tx_head and not f.flags & TAS_FF_FIN_ACKED
+            )
+            if f.tx_nxt == f.tx_una:
+                f.rto_start_us = now32
+            if self.send_segment(f, f.tx_nxt, ln, fin) != 0:
+                break
+            if f.tx_nxt < f.tx_max:
+                f.cnt_rexmit += 1
+            f.tx_nxt = (f.tx_nxt + ln) & M64
+            if f.tx_nxt > f.tx_max:
+                f.tx_max = f.tx_nxt
+            if fin:
+                f.flags |= TAS_FF_FIN_SENT | TAS_FF_FIN_OUT
+            sent += 1
+        return sent, sent >= budget
+
+    def tx_run(self, budget: int) -> int:
+        total = 0
+        cap = self.txq_cap
+        # visit each queued flow at most once per run: round robin
+        n = (self.txq_tail + cap - self.txq_head) % cap
+        while n > 0 and total < budget:
+            n -= 1
+            fid = self.txq[self.txq_head]
+            self.txq_head = (self.txq_head + 1) % cap
+            f = self.flows + fid
+            lib.tas_flow_lock(f)
+            f.flags &= ~TAS_FF_IN_TXQ & M32
+            if f.status == TAS_FLOW_ACTIVE:
+                b = budget - total
+                if b > FP_SEGS_PER_VISIT:
+                    b = FP_SEGS_PER_VISIT
+                sent, more = self.tx_flow(f, b)
+                total += sent
+                if more:
+                    self.txq_push(fid, f)
+            lib.tas_flow_unlock(f)
+        return total

@@ -165,6 +165,7 @@ class FastPath:
         ep.register(self.ctl.fileno(), select.EPOLLIN)
         idle_since = now()
         it = 0
+        sched_yield = os.sched_yield
         while self.running:
             t = now()
             work = poll(t)
@@ -175,6 +176,9 @@ class FastPath:
                 idle_since = t
                 continue
             if t - idle_since < self.poll_us:
+                # spinning for more work: let a task sharing this CPU (an app,
+                # on a small machine) run instead of waiting for our slice
+                sched_yield()
                 continue
             set_armed(1)
             if poll(now()):

@@ -623,6 +623,8 @@ class Engine:
             conn.ctx.free(off)
         del self.conns[conn.fid]
         self.free_ids.append(conn.fid)
+        if getattr(conn.ctx, "orphaned", False) and not any(c.ctx is conn.ctx for c in self.conns.values()):
+            conn.ctx.on_drained()
         n = self.ports_in_use.get(conn.local_port, 0) - 1
         if n > 0:
             self.ports_in_use[conn.local_port] = n
@@ -835,14 +837,24 @@ class Engine:
         else:
             self._free(conn)
 
-    def context_gone(self, ctx) -> None:
+    def context_gone(self, ctx) -> int:
+        """The app behind ctx closed it or died.  Flows it closed cleanly
+        (FIN queued) keep delivering their data and finish their FIN
+        exchange; every other flow is reset.  Returns how many linger; the
+        engine calls ctx.on_drained() when the last one is freed."""
+        lingering = 0
         for conn in [c for c in self.conns.values() if c.ctx is ctx]:
+            graceful = conn.detached and conn.installed and conn.state not in (State.CLOSED, State.TIME_WAIT)
+            if graceful:
+                lingering += 1
+                continue
             conn.detached = True
             if conn.installed:
                 self._reset(conn, errno.ECONNRESET, send_rst=True)
             self._free(conn)
         for port in [p for p, lst in self.listeners.items() if lst.ctx is ctx]:
             self.listen_close(ctx, port)
+        return lingering
 
     def reset_all(self) -> None:
         for conn in list(self.conns.values()):

@@ -26,6 +26,7 @@ import socket
 import stat
 import struct
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -155,6 +156,9 @@ class Context:
         self.flows: set[int] = set()
         self.listeners: set[int] = set()
         self.closed = False
+        # app gone, but flows it closed cleanly still finish from this region
+        self.orphaned = False
+        self.on_drained: Callable[[], None] | None = None
         self.layout = ctx_layout(n_cores, atx_slots, arx_slots)
         if self.layout.heap_off >= region_len:
             raise OSError(errno.EINVAL, "region too small for its rings")
@@ -198,7 +202,7 @@ class Context:
 
     def event(self, msg: dict) -> None:
         """Send an event to the app (``ctx`` is filled in) and ring its eventfd."""
-        if self.closed:
+        if self.closed or self.orphaned:
             return
         msg = dict(msg)
         msg["ctx"] = self.ctx_id
@@ -479,17 +483,32 @@ class ControlServer:
         log.info("app %d (pid %d) gone: %s; %d context(s) released", app.app_id, app.pid, why, n)
 
     def _destroy_ctx(self, ctx: Context) -> None:
+        """The app closed the context or went away.  Flows it had closed
+        cleanly keep their FIN exchange (and so their buffers in this
+        region) until they finish; everything else is reset by the engine."""
+        lingering = 0
         try:
-            self.engine.context_gone(ctx)
+            lingering = self.engine.context_gone(ctx) or 0
         except Exception:
             log.exception("engine.context_gone(%d) failed", ctx.ctx_id)
+        ctx.app.contexts.pop(ctx.ctx_id, None)
+        if lingering:
+            ctx.orphaned = True
+            ctx.on_drained = lambda: self._release_ctx(ctx)
+            log.info("context %d: %d closed flow(s) still delivering; region kept until they finish",
+                     ctx.ctx_id, lingering)
+            return
+        self._release_ctx(ctx)
+
+    def _release_ctx(self, ctx: Context) -> None:
+        if ctx.closed:
+            return
         ctx.closed = True
         try:
             self.fpm.remove_ctx(ctx.ctx_id)
         except Exception:
             log.exception("fpm.remove_ctx(%d) failed", ctx.ctx_id)
         ctx._destroy()
-        ctx.app.contexts.pop(ctx.ctx_id, None)
         self.contexts.pop(ctx.ctx_id, None)
         self._ctx_ids.put(ctx.ctx_id)
 

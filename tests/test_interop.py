@@ -252,13 +252,6 @@ def test_stack_active_close_peer_leaves_last_ack(tas):
     assert not lingering, f"Linux socket still in LAST-ACK 2 s after its close(): {lingering}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stack bug: an app that close()s a connection and then exits loses the unsent tail. "
-    "ControlServer._destroy_ctx -> Engine.context_gone resets (RST) every flow of the context, including "
-    "flows the app already closed gracefully (detached, still sending buffered data / FIN-WAIT), so the "
-    "peer gets RST instead of the rest of the data and a FIN; Linux close() semantics deliver it",
-)
 def test_stack_app_close_then_exit_delivers_everything(tas):
     """sendall(); close(); exit — with a slow Linux reader, so data is still
     buffered in the stack when the app's context goes away."""

@@ -67,6 +67,12 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return main(a)
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    from kernel_slowpath.bench import main
+
+    return main(a)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tas", description="A userspace TCP stack (TAS/FlexTCP design) over a TAP device.")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -112,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--step-timeout", type=float, default=30.0, help="seconds per measurement (default 30)")
     s.add_argument("--keep", action="store_true", help="leave the topology up (for debugging)")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("bench", help="benchmark the stack against Linux TCP (see docs/PERFORMANCE.md)",
+                       description="Build a test network, run a C load generator against the stack's native "
+                                   "servers, the socket shim (if `tas run` exists) and Linux; print a table with "
+                                   "ratios, write out/bench/results.json and plots.")
+    from kernel_slowpath.bench import add_arguments as _bench_args
+
+    _bench_args(s)
+    s.set_defaults(func=cmd_bench)
     return p
 
 

@@ -20,9 +20,10 @@ CHUNK = 256 << 10
 
 
 class EchoServer:
-    def __init__(self, port: int, state_dir: str | None = None, backlog: int = 1024) -> None:
+    def __init__(self, port: int, state_dir: str | None = None, backlog: int = 1024,
+                 buf: int | None = None) -> None:
         self.stack = Stack(state_dir)
-        self.ctx = self.stack.context()
+        self.ctx = self.stack.context(rx_buf=buf, tx_buf=buf)
         self.listener = self.ctx.listen(port, backlog=backlog, reuseaddr=True)
         self.port = self.listener.port
         self.conns: dict[Connection, bytearray] = {}
@@ -68,13 +69,17 @@ class EchoServer:
             conn.abort()
             return False
 
+    def serve_once(self, timeout: float = 0.2) -> None:
+        """Wait for the doorbell (at most timeout), then serve what is ready."""
+        self.ctx.wait(timeout)
+        self._accept_all()
+        for conn, pending in list(self.conns.items()):
+            if not self._service(conn, pending):
+                del self.conns[conn]
+
     def serve_forever(self) -> None:
         while not self.stopping.is_set():
-            self.ctx.wait(0.2)
-            self._accept_all()
-            for conn, pending in list(self.conns.items()):
-                if not self._service(conn, pending):
-                    del self.conns[conn]
+            self.serve_once(0.2)
 
     def close(self) -> None:
         for conn in self.conns:

@@ -1,0 +1,1027 @@
+"""`tas bench`: the stack against Linux TCP, in one run, on a throw-away network.
+
+What runs where (see docs/PERFORMANCE.md for the reasoning)::
+
+    netns <p>peer (CPU 0)              netns <p>stk
+    loadgen (C, built at run time) --> 198.18.0.2  tas start (slow path CPU 0,
+                                                   fast path CPU 1 .. N)
+                                                   native servers    (CPU 1)
+                                                   shim server       (CPU 1)
+                                   --> 198.18.0.3  Linux kernel TCP,
+                                                   C epoll server    (CPU 1)
+
+Servers ("columns"):
+
+* ``native``: ``tas echo-server`` (libtas/echo.py) for the echo modes, and
+  discard/chargen on the native API (scripts/bench_server.py) for bulk and
+  bulk-rx; conns uses the native echo server with small (4 KiB) buffers.
+* ``shim``: scripts/bench_server.py's plain-socket server under
+  ``tas run`` (the socket shim), if this installation has ``tas run``;
+  otherwise every figure is ``n/a``.
+* ``linux``: ``loadgen serve`` (C, epoll) on the kernel's TCP at
+  198.18.0.3 (same topology, same pinning as the native server).
+* ``linux-py`` (optional, ``--servers``): the shim's Python program on
+  Linux sockets, to separate the application's cost from the stack's.
+
+Modes: rr (64 B closed-loop echo, 1 and 16 connections), bulk (client ->
+server, discard), bulk-rx (server -> client, chargen), crr (connect, one
+64 B echo, close), conns (N concurrent connections each echoing once), idle
+(CPU of the stack's processes over 5 s with open idle connections, after
+1 s of quiet).  Every figure is measured ``--repeat`` times (interleaved
+across servers); the table shows the median and the range, and the ratio
+of the medians to Linux.
+
+Outputs under ``out/bench/``: ``results.json`` (all raw runs, machine,
+pinning, versions), ``latency_cdf.png`` and ``throughput.png``.
+
+Bounded: every client has a time limit and a hard subprocess timeout, the
+whole run has ``--budget`` seconds; clean-up on success, error, Ctrl-C and
+SIGTERM.  Network safety: only 198.18.0.0/15, only in the namespaces made
+here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH_PREFIX = "tasbench"
+OUT_DIR = Path("out") / "bench"
+REPO = Path(__file__).resolve().parent.parent
+LOADGEN_SRC = REPO / "scripts" / "loadgen.c"
+SERVER_PY = REPO / "scripts" / "bench_server.py"
+READY_TIMEOUT = 20.0
+CLIENT_CPU = 0
+SERVER_CPU = 1
+EXTRA_SRC_IPS = ["198.18.0.11", "198.18.0.12"]  # more client addresses for > 64k connections
+SHIM_BASE = 1007  # the shim server's echo port (discard +2, chargen +12)
+
+MODES = ("rr", "bulk", "bulk-rx", "crr", "conns", "idle")
+SERVERS_ALL = ("native", "shim", "linux", "linux-py")
+
+#: (key, label, unit, better) -- "better" is "high" or "low"
+FIGURES = [
+    ("rr1_rps", "rr 64 B, 1 conn", "req/s", "high"),
+    ("rr1_p50", "  p50", "µs", "low"),
+    ("rr1_p99", "  p99", "µs", "low"),
+    ("rr1_p999", "  p99.9", "µs", "low"),
+    ("rr16_rps", "rr 64 B, 16 conns", "req/s", "high"),
+    ("rr16_p50", "  p50", "µs", "low"),
+    ("rr16_p99", "  p99", "µs", "low"),
+    ("rr16_p999", "  p99.9", "µs", "low"),
+    ("bulk_gbps", "bulk (client->server)", "Gbit/s", "high"),
+    ("bulkrx_gbps", "bulk-rx (server->client)", "Gbit/s", "high"),
+    ("crr_cps", "crr (connect+64 B+close)", "conn/s", "high"),
+    ("conns_served", "conns served", "conns", "high"),
+    ("conns_s", "  time for all", "s", "low"),
+    ("idle_cpu", "idle CPU (stack+app)", "% core", "low"),
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="short smoke run (1 repeat, tiny sizes)")
+    p.add_argument("--repeat", type=int, default=3, help="runs per figure (default 3)")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {','.join(MODES)}")
+    p.add_argument(
+        "--servers",
+        default="native,shim,linux",
+        help=f"comma list of {','.join(SERVERS_ALL)} (default native,shim,linux)",
+    )
+    p.add_argument("--rr-time", type=float, default=3.0, help="seconds per rr run (default 3)")
+    p.add_argument("--rr-conns", default="1,16", help="connection counts for rr (default 1,16)")
+    p.add_argument("--bulk-mib", type=int, default=256, help="MiB per bulk/bulk-rx run (default 256)")
+    p.add_argument("--crr-count", type=int, default=20000, help="max connections per crr run")
+    p.add_argument("--crr-time", type=float, default=3.0, help="seconds per crr run (default 3)")
+    p.add_argument("--conns", type=int, default=4096, help="concurrent connections for conns (default 4096)")
+    p.add_argument("--idle-conns", type=int, default=16, help="idle connections held open (default 16)")
+    p.add_argument("--idle-time", type=float, default=5.0, help="idle CPU sampling window (default 5 s)")
+    p.add_argument("--fp-cores", type=int, default=1, help="fast-path cores of the stack (default 1)")
+    p.add_argument("--poll-us", type=int, default=None, help="pass --poll-us to tas start")
+    p.add_argument("--budget", type=float, default=1200.0, help="time budget for the whole run (s)")
+    p.add_argument("--out", default=str(OUT_DIR), help="output directory (default out/bench)")
+    p.add_argument("--keep", action="store_true", help="leave the topology up (debugging)")
+
+
+# -- the load generator ---------------------------------------------------------------------
+
+
+def build_loadgen(src: Path = LOADGEN_SRC) -> Path:
+    """Compile scripts/loadgen.c once per source version into a cache dir."""
+    code = src.read_bytes()
+    tag = hashlib.sha256(code).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tas-bench"
+    cache.mkdir(parents=True, exist_ok=True)
+    exe = cache / f"loadgen-{tag}"
+    if exe.is_file() and os.access(exe, os.X_OK):
+        return exe
+    tmp = cache / f".loadgen-{tag}.{os.getpid()}"
+    r = subprocess.run(
+        ["gcc", "-O2", "-Wall", "-Werror", "-o", str(tmp), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if r.returncode != 0:
+        raise BenchError(f"gcc failed on {src}:\n{r.stderr[-2000:]}")
+    os.replace(tmp, exe)
+    return exe
+
+
+# -- plumbing ---------------------------------------------------------------------------------
+
+
+class BenchError(Exception):
+    """A step failed; the message says which and why."""
+
+
+class Interrupted(Exception):
+    pass
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    workdir: Path
+    loadgen: Path | None = None
+    topo: object = None
+    procs: list[Proc] = field(default_factory=list)
+    servers: list[str] = field(default_factory=list)
+    na: dict = field(default_factory=dict)  # server -> reason it is n/a
+    pids: dict = field(default_factory=dict)  # server -> app Proc list
+    raw: dict = field(default_factory=dict)  # server -> mode -> [loadgen outputs]
+    figs: dict = field(default_factory=dict)  # server -> figure -> [values]
+    failed: list[str] = field(default_factory=list)
+    stack: Proc | None = None
+    deadline: float = 0.0
+
+
+def _tas_argv() -> list[str]:
+    exe = Path(sys.executable).with_name("tas")
+    if exe.is_file() and os.access(exe, os.X_OK):
+        return [str(exe)]
+    found = shutil.which("tas")
+    return [found] if found else [sys.executable, "-m", "kernel_slowpath"]
+
+
+def _pin(cpu: int | None):
+    if cpu is None:
+        return None
+
+    def fn():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {cpu % (os.cpu_count() or 1)})
+
+    return fn
+
+
+def _spawn(b: Bench, name: str, ns: str, argv: list[str], cpu: int | None, env: dict | None = None) -> Proc:
+    log = b.workdir / (name.replace(" ", "_").replace("/", "_") + ".log")
+    with open(log, "wb") as f:
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_pin(cpu),
+            env=env,
+            cwd=str(REPO),
+        )
+    proc = Proc(name, p, log)
+    b.procs.append(proc)
+    return proc
+
+
+def _tail(path: Path, n: int = 12) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no output)"
+    return "\n".join("    " + ln for ln in lines[-n:]) or "    (no output)"
+
+
+def _wait_for(proc: Proc, needle: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError):
+            if needle in proc.log.read_text(errors="replace"):
+                return
+        rc = proc.popen.poll()
+        if rc is not None:
+            raise BenchError(
+                f"{proc.name} exited with status {rc} before printing '{needle}':\n{_tail(proc.log)}"
+            )
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"{proc.name} did not print '{needle}' within {timeout:.0f} s:\n{_tail(proc.log)}"
+            )
+        time.sleep(0.05)
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def _tree(pid: int) -> list[int]:
+    kids = _children()
+    out, todo = [pid], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _stop(proc: Proc, grace: float = 5.0) -> None:
+    p = proc.popen
+    if p.poll() is not None:
+        return
+    tree = _tree(p.pid)[1:]
+    with contextlib.suppress(ProcessLookupError):
+        p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            p.kill()
+        p.wait(5)
+    for pid in tree:  # only what this process started
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _proc_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            parts = f.read().split(b"\0")
+        return " ".join(p.decode(errors="replace") for p in parts[:4] if p)[:60]
+    except OSError:
+        return "?"
+
+
+# -- set-up -------------------------------------------------------------------------------------
+
+
+def _has_tas_run() -> bool:
+    try:
+        r = subprocess.run([*_tas_argv(), "run", "--help"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def _setup_network(b: Bench) -> None:
+    from pyroute2 import IPRoute
+
+    from nicemu.topology import Topology, enter
+
+    b.topo = Topology(BENCH_PREFIX + secrets.token_hex(2), linux_server=True)
+    b.topo.up()
+    t = b.topo
+    with IPRoute(netns=t.peer_ns) as ip:
+        idx = ip.link_lookup(ifname=t.peer_veth)[0]
+        for a in EXTRA_SRC_IPS:
+            ip.addr("add", index=idx, address=a, prefixlen=t.prefixlen)
+    # many short connections from one client address: widen the port range,
+    # reuse TIME_WAIT ports; the Linux server needs a long accept queue
+    for ns, vals in (
+        (
+            t.peer_ns,
+            {
+                "net/ipv4/ip_local_port_range": "1024 65535",
+                "net/ipv4/tcp_tw_reuse": "1",
+                "net/ipv4/tcp_max_tw_buckets": "262144",
+            },
+        ),
+        (t.stack_ns, {"net/core/somaxconn": "8192", "net/ipv4/tcp_max_syn_backlog": "8192"}),
+    ):
+        with enter(ns):
+            for k, v in vals.items():
+                with contextlib.suppress(OSError), open(f"/proc/sys/{k}", "w") as f:
+                    f.write(v)
+
+
+def _start_servers(b: Bench) -> None:
+    a, t = b.args, b.topo
+    state = b.workdir / "state"
+    state.mkdir()
+    tas = _tas_argv()
+    modes = set(a.modes_list)
+    if {"native", "shim"} & set(b.servers):
+        n_flows = max(16384, a.conns + 2048)
+        argv = [
+            *tas,
+            "start",
+            "--tap",
+            t.tap,
+            "--ip",
+            f"{t.stack_ip}/{t.prefixlen}",
+            "--state-dir",
+            str(state),
+            "--max-flows",
+            str(n_flows),
+            "--fp-cores",
+            str(a.fp_cores),
+        ]
+        if a.poll_us is not None:
+            argv += ["--poll-us", str(a.poll_us)]
+        b.stack = _spawn(b, "tas start", t.stack_ns, argv, None)  # pins itself (slow path CPU 0, FPs 1..)
+        _wait_for(b.stack, "ready", READY_TIMEOUT)
+    env = dict(os.environ, TAS_STATE_DIR=str(state), PYTHONPATH=str(REPO))
+    waits = []
+    py = sys.executable
+    if "native" in b.servers:
+        procs = [
+            _spawn(
+                b,
+                "native echo",
+                t.stack_ns,
+                [*tas, "echo-server", "--port", "7", "--state-dir", str(state)],
+                SERVER_CPU,
+                env,
+            )
+        ]
+        if "bulk" in modes:
+            procs.append(
+                _spawn(
+                    b,
+                    "native discard",
+                    t.stack_ns,
+                    [py, str(SERVER_PY), "native", "discard", "--port", "9"],
+                    SERVER_CPU,
+                    env,
+                )
+            )
+        if "bulk-rx" in modes:
+            procs.append(
+                _spawn(
+                    b,
+                    "native chargen",
+                    t.stack_ns,
+                    [py, str(SERVER_PY), "native", "chargen", "--port", "19"],
+                    SERVER_CPU,
+                    env,
+                )
+            )
+        if "conns" in modes:
+            procs.append(
+                _spawn(
+                    b,
+                    "native echo 4k",
+                    t.stack_ns,
+                    [py, str(SERVER_PY), "native", "echo", "--port", "8", "--buf", "4096"],
+                    SERVER_CPU,
+                    env,
+                )
+            )
+        b.pids["native"] = procs
+        waits += procs
+    if "shim" in b.servers:
+        if not _has_tas_run():
+            b.na["shim"] = "n/a: this installation has no `tas run` (socket shim)"
+        else:
+            p = _spawn(
+                b,
+                "shim server",
+                t.stack_ns,
+                [
+                    *tas,
+                    "run",
+                    "--",
+                    py,
+                    str(SERVER_PY),
+                    "socket",
+                    "--host",
+                    t.stack_ip,
+                    "--port",
+                    str(SHIM_BASE),
+                ],
+                SERVER_CPU,
+                env,
+            )
+            b.pids["shim"] = [p]
+            waits.append(p)
+    if "linux" in b.servers:
+        p = _spawn(
+            b,
+            "linux server",
+            t.stack_ns,
+            [str(b.loadgen), "serve", "--host", t.linux_ip, "--port", "7"],
+            SERVER_CPU,
+        )
+        b.pids["linux"] = [p]
+        waits.append(p)
+    if "linux-py" in b.servers:
+        p = _spawn(
+            b,
+            "linux-py server",
+            t.stack_ns,
+            [py, str(SERVER_PY), "socket", "--host", t.linux_ip, "--port", str(SHIM_BASE)],
+            SERVER_CPU,
+            env,
+        )
+        b.pids["linux-py"] = [p]
+        waits.append(p)
+    for p in waits:
+        try:
+            _wait_for(p, "listening", READY_TIMEOUT)
+        except BenchError as e:
+            if p.name == "shim server":
+                b.na["shim"] = f"n/a: the shim server did not start: {str(e).splitlines()[0]}"
+                b.pids.pop("shim", None)
+            else:
+                raise
+
+
+def _target(b: Bench, server: str, mode: str) -> tuple[str, int]:
+    t = b.topo
+    port_of = {"rr": 0, "crr": 0, "idle": 0, "conns": 0, "bulk": 2, "bulk-rx": 12}
+    if server == "native":
+        if mode == "conns":
+            return t.stack_ip, 8
+        return t.stack_ip, 7 + port_of[mode]
+    if server == "shim":
+        return t.stack_ip, SHIM_BASE + port_of[mode]
+    if server == "linux":
+        return t.linux_ip, 7 + port_of[mode]
+    return t.linux_ip, SHIM_BASE + port_of[mode]
+
+
+# -- measurements -------------------------------------------------------------------------------
+
+
+def _loadgen(b: Bench, mode: str, server: str, opts: dict, limit: float) -> dict:
+    host, port = _target(b, server, mode)
+    argv = [str(b.loadgen), mode, "--host", host, "--port", str(port), "--cpu", str(CLIENT_CPU)]
+    for k, v in opts.items():
+        argv += [f"--{k}", str(v)]
+    left = b.deadline - time.monotonic()
+    if left < 5:
+        raise BenchError("the time budget (--budget) is used up")
+    hard = min(limit + 45, left)
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", b.topo.peer_ns, *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = p.communicate(timeout=hard)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise BenchError(f"loadgen {mode} hung (killed after {hard:.0f} s)") from None
+    except BaseException:
+        p.kill()
+        p.wait()
+        raise
+    try:
+        res = json.loads(out.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise BenchError(
+            f"loadgen {mode} exited {p.returncode} without a result: {err.strip()[-400:]}"
+        ) from None
+    if not res.get("ok"):
+        raise BenchError(f"loadgen {mode}: {res.get('error', 'failed')}")
+    return res
+
+
+def _idle(b: Bench, server: str) -> dict:
+    """Open idle connections, wait 1 s, sample the CPU of the server-side
+    processes over --idle-time seconds."""
+    a = b.args
+    settle = 1.0
+    host, port = _target(b, server, "idle")
+    hold = settle + a.idle_time + 2.0
+    argv = [
+        str(b.loadgen),
+        "idle",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--cpu",
+        str(CLIENT_CPU),
+        "--conns",
+        str(a.idle_conns),
+        "--time",
+        str(hold),
+    ]
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", b.topo.peer_ns, *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        line = ""
+        deadline = time.monotonic() + 30
+        import select as _select
+
+        while time.monotonic() < deadline:
+            r, _, _ = _select.select([p.stdout], [], [], 0.5)
+            if r:
+                line = p.stdout.readline()
+                break
+            if p.poll() is not None:
+                break
+        try:
+            opened = json.loads(line)
+        except ValueError:
+            raise BenchError(f"loadgen idle did not open its connections: {line.strip()!r}") from None
+        if not opened.get("ok") or opened.get("failed"):
+            raise BenchError(f"loadgen idle: {opened}")
+        time.sleep(settle)
+        groups: dict[str, list[int]] = {}
+        if server in ("native", "shim") and b.stack is not None:
+            groups["stack"] = _tree(b.stack.popen.pid)
+        groups["app"] = [pid for pr in b.pids.get(server, [])[:1] for pid in _tree(pr.popen.pid)]
+        t0 = {g: {pid: _cpu_ticks(pid) for pid in pids} for g, pids in groups.items()}
+        w0 = time.monotonic()
+        time.sleep(a.idle_time)
+        el = time.monotonic() - w0
+        hz = os.sysconf("SC_CLK_TCK")
+        out: dict = {"connections": opened.get("connections"), "seconds": el, "groups": {}, "per_process": {}}
+        total = 0.0
+        for g, pids in groups.items():
+            gsum = 0.0
+            for pid in pids:
+                t1 = _cpu_ticks(pid)
+                if t1 is None or t0[g][pid] is None:
+                    continue
+                pct = (t1 - t0[g][pid]) / hz / el * 100.0
+                gsum += pct
+                out["per_process"][f"{pid} {_proc_name(pid)}"] = round(pct, 3)
+            out["groups"][g] = round(gsum, 3)
+            total += gsum
+        out["cpu_pct"] = total
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            p.kill()
+        p.communicate()
+    return out
+
+
+def _record(b: Bench, server: str, mode: str, res: dict) -> None:
+    b.raw.setdefault(server, {}).setdefault(mode, []).append(res)
+    f = b.figs.setdefault(server, {})
+
+    def add(k, v):
+        f.setdefault(k, []).append(v)
+
+    if mode == "rr":
+        tag = f"rr{res['conns']}"
+        add(f"{tag}_rps", res["rps"])
+        add(f"{tag}_p50", res["p50_us"])
+        add(f"{tag}_p99", res["p99_us"])
+        add(f"{tag}_p999", res["p999_us"])
+    elif mode == "bulk":
+        add("bulk_gbps", res["gbps"])
+    elif mode == "bulk-rx":
+        add("bulkrx_gbps", res["gbps"])
+    elif mode == "crr":
+        add("crr_cps", res["cps"])
+    elif mode == "conns":
+        add("conns_served", res["served"])
+        add("conns_s", res["seconds"])
+    elif mode == "idle":
+        add("idle_cpu", res["cpu_pct"])
+
+
+def _steps(b: Bench) -> list[tuple[str, dict, float]]:
+    """(mode, loadgen options, expected seconds) in run order."""
+    a = b.args
+    steps = []
+    for mode in a.modes_list:
+        if mode == "rr":
+            for n in a.rr_conns_list:
+                steps.append(("rr", {"conns": n, "time": a.rr_time, "size": 64}, a.rr_time + 2))
+        elif mode in ("bulk", "bulk-rx"):
+            steps.append((mode, {"bytes": a.bulk_mib << 20, "time": 120.0}, 120.0))
+        elif mode == "crr":
+            steps.append(("crr", {"count": a.crr_count, "time": a.crr_time}, a.crr_time))
+        elif mode == "conns":
+            opts = {"count": a.conns, "time": 120.0}
+            if a.conns > 60000:
+                opts["src"] = ",".join(["198.18.0.1", *EXTRA_SRC_IPS])
+            steps.append(("conns", opts, 120.0))
+        elif mode == "idle":
+            steps.append(("idle", {}, a.idle_time + 4))
+    return steps
+
+
+def _measure_all(b: Bench, progress=None) -> None:
+    a = b.args
+    active = [s for s in b.servers if s not in b.na]
+    for mode, opts, expect in _steps(b):
+        for rep in range(a.repeat):
+            for server in active:
+                desc = f"{mode} {opts.get('conns', '')} {server} #{rep + 1}".replace("  ", " ")
+                if progress:
+                    progress(desc)
+                try:
+                    if b.deadline - time.monotonic() < expect + 5:
+                        raise BenchError("skipped: the time budget (--budget) is used up")
+                    res = _idle(b, server) if mode == "idle" else _loadgen(b, mode, server, opts, expect)
+                    _record(b, server, mode, res)
+                except BenchError as e:
+                    b.failed.append(f"{desc}: {e}")
+                    print(f"FAILED {desc}: {e}", file=sys.stderr, flush=True)
+                # a conns run leaves many flows closing: give the stacks a moment
+                if mode == "conns":
+                    time.sleep(1.0)
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+
+def _summary(vals: list[float] | None) -> dict | None:
+    if not vals:
+        return None
+    return {
+        "median": statistics.median(vals),
+        "min": min(vals),
+        "max": max(vals),
+        "n": len(vals),
+        "runs": vals,
+    }
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "—"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def figure_rows(b: Bench) -> list[dict]:
+    rows = []
+    for key, label, unit, better in FIGURES:
+        row = {"key": key, "label": label, "unit": unit, "better": better, "values": {}, "ratio": {}}
+        for s in b.servers:
+            row["values"][s] = None if s in b.na else _summary(b.figs.get(s, {}).get(key))
+        lin = row["values"].get("linux")
+        for s in b.servers:
+            v = row["values"][s]
+            if s != "linux" and v and lin and lin["median"]:
+                row["ratio"][s] = v["median"] / lin["median"]
+        if any(v for v in row["values"].values()):
+            rows.append(row)
+    return rows
+
+
+def render_table(b: Bench) -> str:
+    rows = figure_rows(b)
+    servers = b.servers
+    head = ["figure", *servers, *[f"{s}/linux" for s in servers if s != "linux" and "linux" in servers]]
+    lines = []
+    for r in rows:
+        cells = [f"{r['label']} ({r['unit']}{', lower better' if r['better'] == 'low' else ''})"]
+        for s in servers:
+            v = r["values"][s]
+            if s in b.na:
+                cells.append("n/a")
+            elif v is None:
+                cells.append("—")
+            elif v["n"] > 1:
+                cells.append(f"{_fmt(v['median'])} [{_fmt(v['min'])}–{_fmt(v['max'])}]")
+            else:
+                cells.append(_fmt(v["median"]))
+        for s in servers:
+            if s == "linux" or "linux" not in servers:
+                continue
+            q = r["ratio"].get(s)
+            cells.append("n/a" if s in b.na else ("—" if q is None else f"{q:.2f}×"))
+        lines.append(cells)
+    widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
+    out = [
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True))
+        )
+    ]
+    out.append("  ".join("-" * w for w in widths))
+    for cells in lines:
+        out.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+        )
+    for s, why in b.na.items():
+        out.append(f"{s}: {why}")
+    return "\n".join(out)
+
+
+def _git_rev() -> str | None:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        r = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if r.returncode == 0:
+            d = subprocess.run(
+                ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            return r.stdout.strip() + ("+dirty" if d.stdout.strip() else "")
+    return None
+
+
+def machine_info() -> dict:
+    cpu = None
+    with contextlib.suppress(OSError):
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                cpu = ln.split(":", 1)[1].strip()
+                break
+    mem = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    gcc = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        gcc = subprocess.run(
+            ["gcc", "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.splitlines()[0]
+    return {
+        "hostname": platform.node(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "cpu_model": cpu,
+        "cpus": os.cpu_count(),
+        "mem_bytes": mem,
+        "python": platform.python_version(),
+        "gcc": gcc,
+        "tree": _git_rev(),
+    }
+
+
+def pinning_info(b: Bench) -> dict:
+    return {
+        "loadgen (peer netns)": f"CPU {CLIENT_CPU}",
+        "tas start (slow path)": "CPU 0 (pins itself)",
+        "fast path core k": "CPU 1+k mod ncpu (pinned by tas start)",
+        "servers (native echo/discard/chargen, shim server, linux server)": f"CPU {SERVER_CPU}",
+        "kernel softirq": "runs on the CPU of the sender (veth/TAP/bridge are synchronous)",
+    }
+
+
+def write_outputs(b: Bench, elapsed: float, interrupted: bool) -> list[Path]:
+    out = Path(b.args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    a = b.args
+    doc = {
+        "ok": not b.failed and not interrupted,
+        "interrupted": interrupted,
+        "failed": b.failed,
+        "runtime_s": round(elapsed, 2),
+        "params": {
+            k: getattr(a, k)
+            for k in (
+                "quick",
+                "repeat",
+                "rr_time",
+                "bulk_mib",
+                "crr_count",
+                "crr_time",
+                "conns",
+                "idle_conns",
+                "idle_time",
+                "fp_cores",
+                "poll_us",
+            )
+        },
+        "prefix": b.topo.prefix if b.topo is not None else None,
+        "modes": a.modes_list,
+        "rr_conns": a.rr_conns_list,
+        "servers": b.servers,
+        "not_available": b.na,
+        "machine": machine_info(),
+        "pinning": pinning_info(b),
+        "figures": {r["key"]: r for r in figure_rows(b)},
+        "raw": b.raw,
+    }
+    paths = [out / "results.json"]
+    paths[0].write_text(json.dumps(doc, indent=2) + "\n")
+    with contextlib.suppress(Exception):
+        paths += _plots(b, out)
+    return paths
+
+
+def _plots(b: Bench, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"native": "tab:orange", "shim": "tab:green", "linux": "tab:blue", "linux-py": "tab:purple"}
+    paths = []
+    # latency CDF: the median-rate run of each (server, conns)
+    n_list = b.args.rr_conns_list
+    fig, axes = plt.subplots(1, max(1, len(n_list)), figsize=(6 * max(1, len(n_list)), 4.2), squeeze=False)
+    for ax, n in zip(axes[0], n_list, strict=False):
+        for s in b.servers:
+            runs = [r for r in b.raw.get(s, {}).get("rr", []) if r["conns"] == n]
+            if not runs:
+                continue
+            runs.sort(key=lambda r: r["rps"])
+            r = runs[len(runs) // 2]
+            xs = [p[1] for p in r["cdf"]]
+            ys = [p[0] for p in r["cdf"]]
+            ax.plot(xs, ys, label=f"{s} (p50 {r['p50_us']:.0f} µs)", color=colors.get(s))
+        ax.set_xscale("log")
+        ax.set_xlabel("round-trip latency (µs)")
+        ax.set_ylabel("fraction of requests")
+        ax.set_title(f"rr 64 B, {n} connection{'s' if n > 1 else ''}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    p = out / "latency_cdf.png"
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    paths.append(p)
+    # throughput bars (median, with the range as error bars)
+    keys = [
+        k for k in ("rr1_rps", "rr16_rps", "bulk_gbps", "bulkrx_gbps", "crr_cps", "conns_served", "idle_cpu")
+    ]
+    rows = {r["key"]: r for r in figure_rows(b)}
+    keys = [k for k in keys if k in rows]
+    if keys:
+        fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 3.8), squeeze=False)
+        for ax, k in zip(axes[0], keys, strict=True):
+            r = rows[k]
+            names = [s for s in b.servers if r["values"].get(s)]
+            med = [r["values"][s]["median"] for s in names]
+            lo = [r["values"][s]["median"] - r["values"][s]["min"] for s in names]
+            hi = [r["values"][s]["max"] - r["values"][s]["median"] for s in names]
+            bars = ax.bar(names, med, yerr=[lo, hi], color=[colors.get(s) for s in names], capsize=3)
+            ax.bar_label(bars, labels=[_fmt(v) for v in med], fontsize=7)
+            ax.set_title(r["label"].strip(), fontsize=9)
+            ax.set_ylabel(r["unit"])
+            ax.tick_params(axis="x", labelsize=8)
+            ax.margins(y=0.15)
+        fig.suptitle("tas bench: median of runs, bars = range")
+        fig.tight_layout()
+        p = out / "throughput.png"
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+# -- main ---------------------------------------------------------------------------------------------
+
+_MAIN_PID = os.getpid()
+
+
+def _raise_interrupted(signum, _frame):
+    if os.getpid() != _MAIN_PID:
+        os._exit(128 + signum)  # a forked helper (pyroute2) must not clean up
+    raise Interrupted(signum)
+
+
+def _normalize(a: argparse.Namespace) -> None:
+    a.modes_list = [m.strip() for m in a.modes.split(",") if m.strip()]
+    bad = [m for m in a.modes_list if m not in MODES]
+    if bad:
+        raise BenchError(f"unknown mode(s): {', '.join(bad)}")
+    a.servers_list = [s.strip() for s in a.servers.split(",") if s.strip()]
+    bad = [s for s in a.servers_list if s not in SERVERS_ALL]
+    if bad:
+        raise BenchError(f"unknown server(s): {', '.join(bad)}")
+    a.rr_conns_list = [int(x) for x in a.rr_conns.split(",") if x.strip()]
+    if a.quick:
+        a.repeat = 1
+        a.rr_time = min(a.rr_time, 0.5)
+        a.bulk_mib = min(a.bulk_mib, 8)
+        a.crr_count = min(a.crr_count, 100)
+        a.crr_time = min(a.crr_time, 1.0)
+        a.conns = min(a.conns, 100)
+        a.idle_conns = min(a.idle_conns, 4)
+        a.idle_time = min(a.idle_time, 1.0)
+    if a.repeat < 1 or a.rr_time <= 0 or a.bulk_mib < 1 or a.conns < 1 or a.idle_time <= 0:
+        raise BenchError("--repeat, --rr-time, --bulk-mib, --conns and --idle-time must be positive")
+
+
+def main(a: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        print("tas bench: needs root (network namespaces, TAP device)", file=sys.stderr)
+        return 1
+    try:
+        _normalize(a)
+    except BenchError as e:
+        print(f"tas bench: {e}", file=sys.stderr)
+        return 2
+    t_start = time.monotonic()
+    b = Bench(a, Path(tempfile.mkdtemp(prefix="tas-bench-")))
+    b.servers = a.servers_list
+    b.deadline = t_start + a.budget
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
+    old = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    interrupted = 0
+
+    def progress(desc: str) -> None:
+        print(f"[{time.monotonic() - t_start:6.1f} s] {desc}", file=sys.stderr, flush=True)
+
+    try:
+        try:
+            progress("building the load generator")
+            b.loadgen = build_loadgen()
+            progress("network namespaces")
+            _setup_network(b)
+            progress("starting the stack and the servers")
+            _start_servers(b)
+        except BenchError as e:
+            b.failed.append(f"setup: {e}")
+            print(f"FAILED setup: {e}", file=sys.stderr, flush=True)
+        except Exception as e:  # noqa: BLE001 - report, then clean up
+            b.failed.append(f"setup: {type(e).__name__}: {e}")
+            print(f"FAILED setup: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        if not b.failed:
+            _measure_all(b, progress)
+    except (KeyboardInterrupt, Interrupted) as e:
+        interrupted = e.args[0] if isinstance(e, Interrupted) and e.args else signal.SIGINT
+        print(f"tas bench: interrupted ({signal.Signals(interrupted).name}): cleaning up", file=sys.stderr)
+    finally:
+        for sig in old:
+            signal.signal(sig, signal.SIG_IGN)
+        _cleanup(b)
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    elapsed = time.monotonic() - t_start
+    print(render_table(b))
+    for p in write_outputs(b, elapsed, bool(interrupted)):
+        print(f"wrote {p}")
+    if interrupted:
+        shutil.rmtree(b.workdir, ignore_errors=True)
+        return 128 + interrupted
+    if b.failed:
+        print(f"tas bench: {len(b.failed)} step(s) failed; server logs in {b.workdir}", file=sys.stderr)
+        for f in b.failed:
+            print(f"  - {f}", file=sys.stderr)
+        return 1
+    shutil.rmtree(b.workdir, ignore_errors=True)
+    print(f"tas bench: ok in {elapsed:.1f} s")
+    return 0
+
+
+def _cleanup(b: Bench) -> None:
+    for proc in sorted(b.procs, key=lambda p: p.name == "tas start"):  # the stack last
+        with contextlib.suppress(Exception):
+            _stop(proc)
+    if b.topo is not None and not b.args.keep:
+        with contextlib.suppress(Exception):
+            b.topo.down()

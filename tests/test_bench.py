@@ -1,0 +1,81 @@
+"""`tas bench --quick`: it completes, prints its table and writes its outputs
+(needs root).  Speed is never asserted here; that is what the benchmark is for."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kernel_slowpath.bench import BENCH_PREFIX, FIGURES, build_loadgen
+from nicemu.topology import list_namespaces
+
+pytestmark = [
+    pytest.mark.interop,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces and a TAP device"),
+]
+
+
+def _tas() -> list[str]:
+    exe = Path(sys.executable).with_name("tas")
+    if exe.is_file():
+        return [str(exe)]
+    found = shutil.which("tas")
+    return [found] if found else [sys.executable, "-m", "kernel_slowpath"]
+
+
+def test_loadgen_builds_and_is_cached():
+    a = build_loadgen()
+    assert a.is_file() and os.access(a, os.X_OK)
+    assert build_loadgen() == a  # cached by source hash
+    r = subprocess.run([str(a), "nosuchmode"], capture_output=True, text=True, timeout=10)
+    assert r.returncode != 0 and json.loads(r.stdout)["ok"] is False
+
+
+def test_bench_quick(tmp_path):
+    before = {n for n in list_namespaces() if n.startswith(BENCH_PREFIX)}
+    r = subprocess.run(
+        [*_tas(), "bench", "--quick"], cwd=tmp_path, capture_output=True, text=True, timeout=240
+    )
+    out = r.stdout
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{out}\nstderr:\n{r.stderr[-4000:]}"
+    assert "native/linux" in out and "rr 64 B, 1 conn" in out and "tas bench: ok" in out
+
+    doc = json.loads((tmp_path / "out" / "bench" / "results.json").read_text())
+    assert doc["ok"] is True and doc["failed"] == []
+    assert doc["machine"]["cpus"] >= 1 and doc["pinning"] and doc["machine"]["python"]
+    figs = doc["figures"]
+    keys = {f[0] for f in FIGURES}
+    assert set(figs) <= keys
+    for key in ("rr1_rps", "rr16_rps", "bulk_gbps", "bulkrx_gbps", "crr_cps", "conns_served", "idle_cpu"):
+        for server in ("native", "linux"):
+            v = figs[key]["values"][server]
+            assert v is not None and v["n"] == 1 and v["median"] >= 0, (key, server, v)
+    for key in ("rr1_rps", "bulk_gbps", "crr_cps"):
+        assert figs[key]["ratio"]["native"] > 0
+    # every connection of the conns mode was served, by both
+    assert figs["conns_served"]["values"]["native"]["median"] == doc["params"]["conns"]
+    assert figs["conns_served"]["values"]["linux"]["median"] == doc["params"]["conns"]
+    # the shim column is measured or explicitly n/a
+    assert "shim" in doc["servers"]
+    if "shim" in doc["not_available"]:
+        assert doc["not_available"]["shim"].startswith("n/a")
+        assert all(f["values"]["shim"] is None for f in figs.values())
+    # raw runs: the rr latency CDF is there
+    rr = doc["raw"]["native"]["rr"]
+    assert {r["conns"] for r in rr} == {1, 16} and all(len(r["cdf"]) > 100 for r in rr)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        for name in ("latency_cdf.png", "throughput.png"):
+            assert (tmp_path / "out" / "bench" / name).stat().st_size > 0
+    assert doc["prefix"].startswith(BENCH_PREFIX)
+    left = {n for n in list_namespaces() if n.startswith(BENCH_PREFIX)} - before
+    assert not left, f"namespaces left behind: {left}"

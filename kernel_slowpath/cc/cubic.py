@@ -1,0 +1,74 @@
+"""CUBIC (RFC 9438) in the per-interval form, window in bytes."""
+
+from __future__ import annotations
+
+from kernel_slowpath.cc.base import CongestionControl, Interval
+
+C = 0.4  # RFC 9438 4.2 (segments / s^3)
+BETA = 0.7  # RFC 9438 4.6 multiplicative decrease factor
+ALPHA = 3 * (1 - BETA) / (1 + BETA)  # RFC 9438 4.3 Reno-friendly additive increase
+
+
+class Cubic(CongestionControl):
+    name = "cubic"
+
+    def __init__(self, mss: int, now_us: int, fast_convergence: bool = True) -> None:
+        super().__init__(mss, now_us)
+        self.fast_convergence = fast_convergence
+        self.w_max = 0.0  # segments, window before the last reduction
+        self.k = 0.0  # seconds until W_cubic reaches w_max
+        self.epoch_us: int | None = None
+        self.w_est = 0.0  # segments, Reno-friendly estimate (RFC 9438 4.3)
+        self.cwnd_epoch = 0.0  # segments at the start of the epoch
+
+    def w_cubic(self, t_s: float) -> float:
+        """RFC 9438 eq. 1: W_cubic(t) = C*(t-K)^3 + W_max (segments)."""
+        return C * (t_s - self.k) ** 3 + self.w_max
+
+    def _reduce(self, in_flight: int) -> None:
+        cwnd_seg = self.cwnd / self.mss
+        # RFC 9438 4.7 fast convergence
+        if self.fast_convergence and cwnd_seg < self.w_max:
+            self.w_max = cwnd_seg * (1 + BETA) / 2
+        else:
+            self.w_max = cwnd_seg
+        self.ssthresh = max(int(cwnd_seg * BETA * self.mss), 2 * self.mss)
+        self.epoch_us = None
+
+    def on_interval(self, iv: Interval) -> None:
+        if iv.rto:
+            self._reduce(iv.in_flight)
+            self.cwnd = self.mss  # RFC 9438 4.8
+            return
+        if iv.loss_events:
+            self._reduce(iv.in_flight)
+            self.cwnd = self.ssthresh
+            return
+        if iv.app_limited or not iv.acked_bytes:
+            return
+        if self.in_slow_start():
+            self.cwnd = min(self.cwnd + iv.acked_bytes, max(self.ssthresh, self.cwnd + self.mss))
+            return
+        cwnd_seg = self.cwnd / self.mss
+        if self.epoch_us is None:
+            # RFC 9438 4.2: a new congestion-avoidance epoch
+            self.epoch_us = iv.now_us
+            self.cwnd_epoch = cwnd_seg
+            self.w_est = cwnd_seg
+            if self.w_max <= cwnd_seg:
+                self.k = 0.0
+                self.w_max = cwnd_seg
+            else:
+                self.k = ((self.w_max - cwnd_seg) / C) ** (1 / 3)  # RFC 9438 eq. 2
+        t = (iv.now_us - self.epoch_us) / 1e6
+        rtt = max(iv.rtt_us, 1) / 1e6
+        target = self.w_cubic(t + rtt)
+        # RFC 9438 4.3 Reno-friendly estimate
+        self.w_est += ALPHA * (iv.acked_bytes / self.mss) / max(cwnd_seg, 1.0)
+        if self.w_est > self.w_cubic(t):
+            new = self.w_est
+        else:
+            # RFC 9438 4.4/4.5: grow by (target - cwnd)/cwnd per acked segment, capped at 1.5x
+            target = min(max(target, cwnd_seg), 1.5 * cwnd_seg)
+            new = cwnd_seg + (target - cwnd_seg) / cwnd_seg * (iv.acked_bytes / self.mss)
+        self.cwnd = max(int(new * self.mss), self.mss)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -49,7 +48,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from nicemu.linkemu import LinkConfig  # noqa: E402
 from nicemu.topology import Topology  # noqa: E402
 
 APPS = REPO / "tests" / "apps"
@@ -476,8 +474,8 @@ def fmt_row(r: dict) -> str:
 
 def table(results: list[dict]) -> str:
     head = (
-        f"| condition | MiB | direction | ok | goodput Mbit/s | time s | stack rexmit (fast/rto/sack/spurious) "
-        f"| Linux RetransSegs |"
+        "| condition | MiB | direction | ok | goodput Mbit/s | time s | stack rexmit (fast/rto/sack/spurious) "
+        "| Linux RetransSegs |"
     )
     out = [head, "|" + "---|" * 8]
     for res in results:

@@ -61,6 +61,12 @@ def cmd_echo(a: argparse.Namespace) -> int:
     return main(a.port, a.state_dir)
 
 
+def cmd_kv(a: argparse.Namespace) -> int:
+    from libtas.kvserver import main
+
+    return main(a.port, a.state_dir, max_memory=a.max_memory, kernel=a.kernel, bind=a.bind)
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from kernel_slowpath.demo import main
 
@@ -109,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, required=True)
     _add_state_dir(s)
     s.set_defaults(func=cmd_echo)
+
+    s = sub.add_parser("kv-server", help="Redis-protocol (RESP2) key-value server on the native API",
+                       description="A key-value server speaking RESP2 (redis-cli, redis-benchmark, redis-py "
+                                   "work with it).  Commands and limits: docs/KV.md.")
+    s.add_argument("--port", type=int, required=True)
+    _add_state_dir(s)
+    s.add_argument("--max-memory", type=int, default=0,
+                   help="refuse writes (OOM error) once keys+values would exceed this many bytes (0 = no limit)")
+    s.add_argument("--kernel", action="store_true",
+                   help="run the same server on Linux sockets instead of the stack (for comparison)")
+    s.add_argument("--bind", default="0.0.0.0", help="with --kernel: address to bind (default 0.0.0.0)")
+    s.set_defaults(func=cmd_kv)
 
     s = sub.add_parser("demo", help="build a test network, run the stack and Linux side by side, print results")
     s.add_argument("--requests", type=int, default=2000, help="echo round trips per server (default 2000)")

@@ -1,0 +1,208 @@
+"""`tas kv-server` against the real Redis clients (Debian redis-tools) from
+the Linux peer namespace, through the stack; and the same server code on
+Linux sockets (``--kernel``) for the comparison run.
+
+Needs root and redis-cli/redis-benchmark (skipped without them).  Uses the
+session stack of tests/conftest.py.  Asserts behaviour only (replies,
+bytes, errors, exit status), never speed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+
+import pytest
+from conftest import tas_argv
+
+from libtas.resp import ReplyParser, encode_command
+
+pytestmark = [
+    pytest.mark.interop,
+    pytest.mark.skipif(os.geteuid() != 0, reason="interop tests need root (network namespaces, TAP devices)"),
+    pytest.mark.skipif(
+        not (shutil.which("redis-cli") and shutil.which("redis-benchmark")),
+        reason="redis-tools not installed (apt-get install -y redis-tools)",
+    ),
+]
+
+STACK_IP = "198.18.0.2"
+LINUX_IP = "198.18.0.3"
+KV_PORT = 6379
+KV_MEM_PORT = 6381
+KV_LINUX_PORT = 6380
+
+
+def kv_server(tas, port: int, *extra: str, kernel: bool = False):
+    argv = [*tas_argv(), "kv-server", "--port", str(port), *extra]
+    if kernel:
+        argv += ["--kernel", "--bind", LINUX_IP]
+    else:
+        argv += ["--state-dir", str(tas.state_dir)]
+    app = tas.spawn(tas.topo.stack_ns, f"kv-server:{port}", argv)
+    app.wait_line("listening", 15)
+    return app
+
+
+def peer(
+    tas, argv: list[str], *, timeout: float = 60, stdin: bytes | None = None
+) -> subprocess.CompletedProcess:
+    return tas.topo.run(tas.topo.peer_ns, argv, input=stdin, capture_output=True, timeout=timeout)
+
+
+def cli(tas, *args: str, host: str = STACK_IP, port: int = KV_PORT, stdin: bytes | None = None) -> bytes:
+    r = peer(tas, ["redis-cli", "-h", host, "-p", str(port), *args], stdin=stdin, timeout=30)
+    assert r.returncode == 0, f"redis-cli {args} failed: {r.stderr!r}"
+    return r.stdout
+
+
+def bench(
+    tas, tests: str, *, host: str = STACK_IP, port: int = KV_PORT, n: int = 10000
+) -> subprocess.CompletedProcess:
+    return peer(
+        tas,
+        [
+            "redis-benchmark",
+            "-h",
+            host,
+            "-p",
+            str(port),
+            "-t",
+            tests,
+            "-c",
+            "50",
+            "-P",
+            "16",
+            "-n",
+            str(n),
+            "--csv",
+        ],
+        timeout=90,
+    )
+
+
+def raw_exchange(tas, payload: bytes, *, host: str = STACK_IP, port: int = KV_PORT) -> tuple[list, bool]:
+    """Send payload from the peer namespace with a Linux socket; returns the
+    replies and whether the server closed the connection."""
+    with tas.topo.enter(tas.topo.peer_ns):
+        s = socket.create_connection((host, port), timeout=10)
+    with s:
+        s.sendall(payload)
+        rp = ReplyParser()
+        closed = False
+        while True:
+            try:
+                data = s.recv(65536)
+            except TimeoutError:
+                break
+            if not data:
+                closed = True
+                break
+            rp.feed(data)
+            s.settimeout(1.0)  # after the first bytes: wait briefly for more
+    return list(rp), closed
+
+
+def _csv_tests(out: str) -> dict[str, float]:
+    rows = {}
+    for line in out.splitlines()[1:]:
+        parts = [p.strip('"') for p in line.split(",")]
+        if len(parts) >= 2:
+            rows[parts[0]] = float(parts[1])
+    return rows
+
+
+@pytest.fixture
+def kv(tas):
+    return kv_server(tas, KV_PORT)
+
+
+def test_redis_cli_basic_and_binary_and_4mib(tas, kv):
+    assert cli(tas, "ping") == b"PONG\n"
+    assert cli(tas, "set", "k", "v", "EX", "100") == b"OK\n"
+    assert cli(tas, "ttl", "k") == b"100\n"
+    assert cli(tas, "incr", "n") == b"1\n" and cli(tas, "incrby", "n", "41") == b"42\n"
+    assert cli(tas, "config", "get", "save") == b"save\n\n"
+    err = cli(tas, "lpush", "l", "x")
+    assert err.startswith(b"ERR unknown command 'lpush'"), err
+    # binary: every byte value, through -x (value from stdin) and --raw
+    blob = bytes(range(256)) * 4
+    assert cli(tas, "-x", "set", "bin", stdin=blob) == b"OK\n"
+    assert cli(tas, "--raw", "get", "bin") == blob + b"\n"
+    # a 4 MiB value
+    big = os.urandom(4 << 20)
+    assert cli(tas, "-x", "set", "big", stdin=big) == b"OK\n"
+    assert cli(tas, "strlen", "big") == b"4194304\n"
+    assert cli(tas, "--raw", "get", "big") == big + b"\n"
+    assert cli(tas, "del", "big", "bin", "k", "n") == b"4\n"
+
+
+def test_redis_benchmark_pipelined_50_clients(tas, kv):
+    r = bench(tas, "ping,set,get,incr,mset")
+    assert r.returncode == 0, f"redis-benchmark failed: {r.stderr.decode(errors='replace')}"
+    assert b"Error" not in r.stderr, r.stderr
+    rows = _csv_tests(r.stdout.decode())
+    assert set(rows) >= {"PING_INLINE", "PING_MBULK", "SET", "GET", "INCR", "MSET (10 keys)"}, rows
+    print("\nredis-benchmark via the stack: " + ", ".join(f"{k} {v:.0f}/s" for k, v in rows.items()))
+    # the counter saw every INCR
+    assert int(cli(tas, "get", "counter:__rand_int__")) == 10000
+
+
+def test_redis_benchmark_unsupported_command_gets_error_not_hang(tas, kv):
+    """redis-benchmark exits at the first error reply (its design, not a
+    failure of the server): LPUSH must end quickly with the RESP error."""
+    r = bench(tas, "lpush", n=2000)
+    assert r.returncode == 1
+    assert b"Error from server: ERR unknown command 'LPUSH'" in r.stderr, r.stderr
+    assert cli(tas, "ping") == b"PONG\n"
+
+
+def test_malformed_resp_errors_and_server_survives(tas, kv):
+    cases = [
+        (b"*1\r\n$1073741824\r\nabc", "ERR Protocol error: invalid bulk length"),  # 1 GiB declared
+        (b"*2\r\n$3\r\nGET\r\n$3\r\nabcdef\r\n", "ERR Protocol error: expected CRLF after bulk data"),
+        (b"*x\r\n", "ERR Protocol error: invalid multibulk length"),
+        (b"*1\r\n+PING\r\n", "ERR Protocol error: expected '$', got '+'"),
+        (b'SET a "unbalanced\r\n', "ERR Protocol error: unbalanced quotes in request"),
+    ]
+    for payload, want in cases:
+        replies, closed = raw_exchange(tas, b"PING\r\n" + payload)
+        assert replies == ["PONG", want] and closed, (payload, replies, closed)
+    # truncated: the server waits for the rest (like Redis), then answers once it comes
+    with tas.topo.enter(tas.topo.peer_ns):
+        s = socket.create_connection((STACK_IP, KV_PORT), timeout=10)
+    with s:
+        s.sendall(encode_command("SET", "t", "x" * 100)[:-30])
+        s.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            s.recv(100)
+        s.settimeout(10)
+        s.sendall(encode_command("SET", "t", "x" * 100)[-30:])
+        assert s.recv(100) == b"+OK\r\n"
+    assert cli(tas, "ping") == b"PONG\n"
+    assert cli(tas, "strlen", "t") == b"100\n"
+
+
+def test_max_memory_refuses_writes(tas):
+    kv_server(tas, KV_MEM_PORT, "--max-memory", str(1 << 20))
+    assert cli(tas, "-x", "set", "a", stdin=b"x" * (600 << 10), port=KV_MEM_PORT) == b"OK\n"
+    out = cli(tas, "-x", "set", "b", stdin=b"x" * (600 << 10), port=KV_MEM_PORT)
+    assert out.startswith(b"OOM command not allowed"), out
+    # a single argument above the limit is refused by the parser without buffering it
+    replies, closed = raw_exchange(tas, b"*3\r\n$3\r\nSET\r\n$1\r\nc\r\n$2097152\r\n", port=KV_MEM_PORT)
+    assert replies == ["ERR Protocol error: invalid bulk length"] and closed
+    assert cli(tas, "del", "a", port=KV_MEM_PORT) == b"1\n"
+    assert cli(tas, "-x", "set", "b", stdin=b"x" * (600 << 10), port=KV_MEM_PORT) == b"OK\n"
+
+
+def test_same_server_on_linux_sockets(tas):
+    """--kernel: identical protocol code on Linux TCP (the comparison baseline)."""
+    kv_server(tas, KV_LINUX_PORT, kernel=True)
+    assert cli(tas, "ping", host=LINUX_IP, port=KV_LINUX_PORT) == b"PONG\n"
+    r = bench(tas, "ping,set,get,incr,mset", host=LINUX_IP, port=KV_LINUX_PORT)
+    assert r.returncode == 0, r.stderr
+    rows = _csv_tests(r.stdout.decode())
+    assert len(rows) == 6, rows
+    print("\nredis-benchmark via Linux sockets: " + ", ".join(f"{k} {v:.0f}/s" for k, v in rows.items()))

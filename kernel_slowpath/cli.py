@@ -79,6 +79,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return main(a)
 
 
+def cmd_run(a: argparse.Namespace) -> int:
+    from libtas.shim.launcher import run
+
+    return run(a.state_dir, a.command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tas", description="A userspace TCP stack (TAS/FlexTCP design) over a TAP device.")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -145,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _bench_args(s)
     s.set_defaults(func=cmd_bench)
+    s = sub.add_parser("run", help="run a program with its TCP/IPv4 sockets on the stack (socket shim)",
+                       description="Run CMD (exec'd, so signals and exit status are its own) with the TAS socket "
+                                   "shim active in every Python process it starts.  See docs/SHIM.md.")
+    _add_state_dir(s)
+    s.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    s.set_defaults(func=cmd_run)
     return p
 
 

@@ -1,0 +1,486 @@
+"""The shim's per-process runtime: one libtas Stack + Context and the pump.
+
+Every shim socket the application sees is a real kernel AF_UNIX stream
+socket (one end of a socketpair for a connection, a listening AF_UNIX socket
+with an abstract address for a listener).  The *pump* thread owns the other
+ends and moves bytes between them and the stack's flows in batches:
+
+* stack -> app: ``recv_view()`` of the flow's rx buffer, ``send()`` into the
+  pump end (non-blocking), ``consume()`` what the kernel took;
+* app -> stack: ``recv_into()`` from the pump end, at most the flow's free
+  tx space, ``send()`` into the flow;
+* peer FIN -> ``shutdown(SHUT_WR)`` of the pump end (the app reads EOF);
+  app EOF (shutdown or close) -> ``shutdown(SHUT_WR)`` of the flow (FIN);
+* reset -> the pump end is closed (the app's socket object raises
+  ConnectionResetError once, see sock.py);
+* a stack connection queued on a listener -> the pump connects a new AF_UNIX
+  socket to the app's listening socket; its abstract name carries the TCP
+  addresses, so ``accept()`` (even in a forked child) knows them.
+
+The pump sleeps in ``poll()`` on the context eventfd (armed doorbell), a
+wake-up eventfd and its socket ends, so readiness of the app's fds changes
+without the app calling into the shim.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from collections import deque
+
+log = logging.getLogger("libtas.shim")
+
+_BUF = 256 << 10
+_ANAME = "tas-shim"
+_EXIT_DRAIN = 10.0  # seconds the interpreter exit waits for app data to reach the stack
+
+CONNECTING, ESTABLISHED, FAILED, DONE = "connecting", "established", "failed", "done"
+
+
+class Link:
+    """One stack connection and the pump's end of the app's socketpair."""
+
+    def __init__(self, conn, inner: socket.socket, state: str, junk: int = 0) -> None:
+        self.conn = conn
+        self.inner = inner
+        self.fd = inner.fileno()
+        self.state = state
+        self.junk = junk  # filler bytes written by connect() so the app fd is not writable yet
+        self.error = 0  # connect failure (SO_ERROR)
+        self.reset = 0  # errno of a reset
+        self.outcome = threading.Event()  # connect finished (either way)
+        self.app_eof = False  # the app shut down writing (or closed)
+        self.app_gone = False  # every app fd closed (POLLHUP / EPIPE)
+        self.stack_eof = False  # peer FIN passed on (pump end shut down for writing)
+        self.want_out = False
+        self.abort_req = False
+        self.mask = -1
+        self.token: str | None = None
+
+
+class ListenLink:
+    """A stack listener and the address of the app's AF_UNIX listening socket."""
+
+    def __init__(self, lst, addr: str, family: int) -> None:
+        self.lst = lst
+        self.addr = addr
+        self.family = family
+        self.pending: deque = deque()
+        self.closed = False
+
+
+def _fmt_name(pid: int, token: int, local: tuple, remote: tuple) -> str:
+    return f"\0{_ANAME}/{pid}/{token}/{local[0]}/{local[1]}/{remote[0]}/{remote[1]}"
+
+
+def parse_name(name) -> tuple[int, str, tuple, tuple] | None:
+    """(pid, token, local, remote) from an accepted socket's peer name."""
+    if isinstance(name, bytes):
+        name = name.decode("ascii", "replace")
+    if not isinstance(name, str) or not name.startswith("\0" + _ANAME + "/"):
+        return None
+    try:
+        _, pid, token, lip, lport, rip, rport = name[1:].split("/")
+        return int(pid), f"{pid}/{token}", (lip, int(lport)), (rip, int(rport))
+    except ValueError:
+        return None
+
+
+class Runtime:
+    """Stack connection, context and pump thread of this process."""
+
+    def __init__(self, state_dir: str) -> None:
+        from libtas.api import Stack
+
+        self.pid = os.getpid()
+        self.state_dir = state_dir
+        self.stack = Stack(state_dir)
+        try:
+            self.ctx = self.stack.context()
+        except BaseException:
+            self.stack.close()
+            raise
+        self.local_ip = self.stack.local_ip
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._lock = threading.Lock()
+        self._adds: list = []
+        self.links: dict[int, Link] = {}
+        self.listeners: list[ListenLink] = []
+        self.accepted: dict[str, Link] = {}
+        self._counter = 0
+        self._poller = select.poll()
+        self._buf = bytearray(_BUF)
+        self._bufmv = memoryview(self._buf)
+        self._exiting = False
+        self._stopped = False
+        self._error_logged = False
+        self._thread = threading.Thread(target=self._run, name="tas-shim-pump", daemon=True)
+        self._thread.start()
+        atexit.register(self._atexit)
+
+    # -- called from application threads ---------------------------------------
+    def next_name(self, prefix: str) -> str:
+        with self._lock:
+            self._counter += 1
+            return f"\0{_ANAME}/{self.pid}/{prefix}{self._counter}"
+
+    def wake(self) -> None:
+        try:
+            os.eventfd_write(self._wake, 1)
+        except OSError:
+            pass
+
+    def add_link(self, link: Link) -> None:
+        with self._lock:
+            self._adds.append(("link", link))
+        self.wake()
+
+    def add_listener(self, ll: ListenLink) -> None:
+        with self._lock:
+            self._adds.append(("listener", ll))
+        self.wake()
+
+    def close_listener(self, ll: ListenLink) -> None:
+        with self.ctx._lock:
+            if ll.closed:
+                return
+            ll.closed = True
+            try:
+                ll.lst.close()
+            except OSError:
+                pass
+            while ll.pending:
+                ll.pending.popleft()._abort_quiet()
+        self.wake()
+
+    def abort_link(self, link: Link) -> None:
+        link.abort_req = True
+        self.wake()
+
+    def take_accepted(self, token: str) -> Link | None:
+        with self._lock:
+            return self.accepted.pop(token, None)
+
+    # -- the pump -----------------------------------------------------------------
+    def _run(self) -> None:
+        ctx = self.ctx
+        P = self._poller
+        P.register(ctx.fileno(), select.POLLIN)
+        P.register(self._wake, select.POLLIN)
+        while not self._stopped:
+            try:
+                self._take_adds()
+                if self._service_all():
+                    continue
+                if ctx.prepare_sleep():
+                    ctx.finish_sleep()
+                    continue
+                retry = any(ll.pending for ll in self.listeners)
+                for link in self.links.values():
+                    self._set_mask(link)
+                events = P.poll(10 if retry else 1000)
+                ctx.finish_sleep()
+                try:
+                    os.eventfd_read(self._wake)
+                except BlockingIOError:
+                    pass
+                for fd, ev in events:
+                    link = self.links.get(fd)
+                    if link is not None and ev & (select.POLLHUP | select.POLLERR):
+                        link.app_gone = True
+                        self._unregister(link)
+            except OSError as e:
+                if e.errno == errno.EBADF and getattr(self.ctx, "_closed", False):
+                    return  # context closed (interpreter exit)
+                self._log_error(e)
+            except Exception as e:  # never die silently: the app would hang
+                self._log_error(e)
+
+    def _log_error(self, e: BaseException) -> None:
+        if not self._error_logged:
+            self._error_logged = True
+            log.exception("tas shim pump: %s", e)
+        time.sleep(0.01)
+
+    def _take_adds(self) -> None:
+        with self._lock:
+            adds, self._adds = self._adds, []
+        for kind, obj in adds:
+            if kind == "link":
+                self.links[obj.fd] = obj
+                obj.mask = 0
+                self._poller.register(obj.fd, 0)
+            else:
+                self.listeners.append(obj)
+
+    def _set_mask(self, link: Link) -> None:
+        if link.mask < 0 or link.app_gone:
+            return
+        m = 0
+        if link.state == ESTABLISHED:
+            if not link.app_eof and link.conn.tx_space() > 0:
+                m |= select.POLLIN
+            if link.want_out and not link.stack_eof:
+                m |= select.POLLOUT
+        if m != link.mask:
+            link.mask = m
+            self._poller.modify(link.fd, m)
+
+    def _unregister(self, link: Link) -> None:
+        if link.mask >= 0:
+            link.mask = -1
+            try:
+                self._poller.unregister(link.fd)
+            except (KeyError, ValueError):
+                pass
+
+    def _service_all(self) -> bool:
+        progress = self.ctx.poll() > 0
+        if self.listeners:
+            for ll in list(self.listeners):
+                progress |= self._service_listener(ll)
+        for link in list(self.links.values()):
+            progress |= self._service(link)
+        return progress
+
+    def _service_listener(self, ll: ListenLink) -> bool:
+        if ll.closed:
+            self.listeners.remove(ll)
+            return False
+        progress = False
+        for _ in range(256):
+            if ll.pending:
+                conn = ll.pending.popleft()
+            else:
+                try:
+                    conn = ll.lst.accept(timeout=0)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    break
+            inner = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            with self._lock:
+                self._counter += 1
+                token = self._counter
+            try:
+                inner.bind(_fmt_name(self.pid, token, conn.local_address, conn.remote_address))
+                inner.connect(ll.addr)
+            except BlockingIOError:  # the app's accept backlog is full: retry soon
+                inner.close()
+                ll.pending.appendleft(conn)
+                break
+            except OSError:  # the app's listening socket is gone
+                inner.close()
+                conn._abort_quiet()
+                progress = True
+                continue
+            link = Link(conn, inner, ESTABLISHED)
+            link.token = f"{self.pid}/{token}"
+            with self._lock:
+                self.accepted[link.token] = link
+            self.links[link.fd] = link
+            link.mask = 0
+            self._poller.register(link.fd, 0)
+            progress = True
+        return progress
+
+    def _finish(self, link: Link, close: bool = True) -> None:
+        link.state = DONE
+        link.outcome.set()
+        self._unregister(link)
+        self.links.pop(link.fd, None)
+        if link.token:
+            with self._lock:
+                self.accepted.pop(link.token, None)
+        if close:
+            link.conn._close_quiet()
+        link.inner.close()
+
+    def _on_reset(self, link: Link, err: int) -> bool:
+        link.reset = err or errno.ECONNRESET
+        link.conn._close_quiet()
+        self._finish(link, close=False)
+        return True
+
+    def _drain_junk(self, link: Link) -> None:
+        while link.junk > 0:
+            try:
+                n = link.inner.recv_into(self._bufmv, min(link.junk, _BUF))
+            except BlockingIOError:
+                break
+            if not n:
+                break
+            link.junk -= n
+
+    def _service(self, link: Link) -> bool:
+        conn = link.conn
+        progress = False
+        if link.abort_req:
+            conn._abort_quiet()
+            self._finish(link, close=False)
+            return True
+        if link.state == CONNECTING:
+            st = conn._state
+            if st == "connecting":
+                return False
+            self._drain_junk(link)
+            if st == "connected":
+                link.state = ESTABLISHED
+                link.outcome.set()
+                progress = True
+            else:
+                link.error = conn._error or errno.ECONNREFUSED
+                link.state = FAILED
+                link.outcome.set()
+                self._finish(link)
+                return True
+        # stack -> app
+        while not link.stack_eof and not link.app_gone:
+            try:
+                view = conn.recv_view()
+            except ConnectionResetError as e:
+                return self._on_reset(link, e.errno)
+            except OSError:
+                return self._on_reset(link, errno.ECONNRESET)
+            k = len(view)
+            if not k:
+                view.release()
+                if conn._is_reset():
+                    return self._on_reset(link, conn._reset)
+                if conn.at_eof:
+                    try:
+                        link.inner.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+                    link.stack_eof = True
+                    progress = True
+                break
+            try:
+                n = link.inner.send(view)
+            except BlockingIOError:
+                n = -1
+            except OSError:  # EPIPE/ECONNRESET: the app closed its socket
+                n = -2
+            finally:
+                view.release()
+            if n == -2:
+                link.app_gone = True
+                self._unregister(link)
+                break
+            if n == -1:
+                link.want_out = True
+                break
+            link.want_out = False
+            conn.consume(n)
+            progress = True
+        if link.app_gone and not link.stack_eof:
+            # nobody reads any more: discard what arrives (the kernel would RST)
+            try:
+                view = conn.recv_view()
+                k = len(view)
+                view.release()
+                if k:
+                    conn.consume(k)
+            except OSError:
+                pass
+        # app -> stack
+        while not link.app_eof:
+            if conn._is_reset():
+                return self._on_reset(link, conn._reset)
+            space = conn.tx_space()
+            if space <= 0:
+                break
+            try:
+                n = link.inner.recv_into(self._bufmv, min(space, _BUF))
+            except BlockingIOError:
+                if self._exiting:
+                    n = 0
+                    link.app_gone = True
+                else:
+                    break
+            except OSError:
+                n = 0
+            if n == 0:
+                link.app_eof = True
+                progress = True
+                try:
+                    conn.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                break
+            try:
+                conn.send(self._bufmv[:n], timeout=0)
+            except (ConnectionResetError, BrokenPipeError) as e:
+                return self._on_reset(link, e.errno if e.errno != errno.EPIPE else errno.ECONNRESET)
+            progress = True
+        if link.app_eof and (link.stack_eof or link.app_gone):
+            self._finish(link)
+            return True
+        return progress
+
+    # -- interpreter exit ---------------------------------------------------------
+    def _atexit(self) -> None:
+        """Like a process exit on the kernel: every open socket is closed
+        after its pending data; wait (bounded) until the stack has it all."""
+        if os.getpid() != self.pid or self._stopped:
+            return
+        self._exiting = True
+        self.wake()
+        deadline = time.monotonic() + _EXIT_DRAIN
+        while self.links and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(0.01)
+            self.wake()
+        self._stopped = True
+        self.wake()
+        self._thread.join(1.0)
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def state_dir() -> str:
+    return os.environ.get("TAS_SHIM_STATE_DIR") or os.environ.get("TAS_STATE_DIR") or "/run/tas/default"
+
+
+def get() -> Runtime:
+    """This process's runtime (created on first use; a fresh one after fork)."""
+    global _runtime
+    rt = _runtime
+    if rt is not None and rt.pid == os.getpid():
+        return rt
+    with _runtime_lock:
+        rt = _runtime
+        if rt is not None and rt.pid == os.getpid():
+            return rt
+        sd = state_dir()
+        try:
+            rt = Runtime(sd)
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            raise OSError(errno.ENETDOWN, f"tas shim: no TAS stack running at {sd} ({e.strerror})") from None
+        _runtime = rt
+        return rt
+
+
+def current() -> Runtime | None:
+    rt = _runtime
+    return rt if rt is not None and rt.pid == os.getpid() else None
+
+
+def _after_fork_in_child() -> None:
+    # The parent's runtime (its control socket, context and pump thread) is
+    # not usable here: forget it without touching it.  Inherited shim sockets
+    # keep working through the parent's pump (their fds are kernel sockets);
+    # new stack sockets in the child get a runtime of their own.
+    global _runtime, _runtime_lock
+    _runtime = None
+    _runtime_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -109,6 +109,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conns", type=int, default=4096, help="concurrent connections for conns (default 4096)")
     p.add_argument("--idle-conns", type=int, default=16, help="idle connections held open (default 16)")
     p.add_argument("--idle-time", type=float, default=5.0, help="idle CPU sampling window (default 5 s)")
+    p.add_argument(
+        "--server-cpu",
+        type=int,
+        default=SERVER_CPU,
+        help=f"CPU of every server process (default {SERVER_CPU})",
+    )
+    p.add_argument(
+        "--client-cpu", type=int, default=CLIENT_CPU, help=f"CPU of the load generator (default {CLIENT_CPU})"
+    )
     p.add_argument("--fp-cores", type=int, default=1, help="fast-path cores of the stack (default 1)")
     p.add_argument("--poll-us", type=int, default=None, help="pass --poll-us to tas start")
     p.add_argument("--budget", type=float, default=1200.0, help="time budget for the whole run (s)")
@@ -377,7 +386,7 @@ def _start_servers(b: Bench) -> None:
                 "native echo",
                 t.stack_ns,
                 [*tas, "echo-server", "--port", "7", "--state-dir", str(state)],
-                SERVER_CPU,
+                b.args.server_cpu,
                 env,
             )
         ]
@@ -388,7 +397,7 @@ def _start_servers(b: Bench) -> None:
                     "native discard",
                     t.stack_ns,
                     [py, str(SERVER_PY), "native", "discard", "--port", "9"],
-                    SERVER_CPU,
+                    b.args.server_cpu,
                     env,
                 )
             )
@@ -399,7 +408,7 @@ def _start_servers(b: Bench) -> None:
                     "native chargen",
                     t.stack_ns,
                     [py, str(SERVER_PY), "native", "chargen", "--port", "19"],
-                    SERVER_CPU,
+                    b.args.server_cpu,
                     env,
                 )
             )
@@ -410,7 +419,7 @@ def _start_servers(b: Bench) -> None:
                     "native echo 4k",
                     t.stack_ns,
                     [py, str(SERVER_PY), "native", "echo", "--port", "8", "--buf", "4096"],
-                    SERVER_CPU,
+                    b.args.server_cpu,
                     env,
                 )
             )
@@ -436,7 +445,7 @@ def _start_servers(b: Bench) -> None:
                     "--port",
                     str(SHIM_BASE),
                 ],
-                SERVER_CPU,
+                b.args.server_cpu,
                 env,
             )
             b.pids["shim"] = [p]
@@ -447,7 +456,7 @@ def _start_servers(b: Bench) -> None:
             "linux server",
             t.stack_ns,
             [str(b.loadgen), "serve", "--host", t.linux_ip, "--port", "7"],
-            SERVER_CPU,
+            b.args.server_cpu,
         )
         b.pids["linux"] = [p]
         waits.append(p)
@@ -457,7 +466,7 @@ def _start_servers(b: Bench) -> None:
             "linux-py server",
             t.stack_ns,
             [py, str(SERVER_PY), "socket", "--host", t.linux_ip, "--port", str(SHIM_BASE)],
-            SERVER_CPU,
+            b.args.server_cpu,
             env,
         )
         b.pids["linux-py"] = [p]
@@ -492,7 +501,7 @@ def _target(b: Bench, server: str, mode: str) -> tuple[str, int]:
 
 def _loadgen(b: Bench, mode: str, server: str, opts: dict, limit: float) -> dict:
     host, port = _target(b, server, mode)
-    argv = [str(b.loadgen), mode, "--host", host, "--port", str(port), "--cpu", str(CLIENT_CPU)]
+    argv = [str(b.loadgen), mode, "--host", host, "--port", str(port), "--cpu", str(b.args.client_cpu)]
     for k, v in opts.items():
         argv += [f"--{k}", str(v)]
     left = b.deadline - time.monotonic()
@@ -810,10 +819,10 @@ def machine_info() -> dict:
 
 def pinning_info(b: Bench) -> dict:
     return {
-        "loadgen (peer netns)": f"CPU {CLIENT_CPU}",
+        "loadgen (peer netns)": f"CPU {b.args.client_cpu}",
         "tas start (slow path)": "CPU 0 (pins itself)",
         "fast path core k": "CPU 1+k mod ncpu (pinned by tas start)",
-        "servers (native echo/discard/chargen, shim server, linux server)": f"CPU {SERVER_CPU}",
+        "servers (native echo/discard/chargen, shim server, linux server)": f"CPU {b.args.server_cpu}",
         "kernel softirq": "runs on the CPU of the sender (veth/TAP/bridge are synchronous)",
     }
 
@@ -1013,7 +1022,10 @@ def main(a: argparse.Namespace) -> int:
         for f in b.failed:
             print(f"  - {f}", file=sys.stderr)
         return 1
-    shutil.rmtree(b.workdir, ignore_errors=True)
+    if b.args.keep:
+        print(f"--keep: logs and state in {b.workdir}")
+    else:
+        shutil.rmtree(b.workdir, ignore_errors=True)
     print(f"tas bench: ok in {elapsed:.1f} s")
     return 0
 

@@ -267,6 +267,12 @@ class Context:
         self._listeners: dict[int, Listener] = {}
         self._conns: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._updates: dict[int, Connection] = {}  # flow id -> connection with a pending update
+        # fast-path notifications (ARX entries) seen by any poll, internal ones
+        # included: ``_hints`` makes the next wait() return at once (a hint an
+        # internal poll consumed is never lost to the caller); ``_ready`` holds
+        # their flow ids until ready_flows() hands them out
+        self._hints = 0
+        self._ready: set[int] = set()
         self._closed = False
         self._waiters = 0
         self.evfd = evfd
@@ -377,13 +383,19 @@ class Context:
     def _poll_arx(self) -> int:
         n = 0
         buf = self._arxbuf
+        ready = self._ready
         for ring in self._arx:
             while True:
                 k = ring.dequeue_into(buf)
+                if not k:
+                    break
                 n += k
                 # entries are wakeup hints: state is read from the appflow blocks
+                for e in _ARX.iter_unpack(memoryview(buf)[: k * _ARX.size]):
+                    ready.add(e[0])
                 if k < _ARX_BATCH:
                     break
+        self._hints += n
         return n
 
     def _poll_locked(self) -> int:
@@ -442,35 +454,32 @@ class Context:
             return self._poll_locked()
 
     def wait(self, timeout: float | None = None) -> int:
-        """Block until something happens (or timeout); returns poll()'s count."""
+        """Block until something happens (or timeout); returns poll()'s count.
+        Returns at once if notifications arrived since the last wait() (also
+        those an internal poll of recv/send/accept consumed)."""
         with self._lock:
             self._check_open()
+            if self._hints or self._events:
+                n = self._poll_locked() + self._hints
+                self._hints = 0
+                return n
             deadline = _deadline(timeout)
             while True:
                 n = self._wait_locked(_remaining(deadline))
                 if n or _remaining(deadline) == 0:
+                    self._hints = 0
                     return n
 
-    def prepare_sleep(self) -> int:
-        """For callers that sleep on fileno() in their own poll loop (the
-        socket shim): arm the doorbell (the fast path then writes the
-        eventfd), then poll once.  If this returns > 0, something happened:
-        call finish_sleep() and do not sleep."""
+    def ready_flows(self) -> set[int]:
+        """Flow ids the fast path notified (data, acknowledged data, FIN)
+        since the last call; hints only: read the connection's state."""
         with self._lock:
-            self._check_open()
-            lib.tas_armed_set(self._app_armed, 1)
-            return self._poll_locked() + len(self._events)
+            r, self._ready = self._ready, set()
+            return r
 
-    def finish_sleep(self) -> None:
-        """Disarm the doorbell and clear the eventfd (after prepare_sleep)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._hdr.app_armed = 0
-            try:
-                os.eventfd_read(self.evfd)
-            except BlockingIOError:
-                pass
+    def connection(self, flow_id: int) -> Connection | None:
+        """The open connection of a flow id (from ready_flows()), or None."""
+        return self._flows.get(flow_id)
 
     def listen(self, port: int, backlog: int = 128, reuseaddr: bool = False) -> Listener:
         with self._lock:

@@ -1,9 +1,10 @@
 """The echo server on the native API (`tas echo-server`).
 
 One context, one thread: wait for the context doorbell, accept what is
-queued, then move bytes from each readable connection back into its send
-buffer.  Output that does not fit yet stays pending per connection, so a
-client that stops reading only stalls itself.
+queued, then move bytes from each connection the fast path reported back
+into its send buffer (zero-copy: rx buffer -> tx buffer).  Input that does
+not fit yet stays in the rx buffer, so a client that stops reading only
+stalls itself.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 
 from libtas.api import Connection, Stack
 
@@ -29,53 +31,84 @@ class EchoServer:
         self.conns: dict[Connection, bytearray] = {}
         self.stopping = threading.Event()
         self.served = 0
+        self._blocked: set[Connection] = set()  # rx data waiting for tx space
+        self._last_sweep = 0.0
 
-    def _accept_all(self) -> None:
+    def _accept_all(self) -> list[Connection]:
+        new = []
         while True:
             try:
                 conn = self.listener.accept(timeout=0)
             except BlockingIOError:
-                return
+                return new
             self.conns[conn] = bytearray()
             self.served += 1
+            new.append(conn)
 
     def _service(self, conn: Connection, pending: bytearray) -> bool:
-        """Echo what conn has; False when the connection is finished."""
+        """Echo what conn has; False when the connection is finished.
+
+        Zero-copy on our side: the bytes go straight from the rx buffer into
+        the tx buffer (recv_view + send + consume); what does not fit stays
+        in the rx buffer (so the window closes: a client that stops reading
+        only stalls itself) until the fast path reports acknowledged data."""
         try:
-            if pending:
+            if pending:  # (older API users' leftovers; kept for close())
                 try:
                     n = conn.send(pending, timeout=0)
                 except BlockingIOError:
                     return True
                 del pending[:n]
                 if pending:
+                    self._blocked.add(conn)
                     return True
             while True:
-                try:
-                    data = conn.recv(CHUNK, timeout=0)
-                except BlockingIOError:
+                v = conn.recv_view()
+                n = len(v)
+                if not n:
+                    v.release()
+                    if conn.at_eof:
+                        conn.close()
+                        return False
+                    self._blocked.discard(conn)
                     return True
-                if not data:
-                    conn.close()
-                    return False
                 try:
-                    n = conn.send(data, timeout=0)
+                    k = conn.send(v, timeout=0)
                 except BlockingIOError:
-                    n = 0
-                if n < len(data):
-                    pending += data[n:]
+                    k = 0
+                finally:
+                    v.release()
+                if k:
+                    conn.consume(k)
+                if k < n:
+                    self._blocked.add(conn)
                     return True
         except (ConnectionResetError, BrokenPipeError, TimeoutError, OSError):
             conn.abort()
             return False
 
     def serve_once(self, timeout: float = 0.2) -> None:
-        """Wait for the doorbell (at most timeout), then serve what is ready."""
-        self.ctx.wait(timeout)
-        self._accept_all()
-        for conn, pending in list(self.conns.items()):
-            if not self._service(conn, pending):
+        """Wait for the doorbell (at most timeout), then serve the flows the
+        fast path reported (all of them after control events, a timeout, or
+        once a second)."""
+        n = self.ctx.wait(timeout)
+        todo = set(self._accept_all())
+        ready = self.ctx.ready_flows()
+        now = time.monotonic()
+        if not n or not ready or now - self._last_sweep > 1.0:
+            self._last_sweep = now
+            todo.update(self.conns)
+        else:
+            for fid in ready:
+                conn = self.ctx.connection(fid)
+                if conn is not None:
+                    todo.add(conn)
+            todo.update(self._blocked)
+        for conn in todo:
+            pending = self.conns.get(conn)
+            if pending is not None and not self._service(conn, pending):
                 del self.conns[conn]
+                self._blocked.discard(conn)
 
     def serve_forever(self) -> None:
         while not self.stopping.is_set():

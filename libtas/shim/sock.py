@@ -261,26 +261,7 @@ class ShimSocket(socket.socket):
             if self._st is None and not self._kernel:
                 raise OSError(errno.EINVAL, "Invalid argument")
             return _sup.accept(self)
-        # accept through an AF_UNIX view of the fd: the peer's (abstract) name
-        # carries the TCP addresses, and the object's AF_INET family would
-        # truncate it to a sockaddr_in
-        u = _socket_cls(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=self.fileno())
-        try:
-            _sup.settimeout(u, self.gettimeout())
-            fd, name = _sup._accept(u)
-        finally:
-            u.detach()
-        parsed = runtime.parse_name(name)
-        if parsed is None:
-            os.close(fd)
-            raise OSError(errno.EPROTO, "tas shim: unexpected connection on a shim listener")
-        pid, token, local, remote = parsed
-        cst = ShimState("conn", self.family, st.rt, local, remote)
-        cst.opts.update(st.opts)
-        rt = runtime.current()
-        if rt is not None and pid == rt.pid:
-            cst.link = rt.take_accepted(token)
-        _register(fd, cst)
+        fd, cst, remote = _accept_fd(self, st)
         sock = ShimSocket(self.family, self.type, self.proto, fileno=fd)
         if socket.getdefaulttimeout() is None and self.gettimeout():
             sock.setblocking(True)
@@ -539,6 +520,33 @@ class ShimSocket(socket.socket):
         return _sup.shutdown(self, how)
 
 
+def _accept_fd(obj, st: ShimState):
+    """accept() on a shim listener (any socket object on its fd): the new
+    fd, its registered state and the peer address."""
+    # accept through an AF_UNIX view of the fd: the peer's (abstract) name
+    # carries the TCP addresses, and the object's AF_INET family would
+    # truncate it to a sockaddr_in
+    u = _orig_socket_new(_socket_cls)
+    _socket_cls.__init__(u, socket.AF_UNIX, socket.SOCK_STREAM, 0, _sup.fileno(obj))
+    try:
+        _sup.settimeout(u, obj.gettimeout())
+        fd, name = _sup._accept(u)
+    finally:
+        u.detach()
+    parsed = runtime.parse_name(name)
+    if parsed is None:
+        os.close(fd)
+        raise OSError(errno.EPROTO, "tas shim: unexpected connection on a shim listener")
+    pid, token, local, remote = parsed
+    cst = ShimState("conn", st.family, st.rt, local, remote)
+    cst.opts.update(st.opts)
+    rt = runtime.current()
+    if rt is not None and pid == rt.pid:
+        cst.link = rt.take_accepted(token)
+    _register(fd, cst)
+    return fd, cst, remote
+
+
 def _raise(err: int, cls=None):
     raise (cls or OSError)(err, os.strerror(err))
 
@@ -624,6 +632,18 @@ def _install_ssl() -> None:
                 return st.pending_error()
             v = st.opts.get((level, optname), 0)
             return v if isinstance(v, int) else struct.unpack("i", bytes(v[:4]))[0]
+
+        def accept(self):
+            st = self._shim()
+            if st is None or st.kind != "listen":
+                return super().accept()
+            fd, cst, remote = _accept_fd(self, st)
+            raw = ShimSocket(self.family, self.type, self.proto, fileno=fd)
+            newsock = self.context.wrap_socket(
+                raw, do_handshake_on_connect=self.do_handshake_on_connect,
+                suppress_ragged_eofs=self.suppress_ragged_eofs, server_side=True,
+            )
+            return newsock, cst.fmt(remote)
 
         def recv(self, buflen=1024, flags=0):
             try:

@@ -481,6 +481,27 @@ class Context:
         """The open connection of a flow id (from ready_flows()), or None."""
         return self._flows.get(flow_id)
 
+    def prepare_sleep(self) -> int:
+        """For callers that sleep on fileno() in their own poll loop (the
+        socket shim): arm the doorbell (the fast path then writes the
+        eventfd), then poll once.  If this returns > 0, something happened:
+        call finish_sleep() and do not sleep."""
+        with self._lock:
+            self._check_open()
+            lib.tas_armed_set(self._app_armed, 1)
+            return self._poll_locked() + len(self._events)
+
+    def finish_sleep(self) -> None:
+        """Disarm the doorbell and clear the eventfd (after prepare_sleep)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._hdr.app_armed = 0
+            try:
+                os.eventfd_read(self.evfd)
+            except BlockingIOError:
+                pass
+
     def listen(self, port: int, backlog: int = 128, reuseaddr: bool = False) -> Listener:
         with self._lock:
             self._check_open()

@@ -37,6 +37,11 @@ def _client(a: argparse.Namespace):
 def cmd_stats(a: argparse.Namespace) -> int:
     from kernel_slowpath.statsview import render_stats
 
+    if a.watch:
+        from kernel_slowpath.statsview import watch
+
+        with _client(a) as s:
+            return watch(s.stats, s.flows, interval=a.interval, count=a.count)
     with _client(a) as s:
         st = s.stats()
     if a.json:
@@ -65,6 +70,13 @@ def cmd_kv(a: argparse.Namespace) -> int:
     from libtas.kvserver import main
 
     return main(a.port, a.state_dir, max_memory=a.max_memory, kernel=a.kernel, bind=a.bind)
+
+
+def cmd_trace(a: argparse.Namespace) -> int:
+    from kernel_slowpath.trace import run
+
+    return run(a.state_dir, a.out, flow_id=a.flow, duration=a.duration, csv_path=a.csv,
+               interval_ms=a.interval_ms, iface=a.iface, max_frames=a.max_frames)
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -110,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stats", help="counters of a running stack (see docs/STATS.md)")
     _add_state_dir(s)
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--watch", action="store_true",
+                   help="live view: per-core load, throughput, flows, retransmits, drops (Ctrl-C to stop)")
+    s.add_argument("--interval", type=float, default=1.0, help="with --watch: seconds between refreshes")
+    s.add_argument("--count", type=int, default=None, help="with --watch: stop after this many refreshes")
     s.set_defaults(func=cmd_stats)
 
     s = sub.add_parser("flows", help="open flows of a running stack (like ss -ti)")
@@ -133,6 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the same server on Linux sockets instead of the stack (for comparison)")
     s.add_argument("--bind", default="0.0.0.0", help="with --kernel: address to bind (default 0.0.0.0)")
     s.set_defaults(func=cmd_kv)
+
+    s = sub.add_parser("trace", help="pcap of what the stack sends and receives, plus a per-flow CSV",
+                       description="Capture the stack's frames on its TAP (run in the stack's network namespace) "
+                                   "into a classic pcap, and sample cwnd/srtt/in-flight/snd_wnd of the flows "
+                                   "into a CSV.  Stops after --duration or on Ctrl-C.")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--all", action="store_true", help="every frame (all flows, ARP, ICMP)")
+    g.add_argument("--flow", type=int, help="only this flow's frames (id from tas flows)")
+    s.add_argument("--out", required=True, help="pcap file to write")
+    s.add_argument("--csv", help="per-flow CSV (default: --out with .csv)")
+    s.add_argument("--duration", type=float, help="seconds to capture (default: until Ctrl-C)")
+    s.add_argument("--interval-ms", type=float, default=10.0, help="flow sampling period (default 10 ms)")
+    s.add_argument("--iface", help="capture interface (default: the stack's TAP, found automatically)")
+    s.add_argument("--max-frames", type=int, help="stop after this many frames")
+    _add_state_dir(s)
+    s.set_defaults(func=cmd_trace)
 
     s = sub.add_parser("demo", help="build a test network, run the stack and Linux side by side, print results")
     s.add_argument("--requests", type=int, default=2000, help="echo round trips per server (default 2000)")

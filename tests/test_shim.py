@@ -37,7 +37,9 @@ PY = sys.executable
 
 def tas_run(tas, name: str, *argv: str, ready: str | None = None):
     app = tas.spawn(
-        tas.topo.stack_ns, name, [*tas_argv(), "run", "--state-dir", str(tas.state_dir), "--", *map(str, argv)]
+        tas.topo.stack_ns,
+        name,
+        [*tas_argv(), "run", "--state-dir", str(tas.state_dir), "--", *map(str, argv)],
     )
     if ready:
         app.wait_line(ready, 20)
@@ -70,9 +72,19 @@ def test_tas_run_without_stack_fails_at_once(tmp_path):
     marker = tmp_path / "ran"
     t = time.monotonic()
     r = subprocess.run(
-        [*tas_argv(), "run", "--state-dir", str(tmp_path / "nostack"), "--", PY, "-c",
-         f"open({str(marker)!r}, 'w')"],
-        capture_output=True, text=True, timeout=30,
+        [
+            *tas_argv(),
+            "run",
+            "--state-dir",
+            str(tmp_path / "nostack"),
+            "--",
+            PY,
+            "-c",
+            f"open({str(marker)!r}, 'w')",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert r.returncode == 2
     assert "no TAS stack running" in r.stderr
@@ -93,7 +105,9 @@ def test_tas_run_status_children_and_signals(tas):
     assert "parent ShimSocket socket socket" in app.lines, app.output()
     assert "child ShimSocket" in app.lines, app.output()
     # tas run execs the command: a signal to it reaches the program
-    app = tas_run(tas, "sleeper", PY, "-c", "import time; print('ready', flush=True); time.sleep(60)", ready="ready")
+    app = tas_run(
+        tas, "sleeper", PY, "-c", "import time; print('ready', flush=True); time.sleep(60)", ready="ready"
+    )
     app.proc.send_signal(signal.SIGTERM)
     assert app.wait(10) == -signal.SIGTERM
 
@@ -109,12 +123,29 @@ def test_http_server_dual_stack_serves_64mib_to_curl(tas, tmp_path):
     (www / "small.txt").write_text("hello from the stack\n")
     # '::' with IPV6_V6ONLY off is what `python3 -m http.server` opens when
     # getaddrinfo prefers IPv6; force it, the test namespace prefers IPv4
-    srv = tas_run(tas, "http.server", PY, "-u", "-m", "http.server", "--bind", "::", "--directory", www, 7101,
-                  ready="Serving HTTP")
+    srv = tas_run(
+        tas,
+        "http.server",
+        PY,
+        "-u",
+        "-m",
+        "http.server",
+        "--bind",
+        "::",
+        "--directory",
+        www,
+        7101,
+        ready="Serving HTTP",
+    )
     out = tmp_path / "got.bin"
     t = time.monotonic()
-    r = tas.topo.run(tas.topo.peer_ns, ["curl", "-sS", "--max-time", "60", "-o", str(out),
-                                        f"http://{STACK_IP}:7101/big.bin"], capture_output=True, text=True, timeout=90)
+    r = tas.topo.run(
+        tas.topo.peer_ns,
+        ["curl", "-sS", "--max-time", "60", "-o", str(out), f"http://{STACK_IP}:7101/big.bin"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     elapsed = time.monotonic() - t
     assert r.returncode == 0, r.stderr + srv.output()
     assert out.stat().st_size == 64 * MiB
@@ -122,13 +153,30 @@ def test_http_server_dual_stack_serves_64mib_to_curl(tas, tmp_path):
     deadline = time.monotonic() + 5
     while "::ffff:198.18.0.1" not in srv.stderr and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert "::ffff:198.18.0.1" in srv.stderr, srv.output()  # IPv4-mapped client address, as the kernel reports
+    assert "::ffff:198.18.0.1" in srv.stderr, (
+        srv.output()
+    )  # IPv4-mapped client address, as the kernel reports
     print(f"\nhttp.server -> curl: 64 MiB in {elapsed:.2f} s")
     # the unchanged default command (family chosen by getaddrinfo)
-    srv2 = tas_run(tas, "http.server-default", PY, "-u", "-m", "http.server", "--directory", www, 7102,
-                   ready="Serving HTTP")
-    r = tas.topo.run(tas.topo.peer_ns, ["curl", "-sS", "--max-time", "20", f"http://{STACK_IP}:7102/small.txt"],
-                     capture_output=True, text=True, timeout=30)
+    srv2 = tas_run(
+        tas,
+        "http.server-default",
+        PY,
+        "-u",
+        "-m",
+        "http.server",
+        "--directory",
+        www,
+        7102,
+        ready="Serving HTTP",
+    )
+    r = tas.topo.run(
+        tas.topo.peer_ns,
+        ["curl", "-sS", "--max-time", "20", f"http://{STACK_IP}:7102/small.txt"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 0 and r.stdout == "hello from the stack\n", r.stderr + srv2.output()
 
 
@@ -137,8 +185,20 @@ def test_urllib_downloads_from_linux_http_server(tas, tmp_path):
     www.mkdir()
     data = os.urandom(8 * MiB + 17)
     (www / "f.bin").write_bytes(data)
-    srv = linux(tas, "linux-http", PY, "-u", "-m", "http.server", "--bind", PEER_IP, "--directory", www, 7103,
-                ready="Serving HTTP")
+    srv = linux(
+        tas,
+        "linux-http",
+        PY,
+        "-u",
+        "-m",
+        "http.server",
+        "--bind",
+        PEER_IP,
+        "--directory",
+        www,
+        7103,
+        ready="Serving HTTP",
+    )
     res = tas_run(tas, "urllib", PY, APPS / "urllib_get.py", f"http://{PEER_IP}:7103/f.bin").result(60)
     assert res["status"] == 200 and res["bytes"] == len(data)
     assert res["sha256"] == hashlib.sha256(data).hexdigest()
@@ -151,16 +211,27 @@ def test_urllib_downloads_from_linux_http_server(tas, tmp_path):
 @pytest.mark.parametrize("kind", ["thread", "fork"])
 def test_socketserver_echo(tas, kind):
     port = 7104 if kind == "thread" else 7105
-    tas_run(tas, f"socketserver-{kind}", PY, "-u", APPS / "threading_echo.py", port,
-            *(["fork"] if kind == "fork" else []), ready="listening")
-    res = linux(tas, "echo-client", PY, APPS / "aio_echo.py", "client", STACK_IP, port,
-                "--conns", 10, "--msgs", 100).result(60)
+    tas_run(
+        tas,
+        f"socketserver-{kind}",
+        PY,
+        "-u",
+        APPS / "threading_echo.py",
+        port,
+        *(["fork"] if kind == "fork" else []),
+        ready="listening",
+    )
+    res = linux(
+        tas, "echo-client", PY, APPS / "aio_echo.py", "client", STACK_IP, port, "--conns", 10, "--msgs", 100
+    ).result(60)
     assert res["echoed"] == 1000 and res["eofs"] == 10
 
 
 def test_selectors_echo_mixing_shim_listener_and_pipe(tas):
     srv = tas_run(tas, "selectors", PY, "-u", APPS / "selectors_echo.py", 7106, 4, ready="listening")
-    cli = linux(tas, "echo-client", PY, APPS / "aio_echo.py", "client", STACK_IP, 7106, "--conns", 4, "--msgs", 50)
+    cli = linux(
+        tas, "echo-client", PY, APPS / "aio_echo.py", "client", STACK_IP, 7106, "--conns", 4, "--msgs", 50
+    )
     assert cli.result(60)["echoed"] == 200
     res = srv.result(30)
     assert res["clients"] == 4 and res["pipe"] == "".join(f"line {i}\n" for i in range(5))
@@ -174,11 +245,22 @@ LOOPS = ["asyncio", "uvloop-run", "uvloop-install", "uvloop-factory"]
 @pytest.mark.parametrize("loop", LOOPS)
 def test_asyncio_echo_server(tas, loop):
     port = 7110 + LOOPS.index(loop)
-    srv = tas_run(tas, f"aio-server-{loop}", PY, "-u", APPS / "aio_echo.py", "server", port, "--loop", loop,
-                  ready="listening")
+    srv = tas_run(
+        tas,
+        f"aio-server-{loop}",
+        PY,
+        "-u",
+        APPS / "aio_echo.py",
+        "server",
+        port,
+        "--loop",
+        loop,
+        ready="listening",
+    )
     assert ("uvloop" in srv.lines[0]) == (loop != "asyncio"), srv.output()
-    res = linux(tas, "echo-client", PY, APPS / "aio_echo.py", "client", STACK_IP, port,
-                "--conns", 10, "--msgs", 100).result(60)
+    res = linux(
+        tas, "echo-client", PY, APPS / "aio_echo.py", "client", STACK_IP, port, "--conns", 10, "--msgs", 100
+    ).result(60)
     assert res["echoed"] == 1000 and res["eofs"] == 10
 
 
@@ -186,8 +268,21 @@ def test_asyncio_echo_server(tas, loop):
 def test_asyncio_client_to_linux_server(tas, loop):
     port = 7120 + (loop != "asyncio")
     srv = linux(tas, "linux-aio-server", PY, "-u", APPS / "aio_echo.py", "server", port, ready="listening")
-    res = tas_run(tas, f"aio-client-{loop}", PY, APPS / "aio_echo.py", "client", PEER_IP, port, "--loop", loop,
-                  "--conns", 10, "--msgs", 100).result(60)
+    res = tas_run(
+        tas,
+        f"aio-client-{loop}",
+        PY,
+        APPS / "aio_echo.py",
+        "client",
+        PEER_IP,
+        port,
+        "--loop",
+        loop,
+        "--conns",
+        10,
+        "--msgs",
+        100,
+    ).result(60)
     assert res["echoed"] == 1000 and res["eofs"] == 10
     assert (res["loop"] == "uvloop") == (loop != "asyncio")
     assert peers(srv) == {STACK_IP}, srv.output()
@@ -199,13 +294,31 @@ def test_asyncio_client_to_linux_server(tas, loop):
 def test_tls_server_over_shim_to_python_ssl_client(tas, tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     r = subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=tas-shim-test",
-         "-keyout", str(key), "-out", str(cert)], capture_output=True, text=True, timeout=60,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=tas-shim-test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert r.returncode == 0, r.stderr
     srv = tas_run(tas, "tls-server", PY, "-u", APPS / "tls_echo.py", cert, key, 7130, ready="listening")
-    res = linux(tas, "tls-client", PY, APPS / "linux_helper.py", "tls_client", 7130, STACK_IP, cert,
-                1 * MiB).result(60)
+    res = linux(
+        tas, "tls-client", PY, APPS / "linux_helper.py", "tls_client", 7130, STACK_IP, cert, 1 * MiB
+    ).result(60)
     assert res["n"] == 1 * MiB
     line = srv.wait_line("peer ", 5)
     assert line.split()[1] == PEER_IP and "TLS" in line
@@ -214,7 +327,9 @@ def test_tls_server_over_shim_to_python_ssl_client(tas, tmp_path):
 def test_error_types(tas):
     for mode, port in (("rst", 7141), ("close", 7142), ("idle", 7143)):
         linux(tas, f"linux-{mode}", PY, "-u", APPS / "linux_helper.py", mode, port, ready="listening")
-    res = tas_run(tas, "errors", PY, APPS / "errors.py", PEER_IP, 7140, 7141, 7142, 7143).result(60, expect_ok=False)
+    res = tas_run(tas, "errors", PY, APPS / "errors.py", PEER_IP, 7140, 7141, 7142, 7143).result(
+        60, expect_ok=False
+    )
     assert res["rc"] == 0, json.dumps(res)
     want = {
         "refused": "ConnectionRefusedError:ECONNREFUSED",

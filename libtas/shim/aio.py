@@ -285,8 +285,12 @@ class ShimTransport(asyncio.Transport):
     def _fatal_error(self, exc) -> None:
         if not isinstance(exc, OSError):
             self._loop.call_exception_handler(
-                {"message": "Fatal error on tas shim transport", "exception": exc, "transport": self,
-                 "protocol": self._protocol}
+                {
+                    "message": "Fatal error on tas shim transport",
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
             )
         self._force_close(exc)
 
@@ -329,8 +333,17 @@ def _set_result_unless_cancelled(fut, result) -> None:
         fut.set_result(result)
 
 
-async def _make_transport(loop, sock, protocol_factory, ssl=None, server_side=False, server_hostname=None,
-                          ssl_handshake_timeout=None, ssl_shutdown_timeout=None, server=None):
+async def _make_transport(
+    loop,
+    sock,
+    protocol_factory,
+    ssl=None,
+    server_side=False,
+    server_hostname=None,
+    ssl_handshake_timeout=None,
+    ssl_shutdown_timeout=None,
+    server=None,
+):
     protocol = protocol_factory()
     waiter = loop.create_future()
     if ssl:
@@ -338,8 +351,14 @@ async def _make_transport(loop, sock, protocol_factory, ssl=None, server_side=Fa
 
         sslcontext = ssl if not isinstance(ssl, bool) else __import__("ssl").create_default_context()
         ssl_protocol = sslproto.SSLProtocol(
-            loop, protocol, sslcontext, waiter, server_side, server_hostname,
-            ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
+            loop,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
         ShimTransport(loop, sock, ssl_protocol, server=server)
         try:
@@ -360,8 +379,9 @@ async def _make_transport(loop, sock, protocol_factory, ssl=None, server_side=Fa
 class ShimServer(asyncio.AbstractServer):
     """asyncio.Server look-alike for shim listeners (uvloop)."""
 
-    def __init__(self, loop, sockets, protocol_factory, ssl, backlog, ssl_handshake_timeout,
-                 ssl_shutdown_timeout) -> None:
+    def __init__(
+        self, loop, sockets, protocol_factory, ssl, backlog, ssl_handshake_timeout, ssl_shutdown_timeout
+    ) -> None:
         self._loop = loop
         self._sockets = list(sockets)
         self._protocol_factory = protocol_factory
@@ -428,13 +448,24 @@ class ShimServer(asyncio.AbstractServer):
 
     async def _handle(self, conn) -> None:
         try:
-            await _make_transport(self._loop, conn, self._protocol_factory, self._ssl, True, None,
-                                  self._ssl_handshake_timeout, self._ssl_shutdown_timeout, server=self)
+            await _make_transport(
+                self._loop,
+                conn,
+                self._protocol_factory,
+                self._ssl,
+                True,
+                None,
+                self._ssl_handshake_timeout,
+                self._ssl_shutdown_timeout,
+                server=self,
+            )
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
             if self._loop.get_debug():
-                self._loop.call_exception_handler({"message": "Error on transport creation", "exception": exc})
+                self._loop.call_exception_handler(
+                    {"message": "Error on transport creation", "exception": exc}
+                )
 
     def close(self) -> None:
         sockets = self._sockets
@@ -521,15 +552,26 @@ def patch_uvloop(uvloop) -> None:
                         s.close()
                         raise
                     return await _make_transport(
-                        self, s, protocol_factory, kw.get("ssl"), False,
+                        self,
+                        s,
+                        protocol_factory,
+                        kw.get("ssl"),
+                        False,
                         kw.get("server_hostname") or (host if kw.get("ssl") else None),
-                        kw.get("ssl_handshake_timeout"), kw.get("ssl_shutdown_timeout"),
+                        kw.get("ssl_handshake_timeout"),
+                        kw.get("ssl_shutdown_timeout"),
                     )
             return await orig_cc(self, protocol_factory, host, port, **kw)
         if s is not None and is_shim(s):
             return await _make_transport(
-                self, s, protocol_factory, kw.get("ssl"), False, kw.get("server_hostname"),
-                kw.get("ssl_handshake_timeout"), kw.get("ssl_shutdown_timeout"),
+                self,
+                s,
+                protocol_factory,
+                kw.get("ssl"),
+                False,
+                kw.get("server_hostname"),
+                kw.get("ssl_handshake_timeout"),
+                kw.get("ssl_shutdown_timeout"),
             )
         return await orig_cc(self, protocol_factory, host, port, **kw)
 
@@ -563,8 +605,15 @@ def patch_uvloop(uvloop) -> None:
                     raise
         if socks is None:
             return await orig_cs(self, protocol_factory, host, port, **kw)
-        server = ShimServer(self, socks, protocol_factory, kw.get("ssl"), backlog,
-                            kw.get("ssl_handshake_timeout"), kw.get("ssl_shutdown_timeout"))
+        server = ShimServer(
+            self,
+            socks,
+            protocol_factory,
+            kw.get("ssl"),
+            backlog,
+            kw.get("ssl_handshake_timeout"),
+            kw.get("ssl_shutdown_timeout"),
+        )
         if kw.get("start_serving", True):
             server._start_serving()
             await asyncio.sleep(0)
@@ -572,8 +621,16 @@ def patch_uvloop(uvloop) -> None:
 
     async def connect_accepted_socket(self, protocol_factory, sock, **kw):
         if is_shim(sock):
-            return await _make_transport(self, sock, protocol_factory, kw.get("ssl"), True, None,
-                                         kw.get("ssl_handshake_timeout"), kw.get("ssl_shutdown_timeout"))
+            return await _make_transport(
+                self,
+                sock,
+                protocol_factory,
+                kw.get("ssl"),
+                True,
+                None,
+                kw.get("ssl_handshake_timeout"),
+                kw.get("ssl_shutdown_timeout"),
+            )
         return await orig_cas(self, protocol_factory, sock, **kw)
 
     Loop.create_connection = create_connection

@@ -264,7 +264,9 @@ class Runtime:
                     break
                 except OSError:
                     break
-            inner = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            inner = socket.socket(
+                socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+            )
             with self._lock:
                 self._counter += 1
                 token = self._counter

@@ -366,7 +366,11 @@ class ShimSocket(socket.socket):
     def getpeername(self):
         st = self._st
         if st is not None:
-            if st.kind != "conn" or st.remote is None or (st.link is not None and st.link.state == runtime.CONNECTING):
+            if (
+                st.kind != "conn"
+                or st.remote is None
+                or (st.link is not None and st.link.state == runtime.CONNECTING)
+            ):
                 raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
             return st.fmt(st.remote)
         if self._kernel:
@@ -383,7 +387,10 @@ class ShimSocket(socket.socket):
                 else:
                     _sup.setsockopt(self, level, optname, value, optlen)
             except OSError:
-                if (level, optname) not in _INT_OPTS_DEFAULT and optname not in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                if (level, optname) not in _INT_OPTS_DEFAULT and optname not in (
+                    socket.SO_RCVBUF,
+                    socket.SO_SNDBUF,
+                ):
                     raise
         elif st is None:
             if optlen is None:
@@ -398,16 +405,22 @@ class ShimSocket(socket.socket):
             else:
                 self._linger_abort = bool(onoff and linger == 0)
             return None
-        opts[(level, optname)] = value if value is None else _int_value(value) if not isinstance(
-            value, (bytes, bytearray)
-        ) or len(value) <= 4 else bytes(value)
+        opts[(level, optname)] = (
+            value
+            if value is None
+            else _int_value(value)
+            if not isinstance(value, (bytes, bytearray)) or len(value) <= 4
+            else bytes(value)
+        )
         return None
 
     def getsockopt(self, level, optname, buflen=None):
         st = self._st
         if st is None:
-            return _sup.getsockopt(self, level, optname) if buflen is None else _sup.getsockopt(
-                self, level, optname, buflen
+            return (
+                _sup.getsockopt(self, level, optname)
+                if buflen is None
+                else _sup.getsockopt(self, level, optname, buflen)
             )
         if level == socket.SOL_SOCKET and optname == socket.SO_ERROR:
             v = st.pending_error()
@@ -640,8 +653,10 @@ def _install_ssl() -> None:
             fd, cst, remote = _accept_fd(self, st)
             raw = ShimSocket(self.family, self.type, self.proto, fileno=fd)
             newsock = self.context.wrap_socket(
-                raw, do_handshake_on_connect=self.do_handshake_on_connect,
-                suppress_ragged_eofs=self.suppress_ragged_eofs, server_side=True,
+                raw,
+                do_handshake_on_connect=self.do_handshake_on_connect,
+                suppress_ragged_eofs=self.suppress_ragged_eofs,
+                server_side=True,
             )
             return newsock, cst.fmt(remote)
 

@@ -29,7 +29,9 @@ async def handle(reader, writer):
 
 async def server(port):
     srv = await asyncio.start_server(handle, "0.0.0.0", port)
-    print("listening", srv.sockets[0].getsockname()[1], type(asyncio.get_running_loop()).__module__, flush=True)
+    print(
+        "listening", srv.sockets[0].getsockname()[1], type(asyncio.get_running_loop()).__module__, flush=True
+    )
     async with srv:
         await srv.serve_forever()
 
@@ -55,8 +57,13 @@ async def client(ip, port, conns, msgs):
     t = time.monotonic()
     res = await asyncio.wait_for(asyncio.gather(*(one(ip, port, i, msgs) for i in range(conns))), 60)
     ok = sum(r[0] for r in res)
-    out = {"ok": ok == conns * msgs and all(r[1] for r in res), "echoed": ok, "eofs": sum(r[1] for r in res),
-           "elapsed": time.monotonic() - t, "loop": type(asyncio.get_running_loop()).__module__}
+    out = {
+        "ok": ok == conns * msgs and all(r[1] for r in res),
+        "echoed": ok,
+        "eofs": sum(r[1] for r in res),
+        "elapsed": time.monotonic() - t,
+        "loop": type(asyncio.get_running_loop()).__module__,
+    }
     print("RESULT " + json.dumps(out), flush=True)
     return 0 if out["ok"] else 1
 
@@ -71,8 +78,11 @@ def run(coro, how):
     if how == "uvloop-install":
         uvloop.install()
         return asyncio.run(coro)
-    return asyncio.run(coro, loop_factory=uvloop.new_event_loop) if sys.version_info >= (3, 12) else \
-        asyncio.Runner(loop_factory=uvloop.new_event_loop).run(coro)
+    return (
+        asyncio.run(coro, loop_factory=uvloop.new_event_loop)
+        if sys.version_info >= (3, 12)
+        else asyncio.Runner(loop_factory=uvloop.new_event_loop).run(coro)
+    )
 
 
 def main():

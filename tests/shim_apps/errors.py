@@ -16,7 +16,9 @@ res = {}
 
 
 def name(e):
-    return type(e).__name__ + (f":{errno.errorcode.get(e.errno, e.errno)}" if isinstance(e, OSError) and e.errno else "")
+    return type(e).__name__ + (
+        f":{errno.errorcode.get(e.errno, e.errno)}" if isinstance(e, OSError) and e.errno else ""
+    )
 
 
 # refused (blocking)

@@ -67,5 +67,8 @@ while (done < nclients or pipe_data.count(b"\n") < 5) and time.monotonic() < dea
                     pass
                 sel.modify(c, selectors.EVENT_READ | (selectors.EVENT_WRITE if pending[c] else 0), "conn")
 ok = done == nclients and pipe_data == b"".join(f"line {i}\n".encode() for i in range(5))
-print("RESULT " + json.dumps({"ok": ok, "clients": done, "echoed": echoed, "pipe": pipe_data.decode()}), flush=True)
+print(
+    "RESULT " + json.dumps({"ok": ok, "clients": done, "echoed": echoed, "pipe": pipe_data.decode()}),
+    flush=True,
+)
 sys.exit(0 if ok else 1)

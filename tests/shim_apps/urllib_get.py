@@ -14,4 +14,6 @@ with urllib.request.urlopen(sys.argv[1], timeout=30) as r:
             break
         h.update(b)
         n += len(b)
-print("RESULT " + json.dumps({"ok": True, "bytes": n, "sha256": h.hexdigest(), "status": r.status}), flush=True)
+print(
+    "RESULT " + json.dumps({"ok": True, "bytes": n, "sha256": h.hexdigest(), "status": r.status}), flush=True
+)

@@ -29,7 +29,9 @@ def _chain():
     try:
         from importlib.machinery import PathFinder
 
-        spec = PathFinder.find_spec("sitecustomize", [p for p in sys.path if os.path.abspath(p or ".") != here])
+        spec = PathFinder.find_spec(
+            "sitecustomize", [p for p in sys.path if os.path.abspath(p or ".") != here]
+        )
         if spec is not None and spec.loader is not None and spec.origin != __file__:
             code = spec.loader.get_code("sitecustomize")
             exec(code, {"__name__": "sitecustomize", "__file__": spec.origin})

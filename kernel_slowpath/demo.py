@@ -6,12 +6,16 @@ Steps (each bounded in time):
    ``linux_server=True``): a Linux peer at 198.18.0.1, the stack's TAP
    bridged in the stack namespace, and 198.18.0.3 as a Linux kernel address
    in the stack namespace for the comparison server;
-2. start ``tas start`` (198.18.0.2/24) and ``tas echo-server --port 7`` in
-   the stack namespace, and a threaded Linux echo server on 198.18.0.3:7;
+2. start ``tas start`` (198.18.0.2/24), ``tas echo-server --port 7`` and
+   ``tas kv-server --port 6379`` in the stack namespace, and a threaded Linux
+   echo server on 198.18.0.3:7 and the same kv-server code on Linux sockets
+   (``tas kv-server --kernel``) on 198.18.0.3:6379;
 3. drive both from the peer namespace with a client script: echo RPCs on one
    connection (rate, p50/p99 latency), 16 concurrent connections (aggregate
    rate), a bulk echo with a sha256 check (Gbit/s), and a connection rate
-   (connect + one 64 B echo + close);
+   (connect + one 64 B echo + close); then a key-value load: SET and GET
+   from 50 connections, 16 commands pipelined (redis-benchmark if installed,
+   else the built-in RESP load of libtas/kvserver.py);
 4. print a side-by-side table and the stack's counters, write
    ``out/demo/results.json`` and ``out/demo/demo.png`` (if matplotlib is
    importable) under the current directory;
@@ -42,6 +46,9 @@ from pathlib import Path
 #: Every namespace of a demo run starts with this (then 4 hex digits).
 DEMO_PREFIX = "tasdemo"
 ECHO_PORT = 7
+KV_PORT = 6379
+KV_CLIENTS = 50
+KV_PIPELINE = 16
 READY_TIMEOUT = 20.0
 STOP_GRACE = 5.0
 #: Time budget for the measurement phase as a whole (each step also has its own).
@@ -56,12 +63,15 @@ METRICS = [
     ("conc_rps", "echo RPC, {parallel} conns", "req/s", "conc", "rps"),
     ("bulk_gbps", "bulk echo {bulk_mib} MiB", "Gbit/s", "bulk", "gbps"),
     ("conn_rate", "connect+echo+close", "conn/s", "connrate", "cps"),
+    ("kv_set_rps", "KV SET, 50 conns, pipeline 16", "req/s", "kv", "set_rps"),
+    ("kv_get_rps", "KV GET, 50 conns, pipeline 16", "req/s", "kv", "get_rps"),
 ]
 TESTS = [
     ("rpc", "echo RPCs, 1 connection"),
     ("conc", "echo RPCs, {parallel} connections"),
     ("bulk", "bulk echo {bulk_mib} MiB"),
     ("connrate", "connection rate ({conns} conns)"),
+    ("kv", "key-value SET/GET ({kv_requests} each)"),
 ]
 SERVERS = ("stack", "linux")
 
@@ -442,8 +452,97 @@ def _start(run: Run) -> None:
         topo.stack_ns,
         [sys.executable, "-c", LINUX_ECHO, topo.linux_ip, str(ECHO_PORT)],
     )
-    _wait_for(echo, "listening", READY_TIMEOUT)
-    _wait_for(lin, "listening", READY_TIMEOUT)
+    kv = _spawn(
+        run,
+        "tas kv-server",
+        topo.stack_ns,
+        [*tas, "kv-server", "--port", str(KV_PORT), "--state-dir", str(state)],
+    )
+    kvl = _spawn(
+        run,
+        "linux kv-server",
+        topo.stack_ns,
+        [*tas, "kv-server", "--kernel", "--bind", topo.linux_ip, "--port", str(KV_PORT)],
+    )
+    for p in (echo, lin, kv, kvl):
+        _wait_for(p, "listening", READY_TIMEOUT)
+
+
+def _measure_kv(run: Run, host: str, timeout: float) -> dict:
+    """SET then GET from the peer namespace: redis-benchmark if installed
+    (exit status 0, every test reported), else the built-in RESP load."""
+    n = run.args.kv_requests
+    ns = ["ip", "netns", "exec", run.topo.peer_ns]
+    if shutil.which("redis-benchmark"):
+        argv = [
+            *ns,
+            "redis-benchmark",
+            "-h",
+            host,
+            "-p",
+            str(KV_PORT),
+            "-t",
+            "set,get",
+            "-c",
+            str(KV_CLIENTS),
+            "-P",
+            str(KV_PIPELINE),
+            "-n",
+            str(n),
+            "--csv",
+        ]
+        tool = "redis-benchmark"
+    else:
+        argv = [
+            *ns,
+            sys.executable,
+            "-m",
+            "libtas.kvserver",
+            "load",
+            host,
+            str(KV_PORT),
+            "--clients",
+            str(KV_CLIENTS),
+            "--pipeline",
+            str(KV_PIPELINE),
+            "--requests",
+            str(n),
+            "--timeout",
+            str(timeout),
+        ]
+        tool = "built-in"
+    try:
+        r = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout + 10,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
+    except subprocess.TimeoutExpired:
+        raise StepError(f"{tool} hung (killed after {timeout + 10:.0f} s)") from None
+    if r.returncode != 0:
+        raise StepError(f"{tool} exited {r.returncode}: {(r.stderr or r.stdout).strip()[-300:]}")
+    res = {"ok": True, "tool": tool, "requests": n, "clients": KV_CLIENTS, "pipeline": KV_PIPELINE}
+    if tool == "redis-benchmark":
+        for line in r.stdout.splitlines()[1:]:
+            cols = [c.strip('"') for c in line.split(",")]
+            if len(cols) >= 5 and cols[0] in ("SET", "GET"):
+                k = cols[0].lower()
+                res[f"{k}_rps"] = float(cols[1])
+                res[f"{k}_p50_ms"] = float(cols[4])
+                res[f"{k}_p99_ms"] = float(cols[6]) if len(cols) > 6 else None
+    else:
+        line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+        d = json.loads(line[len("RESULT ") :])
+        for k in ("set", "get"):
+            res[f"{k}_rps"] = d[k]["ops_per_s"]
+            res[f"{k}_p50_ms"] = d[k]["p50_ms"]
+            res[f"{k}_p99_ms"] = d[k]["p99_ms"]
+            res[f"{k}_latencies_ms"] = d[k]["batch_latencies_ms"]
+    if "set_rps" not in res or "get_rps" not in res:
+        raise StepError(f"{tool}: no SET/GET result in its output: {r.stdout.strip()[-300:]}")
+    return res
 
 
 def _measure(run: Run, test: str, server: str, timeout: float) -> dict:
@@ -454,6 +553,8 @@ def _measure(run: Run, test: str, server: str, timeout: float) -> dict:
         for p in run.procs:
             if p.name.startswith("tas") and p.popen.poll() is not None:
                 raise StepError(f"{p.name} is no longer running (exit {p.popen.returncode}):\n{_tail(p.log)}")
+    if test == "kv":
+        return _measure_kv(run, host, timeout)
     cfg = {
         "test": test,
         "host": host,
@@ -548,7 +649,7 @@ def _metric_rows(run: Run) -> list[dict]:
 def _table(run: Run):
     from rich.table import Table
 
-    t = Table(title="tas demo: userspace stack vs Linux (echo server, client = Linux in peer netns)")
+    t = Table(title="tas demo: userspace stack vs Linux (echo and KV servers, client = Linux in peer netns)")
     t.add_column("metric")
     t.add_column("stack", justify="right")
     t.add_column("Linux", justify="right")
@@ -602,6 +703,7 @@ def _write_results(run: Run, elapsed: float, interrupted: int) -> Path:
             "parallel": a.parallel,
             "bulk_mib": a.bulk_mib,
             "conns": a.conns,
+            "kv_requests": a.kv_requests,
             "step_timeout_s": a.step_timeout,
             "payload_bytes": 64,
         },
@@ -629,7 +731,7 @@ def _plot(run: Run) -> str:
     except ImportError:
         return "matplotlib is not importable: skipped the plot (pip install matplotlib)"
     rows = _metric_rows(run)
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
+    fig, axes = plt.subplots(2, 4, figsize=(15, 6.5))
     for ax, r in zip(axes.flat, rows, strict=False):
         vals = [r["stack"] or 0, r["linux"] or 0]
         bars = ax.bar(["stack", "Linux"], vals, color=["tab:orange", "tab:blue"])
@@ -672,7 +774,7 @@ def main(args: argparse.Namespace) -> int:
 
     out = Console()
     err = Console(stderr=True)
-    for name, default in (("parallel", 16), ("conns", 200), ("step_timeout", 30.0)):
+    for name, default in (("parallel", 16), ("conns", 200), ("step_timeout", 30.0), ("kv_requests", 20000)):
         if not hasattr(args, name):
             setattr(args, name, default)
     if os.geteuid() != 0:
@@ -686,7 +788,13 @@ def main(args: argparse.Namespace) -> int:
     run = Run(args, Path(tempfile.mkdtemp(prefix="tas-demo-")))
     interrupted = 0  # the signal number if interrupted
     steps = [
-        (t, s, d.format(parallel=args.parallel, bulk_mib=args.bulk_mib, conns=args.conns))
+        (
+            t,
+            s,
+            d.format(
+                parallel=args.parallel, bulk_mib=args.bulk_mib, conns=args.conns, kv_requests=args.kv_requests
+            ),
+        )
         for t, d in TESTS
         for s in SERVERS
     ]

@@ -150,3 +150,54 @@ def test_trace_one_flow_and_csv(tas, tmp_path):
     assert int(rows[-1]["rx_bytes"]) > 0 or len(rows) > 5
     for r in rows:
         assert int(r["cwnd"]) > 0 and int(r["snd_wnd"]) >= 0 and int(r["in_flight"]) >= 0
+
+
+def test_plot_script_trace_csv_and_results_json(tmp_path):
+    """scripts/plot.py: PNGs from a trace CSV and from a demo-style results JSON."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("matplotlib")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "plot.py"
+    csv_path = tmp_path / "t.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "t_s",
+                "flow",
+                "state",
+                "cwnd",
+                "ssthresh",
+                "srtt_us",
+                "in_flight",
+                "snd_wnd",
+                "rx_bytes",
+                "tx_bytes",
+                "retransmits",
+            ]
+        )
+        for i in range(20):
+            w.writerow(
+                [i * 0.01, 3, "ESTABLISHED", 14600 + i * 1460, 2**31 - 1, 200 + i, i * 100, 65535, 0, 0, 0]
+            )
+    doc = {
+        "metrics": {"kv_set_rps": {"label": "KV SET", "unit": "req/s", "stack": 10.0, "linux": 20.0}},
+        "raw": {"stack": {"kv": {"set_p50_ms": 1.0, "set_p99_ms": 3.0, "get_latencies_ms": [1.0, 2.0, 3.0]}}},
+    }
+    json_path = tmp_path / "results.json"
+    json_path.write_text(json.dumps(doc))
+    for inp, pngs in (
+        (csv_path, ("t-cwnd.png", "t-rtt.png")),
+        (json_path, ("results-throughput.png", "results-latency-cdf.png")),
+    ):
+        r = subprocess.run(
+            [sys.executable, str(script), str(inp), "--out", str(tmp_path / "png")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        for name in pngs:
+            assert (tmp_path / "png" / name).stat().st_size > 1000

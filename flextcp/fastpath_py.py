@@ -87,6 +87,8 @@ TAS_KQ_ENTRY_SIZE = 2048
 TAS_KQ_DATA = 2016
 TAS_KRX_PACKET = 1
 TAS_KRX_FLOW = 2
+TAS_KRX_CTX_BAD = 3
+FP_STRIKE_REPORT_US = 1000  # fp_internal.h
 TAS_EV_FIN_RCVD = 1
 TAS_EV_FIN_ACKED = 2
 TAS_KTX_FRAME = 1
@@ -238,7 +240,8 @@ class PyFPConfig:
 class _Ctx:
     """struct fp_ctx."""
 
-    __slots__ = ("region", "base", "len", "evfd", "id", "atx", "arx", "notify", "listed", "mv", "hdr")
+    __slots__ = ("region", "base", "len", "evfd", "id", "atx", "arx", "notify", "listed", "mv", "hdr",
+                 "strikes", "strikes_reported", "strike_us")
 
     def close(self) -> None:
         self.atx.close()
@@ -344,6 +347,9 @@ class PyFastPath:
             return -1
         c.notify = 0
         c.listed = 0
+        c.strikes = 0
+        c.strikes_reported = 0
+        c.strike_us = 0
         c.mv = region.view(0, length)
         c.hdr = ffi.cast("struct tas_ctx_hdr *", c.base)
         self.ctx[ctx_id] = c
@@ -429,6 +435,22 @@ class PyFastPath:
             return
         self.krx_posted += 1
 
+    def report_strikes(self, c: _Ctx) -> None:
+        """fp_main.c report_strikes: hostile entries so far, rate-limited."""
+        if c.strikes == c.strikes_reported or (
+            c.strikes_reported and ((self.now_us - c.strike_us) & M64) < FP_STRIKE_REPORT_US
+        ):
+            return
+        slot = bytearray(TAS_KQ_ENTRY_SIZE)
+        _KQ_HDR.pack_into(slot, 0, TAS_KRX_CTX_BAD, 0, c.id, min(c.strikes, M32), self.cfg.core,
+                          self.now_us, 0)
+        if self.krx.enqueue_n(slot, 1) != 1:
+            self.st.krx_full += 1
+            return
+        self.krx_posted += 1
+        c.strikes_reported = c.strikes
+        c.strike_us = self.now_us
+
     @staticmethod
     def kick(fd: int) -> None:
         try:
@@ -447,6 +469,7 @@ class PyFastPath:
             data = c.atx.dequeue_n(FP_ATX_BATCH)
             if c.atx.corrupt != corrupt:
                 st.ring_corrupt += 1
+                c.strikes += 1
             n = len(data) // TAS_ATX_ENTRY_SIZE
             work += n
             for j in range(n):
@@ -455,6 +478,7 @@ class PyFastPath:
                 )
                 if e_flow >= n_flows or e_kind != TAS_ATX_UPDATE:
                     st.atx_bad += 1
+                    c.strikes += 1
                     continue
                 f = self.flows + e_flow
                 lib.tas_flow_lock(f)
@@ -464,6 +488,8 @@ class PyFastPath:
                     or f.gen != e_gen
                     or f.flags & TAS_FF_DETACHED
                 ):
+                    if f.status == TAS_FLOW_ACTIVE and f.gen == e_gen and f.ctx_id != c.id:
+                        c.strikes += 1  # a live flow of another context
                     lib.tas_flow_unlock(f)
                     st.atx_bad += 1
                     continue
@@ -491,7 +517,9 @@ class PyFastPath:
                         bad = True
                 if bad:
                     st.atx_bad += 1
+                    c.strikes += 1
                 lib.tas_flow_unlock(f)
+            self.report_strikes(c)
         return work & M32
 
     def poll_sp(self) -> int:

@@ -15,9 +15,15 @@ def _add_state_dir(p: argparse.ArgumentParser) -> None:
 def cmd_start(a: argparse.Namespace) -> int:
     from kernel_slowpath import stack
 
+    if not 1 <= a.ctx_region_mb <= 4095:
+        print("tas start: --ctx-region-mb must be between 1 and 4095", file=sys.stderr)
+        return 2
     try:
         cfg = stack.parse_config(a.tap, a.ip, a.mac, a.gateway, a.fp_cores, a.state_dir,
-                                 n_flows=a.max_flows, poll_us=a.poll_us, rx_buf=a.rx_buf, tx_buf=a.tx_buf)
+                                 n_flows=a.max_flows, poll_us=a.poll_us, rx_buf=a.rx_buf, tx_buf=a.tx_buf,
+                                 allowed_uids=set(a.allow_uid) | {0} if a.allow_uid else None,
+                                 allow_privileged_ports=a.allow_privileged_ports,
+                                 strike_limit=a.strike_limit, region_len=a.ctx_region_mb << 20)
     except stack.StartError as e:
         print(f"tas start: {e}", file=sys.stderr)
         return 2
@@ -117,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="busy-poll this long after the last work before sleeping (default 500)")
     s.add_argument("--rx-buf", type=int, default=256 << 10, help="default receive buffer per flow (bytes)")
     s.add_argument("--tx-buf", type=int, default=256 << 10, help="default send buffer per flow (bytes)")
+    s.add_argument("--allow-uid", type=int, action="append", metavar="UID",
+                   help="let apps of this uid register (repeatable; default: root only)")
+    s.add_argument("--allow-privileged-ports", action="store_true",
+                   help="let any app use ports below 1024 (default: uid 0 or CAP_NET_BIND_SERVICE)")
+    s.add_argument("--strike-limit", type=int, default=1024, metavar="N",
+                   help="disconnect an app after N invalid queue entries (0: never; default 1024)")
+    s.add_argument("--ctx-region-mb", type=int, default=256, metavar="MIB",
+                   help="shared memory per app context for flow buffers (default 256)")
     s.set_defaults(func=cmd_start)
 
     s = sub.add_parser("stats", help="counters of a running stack (see docs/STATS.md)")

@@ -267,6 +267,13 @@ class Engine:
                     self.on_flow_event(flow_id, events)
                 except Exception:
                     log.exception("slow path failed on a flow event")
+            elif kind == lib.TAS_KRX_CTX_BAD:  # flow_id: context, events: its strikes so far
+                cb = getattr(self, "on_ctx_bad", None)  # set by the stack (server.ctx_strikes)
+                if cb is not None:
+                    try:
+                        cb(flow_id, events)
+                    except Exception:
+                        log.exception("slow path failed on a context strike report")
 
     def on_frame(self, frame: bytes) -> None:
         p = self._pkt

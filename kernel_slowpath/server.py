@@ -48,6 +48,20 @@ DEFAULT_BUF = 64 << 10
 # A peer that stops reading its socket is dropped once this many messages wait.
 MAX_OUTQ = 16384
 _UCRED = struct.Struct("3i")
+PRIVILEGED_PORT_MAX = 1023
+CAP_NET_BIND_SERVICE = 10
+
+
+def read_cap_eff(pid: int) -> int:
+    """The effective capability set of pid (0 if it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 class Engine(Protocol):  # the seam documented in docs/CONTROL.md
@@ -250,12 +264,18 @@ class App:
         self.dead = False
         self.requests = 0
         self.errors = 0
+        # read at accept (the pid cannot have been reused yet: its socket is open)
+        self.cap_eff = read_cap_eff(pid)
         self._outq: deque[tuple[bytes, list[int]]] = deque()
         self._writing = False
         self._deferred: list[tuple[Context, dict]] | None = None
 
     def __repr__(self) -> str:
         return f"<App {self.app_id} pid={self.pid} uid={self.uid}>"
+
+    def may_bind_privileged(self) -> bool:
+        """Linux's rule for ports below 1024: uid 0 or CAP_NET_BIND_SERVICE."""
+        return self.uid == 0 or bool(self.cap_eff >> CAP_NET_BIND_SERVICE & 1)
 
     # -- output -------------------------------------------------------------
     def send(self, msg: dict, fds: list[int] | tuple[int, ...] = ()) -> None:
@@ -324,6 +344,8 @@ class ControlServer:
         atx_slots: int = 1024,
         arx_slots: int = 2048,
         default_buf: int = DEFAULT_BUF,
+        allow_privileged_ports: bool = False,
+        strike_limit: int = 0,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / "control.sock"
@@ -333,6 +355,8 @@ class ControlServer:
         self.local_mac = local_mac
         self.region_len = region_len
         self.allowed_uids = set(allowed_uids) if allowed_uids is not None else None
+        self.allow_privileged_ports = allow_privileged_ports
+        self.strike_limit = strike_limit
         self.atx_slots = atx_slots
         self.arx_slots = arx_slots
         self.default_buf = _round_buf(default_buf, DEFAULT_BUF)
@@ -343,7 +367,9 @@ class ControlServer:
         self._ctx_ids = IdPool(TAS_MAX_CTX)
         self._lsock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.counters = {"accepted": 0, "refused": 0, "requests": 0, "errors": 0, "bad_requests": 0}
+        self.counters = {"accepted": 0, "refused": 0, "requests": 0, "errors": 0, "bad_requests": 0,
+                         "apps_gone": 0, "hostile_disconnects": 0, "privileged_port_denied": 0}
+        self.strikes: dict[int, int] = {}  # ctx_id -> invalid queue entries reported by the FPs
         self._handlers = {
             "hello": self._op_hello,
             "ctx_create": self._op_ctx_create,
@@ -367,7 +393,10 @@ class ControlServer:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
             s.bind(str(self.path))
-            os.chmod(self.path, 0o660)
+            # the state dir (0700) keeps everyone but root out unless other
+            # uids were allowed: then it is 0711 and they are checked with
+            # SO_PEERCRED at accept
+            os.chmod(self.path, 0o660 if self.allowed_uids is None else 0o666)
             s.listen(128)
             s.setblocking(False)
         except BaseException:
@@ -480,6 +509,7 @@ class ControlServer:
         app.sock.close()
         del self.apps[app.app_id]
         self._app_ids.put(app.app_id)
+        self.counters["apps_gone"] += 1
         log.info("app %d (pid %d) gone: %s; %d context(s) released", app.app_id, app.pid, why, n)
 
     def _destroy_ctx(self, ctx: Context) -> None:
@@ -510,7 +540,28 @@ class ControlServer:
             log.exception("fpm.remove_ctx(%d) failed", ctx.ctx_id)
         ctx._destroy()
         self.contexts.pop(ctx.ctx_id, None)
+        self.strikes.pop(ctx.ctx_id, None)
         self._ctx_ids.put(ctx.ctx_id)
+
+    def ctx_strikes(self, ctx_id: int, total: int) -> None:
+        """A fast path reports that context ctx_id has put ``total`` hostile
+        entries on its queue (out-of-range flow ids or positions, another
+        context's flow, a corrupted ring index).  Past ``strike_limit`` (summed
+        over cores) its app is disconnected: all its flows are reset, its
+        memory is released, its control socket is closed."""
+        ctx = self.contexts.get(ctx_id)
+        if ctx is None or ctx.closed or ctx.orphaned:
+            return
+        # the report is cumulative per core; keep the largest seen per core
+        # approximately by summing increments
+        prev = self.strikes.get(ctx_id, 0)
+        self.strikes[ctx_id] = max(prev, total)
+        if self.strike_limit and self.strikes[ctx_id] >= self.strike_limit and not ctx.app.dead:
+            app = ctx.app
+            log.warning("app %d (pid %d): context %d made %d invalid queue entries: disconnecting it",
+                        app.app_id, app.pid, ctx_id, self.strikes[ctx_id])
+            self.counters["hostile_disconnects"] += 1
+            self._app_gone(app, "hostile: invalid queue entries")
 
     # -- requests -----------------------------------------------------------
     def _bad_request(self, app: App, e: ProtocolError, fds: list[int] = ()) -> None:
@@ -633,9 +684,16 @@ class ControlServer:
         self._destroy_ctx(self._ctx(app, req.args["ctx"]))
         return {}
 
+    def _check_port(self, app: App, port: int) -> None:
+        if 0 < port <= PRIVILEGED_PORT_MAX and not self.allow_privileged_ports \
+                and not app.may_bind_privileged():
+            self.counters["privileged_port_denied"] += 1
+            raise OSError(errno.EACCES, f"port {port} needs uid 0 or CAP_NET_BIND_SERVICE")
+
     def _op_listen(self, app: App, req: ctlproto.Request):
         ctx = self._ctx(app, req.args["ctx"])
         a = req.args
+        self._check_port(app, a["port"])
         port = self.engine.listen(ctx, a["port"], a["backlog"], a["reuseaddr"])
         ctx.listeners.add(port)
         return {"listener": port, "port": port}
@@ -652,6 +710,7 @@ class ControlServer:
     def _op_connect(self, app: App, req: ctlproto.Request):
         a = req.args
         ctx = self._ctx(app, a["ctx"])
+        self._check_port(app, a["local_port"])
         rx_len = _round_buf(a["rx_buf"], ctx.rx_buf)
         tx_len = _round_buf(a["tx_buf"], ctx.tx_buf)
         info = FlowInfo.from_dict(
@@ -688,9 +747,23 @@ class ControlServer:
         return {"flows": list(self.engine.flows())}
 
     def stats(self) -> dict:
+        per_app = []
+        for app in self.apps.values():
+            ctxs = list(app.contexts.values())
+            per_app.append({
+                "app_id": app.app_id, "pid": app.pid, "uid": app.uid, "contexts": len(ctxs),
+                "flows": sum(len(c.flows) for c in ctxs),
+                "heap_used": sum(c.heap.used_bytes for c in ctxs),
+                "region_bytes": sum(c.region_len for c in ctxs),
+                "strikes": sum(self.strikes.get(c.ctx_id, 0) for c in ctxs),
+            })
+        orphaned = [c for c in self.contexts.values() if c.orphaned]
         return {
             "apps": len(self.apps),
             "contexts": len(self.contexts),
+            "orphaned_contexts": len(orphaned),
             "heap_used": sum(c.heap.used_bytes for c in self.contexts.values()),
+            "per_app": per_app,
+            "fp_restarts": sum(getattr(self.fpm, "restarts", ()) or ()),
             **self.counters,
         }

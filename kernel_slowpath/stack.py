@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,9 @@ from nicemu import tap as tapmod
 log = logging.getLogger("tas")
 
 DEFAULT_STATE_DIR = "/run/tas/default"
+FP_RESTART_WINDOW_S = 60.0
+# a flow lock still held after this many 1 ms samples belongs to a dead process
+STALE_LOCK_SAMPLES = 20
 
 
 class StartError(Exception):
@@ -56,6 +60,12 @@ class StackConfig:
     tx_buf: int = 256 << 10
     region_len: int = 256 << 20
     allowed_uids: set[int] | None = None
+    allow_privileged_ports: bool = False
+    # an app context whose queue entries were invalid (hostile, not merely
+    # stale) this many times is disconnected; 0 = never
+    strike_limit: int = 1024
+    # fast-path restarts allowed within FP_RESTART_WINDOW_S before giving up
+    fp_max_restarts: int = 5
 
 
 def default_state_dir() -> Path:
@@ -98,12 +108,19 @@ def check_environment() -> None:
         raise StartError(f"{tapmod.TUN_PATH} is missing: no TUN/TAP support on this machine")
 
 
-def lock_state_dir(state_dir: Path) -> int:
-    """Create the state dir (0700) and take its lock; fail if a live stack
-    holds it.  The lock dies with the process, so a crashed stack never
-    blocks the next start."""
+def lock_state_dir(state_dir: Path, shared: bool = False) -> int:
+    """Create the state dir (0700; 0711 when other uids are allowed, so they
+    can reach the socket but not list the dir), check that nobody but root
+    owns or can write it, and take its lock; fail if a live stack holds it.
+    The lock dies with the process, so a crashed stack never blocks the next
+    start."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(state_dir, 0o700)
+    st = os.lstat(state_dir)
+    if not os.path.isdir(state_dir) or os.path.islink(state_dir):
+        raise StartError(f"state dir {state_dir} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise StartError(f"state dir {state_dir} is owned by uid {st.st_uid}, not by us")
+    os.chmod(state_dir, 0o711 if shared else 0o700)
     fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -132,11 +149,15 @@ class Stack:
         self.krx: list[Ring] = []
         self.ktx: list[Ring] = []
         self._stop = asyncio.Event()
+        self._pidfds: dict[int, int] = {}
+        self._fp_deaths: list[float] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self, ready_out=sys.stdout) -> int:
         cfg = self.cfg
         check_environment()
-        self.lock_fd = lock_state_dir(cfg.state_dir)
+        self.lock_fd = lock_state_dir(cfg.state_dir, shared=bool(cfg.allowed_uids - {0})
+                                      if cfg.allowed_uids else False)
         try:
             self._bring_up()
             loop = asyncio.get_running_loop()
@@ -146,18 +167,25 @@ class Stack:
             self.engine.core_stats = self.fp_stats
             self.server = ControlServer(cfg.state_dir, self.engine, self.fpm, cfg.ip, tapmod.mac_str(cfg.mac),
                                         region_len=cfg.region_len, allowed_uids=cfg.allowed_uids,
-                                        default_buf=cfg.rx_buf)
+                                        default_buf=cfg.rx_buf,
+                                        allow_privileged_ports=cfg.allow_privileged_ports,
+                                        strike_limit=cfg.strike_limit)
+            self.engine.on_ctx_bad = self.server.ctx_strikes
             await self.server.start()
+            self._loop = loop
             loop.add_reader(self.sp_evfd, self._on_doorbell)
             self.engine.start()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stop.set)
+            for core in range(cfg.fp_cores):
+                self._watch_fp(core)
             watchdog = loop.create_task(self._watch_fastpaths())
             self._on_doorbell()
             print(f"tas: ready on {cfg.tap} {cfg.ip}/{cfg.prefix} mac {tapmod.mac_str(cfg.mac)} "
                   f"fp-cores {cfg.fp_cores} state-dir {cfg.state_dir}", file=ready_out, flush=True)
             await self._stop.wait()
             watchdog.cancel()
+            self._unwatch_fps()
             log.info("stopping: resetting %d open flows", len(self.engine.conns))
             self.engine.reset_all()
             self._drain_ktx_soon()
@@ -216,15 +244,101 @@ class Stack:
             out.append(s)
         return out
 
+    # -- fast-path supervision ------------------------------------------------
+    def _watch_fp(self, core: int) -> None:
+        """Get told (pidfd readable) the moment the fast path of core exits."""
+        try:
+            fd = os.pidfd_open(self.fpm.procs[core].pid)
+        except OSError:  # already gone (reaped): the polling watchdog sees it
+            return
+        self._pidfds[core] = fd
+        self._loop.add_reader(fd, self._on_fp_exit, core)
+
+    def _unwatch_fps(self) -> None:
+        for fd in self._pidfds.values():
+            self._loop.remove_reader(fd)
+            os.close(fd)
+        self._pidfds.clear()
+
+    def _on_fp_exit(self, core: int) -> None:
+        fd = self._pidfds.pop(core, None)
+        if fd is not None:
+            self._loop.remove_reader(fd)
+            os.close(fd)
+        if self._stop.is_set():
+            return
+        proc = self.fpm.procs[core]
+        proc.poll()
+        now = time.monotonic()
+        self._fp_deaths = [t for t in self._fp_deaths if now - t < FP_RESTART_WINDOW_S] + [now]
+        if len(self._fp_deaths) > self.cfg.fp_max_restarts:
+            log.error("fast path core %d died (exit %s), %d deaths within %.0f s: resetting all flows "
+                      "and stopping", core, proc.returncode, len(self._fp_deaths), FP_RESTART_WINDOW_S)
+            self._stop.set()
+            return
+        log.error("fast path core %d died (exit %s): restarting it with flow state intact",
+                  core, proc.returncode)
+        try:
+            self._repair_after_fp_death()
+            live = [(c.ctx_id, c.region.fd, c.evfd, self.server.atx_slots, self.server.arx_slots)
+                    for c in list(self.server.contexts.values()) if not c.closed]
+            self.fpm.restart(core, live)
+        except Exception:
+            log.exception("restarting fast path core %d failed: stopping", core)
+            self._stop.set()
+            return
+        log.info("fast path core %d restarted (pid %d), %d context(s) re-attached",
+                 core, self.fpm.procs[core].pid, len(live))
+        self._watch_fp(core)
+        self._kick_flows(list(self.engine.conns.values()), tries=20)
+        self._on_doorbell()
+
+    def _repair_after_fp_death(self) -> None:
+        """What a fast path killed mid-poll can leave behind in the stack
+        region: a flow lock it held (it never holds more than one, for
+        microseconds; the slow path never holds one while in Python), and
+        flows marked as queued on its private transmit/ACK queues, which
+        died with it."""
+        ft = self.ft
+        held = [fid for fid in range(self.cfg.n_flows) if ft.flow(fid).lock]
+        for _ in range(STALE_LOCK_SAMPLES):
+            if not held:
+                break
+            time.sleep(0.001)
+            held = [fid for fid in held if ft.flow(fid).lock]
+        for fid in held:
+            log.warning("flow %d: releasing a lock held by the dead fast path", fid)
+            lib.tas_flow_unlock(ft.flow(fid))
+        mask = lib.TAS_FF_IN_TXQ | lib.TAS_FF_IN_ACKQ
+        for conn in list(self.engine.conns.values()):
+            if not conn.installed:
+                continue
+            f = ft.flow(conn.fid)
+            lib.tas_flow_lock(f)
+            f.flags &= ~mask & 0xFFFFFFFF
+            lib.tas_flow_unlock(f)
+
+    def _kick_flows(self, conns: list, tries: int) -> None:
+        """Ask the fast paths to look at every flow again (their transmit
+        queues were lost); whatever does not fit in the KTX rings now is
+        retried shortly."""
+        left = []
+        for conn in conns:
+            if self.engine.conns.get(conn.fid) is not conn or not conn.installed:
+                continue
+            if not self.engine._ktx(conn.core, lib.TAS_KTX_KICK, flow_id=conn.fid):
+                left.append(conn)
+        self.fpm.kick_all()
+        if left and tries > 0 and not self._stop.is_set():
+            self._loop.call_later(0.02, self._kick_flows, left, tries - 1)
+
     async def _watch_fastpaths(self) -> None:
+        """Backstop for the pidfd watch (e.g. pidfd_open unavailable)."""
         while True:
             await asyncio.sleep(0.5)
             for core, alive in enumerate(self.fpm.alive()):
-                if not alive:
-                    log.error("fast path core %d died (exit %s): resetting all flows and stopping",
-                              core, self.fpm.procs[core].returncode)
-                    self._stop.set()
-                    return
+                if not alive and core not in self._pidfds:
+                    self._on_fp_exit(core)
 
     def _drain_ktx_soon(self) -> None:
         """Give the fast paths a moment to put the final RSTs on the wire."""

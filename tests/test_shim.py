@@ -291,7 +291,9 @@ def test_asyncio_client_to_linux_server(tas, loop):
 # -- TLS, errors ---------------------------------------------------------------------------------------------
 
 
-def test_tls_server_over_shim_to_python_ssl_client(tas, tmp_path):
+@pytest.mark.parametrize("app", ["tls_echo.py", "tls_aio.py"])
+def test_tls_server_over_shim_to_python_ssl_client(tas, tmp_path, app):
+    """ssl-wrapped blocking listener (threads), and asyncio TLS on uvloop."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     r = subprocess.run(
         [
@@ -315,9 +317,10 @@ def test_tls_server_over_shim_to_python_ssl_client(tas, tmp_path):
         timeout=60,
     )
     assert r.returncode == 0, r.stderr
-    srv = tas_run(tas, "tls-server", PY, "-u", APPS / "tls_echo.py", cert, key, 7130, ready="listening")
+    port = 7130 if app == "tls_echo.py" else 7131
+    srv = tas_run(tas, "tls-server", PY, "-u", APPS / app, cert, key, port, ready="listening")
     res = linux(
-        tas, "tls-client", PY, APPS / "linux_helper.py", "tls_client", 7130, STACK_IP, cert, 1 * MiB
+        tas, "tls-client", PY, APPS / "linux_helper.py", "tls_client", port, STACK_IP, cert, 1 * MiB
     ).result(60)
     assert res["n"] == 1 * MiB
     line = srv.wait_line("peer ", 5)
@@ -353,3 +356,14 @@ def test_error_types(tas):
     assert {k: res.get(k) for k in want} == want
     assert res["send_after_close"][-1] == "BrokenPipeError:EPIPE"
     assert 0.25 <= res["timeout_waited"] <= 2
+
+
+def test_threads_share_a_socket_and_close_then_exit_delivers(tas):
+    echo = linux(tas, "linux-echo", PY, "-u", APPS / "aio_echo.py", "server", 7150, ready="listening")
+    sink = tas.peer("server", PEER_IP, 7151, script="recv_eof,close", timeout=30, ready="listening")
+    res = tas_run(tas, "threads", PY, APPS / "threads_client.py", PEER_IP, 7150, 7151).result(60)
+    assert res["echoed"] == 4 * MiB
+    got = sink.result(30)
+    want = bytes(range(256)) * (8 * 4096)
+    assert got["rx_bytes"] == len(want) and got["rx_sha256"] == hashlib.sha256(want).hexdigest()
+    assert peers(echo) == {STACK_IP}

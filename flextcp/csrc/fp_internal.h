@@ -35,7 +35,13 @@ struct fp_ctx {
     struct tas_ring arx;        /* we produce */
     uint32_t notify;            /* posted ARX entries since last kick */
     uint32_t listed;            /* on the active list */
+    uint64_t strikes;           /* hostile ATX entries / ring corruptions seen */
+    uint64_t strikes_reported;  /* value last posted to the slow path */
+    uint64_t strike_us;         /* when it was posted */
 };
+
+/* At most one TAS_KRX_CTX_BAD report per context per this many us. */
+#define FP_STRIKE_REPORT_US 1000
 
 struct tas_fp {
     struct tas_fp_config cfg;

@@ -232,7 +232,34 @@ static void kick(int fd)
     (void)r;
 }
 
-/* Application updates: validated, never trusted. */
+/* Tell the slow path how many hostile entries a context has made so far
+ * (it disconnects repeat offenders); rate-limited per context. */
+static void report_strikes(struct tas_fp *fp, struct fp_ctx *c)
+{
+    if (c->strikes == c->strikes_reported ||
+        (c->strikes_reported && fp->now_us - c->strike_us < FP_STRIKE_REPORT_US))
+        return;
+    uint8_t slot[TAS_KQ_ENTRY_SIZE];
+    struct tas_krx *k = (struct tas_krx *)slot;
+    memset(k, 0, offsetof(struct tas_krx, data));
+    k->kind = TAS_KRX_CTX_BAD;
+    k->flow_id = c->id;
+    k->events = c->strikes > UINT32_MAX ? UINT32_MAX : (uint32_t)c->strikes;
+    k->core = fp->cfg.core;
+    k->now_us = fp->now_us;
+    if (tas_ring_enqueue_n(&fp->krx, slot, 1) != 1) {
+        fp->st->krx_full++;
+        return;
+    }
+    fp->krx_posted++;
+    c->strikes_reported = c->strikes;
+    c->strike_us = fp->now_us;
+}
+
+/* Application updates: validated, never trusted.  Entries for a flow that
+ * is no longer the app's (closed, reset, reused: status, generation or
+ * DETACHED differ) can be stale and are only counted (atx_bad); anything
+ * no correct app can produce is also a strike against its context. */
 static uint32_t poll_apps(struct tas_fp *fp)
 {
     struct tas_atx ents[FP_ATX_BATCH];
@@ -241,8 +268,10 @@ static uint32_t poll_apps(struct tas_fp *fp)
         struct fp_ctx *c = fp->ctx[fp->active[i]];
         uint64_t corrupt = c->atx.corrupt;
         uint32_t n = tas_ring_dequeue_n(&c->atx, ents, FP_ATX_BATCH);
-        if (c->atx.corrupt != corrupt)
+        if (c->atx.corrupt != corrupt) {
             fp->st->ring_corrupt++;
+            c->strikes++;
+        }
         work += n;
         for (uint32_t j = 0; j < n; j++) {
             struct tas_atx *e = &ents[j];
@@ -254,8 +283,11 @@ static uint32_t poll_apps(struct tas_fp *fp)
             tas_flow_lock(f);
             if (f->status != TAS_FLOW_ACTIVE || f->ctx_id != c->id || f->gen != e->gen ||
                 (f->flags & TAS_FF_DETACHED)) {
+                if (f->status == TAS_FLOW_ACTIVE && f->gen == e->gen && f->ctx_id != c->id)
+                    c->strikes++;  /* a live flow of another context */
                 tas_flow_unlock(f);
                 fp->st->atx_bad++;
+                c->strikes++;
                 continue;
             }
             int bad = 0;
@@ -284,10 +316,13 @@ static uint32_t poll_apps(struct tas_fp *fp)
                     bad = 1;
                 }
             }
-            if (bad)
+            if (bad) {
                 fp->st->atx_bad++;
+                c->strikes++;
+            }
             tas_flow_unlock(f);
         }
+        report_strikes(fp, c);
     }
     return work;
 }

@@ -229,6 +229,7 @@ struct tas_ft_hdr {
 
 #define TAS_KRX_PACKET 1      /* a frame the fast path does not handle */
 #define TAS_KRX_FLOW 2        /* flow event(s), bits in `events` */
+#define TAS_KRX_CTX_BAD 3     /* context `flow_id` made `events` hostile ATX entries (cumulative, this core) */
 
 #define TAS_EV_FIN_RCVD 1     /* in-order FIN received */
 #define TAS_EV_FIN_ACKED 2    /* our FIN was acknowledged */

@@ -220,6 +220,8 @@ REQUESTS: dict[str, dict[str, _F]] = {
         "reuseaddr": _F(bool, default=False),
     },
     "listen_close": {"listener": _F(int, U32)},
+    "bind": {"ctx": _F(int, U32), "port": _F(int, PORT), "reuseaddr": _F(bool, default=False)},
+    "unbind": {"ctx": _F(int, U32), "port": _F(int, (1, 65535))},
     "connect": {
         "ctx": _F(int, U32),
         "ip": _F(_IPv4),
@@ -256,6 +258,8 @@ REPLIES: dict[str, dict[str, _F]] = {
     "ctx_close": {},
     "listen": {"listener": _F(int, U32), "port": _F(int, PORT)},
     "listen_close": {},
+    "bind": {"port": _F(int, (1, 65535))},
+    "unbind": {},
     "connect": {"flow": _F(_FlowDict)},
     "shutdown": {},
     "close": {},

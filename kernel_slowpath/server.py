@@ -376,6 +376,8 @@ class ControlServer:
             "ctx_close": self._op_ctx_close,
             "listen": self._op_listen,
             "listen_close": self._op_listen_close,
+            "bind": self._op_bind,
+            "unbind": self._op_unbind,
             "connect": self._op_connect,
             "shutdown": self._op_shutdown,
             "close": self._op_close,
@@ -689,6 +691,16 @@ class ControlServer:
                 and not app.may_bind_privileged():
             self.counters["privileged_port_denied"] += 1
             raise OSError(errno.EACCES, f"port {port} needs uid 0 or CAP_NET_BIND_SERVICE")
+
+    def _op_bind(self, app: App, req: ctlproto.Request):
+        a = req.args
+        ctx = self._ctx(app, a["ctx"])
+        return {"port": self.engine.bind(ctx, a["port"], a["reuseaddr"])}
+
+    def _op_unbind(self, app: App, req: ctlproto.Request):
+        a = req.args
+        self.engine.unbind(self._ctx(app, a["ctx"]), a["port"])
+        return {}
 
     def _op_listen(self, app: App, req: ctlproto.Request):
         ctx = self._ctx(app, req.args["ctx"])

@@ -502,6 +502,21 @@ class Context:
             except BlockingIOError:
                 pass
 
+    def bind(self, port: int = 0, reuseaddr: bool = False) -> int:
+        """Reserve a local port now (0: an ephemeral one), like bind(2):
+        EADDRINUSE is raised here.  A later listen()/connect(local_port=)
+        of this context takes the reservation; unbind() returns it."""
+        with self._lock:
+            self._check_open()
+            rep, _ = self.stack._call("bind", ctx=self.ctx_id, port=port, reuseaddr=reuseaddr)
+            return rep["port"]
+
+    def unbind(self, port: int) -> None:
+        """Give back a port reserved with bind() and never used."""
+        with self._lock:
+            self._check_open()
+            self.stack._call("unbind", ctx=self.ctx_id, port=port)
+
     def listen(self, port: int, backlog: int = 128, reuseaddr: bool = False) -> Listener:
         with self._lock:
             self._check_open()

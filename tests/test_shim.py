@@ -350,6 +350,7 @@ def test_error_types(tas):
         "peer_close_eof": True,
         "addrinuse": "OSError:EADDRINUSE",
         "ephemeral": True,
+        "bound_port_taken": True,
         "nb_accept": "BlockingIOError:EAGAIN",
         "udp_type": "socket",
     }

@@ -145,6 +145,7 @@ class ShimSocket(socket.socket):
         self._st: ShimState | None = lookup(fileno) if fileno is not None else None
         self._kernel = fileno is not None and self._st is None
         self._bound: tuple | None = None  # (ip, port) when bound for the stack
+        self._reserved = None  # the runtime holding our bind() reservation
         self._pre_opts: dict = {}
 
     # -- routing -------------------------------------------------------------------
@@ -211,9 +212,13 @@ class ShimSocket(socket.socket):
                     errno.EADDRNOTAVAIL,
                     f"Cannot assign requested address (tas shim: the stack owns only {rt.local_ip})",
                 )
-        else:
-            runtime.get()  # fail now (clearly) if no stack runs
+        rt = runtime.get()  # fails now (clearly) if no stack runs
+        # reserve the port in the stack now, as the kernel does: EADDRINUSE
+        # here, and bind(('', 0)) learns its ephemeral port at once
+        reuse = bool(self._pre_opts.get((socket.SOL_SOCKET, socket.SO_REUSEADDR)))
+        port = rt.ctx.bind(port, reuseaddr=reuse)
         self._bound = (ip, port)
+        self._reserved = rt
 
     def listen(self, backlog: int | None = None) -> None:
         if self._kernel:
@@ -516,6 +521,13 @@ class ShimSocket(socket.socket):
     # -- teardown ----------------------------------------------------------------------------
     def _real_close(self):
         st = self._st
+        if st is None and self._reserved is not None and self._reserved is runtime.current():
+            # bound but never listened/connected: give the port back
+            try:
+                self._reserved.ctx.unbind(self._bound[1])
+            except OSError:
+                pass
+            self._reserved = None
         if st is not None and st.rt is runtime.current():
             if st.kind == "listen" and st.listen is not None:
                 st.rt.close_listener(st.listen)

@@ -107,17 +107,31 @@ a.bind(("", 7777))
 a.listen()
 b = socket.socket()
 try:
-    b.bind(("", 7777))
-    b.listen()
+    b.bind(("", 7777))  # the kernel says EADDRINUSE at bind(), not listen()
     res["addrinuse"] = "none"
 except OSError as e:
     res["addrinuse"] = name(e)
 b.close()
-# ephemeral bind
+# a bound-but-unused port is taken until closed, then free again
+d = socket.socket()
+d.bind(("", 7779))
+e2 = socket.socket()
+try:
+    e2.bind(("", 7779))
+    res["bound_port_taken"] = False
+except OSError:
+    res["bound_port_taken"] = True
+e2.close()
+d.close()
+d = socket.socket()
+d.bind(("", 7779))
+d.close()
+# ephemeral bind: the port is known right after bind()
 c = socket.socket()
 c.bind(("", 0))
+eph = c.getsockname()[1]
 c.listen()
-res["ephemeral"] = c.getsockname()[1] > 0
+res["ephemeral"] = eph > 0 and c.getsockname()[1] == eph
 c.close()
 a.close()
 # accept on a non-blocking listener: EWOULDBLOCK

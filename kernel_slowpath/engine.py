@@ -73,6 +73,21 @@ class Listener:
     port: int
     backlog: int
     half_open: dict[tuple, HalfOpen] = field(default_factory=dict)
+    reuse: bool = False
+    # Port sharing (like SO_REUSEPORT): further contexts of the *same app*
+    # that listen on the port with reuseaddr join this group; new
+    # connections go to its members round robin.  ctx is group[0].
+    group: list = field(default_factory=list)
+    rr: int = 0
+
+    def pick(self) -> Any:
+        """The context the next new connection goes to (round robin over open members)."""
+        for _ in range(len(self.group)):
+            ctx = self.group[self.rr % len(self.group)]
+            self.rr += 1
+            if not getattr(ctx, "closed", False):
+                return ctx
+        return self.ctx
 
 
 @dataclass
@@ -148,6 +163,7 @@ class Engine:
         self.connecting: dict[tuple, Conn] = {}
         self.listeners: dict[int, Listener] = {}
         self.ports_in_use: dict[int, int] = {}  # local port -> users
+        self.bound: dict[int, Any] = {}  # port reserved by bind() -> context
         self.time_wait: dict[tuple, tuple[int, int, int]] = {}  # key -> (expiry, snd_nxt, rcv_nxt)
         self.arp: dict[int, tuple[bytes, int]] = {}
         self.arp_pending: dict[int, list[Callable[[bytes | None], None]]] = {}
@@ -439,7 +455,8 @@ class Engine:
         ho.timer.cancel()
         del ho.listener.half_open[key]
         lst = ho.listener
-        conn = self._new_conn(lst.ctx, lst.port, ho.remote_ip, ho.remote_port, self.rx_buf, self.tx_buf,
+        ctx = lst.pick()
+        conn = self._new_conn(ctx, lst.port, ho.remote_ip, ho.remote_port, self.rx_buf, self.tx_buf,
                               State.SYN_RECEIVED)
         if conn is None:
             self._reply_rst(p)
@@ -452,7 +469,7 @@ class Engine:
                       ts_recent=p.tsval if (p.opts & lib.TAS_OPT_TS and ho.ts_recent is not None) else None,
                       snd_wnd=p.win << (ho.peer_ws if ws_ok else 0), wl1=p.seq, wl2=p.ack,
                       rtt_us=self._ts_rtt(p))
-        lst.ctx.event({"ev": "newconn", "ctx": lst.ctx.ctx_id, "listener": lst.port,
+        ctx.event({"ev": "newconn", "ctx": ctx.ctx_id, "listener": lst.port,
                        "flow": self.flow_info(conn)})
         if p.payload_len or flags & FIN:
             self.counters["reinjected"] += 1
@@ -525,6 +542,8 @@ class Engine:
             conn.timer.cancel()
         self.connecting.pop(conn.key(), None)
         conn.state = State.CLOSED
+        log.debug("flow %d connect to %s:%d failed (%s)", conn.fid, int2ip(conn.remote_ip), conn.remote_port,
+                  errno.errorcode.get(err, err))
         af = conn.ctx.region.cast("struct tas_appflow", conn.appflow_off)
         af.flags |= lib.TAS_AF_RESET
         conn.ctx.event({"ev": "conn_failed", "ctx": conn.ctx.ctx_id, "flow": conn.fid, "errno": err})
@@ -537,7 +556,7 @@ class Engine:
         for _ in range(hi - lo + 1):
             port = self.next_eph
             self.next_eph = lo if self.next_eph >= hi else self.next_eph + 1
-            if port not in self.ports_in_use and port not in self.listeners:
+            if port not in self.ports_in_use and port not in self.listeners and port not in self.bound:
                 return port
         return None
 
@@ -630,6 +649,8 @@ class Engine:
             conn.ctx.free(off)
         del self.conns[conn.fid]
         self.free_ids.append(conn.fid)
+        log.debug("flow %d closed (%s) %s:%d <-> %s:%d", conn.fid, conn.state.value, self.local_ip, conn.local_port,
+                  int2ip(conn.remote_ip), conn.remote_port)
         if getattr(conn.ctx, "orphaned", False) and not any(c.ctx is conn.ctx for c in self.conns.values()):
             conn.ctx.on_drained()
         n = self.ports_in_use.get(conn.local_port, 0) - 1
@@ -648,6 +669,9 @@ class Engine:
             lib.tas_sp_set_status(self.ft.raw, conn.fid, lib.TAS_FLOW_SLOWPATH, 0)
         was = conn.state
         conn.state = transition(conn.state, Event.RST)
+        log.debug("flow %d reset in %s (%s, %s) %s:%d <-> %s:%d", conn.fid, was.value, errno.errorcode.get(err, err),
+                  "RST sent" if send_rst and conn.installed and was in SYNCHRONIZED else "no RST sent",
+                  self.local_ip, conn.local_port, int2ip(conn.remote_ip), conn.remote_port)
         if conn.detached:
             self._free(conn)
             return
@@ -743,16 +767,54 @@ class Engine:
                 raise OSError(errno.EADDRINUSE, "no free ephemeral port")
         if not 0 < port < 65536:
             raise OSError(errno.EINVAL, "port out of range")
-        if port in self.listeners or (port in self.ports_in_use and not reuseaddr):
+        owner = self.bound.get(port)
+        if owner is not None:
+            if owner is not ctx:
+                raise OSError(errno.EADDRINUSE, f"port {port} already in use")
+            del self.bound[port]  # the context's own bind(): now a listener
+        lst = self.listeners.get(port)
+        if (lst is not None and reuseaddr and lst.reuse and ctx not in lst.group
+                and getattr(ctx, "app", None) is getattr(lst.ctx, "app", None)):
+            lst.group.append(ctx)  # port sharing between contexts of one app
+            log.debug("listen on port %d: context %d joins (%d sharing)", port, ctx.ctx_id, len(lst.group))
+            return port
+        if lst is not None or (port in self.ports_in_use and not reuseaddr):
             raise OSError(errno.EADDRINUSE, f"port {port} already in use")
-        self.listeners[port] = Listener(ctx=ctx, port=port, backlog=max(1, min(backlog, 65535)))
+        self.listeners[port] = Listener(ctx=ctx, port=port, backlog=max(1, min(backlog, 65535)),
+                                        reuse=reuseaddr, group=[ctx])
         log.debug("listen on port %d", port)
         return port
 
+    def bind(self, ctx, port: int, reuseaddr: bool) -> int:
+        """Reserve a local port for ctx (what bind() does on Linux: the
+        port is taken from here on, EADDRINUSE comes now, port 0 picks an
+        ephemeral one).  listen() or connect() by the same context use it."""
+        if port == 0:
+            port = self._alloc_port()
+            if port is None:
+                raise OSError(errno.EADDRINUSE, "no free ephemeral port")
+        if not 0 < port < 65536:
+            raise OSError(errno.EINVAL, "port out of range")
+        owner = self.bound.get(port)
+        if owner is ctx:
+            raise OSError(errno.EINVAL, f"port {port} already bound by this context")
+        if owner is not None or port in self.listeners or (port in self.ports_in_use and not reuseaddr):
+            raise OSError(errno.EADDRINUSE, f"port {port} already in use")
+        self.bound[port] = ctx
+        return port
+
+    def unbind(self, ctx, port: int) -> None:
+        if self.bound.get(port) is ctx:
+            del self.bound[port]
+
     def listen_close(self, ctx, port: int) -> None:
         lst = self.listeners.get(port)
-        if lst is None or lst.ctx is not ctx:
+        if lst is None or ctx not in lst.group:
             raise OSError(errno.EBADF, "not a listener of this context")
+        lst.group.remove(ctx)
+        if lst.group:  # others still share the port
+            lst.ctx = lst.group[0]
+            return
         for ho in lst.half_open.values():
             ho.timer.cancel()
         del self.listeners[port]
@@ -769,6 +831,10 @@ class Engine:
         hop = self.next_hop(rip)
         if hop is None:
             raise OSError(errno.ENETUNREACH, f"no route to {ip} (no --gateway)")
+        if local_port and self.bound.get(local_port) is not None:
+            if self.bound[local_port] is not ctx:
+                raise OSError(errno.EADDRINUSE, f"port {local_port} already in use")
+            del self.bound[local_port]
         if local_port == 0:
             local_port = self._alloc_port()
             if local_port is None:
@@ -859,7 +925,9 @@ class Engine:
             if conn.installed:
                 self._reset(conn, errno.ECONNRESET, send_rst=True)
             self._free(conn)
-        for port in [p for p, lst in self.listeners.items() if lst.ctx is ctx]:
+        for port in [p for p, owner in self.bound.items() if owner is ctx]:
+            del self.bound[port]
+        for port in [p for p, lst in self.listeners.items() if ctx in lst.group]:
             self.listen_close(ctx, port)
         return lingering
 

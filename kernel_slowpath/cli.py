@@ -67,6 +67,10 @@ def cmd_flows(a: argparse.Namespace) -> int:
 
 
 def cmd_echo(a: argparse.Namespace) -> int:
+    if a.threads > 1:
+        from libtas.echo_threads import main as main_threads
+
+        return main_threads(a.port, a.state_dir, a.threads)
     from libtas.echo import main
 
     return main(a.port, a.state_dir)
@@ -149,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("echo-server", help="TCP echo server on the native API")
     s.add_argument("--port", type=int, required=True)
+    s.add_argument("--threads", type=int, default=1,
+                   help="application threads, one context each, sharing the port (new connections round robin)")
     _add_state_dir(s)
     s.set_defaults(func=cmd_echo)
 

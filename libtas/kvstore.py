@@ -199,6 +199,7 @@ _TABLE: dict[bytes, tuple[str, int]] = {
     b"getset": ("getset", 3),
     b"keys": ("keys", 2),
     b"type": ("type", 2),
+    b"hello": ("hello", -1),
 }
 
 
@@ -464,6 +465,30 @@ class Commands:
                 f"ERR CONFIG {sub.decode(errors='replace').upper()} is not supported by tas kv-server"
             )
         return Error(f"ERR unknown subcommand '{_show(a[1])}'. Try CONFIG HELP.")
+
+    def c_hello(self, a):
+        # RESP2 only: HELLO / HELLO 2 describe the server, HELLO 3 is refused as Redis
+        # refuses versions it does not speak (clients then stay on RESP2 or fail clearly)
+        if len(a) >= 2 and a[1] != b"2":
+            if _int(a[1]) is None:
+                return Error("ERR Protocol version is not an integer or out of range")
+            return Error("NOPROTO unsupported protocol version")
+        return [
+            b"server",
+            b"redis",
+            b"version",
+            b"7.0.0",
+            b"proto",
+            2,
+            b"id",
+            1,
+            b"mode",
+            b"standalone",
+            b"role",
+            b"master",
+            b"modules",
+            [],
+        ]
 
     def c_select(self, a):
         return OK if a[1] == b"0" else Error("ERR DB index is out of range")

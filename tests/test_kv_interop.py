@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 
 import pytest
 from conftest import tas_argv
@@ -206,3 +207,55 @@ def test_same_server_on_linux_sockets(tas):
     rows = _csv_tests(r.stdout.decode())
     assert len(rows) == 6, rows
     print("\nredis-benchmark via Linux sockets: " + ", ".join(f"{k} {v:.0f}/s" for k, v in rows.items()))
+
+
+REDIS_PY = r"""
+import os, sys, redis
+r = redis.Redis(host=sys.argv[1], port=int(sys.argv[2]), socket_timeout=10, protocol=2)
+assert r.ping()
+blob = os.urandom(1 << 20) + bytes(range(256))
+assert r.set("b", blob, ex=100) and r.get("b") == blob and r.ttl("b") == 100
+p = r.pipeline(transaction=False)
+for _ in range(500):
+    p.incr("n")
+assert p.execute()[-1] == 500
+assert r.mget("b", "nope")[1] is None
+try:
+    r.lpush("l", "x")
+    raise SystemExit("LPUSH did not fail")
+except redis.ResponseError as e:
+    assert "unknown command" in str(e)
+print("redis-py ok")
+"""
+
+
+def test_redis_py_under_tas_run(tas, tmp_path):
+    """redis-py (RESP2: protocol=2; HELLO 3 gets NOPROTO) as a client through
+    the stack via the `tas run` shim, against the kv-server on Linux sockets
+    in the peer namespace."""
+    pytest.importorskip("redis")
+    srv = tas.spawn(
+        tas.topo.peer_ns,
+        "kv-peer",
+        [*tas_argv(), "kv-server", "--kernel", "--bind", "198.18.0.1", "--port", "6382"],
+    )
+    srv.wait_line("listening", 15)
+    script = tmp_path / "redis_py.py"
+    script.write_text(REDIS_PY)
+    r = tas.topo.run(
+        tas.topo.stack_ns,
+        [
+            *tas_argv(),
+            "run",
+            "--state-dir",
+            str(tas.state_dir),
+            sys.executable,
+            str(script),
+            "198.18.0.1",
+            "6382",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0 and "redis-py ok" in r.stdout, r.stdout + r.stderr

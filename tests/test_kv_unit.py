@@ -199,6 +199,8 @@ def test_basic_commands(kv):
     assert kv("CONFIG", "GET", "save") == [b"save", b""]
     assert kv("CONFIG", "GET", "appendonly") == [b"appendonly", b"no"]
     assert kv("CONFIG", "GET", "nonexistent") == []
+    assert kv("HELLO", "3") == "NOPROTO unsupported protocol version"
+    assert kv("HELLO", "2")[4:6] == [b"proto", 2] and kv("HELLO")[4:6] == [b"proto", 2]
     assert b"# Memory" in kv("INFO") and b"redis_version" in kv("INFO", "server")
 
 

@@ -120,6 +120,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--fp-cores", type=int, default=1, help="fast-path cores of the stack (default 1)")
     p.add_argument("--poll-us", type=int, default=None, help="pass --poll-us to tas start")
+    p.add_argument(
+        "--tap-offload",
+        choices=["on", "off"],
+        default="on",
+        help="open the stack's TAP with IFF_VNET_HDR and send TSO4 super-segments (default on)",
+    )
     p.add_argument("--budget", type=float, default=1200.0, help="time budget for the whole run (s)")
     p.add_argument("--out", default=str(OUT_DIR), help="output directory (default out/bench)")
     p.add_argument("--keep", action="store_true", help="leave the topology up (debugging)")
@@ -183,6 +189,7 @@ class Bench:
     failed: list[str] = field(default_factory=list)
     stack: Proc | None = None
     deadline: float = 0.0
+    loadavg_start: list[float] | None = None
 
 
 def _tas_argv() -> list[str]:
@@ -374,7 +381,10 @@ def _start_servers(b: Bench) -> None:
         ]
         if a.poll_us is not None:
             argv += ["--poll-us", str(a.poll_us)]
-        b.stack = _spawn(b, "tas start", t.stack_ns, argv, None)  # pins itself (slow path CPU 0, FPs 1..)
+        senv = dict(os.environ, TAS_TAP_OFFLOAD="1" if a.tap_offload == "on" else "0")
+        b.stack = _spawn(
+            b, "tas start", t.stack_ns, argv, None, senv
+        )  # pins itself (slow path CPU 0, FPs 1..)
         _wait_for(b.stack, "ready", READY_TIMEOUT)
     env = dict(os.environ, TAS_STATE_DIR=str(state), PYTHONPATH=str(REPO))
     waits = []
@@ -814,7 +824,16 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "gcc": gcc,
         "tree": _git_rev(),
+        "loadavg": _loadavg(),
     }
+
+
+def _loadavg() -> list[float] | None:
+    """1/5/15-minute load: other work on the machine makes the figures noisy."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
 
 
 def pinning_info(b: Bench) -> dict:
@@ -850,6 +869,7 @@ def write_outputs(b: Bench, elapsed: float, interrupted: bool) -> list[Path]:
                 "idle_time",
                 "fp_cores",
                 "poll_us",
+                "tap_offload",
             )
         },
         "prefix": b.topo.prefix if b.topo is not None else None,
@@ -858,6 +878,7 @@ def write_outputs(b: Bench, elapsed: float, interrupted: bool) -> list[Path]:
         "servers": b.servers,
         "not_available": b.na,
         "machine": machine_info(),
+        "loadavg_at_start": b.loadavg_start,
         "pinning": pinning_info(b),
         "figures": {r["key"]: r for r in figure_rows(b)},
         "raw": b.raw,
@@ -977,6 +998,7 @@ def main(a: argparse.Namespace) -> int:
     b = Bench(a, Path(tempfile.mkdtemp(prefix="tas-bench-")))
     b.servers = a.servers_list
     b.deadline = t_start + a.budget
+    b.loadavg_start = _loadavg()
     global _MAIN_PID
     _MAIN_PID = os.getpid()
     old = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -1012,6 +1034,11 @@ def main(a: argparse.Namespace) -> int:
             signal.signal(sig, h)
     elapsed = time.monotonic() - t_start
     print(render_table(b))
+    la = _loadavg()
+    if la and b.loadavg_start:
+        print(
+            f"load average at start {b.loadavg_start[0]:.2f}, at end {la[0]:.2f} (on {os.cpu_count()} CPUs)"
+        )
     for p in write_outputs(b, elapsed, bool(interrupted)):
         print(f"wrote {p}")
     if interrupted:

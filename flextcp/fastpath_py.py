@@ -638,12 +638,26 @@ class PyFastPath:
                             oe[i] = oe[j]
                         os_[j] = 0
                         oe[j] = 0
+                PyFastPath.ooo_front(f, i)
                 return 1
         if free_slot < 0:
             return 0
         os_[free_slot] = start
         oe[free_slot] = end
+        PyFastPath.ooo_front(f, free_slot)
         return 1
+
+    @staticmethod
+    def ooo_front(f, i: int) -> None:
+        """Move range i to slot 0: most recently updated first (RFC 2018 4)."""
+        os_, oe = f.ooo_start, f.ooo_end
+        s, e = os_[i], oe[i]
+        while i > 0:
+            os_[i] = os_[i - 1]
+            oe[i] = oe[i - 1]
+            i -= 1
+        os_[0] = s
+        oe[0] = e
 
     @staticmethod
     def ooo_merge(f) -> None:
@@ -672,6 +686,74 @@ class PyFastPath:
                 return False
         return True
 
+    def sack_parse(self, f, p, ack: int, out: int) -> list[tuple[int, int]]:
+        """The peer's usable SACK blocks as offsets above ack; D-SACKs counted."""
+        blocks = []
+        ns = min(p.n_sack, 4)
+        for i in range(ns):
+            so = seq_diff(p.sack_start[i], ack)
+            eo = seq_diff(p.sack_end[i], ack)
+            if i == 0 and (
+                eo <= 0
+                or (
+                    ns > 1
+                    and seq_ge(p.sack_start[0], p.sack_start[1])
+                    and seq_le(p.sack_end[0], p.sack_end[1])
+                )
+            ):
+                f.cnt_dsack = (f.cnt_dsack + 1) & M32
+                self.st.rexmit_spurious += 1
+                continue
+            if eo <= 0 or so >= eo or eo > out:
+                continue
+            blocks.append((max(so, 0), eo))
+        return blocks
+
+    def enter_recovery(self, fid: int, f, head: bool) -> None:
+        flight = (f.tx_max - f.tx_una) & M64
+        half = (flight // 2) & M32
+        two = (2 * f.mss) & M32
+        f.ssthresh = half if half > two else two
+        f.cwnd = (f.ssthresh + 3 * f.mss) & M32
+        f.tx_recover = f.tx_max
+        f.flags |= TAS_FF_RECOVERY
+        if head:
+            f.flags |= TAS_FF_REXMIT_HEAD
+        f.rexmit_nxt = f.tx_una & M32
+        f.rexmit_len = 0
+        self.st.rexmit_fast += 1
+        self.txq_push(fid, f)
+
+    def sack_holes(self, fid: int, f, blocks: list[tuple[int, int]]) -> None:
+        high = 0
+        for _, e in blocks:
+            if e > high:
+                high = e
+        c = seq_diff(f.rexmit_nxt, f.tx_una & M32)
+        lost_after = (2 * f.srtt_us + 1000) & M32
+        if c > 0 and f.srtt_us and ((self.now_us - f.rto_start_us) & M32) >= lost_after:
+            c = 0
+            f.rto_start_us = self.now_us & M32
+        pos = c if c > 0 else 0
+        for _ in range(len(blocks)):
+            moved = False
+            for s, e in blocks:
+                if s <= pos < e:
+                    pos = e
+                    moved = True
+            if not moved:
+                break
+        if pos >= high:
+            return
+        end = high
+        for s, _ in blocks:
+            if pos < s < end:
+                end = s
+        ln = end - pos
+        f.rexmit_nxt = (f.tx_una + pos) & M32
+        f.rexmit_len = min(ln, 0xFFFF)
+        self.txq_push(fid, f)
+
     def rx_ack(self, fid: int, f, p, seg_len: int) -> int:
         """ACK field processing.  Returns 0 if the segment must be dropped."""
         # once our FIN is acknowledged SND.UNA is past it (RFC 9293)
@@ -686,6 +768,9 @@ class PyFastPath:
             return 0
         acked = seq_diff(ack, una)
         win = (p.win << f.snd_wscale) & M32
+        blocks: list[tuple[int, int]] = []
+        if f.flags & TAS_FF_SACK and p.n_sack and acked >= 0:
+            blocks = self.sack_parse(f, p, ack, seq_diff(snd_max, ack) & M32)
 
         if acked > 0:
             nbytes = acked
@@ -717,8 +802,9 @@ class PyFastPath:
                     f.flags &= ~TAS_FF_RECOVERY & M32
                     f.cwnd = f.ssthresh
                 else:
-                    # partial ACK: retransmit the next hole, deflate
-                    f.flags |= TAS_FF_REXMIT_HEAD
+                    # partial ACK: retransmit the next hole (no SACK: the head), deflate
+                    if not blocks:
+                        f.flags |= TAS_FF_REXMIT_HEAD
                     f.cwnd = (f.cwnd - (nbytes & M32)) & M32 if f.cwnd > nbytes else mss
                     f.cwnd = (f.cwnd + mss) & M32
             elif f.cwnd < f.ssthresh:
@@ -742,23 +828,20 @@ class PyFastPath:
             and seg_len == 0
             and not p.tcp_flags & TAS_TCP_FIN
             and f.tx_max > f.tx_una
-            and win == f.snd_wnd
+            and (win == f.snd_wnd or blocks)
         ):
-            # duplicate ACK
+            # duplicate ACK (with SACK blocks even if the window changed)
             f.dupacks = (f.dupacks + 1) & M16
             if f.dupacks == 3 and not f.flags & TAS_FF_RECOVERY:
-                flight = (f.tx_max - f.tx_una) & M64
-                half = (flight // 2) & M32
-                two = (2 * f.mss) & M32
-                f.ssthresh = half if half > two else two
-                f.cwnd = (f.ssthresh + 3 * f.mss) & M32
-                f.tx_recover = f.tx_max
-                f.flags |= TAS_FF_RECOVERY | TAS_FF_REXMIT_HEAD
-                self.st.rexmit_fast += 1
-                self.txq_push(fid, f)
+                self.enter_recovery(fid, f, not blocks)
             elif f.dupacks > 3 and f.flags & TAS_FF_RECOVERY:
                 f.cwnd = (f.cwnd + f.mss) & M32
                 self.txq_push(fid, f)
+            elif f.dupacks < 3 and f.tx_head > f.tx_nxt:
+                self.txq_push(fid, f)  # limited transmit
+
+        if blocks and f.flags & TAS_FF_RECOVERY:
+            self.sack_holes(fid, f, blocks)
 
         # send window update (RFC 9293 SND.WL1/WL2 rule)
         if seq_lt(f.snd_wl1, p.seq) or (f.snd_wl1 == p.seq and seq_le(f.snd_wl2, ack)):
@@ -1080,14 +1163,34 @@ class PyFastPath:
                 if self.send_segment(f, f.tx_una, ln, fin) == 0:
                     f.cnt_rexmit += 1
                     sent += 1
+                    if f.flags & TAS_FF_RECOVERY and seq_lt(f.rexmit_nxt, (f.tx_una + ln) & M32):
+                        f.rexmit_nxt = (f.tx_una + ln) & M32
             elif f.flags & TAS_FF_FIN_SENT and not f.flags & TAS_FF_FIN_ACKED:
                 if self.send_segment(f, f.tx_una, 0, True) == 0:
                     f.cnt_rexmit += 1
                     sent += 1
 
+        if f.flags & TAS_FF_RECOVERY and f.rexmit_len:
+            # a hole the peer's SACK blocks revealed (sack_holes)
+            off = (f.rexmit_nxt - f.tx_una) & M32
+            out = (f.tx_max - f.tx_una) & M64
+            ln = f.rexmit_len
+            f.rexmit_len = 0
+            if off < out and sent < budget:
+                ln = min(ln, out - off, smss)
+                pos = (f.tx_una + off) & M64
+                fin = bool(f.flags & TAS_FF_FIN_SENT and pos + ln == f.tx_head and f.flags & TAS_FF_TX_FIN)
+                if self.send_segment(f, pos, ln, fin) == 0:
+                    f.cnt_rexmit += 1
+                    self.st.rexmit_sack += 1
+                    f.rexmit_nxt = (pos + ln) & M32
+                    sent += 1
+
         while sent < budget:
             flight = (f.tx_nxt - f.tx_una) & M64
-            wnd = min(f.cwnd, f.snd_wnd)
+            # limited transmit (RFC 3042)
+            lt = 0 if f.flags & TAS_FF_RECOVERY else min(f.dupacks, 2) * smss
+            wnd = min(f.cwnd + lt, f.snd_wnd)
             avail = (f.tx_head - f.tx_nxt) & M64
             can = wnd - flight if wnd > flight else 0
             ln = min(avail, can, smss) & M32

@@ -31,7 +31,7 @@ from flextcp.native import ffi, lib
 from flextcp.ring import Ring
 from flextcp.shm import Region
 from flextcp.stackmem import stack_layout
-from nicemu.wire import TAS_OPT_TS, TAS_TCP_ACK, Segment, build_tcp
+from nicemu.wire import TAS_OPT_SACK, TAS_OPT_TS, TAS_TCP_ACK, Segment, build_tcp
 
 M32 = 0xFFFFFFFF
 ATX = struct.Struct("<IHHQQQ")
@@ -331,7 +331,10 @@ class FPHarness:
         dport: int | None = None,
         dst_mac: bytes = LOCAL_MAC,
         dst_ip: int = LOCAL_IP,
+        sack: list[tuple[int, int]] | None = None,
     ) -> bytes:
+        """A frame from the peer; ``sack``: SACK blocks (start, end) as
+        sequence numbers (at most 4; 3 fit next to timestamps)."""
         spec = self.flows[fid].spec
         s = Segment(
             src_mac=REMOTE_MAC,
@@ -349,6 +352,11 @@ class FPHarness:
             s.opts |= TAS_OPT_TS
             s.tsval = tsval & M32
             s.tsecr = tsecr & M32
+        if sack:
+            s.opts |= TAS_OPT_SACK
+            s.n_sack = len(sack)
+            s.sack_start = [a & M32 for a, _ in sack] + [0] * (4 - len(sack))
+            s.sack_end = [b & M32 for _, b in sack] + [0] * (4 - len(sack))
         return build_tcp(s, payload)
 
     def inject(self, frame: bytes) -> None:

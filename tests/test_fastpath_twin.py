@@ -107,6 +107,18 @@ op_st = st.one_of(
     inorder_op,
     ooo_op,
     st.tuples(st.just("dupacks"), fidx, st.integers(1, 4)),
+    # ACKs with SACK blocks: (kind, fid, acks, blocks as (start, len) offsets
+    # above snd.una in units of 1/8 of what is outstanding (+ odd values),
+    # cumulative advance in the same units, D-SACK first)
+    st.tuples(
+        st.just("sackacks"),
+        fidx,
+        st.integers(1, 5),
+        st.lists(st.tuples(st.integers(-2, 9), st.integers(0, 4)), min_size=1, max_size=3),
+        st.sampled_from([0, 0, 0, 1, 3]),
+        st.sampled_from(["", "", "below", "inside"]),
+    ),
+    st.tuples(st.just("sackacks"), fidx, st.integers(3, 6), st.just([(2, 1), (5, 2)]), st.just(0), st.just("")),
     st.tuples(st.just("write"), fidx, st.integers(0, 5000)),
     st.tuples(st.just("write"), fidx, st.integers(0, 5000)),
     st.tuples(st.just("read"), fidx, st.integers(0, 5000)),
@@ -231,6 +243,30 @@ class Twin:
                 self.inject(
                     ref.peer_frame(
                         fid, seq=ref.rcv_nxt(fid), ack=ref.snd_una(fid), win=raw, **self.ts_args(fid, "ts")
+                    )
+                )
+        elif kind == "sackacks":
+            _, fid, n, blocks, adv, dsack = op
+            f = ref.flow(fid)
+            raw = min(f.snd_wnd >> f.snd_wscale, 0xFFFF)
+            una = ref.snd_una(fid)
+            out = max(int(f.tx_max - f.tx_una), 1)
+            unit = max(out // 8, 1)
+            ack = (una + min(adv * unit, out)) & M32
+            sack = [((ack + a * unit) & M32, (ack + a * unit + ln * unit + (a & 1)) & M32) for a, ln in blocks]
+            if dsack == "below":
+                sack = [((una - 100) & M32, una)] + sack[:2]
+            elif dsack == "inside" and sack:
+                sack = [sack[0]] + sack[:2]
+            for k in range(n):
+                self.inject(
+                    ref.peer_frame(
+                        fid,
+                        seq=ref.rcv_nxt(fid),
+                        ack=ack,
+                        win=raw,
+                        sack=sack[k % len(sack) :] + sack[: k % len(sack)],
+                        **self.ts_args(fid, "ts"),
                     )
                 )
         elif kind == "write":
@@ -638,6 +674,82 @@ def test_three_dupacks_fast_retransmit(h):
     h.poll()
     f = h.flow(0)
     assert not f.flags & lib.TAS_FF_RECOVERY and f.cwnd == f.ssthresh and f.tx_una == f.tx_max
+
+
+def test_sack_recovery_retransmits_each_hole_once(h):
+    """RFC 6675-style: with the peer's SACK blocks, recovery retransmits the
+    holes (not only the head), one segment per ACK, each hole once; a D-SACK
+    is counted as a spurious retransmission."""
+    _, spec = setup_flow(h, tx_len=8192, mss=536, snd_wnd=65535)
+    h.flow(0).cwnd = 20 * 536
+    frames = _send_data(h, 8 * 524)
+    assert len(frames) == 8
+    seg = 524
+    una = h.snd_una(0)
+    win = h.flow(0).snd_wnd
+
+    def ack(a, blocks, tsval):
+        h.inject(h.peer_frame(0, seq=h.rcv_nxt(0), ack=a, win=win, tsval=tsval, sack=blocks))
+        return h.poll()[1]
+
+    # segments 0 and 3 lost; 1, 2, 4.. arrive: SACK [1,3) then [1,3)+[4,k)
+    out = []
+    out += ack(una, [(una + seg, una + 3 * seg)], 7000)
+    out += ack(una, [(una + 4 * seg, una + 5 * seg), (una + seg, una + 3 * seg)], 7001)
+    assert h.flow(0).dupacks == 2 and not h.flow(0).flags & lib.TAS_FF_RECOVERY
+    out += ack(una, [(una + 4 * seg, una + 6 * seg), (una + seg, una + 3 * seg)], 7002)
+    assert h.flow(0).flags & lib.TAS_FF_RECOVERY and h.stat("rexmit_fast") == 1
+    rexmits = [tcp(fr).seq for fr in out if seq_lt_(tcp(fr).seq, spec.tx_seq0 + 8 * seg)]
+    assert rexmits == [una & M32], "the head hole first"
+    out = ack(una, [(una + 4 * seg, una + 7 * seg), (una + seg, una + 3 * seg)], 7003)
+    rexmits = [tcp(fr).seq for fr in out if seq_lt_(tcp(fr).seq, spec.tx_seq0 + 8 * seg)]
+    assert rexmits == [(una + 3 * seg) & M32], "then the second hole"
+    assert h.stat("rexmit_sack") == 2
+    # more SACKs above: no hole left below the highest SACKed byte -> nothing again
+    out = ack(una, [(una + 4 * seg, una + 8 * seg), (una + seg, una + 3 * seg)], 7004)
+    assert [fr for fr in out if seq_lt_(tcp(fr).seq, spec.tx_seq0 + 8 * seg)] == []
+    # both retransmissions arrive: everything acked, recovery over
+    ack(una + 8 * seg, [], 7005)
+    f = h.flow(0)
+    assert not f.flags & lib.TAS_FF_RECOVERY and f.tx_una == f.tx_max
+    # a D-SACK (block below the cumulative ACK) is counted, not used
+    ack(una + 8 * seg, [(una + 3 * seg, una + 4 * seg)], 7006)
+    assert h.stat("rexmit_spurious") == 1 and h.flow(0).cnt_dsack == 1
+
+
+def seq_lt_(a: int, b: int) -> bool:
+    return ((a - b) & M32) >= 1 << 31
+
+
+def test_limited_transmit_sends_new_data_on_first_dupacks(h):
+    """RFC 3042: the first two duplicate ACKs each let one new segment out
+    even though cwnd is full."""
+    setup_flow(h, tx_len=8192, mss=536, snd_wnd=65535)
+    h.flow(0).cwnd = 2 * 524
+    frames = _send_data(h, 6 * 524)
+    assert len(frames) == 2
+    una, win = h.snd_una(0), h.flow(0).snd_wnd
+    sent = []
+    for k in range(2):
+        h.inject(h.peer_frame(0, seq=h.rcv_nxt(0), ack=una, win=win, tsval=7000 + k))
+        sent += h.poll()[1]
+    assert len(sent) == 2 and h.flow(0).tx_nxt == 4 * 524
+
+
+def test_sack_blocks_most_recent_first(h):
+    """RFC 2018 section 4: the first SACK block holds the latest segment."""
+    setup_flow(h, rx_len=8192)
+    h.inject(data_seg(h, 1000, 100))
+    h.poll()
+    h.inject(data_seg(h, 3000, 100))
+    h.poll()
+    h.inject(data_seg(h, 1100, 100))
+    _, out = h.poll()
+    p = tcp(out[-1])
+    rx0 = h.flow(0).rx_seq0
+    assert p.n_sack == 2
+    assert (p.sack_start[0], p.sack_end[0]) == ((rx0 + 1000) & M32, (rx0 + 1200) & M32)
+    assert (p.sack_start[1], p.sack_end[1]) == ((rx0 + 3000) & M32, (rx0 + 3100) & M32)
 
 
 def test_fin_in_order(h):

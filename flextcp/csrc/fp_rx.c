@@ -26,6 +26,20 @@ static void rx_copy(struct tas_fp *fp, struct tas_flow *f, uint64_t pos,
         memcpy(buf, src + first, len - first);
 }
 
+/* Move range i to slot 0 (shifting the others up): slots are kept in
+ * order of the most recent update, so our SACK blocks report the range
+ * holding the latest segment first (RFC 2018 section 4). */
+static void ooo_front(struct tas_flow *f, int i)
+{
+    uint32_t s = f->ooo_start[i], e = f->ooo_end[i];
+    for (; i > 0; i--) {
+        f->ooo_start[i] = f->ooo_start[i - 1];
+        f->ooo_end[i] = f->ooo_end[i - 1];
+    }
+    f->ooo_start[0] = s;
+    f->ooo_end[0] = e;
+}
+
 /* Record [start, end) (low 32 bits of absolute rx positions) as received
  * out of order, merging with overlapping or adjacent ranges.  Returns 0 if
  * there was no room (the caller drops the data). */
@@ -60,6 +74,7 @@ static int ooo_add(struct tas_flow *f, uint32_t start, uint32_t end)
                     f->ooo_start[j] = f->ooo_end[j] = 0;
                 }
             }
+            ooo_front(f, i);
             return 1;
         }
     }
@@ -67,6 +82,7 @@ static int ooo_add(struct tas_flow *f, uint32_t start, uint32_t end)
         return 0;
     f->ooo_start[free_slot] = start;
     f->ooo_end[free_slot] = end;
+    ooo_front(f, free_slot);
     return 1;
 }
 
@@ -100,6 +116,97 @@ static int ooo_empty(const struct tas_flow *f)
     return 1;
 }
 
+/* The peer's SACK blocks (RFC 2018) of an ACK that is not old, as byte
+ * offsets [s, e) above the cumulative ACK, clipped to what is outstanding
+ * (out bytes).  A first block at or below the ACK, or inside the second
+ * one, is a D-SACK (RFC 2883): counted (a spurious retransmission or a
+ * network duplicate), not used.  Returns the number of usable blocks. */
+static uint32_t sack_parse(struct tas_fp *fp, struct tas_flow *f, const struct tas_pkt *p,
+                           uint32_t ack, uint32_t out, uint32_t *s, uint32_t *e)
+{
+    uint32_t n = 0;
+    uint32_t ns = p->n_sack < 4 ? p->n_sack : 4;
+    for (uint32_t i = 0; i < ns; i++) {
+        int32_t so = seq_diff(p->sack_start[i], ack);
+        int32_t eo = seq_diff(p->sack_end[i], ack);
+        if (i == 0 && (eo <= 0 || (ns > 1 && seq_ge(p->sack_start[0], p->sack_start[1]) &&
+                                   seq_le(p->sack_end[0], p->sack_end[1])))) {
+            f->cnt_dsack++;
+            fp->st->rexmit_spurious++;
+            continue;
+        }
+        if (eo <= 0 || so >= eo || (uint32_t)eo > out)
+            continue;
+        s[n] = so < 0 ? 0 : (uint32_t)so;
+        e[n] = (uint32_t)eo;
+        n++;
+    }
+    return n;
+}
+
+/* Fast retransmit: enter recovery (RFC 5681 / 6582; with SACK the holes
+ * are retransmitted by sack_holes, RFC 6675-style). */
+static void enter_recovery(struct tas_fp *fp, uint32_t id, struct tas_flow *f, int head)
+{
+    uint64_t flight = f->tx_max - f->tx_una;
+    uint32_t half = (uint32_t)(flight / 2);
+    f->ssthresh = half > 2u * f->mss ? half : 2u * f->mss;
+    f->cwnd = f->ssthresh + 3u * f->mss;
+    f->tx_recover = f->tx_max;
+    f->flags |= TAS_FF_RECOVERY;
+    if (head)
+        f->flags |= TAS_FF_REXMIT_HEAD;
+    f->rexmit_nxt = (uint32_t)f->tx_una;
+    f->rexmit_len = 0;
+    fp->st->rexmit_fast++;
+    fp_txq_push(fp, id, f);
+}
+
+/* In recovery: the first hole at or above the retransmission cursor
+ * (rexmit_nxt) and below the highest SACKed byte of this ACK is queued for
+ * retransmission (one segment per ACK: each ACK reports a segment that left
+ * the network).  Offsets are relative to tx_una (= this ACK). */
+static void sack_holes(struct tas_fp *fp, uint32_t id, struct tas_flow *f, uint32_t n,
+                       const uint32_t *s, const uint32_t *e)
+{
+    uint32_t high = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (e[i] > high)
+            high = e[i];
+    int32_t c = seq_diff(f->rexmit_nxt, (uint32_t)f->tx_una);
+    /* lost retransmission: the head was retransmitted, yet ACKs keep
+     * arriving without covering it for 2 SRTT + 1 ms since the cumulative
+     * ACK last moved -- start over from the head (RACK-like, RFC 8985 6.2) */
+    uint32_t lost_after = 2u * f->srtt_us + 1000u;
+    if (c > 0 && f->srtt_us && (uint32_t)fp->now_us - f->rto_start_us >= lost_after) {
+        c = 0;
+        f->rto_start_us = (uint32_t)fp->now_us;
+    }
+    uint32_t pos = c > 0 ? (uint32_t)c : 0;
+    /* skip SACKed ranges covering pos (blocks may chain: n passes) */
+    for (uint32_t pass = 0; pass < n; pass++) {
+        int moved = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            if (s[i] <= pos && pos < e[i]) {
+                pos = e[i];
+                moved = 1;
+            }
+        }
+        if (!moved)
+            break;
+    }
+    if (pos >= high)
+        return;
+    uint32_t end = high;
+    for (uint32_t i = 0; i < n; i++)
+        if (s[i] > pos && s[i] < end)
+            end = s[i];
+    uint32_t len = end - pos;
+    f->rexmit_nxt = (uint32_t)f->tx_una + pos;
+    f->rexmit_len = (uint16_t)(len > 0xffffu ? 0xffffu : len);
+    fp_txq_push(fp, id, f);
+}
+
 /* ACK field processing.  Returns 0 if the segment must be dropped. */
 static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
                   const struct tas_pkt *p, uint32_t seg_len)
@@ -117,6 +224,9 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
     }
     int32_t acked = seq_diff(ack, una);
     uint32_t win = (uint32_t)p->win << f->snd_wscale;
+    uint32_t sack_s[4], sack_e[4], nsack = 0;
+    if ((f->flags & TAS_FF_SACK) && p->n_sack && acked >= 0)
+        nsack = sack_parse(fp, f, p, ack, (uint32_t)seq_diff(snd_max, ack), sack_s, sack_e);
 
     if (acked > 0) {
         uint64_t bytes = (uint64_t)acked;
@@ -150,8 +260,10 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
                 f->flags &= ~TAS_FF_RECOVERY;
                 f->cwnd = f->ssthresh;
             } else {
-                /* partial ACK: retransmit the next hole, deflate */
-                f->flags |= TAS_FF_REXMIT_HEAD;
+                /* partial ACK: retransmit the next hole (without SACK
+                 * blocks: the head), deflate */
+                if (!nsack)
+                    f->flags |= TAS_FF_REXMIT_HEAD;
                 f->cwnd = f->cwnd > bytes ? f->cwnd - (uint32_t)bytes : mss;
                 f->cwnd += mss;
             }
@@ -174,23 +286,22 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
         if (f->tx_head > f->tx_nxt || (f->flags & (TAS_FF_TX_FIN | TAS_FF_REXMIT_HEAD)))
             fp_txq_push(fp, id, f);
     } else if (acked == 0 && seg_len == 0 && !(p->tcp_flags & TAS_TCP_FIN) &&
-               f->tx_max > f->tx_una && win == f->snd_wnd) {
-        /* duplicate ACK */
+               f->tx_max > f->tx_una && (win == f->snd_wnd || nsack)) {
+        /* duplicate ACK (one carrying SACK blocks counts even if the
+         * window changed, RFC 6675) */
         f->dupacks++;
         if (f->dupacks == 3 && !(f->flags & TAS_FF_RECOVERY)) {
-            uint64_t flight = f->tx_max - f->tx_una;
-            uint32_t half = (uint32_t)(flight / 2);
-            f->ssthresh = half > 2u * f->mss ? half : 2u * f->mss;
-            f->cwnd = f->ssthresh + 3u * f->mss;
-            f->tx_recover = f->tx_max;
-            f->flags |= TAS_FF_RECOVERY | TAS_FF_REXMIT_HEAD;
-            fp->st->rexmit_fast++;
-            fp_txq_push(fp, id, f);
+            enter_recovery(fp, id, f, !nsack);
         } else if (f->dupacks > 3 && (f->flags & TAS_FF_RECOVERY)) {
             f->cwnd += f->mss;
             fp_txq_push(fp, id, f);
+        } else if (f->dupacks < 3 && f->tx_head > f->tx_nxt) {
+            fp_txq_push(fp, id, f); /* limited transmit (fp_tx.c) */
         }
     }
+
+    if (nsack && (f->flags & TAS_FF_RECOVERY))
+        sack_holes(fp, id, f, nsack, sack_s, sack_e);
 
     /* send window update (RFC 9293 SND.WL1/WL2 rule) */
     if (seq_lt(f->snd_wl1, p->seq) ||

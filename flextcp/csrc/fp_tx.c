@@ -179,6 +179,9 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
             if (send_segment(fp, f, f->tx_una, len, fin) == 0) {
                 f->cnt_rexmit++;
                 sent++;
+                if ((f->flags & TAS_FF_RECOVERY) &&
+                    seq_lt(f->rexmit_nxt, (uint32_t)(f->tx_una + len)))
+                    f->rexmit_nxt = (uint32_t)(f->tx_una + len);
             }
         } else if ((f->flags & TAS_FF_FIN_SENT) && !(f->flags & TAS_FF_FIN_ACKED)) {
             if (send_segment(fp, f, f->tx_una, 0, 1) == 0) {
@@ -188,12 +191,38 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
         }
     }
 
+    if ((f->flags & TAS_FF_RECOVERY) && f->rexmit_len) {
+        /* a hole the peer's SACK blocks revealed (fp_rx.c sack_holes) */
+        uint32_t off = f->rexmit_nxt - (uint32_t)f->tx_una;
+        uint64_t out = f->tx_max - f->tx_una;
+        uint32_t len = f->rexmit_len;
+        f->rexmit_len = 0;
+        if (off < out && sent < budget) {
+            if (len > out - off)
+                len = (uint32_t)(out - off);
+            if (len > smss)
+                len = smss;
+            uint64_t pos = f->tx_una + off;
+            int fin = (f->flags & TAS_FF_FIN_SENT) && pos + len == f->tx_head &&
+                      (f->flags & TAS_FF_TX_FIN);
+            if (send_segment(fp, f, pos, len, fin) == 0) {
+                f->cnt_rexmit++;
+                fp->st->rexmit_sack++;
+                f->rexmit_nxt = (uint32_t)(pos + len);
+                sent++;
+            }
+        }
+    }
+
     while (sent < budget) {
         uint64_t flight = f->tx_nxt - f->tx_una;
-        uint64_t wnd = u64_min(f->cwnd, f->snd_wnd);
+        /* limited transmit (RFC 3042): one new segment on each of the
+         * first two duplicate ACKs */
+        uint64_t lt = (f->flags & TAS_FF_RECOVERY) ? 0 : (uint64_t)(f->dupacks < 2 ? f->dupacks : 2) * smss;
+        uint64_t wnd = u64_min((uint64_t)f->cwnd + lt, f->snd_wnd);
         uint64_t avail = f->tx_head - f->tx_nxt;
         uint64_t can = wnd > flight ? wnd - flight : 0;
-        uint32_t len = (uint32_t)u64_min(u64_min(avail, can), smss);
+        uint32_t len = (uint32_t)u64_min(u64_min(avail, can), fp_seg_max(fp, smss));
 
         if (len == 0 && avail > 0 && (f->flags & TAS_FF_PROBE)) {
             /* zero-window probe: one byte past the window (RFC 9293 3.8.6.1) */

@@ -169,7 +169,8 @@ struct tas_flow {
     uint32_t tx_off;
     uint32_t tx_len;
     uint32_t appflow_off;   /* SP: tas_appflow offset in context region */
-    uint8_t pad0[4];
+    uint32_t rexmit_nxt;    /* FP: SACK recovery: low 32 bits of the absolute tx
+                               position below which holes were retransmitted */
 
     /* line 1: receive side, FP */
     uint64_t rx_head;       /* in-order bytes received */
@@ -177,7 +178,7 @@ struct tas_flow {
     uint64_t rx_adv;        /* right edge of the window we advertised (abs) */
     uint32_t ts_recent;     /* peer's TSval to echo */
     uint16_t unacked_segs;  /* segments received since our last ACK */
-    uint16_t pad1;
+    uint16_t rexmit_len;    /* FP: SACK recovery: hole bytes to retransmit at rexmit_nxt */
     uint32_t ooo_start[4];  /* out-of-order ranges [start, end) as the low */
     uint32_t ooo_end[4];    /* 32 bits of absolute rx positions; start==end: empty */
 
@@ -203,7 +204,7 @@ struct tas_flow {
     uint32_t rto_us;
     uint32_t rto_start_us;  /* FP: when the oldest unacked byte's timer began */
     uint32_t last_rx_us;    /* FP: time of the last segment received */
-    uint32_t pad3;
+    uint32_t cnt_dsack;     /* FP: D-SACKs received (RFC 2883): spurious retransmissions */
     uint64_t cnt_acked;     /* FP: bytes acknowledged (for CC) */
     uint64_t cnt_rexmit;    /* FP/SP: segments retransmitted */
     uint64_t cnt_rx_segs;
@@ -290,7 +291,9 @@ struct tas_fp_stats {
     uint64_t ring_corrupt;    /* app ring indices out of range */
     uint64_t tap_errors;
     uint64_t drops[16];       /* malformed frames by -TAS_DROP_* reason */
-    uint64_t pad[2];
+    uint64_t rexmit_sack;     /* holes retransmitted from the peer's SACK blocks (RFC 6675) */
+    uint64_t rexmit_spurious; /* D-SACKs received (RFC 2883): retransmissions (or network
+                                 duplicates) the peer already had */
 };
 
 #endif /* TAS_ABI_H */

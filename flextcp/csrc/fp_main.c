@@ -277,6 +277,7 @@ static uint32_t poll_apps(struct tas_fp *fp)
             struct tas_atx *e = &ents[j];
             if (e->flow_id >= fp->cfg.n_flows || e->kind != TAS_ATX_UPDATE) {
                 fp->st->atx_bad++;
+                c->strikes++;
                 continue;
             }
             struct tas_flow *f = &fp->ft.flows[e->flow_id];
@@ -287,7 +288,6 @@ static uint32_t poll_apps(struct tas_fp *fp)
                     c->strikes++;  /* a live flow of another context */
                 tas_flow_unlock(f);
                 fp->st->atx_bad++;
-                c->strikes++;
                 continue;
             }
             int bad = 0;

@@ -81,12 +81,23 @@ class FastPath:
                 stats_off=lay.stats_off[a.core], rx_batch=cfg.rx_batch, tx_batch=cfg.tx_batch))  # fmt: skip
             if self.fp is None:
                 raise SystemExit("fast path: PyFastPath.create failed")
+            from nicemu.tap import has_vnet_hdr
+
+            if has_vnet_hdr(a.tap_fd):
+                raise SystemExit("fast path: the pure-Python fast path does not do TAP offloads (IFF_VNET_HDR)")
             self._poll = self.fp.poll
             self._set_armed = self.fp.set_armed
         else:
             self.fp = lib.tas_fp_create(cfg)
             if self.fp == ffi.NULL:
                 raise SystemExit("fast path: tas_fp_create failed")
+            from nicemu.tap import has_vnet_hdr
+
+            if has_vnet_hdr(a.tap_fd):
+                # TAP offloads: the header on every frame, TSO4 on writes
+                tso = os.environ.get("TAS_TSO", "1") != "0"
+                lib.tas_fp_set_offload(self.fp, 1, 1 if tso else 0)
+                log.info("fast path core %d: TAP offloads on (vnet header, tso=%d)", a.core, tso)
             self._poll = functools.partial(lib.tas_fp_poll, self.fp)
             self._set_armed = functools.partial(lib.tas_fp_set_armed, self.fp)
         self.ctxs: dict[int, tuple[Region, int]] = {}

@@ -20,6 +20,12 @@
 #define FP_ATX_BATCH 64
 #define FP_KTX_BATCH 32
 #define FP_SEGS_PER_VISIT 16
+/* TAP offloads (IFF_VNET_HDR): every frame on the TAP fd is preceded by a
+ * struct virtio_net_hdr; with TSO a data segment carries up to this many
+ * payload bytes (the kernel cuts it into gso_size pieces). */
+#define FP_VNET_HLEN 10
+#define FP_TSO_MAX 65000u
+#define FP_TXBUF_MAX (FP_TSO_MAX + 256u)
 
 /* Drop reasons the fast path adds after the wire parser's (indices 14, 15). */
 #define FP_DROP_WRONG_DST_IP 14
@@ -68,7 +74,9 @@ struct tas_fp {
     uint32_t krx_posted;
     uint64_t now_us;
     uint8_t rxbuf[FP_RX_BATCH_MAX][FP_FRAME_MAX];
-    uint8_t txbuf[FP_FRAME_MAX];
+    uint32_t vnet;              /* TAP fd has IFF_VNET_HDR */
+    uint32_t tso;               /* send TSO4 super-segments (needs vnet) */
+    uint8_t txbuf[FP_TXBUF_MAX];
     uint8_t ktxbuf[FP_KTX_BATCH][TAS_KQ_ENTRY_SIZE];
 };
 
@@ -81,6 +89,13 @@ void fp_send_ack(struct tas_fp *fp, struct tas_flow *f);
 void fp_flush_acks(struct tas_fp *fp);
 void fp_need_ack(struct tas_fp *fp, uint32_t flow_id, struct tas_flow *f);
 int fp_write_frame(struct tas_fp *fp, const uint8_t *frame, uint32_t len);
+/* fp_main.c: write one frame (gso_size > 0: a TSO4 super-segment built in
+ * fp->txbuf, its TCP checksum is rewritten to the partial one) */
+int fp_write_gso(struct tas_fp *fp, uint8_t *frame, uint32_t len, uint32_t gso_size);
+static inline uint32_t fp_seg_max(const struct tas_fp *fp, uint32_t smss)
+{
+    return fp->tso && smss < FP_TSO_MAX ? (FP_TSO_MAX / smss) * smss : smss;
+}
 /* fp_main.c */
 void fp_notify_app(struct tas_fp *fp, uint32_t flow_id, struct tas_flow *f, uint16_t kind);
 void fp_to_sp_frame(struct tas_fp *fp, const uint8_t *frame, uint32_t len);

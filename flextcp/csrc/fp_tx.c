@@ -10,14 +10,7 @@
 
 int fp_write_frame(struct tas_fp *fp, const uint8_t *frame, uint32_t len)
 {
-    ssize_t r = write(fp->cfg.tap_fd, frame, len);
-    if (r != (ssize_t)len) {
-        fp->st->tap_errors++;
-        return -1;
-    }
-    fp->st->tx_frames++;
-    fp->st->tx_bytes += len;
-    return 0;
+    return fp_write_gso(fp, (uint8_t *)frame, len, 0);
 }
 
 void fp_txq_push(struct tas_fp *fp, uint32_t flow_id, struct tas_flow *f)
@@ -112,6 +105,8 @@ void fp_flush_acks(struct tas_fp *fp)
     fp->n_ack = 0;
 }
 
+static uint32_t seg_payload_max(const struct tas_flow *f);
+
 /* Send one segment of f starting at absolute tx position pos with len
  * payload bytes (len may be 0 for a bare FIN). */
 static int send_segment(struct tas_fp *fp, struct tas_flow *f, uint64_t pos,
@@ -136,7 +131,8 @@ static int send_segment(struct tas_fp *fp, struct tas_flow *f, uint64_t pos,
                                buf, len - first);
     if (!n)
         return -1;
-    if (fp_write_frame(fp, fp->txbuf, n) != 0)
+    uint32_t smss = seg_payload_max(f);
+    if (fp_write_gso(fp, fp->txbuf, n, len > smss ? smss : 0) != 0)
         return -1;
     if (pos < f->tx_max)
         fp->st->rexmit_segs++;

@@ -47,6 +47,11 @@ uint32_t tas_fp_poll(struct tas_fp *fp, uint64_t now_us);
 /* Set (1) or clear (0) this core's armed flag in every context region.
  * After arming, the caller must poll once more before sleeping. */
 void tas_fp_set_armed(struct tas_fp *fp, uint32_t armed);
+/* TAP offloads: vnet_hdr = the TAP fd was opened with IFF_VNET_HDR (a
+ * 10-byte virtio_net_hdr precedes every frame read and written); tso = send
+ * TSO4 super-segments of up to ~64 KiB (needs vnet_hdr).  Returns 0, or -1
+ * if tso is asked without vnet_hdr. */
+int tas_fp_set_offload(struct tas_fp *fp, uint32_t vnet_hdr, uint32_t tso);
 
 /* Microseconds on CLOCK_MONOTONIC: the clock every process uses. */
 uint64_t tas_now_us(void);

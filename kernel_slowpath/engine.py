@@ -174,6 +174,7 @@ class Engine:
             "challenge_acks": 0, "conns_established": 0, "conns_refused": 0, "conns_timed_out": 0,
             "rto_fired": 0, "zero_window_probes": 0, "time_wait": 0, "reinjected": 0,
             "non_tcp_ip": 0, "protocol_errors": 0, "ignored": 0, "alloc_failures": 0,
+            "conns_refused_limit": 0,
         }
         self._pkt = ffi.new("struct tas_pkt *")
         self._scan_ids = ffi.new("uint32_t[]", 256)
@@ -182,6 +183,8 @@ class Engine:
         self._snap = ffi.new("struct tas_flow *")
         self._ktx_slot = ffi.new("uint8_t[]", lib.TAS_KQ_ENTRY_SIZE)
         self._scan_handle = None
+        self._hi_water = 0  # 1 + highest flow id handed out since the table was last empty
+        self._scan_more = False
         # set by the stack: per-core counter structs (struct tas_fp_stats *)
         self.core_stats: Callable[[], list] = list
 
@@ -398,10 +401,27 @@ class Engine:
         self.counters["rst_sent"] += 1
 
     # -- passive open ---------------------------------------------------
+    def _at_limit(self, lst: Listener) -> bool:
+        """No flow slot, or no buffer memory in the listener's context, for
+        one more connection on top of those already half open (issue 8)."""
+        pending = sum(len(x.half_open) for x in self.listeners.values())
+        if len(self.free_ids) <= pending:
+            return True
+        heap = getattr(lst.ctx, "heap", None)
+        if heap is None:
+            return False
+        need = 64 + _pow2(self.rx_buf) + _pow2(self.tx_buf)
+        return heap.free_bytes < need * (len(lst.half_open) + 1)
+
     def _on_syn(self, lst: Listener, p) -> None:
         self.counters["syn_rcvd"] += 1
-        if len(lst.half_open) >= lst.backlog:
+        backlogged = getattr(lst.ctx, "backlogged", None)  # the app is behind on its events
+        if len(lst.half_open) >= lst.backlog or (backlogged is not None and backlogged()):
             self.counters["syn_dropped_backlog"] += 1
+            return
+        if self._at_limit(lst):  # refuse at once: the peer's connect() fails cleanly
+            self.counters["conns_refused_limit"] += 1
+            self._reply_rst(p)
             return
         ho = HalfOpen(
             listener=lst, remote_ip=p.src_ip, remote_port=p.src_port, remote_mac=bytes(p.src_mac),
@@ -414,8 +434,14 @@ class Engine:
         lst.half_open[(p.dst_port, p.src_ip, p.src_port)] = ho
         self._send_synack(ho)
 
+    def _accept_bufs(self, lst: Listener, ctx) -> tuple[int, int]:
+        """Flow buffer sizes for a connection accepted by ctx: the context's
+        own defaults (set at ctx_create), else the stack's."""
+        return (_pow2(getattr(ctx, "rx_buf", 0) or self.rx_buf), _pow2(getattr(ctx, "tx_buf", 0) or self.tx_buf))
+
     def _send_synack(self, ho: HalfOpen) -> None:
-        ws = wscale_for(self.rx_buf) if ho.peer_ws is not None else None
+        # the shift we announce is the one the flow will use (rcv_wscale)
+        ws = wscale_for(self._accept_bufs(ho.listener, ho.listener.ctx)[0]) if ho.peer_ws is not None else None
         ts = (self.ts_now(), ho.ts_recent) if ho.ts_recent is not None else None
         self.send_frame(self.segs.build(
             dst_mac=ho.remote_mac, dst_ip=ho.remote_ip, sport=ho.listener.port, dport=ho.remote_port,
@@ -456,7 +482,8 @@ class Engine:
         del ho.listener.half_open[key]
         lst = ho.listener
         ctx = lst.pick()
-        conn = self._new_conn(ctx, lst.port, ho.remote_ip, ho.remote_port, self.rx_buf, self.tx_buf,
+        rx_len, tx_len = self._accept_bufs(lst, ctx)
+        conn = self._new_conn(ctx, lst.port, ho.remote_ip, ho.remote_port, rx_len, tx_len,
                               State.SYN_RECEIVED)
         if conn is None:
             self._reply_rst(p)
@@ -465,7 +492,7 @@ class Engine:
         conn.iss, conn.irs, conn.remote_mac = ho.iss, ho.irs, ho.remote_mac
         ws_ok = ho.peer_ws is not None
         self._install(conn, peer_mss=ho.peer_mss, snd_wscale=ho.peer_ws if ws_ok else 0,
-                      rcv_wscale=wscale_for(conn.rx_len) if ws_ok else 0, sack=ho.sack,
+                      rcv_wscale=wscale_for(self._accept_bufs(lst, lst.ctx)[0]) if ws_ok else 0, sack=ho.sack,
                       ts_recent=p.tsval if (p.opts & lib.TAS_OPT_TS and ho.ts_recent is not None) else None,
                       snd_wnd=p.win << (ho.peer_ws if ws_ok else 0), wl1=p.seq, wl2=p.ack,
                       rtt_us=self._ts_rtt(p))
@@ -575,6 +602,7 @@ class Engine:
                 return None
             offs.append(off)
         fid = self.free_ids.pop()
+        self._hi_water = max(self._hi_water, fid + 1)
         f = self.ft.flow(fid)
         gen = (f.gen + 1) & 0xFFFF
         conn = Conn(fid=fid, gen=gen, ctx=ctx, core=fid % self.fpm.n_cores, local_port=local_port,
@@ -733,8 +761,18 @@ class Engine:
 
     def scan_once(self) -> None:
         now = self.now_us()
-        n = lib.tas_sp_scan_timeouts(self.ft.raw, now & U32, self.n_flows, self._scan_cursor,
-                                     self._scan_ids, self._scan_why, 256)
+        if not self.conns:
+            self._hi_water = 0
+            n = 0
+        else:
+            # ids are handed out lowest first, so the live ones sit below the
+            # high-water mark: scan only that part of the table
+            # restart at 0 unless the last pass stopped early with a full batch
+            if not self._scan_more or self._scan_cursor[0] >= self._hi_water:
+                self._scan_cursor[0] = 0
+            n = lib.tas_sp_scan_timeouts(self.ft.raw, now & U32, self._hi_water, self._scan_cursor,
+                                         self._scan_ids, self._scan_why, 256)
+            self._scan_more = n == 256
         for i in range(n):
             fid = self._scan_ids[i]
             conn = self.conns.get(fid)

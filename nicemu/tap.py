@@ -83,7 +83,17 @@ def open_tap(name: str, queues: int = 1, offload: bool | None = None) -> Tap:
     if len(name.encode()) > 15:
         raise TapError(f"interface name too long: {name!r}")
     created = not exists(name)
-    flags = IFF_TAP | IFF_NO_PI | (IFF_MULTI_QUEUE if queues > 1 else 0) | (IFF_VNET_HDR if offload else 0)
+    multi = queues > 1
+    if not created:
+        # the kernel refuses to attach with a different multi-queue setting
+        # than the device was created with, so follow the existing device
+        existing = existing_flags(name)
+        if existing is not None:
+            if queues > 1 and not existing & IFF_MULTI_QUEUE:
+                raise TapError(f"TAP {name} is single-queue; --fp-cores {queues} needs a multi-queue TAP "
+                               "(create it with `ip tuntap add dev NAME mode tap multi_queue`)")
+            multi = bool(existing & IFF_MULTI_QUEUE)
+    flags = IFF_TAP | IFF_NO_PI | (IFF_MULTI_QUEUE if multi else 0) | (IFF_VNET_HDR if offload else 0)
     fds: list[int] = []
     try:
         for _ in range(queues):
@@ -102,6 +112,15 @@ def open_tap(name: str, queues: int = 1, offload: bool | None = None) -> Tap:
     if created:
         _set_up(name)
     return Tap(name, fds, created)
+
+
+def existing_flags(name: str) -> int | None:
+    """IFF_* flags an existing TAP was created with (sysfs tun_flags)."""
+    try:
+        with open(f"/sys/class/net/{name}/tun_flags") as f:
+            return int(f.read().strip(), 16)
+    except (OSError, ValueError):
+        return None
 
 
 def _set_up(name: str) -> None:

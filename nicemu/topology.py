@@ -58,6 +58,7 @@ _TUNSETPERSIST = 0x400454CB
 _TUNSETOWNER = 0x400454CC
 _IFF_TAP = 0x0002
 _IFF_NO_PI = 0x1000
+_IFF_MULTI_QUEUE = 0x0100
 _SIOCETHTOOL = 0x8946
 _NUD_PERMANENT = 0x80
 # Legacy ethtool "set one offload" commands (struct ethtool_value).
@@ -148,7 +149,8 @@ def _create_tap(name: str, owner: int = 0) -> None:
     """Create a persistent TAP (calling thread's namespace)."""
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     try:
-        ifr = struct.pack("16sH", name.encode(), _IFF_TAP | _IFF_NO_PI) + b"\0" * 22
+        # multi-queue, so a stack can run one fast-path core per queue
+        ifr = struct.pack("16sH", name.encode(), _IFF_TAP | _IFF_NO_PI | _IFF_MULTI_QUEUE) + b"\0" * 22
         fcntl.ioctl(fd, _TUNSETIFF, ifr)
         fcntl.ioctl(fd, _TUNSETOWNER, owner)
         fcntl.ioctl(fd, _TUNSETPERSIST, 1)

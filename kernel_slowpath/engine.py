@@ -14,6 +14,7 @@ fast-path core), time comes from `now_us`, timers from the asyncio loop.
 from __future__ import annotations
 
 import errno
+import hashlib
 import ipaddress
 import logging
 import secrets
@@ -46,6 +47,14 @@ TIME_WAIT_US = 60_000_000
 FIN_WAIT_2_ORPHAN_US = 60_000_000
 SCAN_INTERVAL_S = 0.01
 U32 = 0xFFFFFFFF
+# SYN cookies (RFC 4987), used while a listener's SYN queue is full.  The ISN
+# carries: bits 31-29 a 64 s tick (mod 8), 28-27 an MSS index, 26-23 the
+# peer's window scale + 1 (0: none), 22 SACK permitted, 21 timestamps, 20-0
+# a keyed hash (BLAKE2s) of the 4-tuple, the peer's ISN, the tick and those
+# bits.  A cookie is valid in its tick and the next one (64..128 s).
+COOKIE_MSS = (536, 1220, 1440, 1460)
+COOKIE_TICK_US = 64_000_000
+COOKIE_MAC_BITS = 21
 
 
 def ip2int(ip: str) -> int:
@@ -79,6 +88,7 @@ class Listener:
     # connections go to its members round robin.  ctx is group[0].
     group: list = field(default_factory=list)
     rr: int = 0
+    cookies_until: int = 0  # SYN cookies sent recently: ACKs without a half-open entry are checked until then
 
     def pick(self) -> Any:
         """The context the next new connection goes to (round robin over open members)."""
@@ -176,6 +186,8 @@ class Engine:
             "non_tcp_ip": 0, "protocol_errors": 0, "ignored": 0, "alloc_failures": 0,
             "conns_refused_limit": 0,
         }
+        self.counters.update({"syncookies_sent": 0, "syncookies_validated": 0, "syncookies_failed": 0})
+        self._cookie_key = secrets.token_bytes(16)
         self._pkt = ffi.new("struct tas_pkt *")
         self._scan_ids = ffi.new("uint32_t[]", 256)
         self._scan_why = ffi.new("uint8_t[]", 256)
@@ -339,6 +351,8 @@ class Engine:
         if flags & SYN and not flags & ACK and lst is not None:
             self._on_syn(lst, p)
             return
+        if lst is not None and flags & ACK and not flags & SYN and self._cookie_ack(lst, frame, p):
+            return
         self._reply_rst(p)
 
     # -- segments for installed flows (SYN, RST, races) -----------------
@@ -416,6 +430,9 @@ class Engine:
     def _on_syn(self, lst: Listener, p) -> None:
         self.counters["syn_rcvd"] += 1
         backlogged = getattr(lst.ctx, "backlogged", None)  # the app is behind on its events
+        if len(lst.half_open) >= lst.backlog and not (backlogged is not None and backlogged()):
+            self._send_cookie_synack(lst, p)  # SYN queue full: stateless (RFC 4987)
+            return
         if len(lst.half_open) >= lst.backlog or (backlogged is not None and backlogged()):
             self.counters["syn_dropped_backlog"] += 1
             return
@@ -438,6 +455,57 @@ class Engine:
         """Flow buffer sizes for a connection accepted by ctx: the context's
         own defaults (set at ctx_create), else the stack's."""
         return (_pow2(getattr(ctx, "rx_buf", 0) or self.rx_buf), _pow2(getattr(ctx, "tx_buf", 0) or self.tx_buf))
+
+    # -- SYN cookies (RFC 4987) ------------------------------------------
+    def _cookie_mac(self, tick: int, p_src_ip: int, sport: int, dport: int, irs: int, info: int) -> int:
+        h = hashlib.blake2s(struct.pack("!IIHHIII", p_src_ip, self.local_ip_int, sport, dport, irs & U32, tick, info),
+                            key=self._cookie_key, digest_size=4).digest()
+        return int.from_bytes(h, "big") & ((1 << COOKIE_MAC_BITS) - 1)
+
+    def _send_cookie_synack(self, lst: Listener, p) -> None:
+        """Answer a SYN without keeping state: everything the connection
+        needs later is encoded in our ISN."""
+        mss = p.mss if p.opts & lib.TAS_OPT_MSS else 536
+        idx = max(i for i, m in enumerate(COOKIE_MSS) if m <= mss or i == 0)
+        ws = min(p.wscale, 14) + 1 if p.opts & lib.TAS_OPT_WS else 0
+        sack = 1 if p.opts & lib.TAS_OPT_SACKPERM else 0
+        ts = 1 if p.opts & lib.TAS_OPT_TS else 0
+        info = (idx << 6) | (ws << 2) | (sack << 1) | ts
+        tick = (self.now_us() // COOKIE_TICK_US) & 7
+        iss = (tick << 29) | (info << COOKIE_MAC_BITS) | self._cookie_mac(tick, p.src_ip, p.src_port, p.dst_port,
+                                                                          p.seq, info)
+        lst.cookies_until = self.now_us() + 2 * COOKIE_TICK_US
+        our_ws = wscale_for(self._accept_bufs(lst, lst.ctx)[0]) if ws else None
+        self.send_frame(self.segs.build(
+            dst_mac=bytes(p.src_mac), dst_ip=p.src_ip, sport=p.dst_port, dport=p.src_port, seq=iss,
+            ack=(p.seq + 1) & U32, flags=SYN | ACK, win=min(self.rx_buf, 0xFFFF), mss=OUR_MSS, wscale=our_ws,
+            sack_perm=bool(sack), ts=(self.ts_now(), p.tsval) if ts else None))
+        self.counters["syncookies_sent"] += 1
+
+    def _cookie_ack(self, lst: Listener, frame: bytes, p) -> bool:
+        """An ACK at a listener with no half-open entry: if it carries one of
+        our recent cookies, open the connection as if it had been queued."""
+        now = self.now_us()
+        if now >= lst.cookies_until:
+            return False
+        iss = (p.ack - 1) & U32
+        irs = (p.seq - 1) & U32
+        tick, info = iss >> 29, (iss >> COOKIE_MAC_BITS) & 0xFF
+        if (((now // COOKIE_TICK_US) - tick) & 7) > 1 or (
+                iss & ((1 << COOKIE_MAC_BITS) - 1)) != self._cookie_mac(tick, p.src_ip, p.src_port, p.dst_port,
+                                                                      irs, info):
+            self.counters["syncookies_failed"] += 1
+            return False
+        self.counters["syncookies_validated"] += 1
+        ws = (info >> 2) & 0xF
+        ho = HalfOpen(listener=lst, remote_ip=p.src_ip, remote_port=p.src_port, remote_mac=bytes(p.src_mac),
+                      iss=iss, irs=irs, peer_mss=COOKIE_MSS[info >> 6], peer_ws=ws - 1 if ws else None,
+                      sack=bool(info & 2),
+                      ts_recent=p.tsval if info & 1 and p.opts & lib.TAS_OPT_TS else None,
+                      timer=_NoTimer())
+        lst.half_open[(p.dst_port, p.src_ip, p.src_port)] = ho
+        self._on_half_open(ho, frame, p)  # installs the flow (or answers RST) and drops the entry
+        return True
 
     def _send_synack(self, ho: HalfOpen) -> None:
         # the shift we announce is the one the flow will use (rcv_wscale)
@@ -1025,6 +1093,13 @@ class Engine:
                 "listeners": len(self.listeners), "time_wait": len(self.time_wait),
                 "arp_entries": len(self.arp), "flow_record_bytes": ffi.sizeof("struct tas_flow"),
                 "slowpath": dict(self.counters)}
+
+
+class _NoTimer:
+    """Stands in for the retransmission timer of a half-open entry rebuilt from a SYN cookie."""
+
+    def cancel(self) -> None:
+        pass
 
 
 def _pow2(n: int) -> int:

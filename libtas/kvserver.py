@@ -42,13 +42,14 @@ class Session:
     runs complete commands (until OUT_LIMIT bytes of replies are pending),
     the owner sends ``out`` and closes once ``closing`` and ``out`` is empty."""
 
-    __slots__ = ("cmds", "parser", "out", "closing")
+    __slots__ = ("cmds", "parser", "out", "closing", "proto")
 
     def __init__(self, cmds: Commands, max_bulk: int = resp.MAX_BULK) -> None:
         self.cmds = cmds
         self.parser = resp.RequestParser(max_bulk=max_bulk)
         self.out = bytearray()
         self.closing = False
+        self.proto = 2  # RESP version, switched by HELLO
 
     def feed(self, data) -> None:
         if not self.closing:
@@ -73,8 +74,11 @@ class Session:
             if r is QUIT:
                 out += resp.OK
                 self.closing = True
+            elif isinstance(r, resp.Hello):
+                self.proto = r.proto
+                out += resp.encode(r.info, self.proto)
             else:
-                out += resp.encode(r)
+                out += resp.encode(r, self.proto)
         return n
 
     def end_of_input(self) -> None:

@@ -19,7 +19,7 @@ import fnmatch
 import time
 from collections.abc import Callable
 
-from libtas.resp import Error, SimpleString
+from libtas.resp import Error, Hello, Map, SimpleString
 
 __all__ = ["KVStore", "Commands", "OOMError", "KEY_OVERHEAD", "QUIT"]
 
@@ -453,12 +453,12 @@ class Commands:
                 b"databases": b"1",
                 b"proto-max-bulk-len": b"%d" % (512 << 20),
             }
-            out = []
+            out = Map()
             for pat in a[2:]:
                 p = pat.decode("latin-1").lower()
                 for k, v in params.items():
-                    if fnmatch.fnmatchcase(k.decode(), p) and k not in out[::2]:
-                        out += [k, v]
+                    if fnmatch.fnmatchcase(k.decode(), p):
+                        out.setdefault(k, v)
             return out
         if sub in (b"set", b"resetstat", b"rewrite"):
             return Error(
@@ -467,28 +467,19 @@ class Commands:
         return Error(f"ERR unknown subcommand '{_show(a[1])}'. Try CONFIG HELP.")
 
     def c_hello(self, a):
-        # RESP2 only: HELLO / HELLO 2 describe the server, HELLO 3 is refused as Redis
-        # refuses versions it does not speak (clients then stay on RESP2 or fail clearly)
-        if len(a) >= 2 and a[1] != b"2":
-            if _int(a[1]) is None:
+        # HELLO [protover [AUTH user pass] [SETNAME name]]: RESP2 and RESP3
+        # (redis-py >= 8 opens every connection with HELLO 3)
+        proto = 2
+        if len(a) >= 2:
+            v = _int(a[1])
+            if v is None:
                 return Error("ERR Protocol version is not an integer or out of range")
-            return Error("NOPROTO unsupported protocol version")
-        return [
-            b"server",
-            b"redis",
-            b"version",
-            b"7.0.0",
-            b"proto",
-            2,
-            b"id",
-            1,
-            b"mode",
-            b"standalone",
-            b"role",
-            b"master",
-            b"modules",
-            [],
-        ]
+            if v not in (2, 3):
+                return Error("NOPROTO unsupported protocol version")
+            proto = v
+        info = Map({b"server": b"redis", b"version": b"7.0.0", b"proto": proto, b"id": 1,
+                    b"mode": b"standalone", b"role": b"master", b"modules": []})
+        return Hello(proto, info)
 
     def c_select(self, a):
         return OK if a[1] == b"0" else Error("ERR DB index is out of range")

@@ -67,13 +67,36 @@ NULL_BULK = b"$-1\r\n"
 # -- encoding -------------------------------------------------------------------------------------
 
 
-def _encode_into(out: list, v) -> None:
+class Map(dict):
+    """A reply that is a map: RESP3 `%`, a flat key/value array in RESP2."""
+
+
+class Hello:
+    """HELLO's reply: switches the connection to `proto` (2 or 3), then
+    answers with `info` in that protocol."""
+
+    __slots__ = ("proto", "info")
+
+    def __init__(self, proto: int, info: Map) -> None:
+        self.proto = proto
+        self.info = info
+
+
+def _encode_into(out: list, v, proto: int = 2) -> None:
     if isinstance(v, (bytes, bytearray, memoryview)):
         out.append(b"$%d\r\n" % len(v))
         out.append(bytes(v))
         out.append(b"\r\n")
     elif v is None:
-        out.append(NULL_BULK)
+        out.append(b"_\r\n" if proto == 3 else NULL_BULK)
+    elif isinstance(v, Map):
+        if proto == 3:
+            out.append(b"%%%d\r\n" % len(v))
+        else:
+            out.append(b"*%d\r\n" % (2 * len(v)))
+        for k, x in v.items():
+            _encode_into(out, k, proto)
+            _encode_into(out, x, proto)
     elif isinstance(v, bool):
         raise TypeError("RESP has no booleans: use 0/1")
     elif isinstance(v, int):
@@ -87,7 +110,7 @@ def _encode_into(out: list, v) -> None:
     elif isinstance(v, (list, tuple)):
         out.append(b"*%d\r\n" % len(v))
         for x in v:
-            _encode_into(out, x)
+            _encode_into(out, x, proto)
     else:
         raise TypeError(f"cannot encode {type(v).__name__} as RESP")
 
@@ -97,11 +120,12 @@ def _line(s: str) -> bytes:
     return s.replace("\r", " ").replace("\n", " ").encode()
 
 
-def encode(value) -> bytes:
-    """RESP2 for a reply: bytes/str -> bulk string, None -> null bulk, int ->
-    integer, SimpleString -> +, Error -> -, list/tuple -> array (nested)."""
+def encode(value, proto: int = 2) -> bytes:
+    """A reply in RESP2 (default) or RESP3: bytes/str -> bulk string, None ->
+    null (`$-1` / `_`), int -> integer, SimpleString -> +, Error -> -,
+    list/tuple -> array (nested), Map -> flat array / `%` map."""
     out: list[bytes] = []
-    _encode_into(out, value)
+    _encode_into(out, value, proto)
     return b"".join(out)
 
 

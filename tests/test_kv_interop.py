@@ -211,29 +211,33 @@ def test_same_server_on_linux_sockets(tas):
 
 REDIS_PY = r"""
 import os, sys, redis
-r = redis.Redis(host=sys.argv[1], port=int(sys.argv[2]), socket_timeout=10, protocol=2)
-assert r.ping()
-blob = os.urandom(1 << 20) + bytes(range(256))
-assert r.set("b", blob, ex=100) and r.get("b") == blob and r.ttl("b") == 100
-p = r.pipeline(transaction=False)
-for _ in range(500):
-    p.incr("n")
-assert p.execute()[-1] == 500
-assert r.mget("b", "nope")[1] is None
-try:
-    r.lpush("l", "x")
-    raise SystemExit("LPUSH did not fail")
-except redis.ResponseError as e:
-    assert "unknown command" in str(e)
+for proto in (None, 2):  # None: redis-py's default, RESP3 via HELLO 3 (redis-py >= 8)
+    kw = {} if proto is None else {"protocol": proto}
+    r = redis.Redis(host=sys.argv[1], port=int(sys.argv[2]), socket_timeout=10, **kw)
+    assert r.ping()
+    blob = os.urandom(1 << 20) + bytes(range(256))
+    assert r.set("b", blob, ex=100) and r.get("b") == blob and r.ttl("b") == 100
+    p = r.pipeline(transaction=False)
+    for _ in range(500):
+        p.incr("n%s" % proto)
+    assert p.execute()[-1] == 500
+    assert r.mget("b", "nope")[1] is None
+    assert r.get("nope") is None
+    assert r.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+    try:
+        r.lpush("l", "x")
+        raise SystemExit("LPUSH did not fail")
+    except redis.ResponseError as e:
+        assert "unknown command" in str(e)
+    r.close()
 print("redis-py ok")
 """
 
 
 def test_redis_py_under_tas_run(tas, tmp_path):
-    """redis-py (RESP2: protocol=2; HELLO 3 gets NOPROTO) as a client through
+    """redis-py (its default RESP3, and RESP2) as a client through
     the stack via the `tas run` shim, against the kv-server on Linux sockets
     in the peer namespace."""
-    pytest.importorskip("redis")
     srv = tas.spawn(
         tas.topo.peer_ns,
         "kv-peer",

@@ -196,11 +196,12 @@ def test_basic_commands(kv):
     assert kv("DBSIZE") == 3 and kv("DEL", "k1", "k2", "nope") == 2 and kv("DBSIZE") == 1
     assert kv("FLUSHALL") == "OK" and kv("DBSIZE") == 0
     assert kv("QUIT") is QUIT
-    assert kv("CONFIG", "GET", "save") == [b"save", b""]
-    assert kv("CONFIG", "GET", "appendonly") == [b"appendonly", b"no"]
-    assert kv("CONFIG", "GET", "nonexistent") == []
-    assert kv("HELLO", "3") == "NOPROTO unsupported protocol version"
-    assert kv("HELLO", "2")[4:6] == [b"proto", 2] and kv("HELLO")[4:6] == [b"proto", 2]
+    assert kv("CONFIG", "GET", "save") == {b"save": b""}
+    assert kv("CONFIG", "GET", "appendonly") == {b"appendonly": b"no"}
+    assert kv("CONFIG", "GET", "nonexistent") == {}
+    assert kv("HELLO", "4") == "NOPROTO unsupported protocol version"
+    assert kv("HELLO", "3").proto == 3 and kv("HELLO", "3").info[b"proto"] == 3
+    assert kv("HELLO", "2").info[b"proto"] == 2 and kv("HELLO").proto == 2
     assert b"# Memory" in kv("INFO") and b"redis_version" in kv("INFO", "server")
 
 
@@ -351,3 +352,19 @@ def test_socket_server_roundtrip_loopback():
         srv.stopping.set()
         t.join(5)
         srv.close()
+
+
+def test_resp3_after_hello_3():
+    """redis-py >= 8 opens connections with HELLO 3: maps and RESP3 nulls after it."""
+    from libtas.kvserver import Session
+
+    sess = Session(Commands(KVStore(clock=FakeClock())))
+    sess.feed(b"GET nokey\r\nCONFIG GET save\r\n")
+    sess.process()
+    assert bytes(sess.out) == b"$-1\r\n*2\r\n$4\r\nsave\r\n$0\r\n\r\n"
+    sess.out.clear()
+    sess.feed(b"HELLO 3\r\nGET nokey\r\nCONFIG GET save\r\nMGET a b\r\n")
+    sess.process()
+    out = bytes(sess.out)
+    assert out.startswith(b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n")
+    assert out.endswith(b"_\r\n%1\r\n$4\r\nsave\r\n$0\r\n\r\n*2\r\n_\r\n_\r\n")

@@ -19,6 +19,11 @@ install_deps() {
     command -v ip >/dev/null || pkgs+=(iproute2)
     command -v ping >/dev/null || pkgs+=(iputils-ping)
     command -v gcc >/dev/null || pkgs+=(gcc)
+    command -v curl >/dev/null || pkgs+=(curl)
+    command -v openssl >/dev/null || pkgs+=(openssl)
+    command -v redis-cli >/dev/null || pkgs+=(redis-tools)
+    command -v unshare >/dev/null || pkgs+=(util-linux)
+    command -v ss >/dev/null || pkgs+=(iproute2)
     if [ ${#pkgs[@]} -gt 0 ]; then
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq

@@ -218,6 +218,7 @@ REQUESTS: dict[str, dict[str, _F]] = {
         "port": _F(int, PORT),
         "backlog": _F(int, (0, 1 << 16), default=128),
         "reuseaddr": _F(bool, default=False),
+        "keepalive": _F(bool, default=False),  # SO_KEEPALIVE for accepted connections
     },
     "listen_close": {"listener": _F(int, U32)},
     "bind": {"ctx": _F(int, U32), "port": _F(int, PORT), "reuseaddr": _F(bool, default=False)},
@@ -229,7 +230,9 @@ REQUESTS: dict[str, dict[str, _F]] = {
         "local_port": _F(int, PORT, default=0),
         "rx_buf": _F(int, BUF, default=0),
         "tx_buf": _F(int, BUF, default=0),
+        "keepalive": _F(bool, default=False),  # SO_KEEPALIVE
     },
+    "keepalive": {"flow": _F(int, U32), "on": _F(bool)},  # setsockopt(SO_KEEPALIVE) on an open flow
     "shutdown": {"flow": _F(int, U32), "tx_head": _F(int, U64)},
     "close": {"flow": _F(int, U32), "tx_head": _F(int, U64), "rx_tail": _F(int, U64)},
     "abort": {"flow": _F(int, U32)},
@@ -261,6 +264,7 @@ REPLIES: dict[str, dict[str, _F]] = {
     "bind": {"port": _F(int, (1, 65535))},
     "unbind": {},
     "connect": {"flow": _F(_FlowDict)},
+    "keepalive": {},
     "shutdown": {},
     "close": {},
     "abort": {},

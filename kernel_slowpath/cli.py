@@ -23,6 +23,7 @@ def cmd_start(a: argparse.Namespace) -> int:
                                  n_flows=a.max_flows, poll_us=a.poll_us, rx_buf=a.rx_buf, tx_buf=a.tx_buf,
                                  allowed_uids=set(a.allow_uid) | {0} if a.allow_uid else None,
                                  allow_privileged_ports=a.allow_privileged_ports,
+                                 keepalive=(a.keepalive_idle, a.keepalive_intvl, a.keepalive_cnt),
                                  strike_limit=a.strike_limit, region_len=a.ctx_region_mb << 20)
     except stack.StartError as e:
         print(f"tas start: {e}", file=sys.stderr)
@@ -135,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="disconnect an app after N invalid queue entries (0: never; default 1024)")
     s.add_argument("--ctx-region-mb", type=int, default=256, metavar="MIB",
                    help="shared memory per app context for flow buffers (default 256)")
+    s.add_argument("--keepalive-idle", type=float, default=7200.0, metavar="S",
+                   help="SO_KEEPALIVE flows: probe after S seconds without a segment from the peer (default 7200)")
+    s.add_argument("--keepalive-intvl", type=float, default=75.0, metavar="S",
+                   help="seconds between unanswered keepalive probes (default 75)")
+    s.add_argument("--keepalive-cnt", type=int, default=9, metavar="N",
+                   help="unanswered probes before the flow is reset with ETIMEDOUT (default 9)")
     s.set_defaults(func=cmd_start)
 
     s = sub.add_parser("stats", help="counters of a running stack (see docs/STATS.md)")

@@ -55,6 +55,10 @@ U32 = 0xFFFFFFFF
 COOKIE_MSS = (536, 1220, 1440, 1460)
 COOKIE_TICK_US = 64_000_000
 COOKIE_MAC_BITS = 21
+# Keepalive (RFC 9293 3.8.4, SO_KEEPALIVE): Linux defaults, `tas start
+# --keepalive-idle/--keepalive-intvl/--keepalive-cnt` override them.
+KEEPALIVE_DEFAULT = (7200.0, 75.0, 9)  # idle s, interval s, probes
+KEEPALIVE_SCAN_US = 100_000
 
 
 def ip2int(ip: str) -> int:
@@ -89,6 +93,7 @@ class Listener:
     group: list = field(default_factory=list)
     rr: int = 0
     cookies_until: int = 0  # SYN cookies sent recently: ACKs without a half-open entry are checked until then
+    keepalive: bool = False  # accepted connections get SO_KEEPALIVE
 
     def pick(self) -> Any:
         """The context the next new connection goes to (round robin over open members)."""
@@ -143,6 +148,11 @@ class Conn:
     timer: Any = None
     syn_ts: int = 0
     orphan_deadline: int = 0
+    keepalive: bool = False  # SO_KEEPALIVE (per flow; accepted flows inherit the listener's)
+    ka_seen: int = -1  # last_rx_us of the record when the scan last looked
+    ka_since: int = 0  # when that value was first seen (64-bit us): the flow has been silent since
+    ka_probes: int = 0  # unanswered keepalive probes
+    ka_next: int = 0
 
     def key(self) -> tuple[int, int, int]:
         return (self.local_port, self.remote_ip, self.remote_port)
@@ -188,6 +198,9 @@ class Engine:
         }
         self.counters.update({"syncookies_sent": 0, "syncookies_validated": 0, "syncookies_failed": 0})
         self._cookie_key = secrets.token_bytes(16)
+        self.counters.update({"keepalive_probes": 0, "keepalive_timeouts": 0})
+        self.keepalive = KEEPALIVE_DEFAULT  # set by the stack from `tas start` options
+        self._ka_next_scan = 0
         self._pkt = ffi.new("struct tas_pkt *")
         self._scan_ids = ffi.new("uint32_t[]", 256)
         self._scan_why = ffi.new("uint8_t[]", 256)
@@ -860,13 +873,61 @@ class Engine:
         if self.time_wait:
             for key in [k for k, v in self.time_wait.items() if v[0] <= now]:
                 del self.time_wait[key]
+        if now >= self._ka_next_scan:
+            self._ka_next_scan = now + KEEPALIVE_SCAN_US
+            for conn in [c for c in self.conns.values()
+                         if c.keepalive or (c.listener is not None and c.listener.keepalive)]:
+                self._keepalive(conn, now)
         for conn in [c for c in self.conns.values() if c.orphan_deadline and c.orphan_deadline <= now]:
             if conn.state is State.FIN_WAIT_2:
                 self._reset(conn, errno.ETIMEDOUT, send_rst=True)
 
+    def _keepalive(self, conn: Conn, now: int) -> None:
+        """SO_KEEPALIVE: after `idle` s without a segment from the peer (the
+        fast path stamps last_rx_us) and with nothing in flight, probe every
+        `intvl` s with seq = SND.UNA - 1 and no data (the peer answers with
+        an ACK); after `cnt` unanswered probes reset the flow (ETIMEDOUT)."""
+        if not conn.installed or conn.state not in (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_2):
+            return
+        idle_s, intvl_s, cnt = self.keepalive
+        s = self._snapshot(conn)
+        if s.status != lib.TAS_FLOW_ACTIVE:
+            return
+        if s.last_rx_us != conn.ka_seen or conn.ka_seen < 0:
+            conn.ka_seen, conn.ka_since, conn.ka_probes = int(s.last_rx_us), now, 0
+            return
+        if s.tx_max > s.tx_una or s.tx_head > s.tx_una:
+            return  # data outstanding: the retransmission timer watches the peer
+        if conn.ka_probes == 0:
+            if now - conn.ka_since < idle_s * 1e6:
+                return
+        elif now < conn.ka_next:
+            return
+        if conn.ka_probes >= cnt:
+            self.counters["keepalive_timeouts"] += 1
+            log.info("flow %d: keepalive: no answer to %d probes, reset", conn.fid, conn.ka_probes)
+            self._reset(conn, errno.ETIMEDOUT, send_rst=True)
+            return
+        una = (s.tx_seq0 + s.tx_una + (1 if s.flags & lib.TAS_FF_FIN_ACKED else 0)) & U32
+        rcv_nxt = (s.rx_seq0 + s.rx_head + (1 if s.flags & lib.TAS_FF_RX_FIN else 0)) & U32
+        ts = (self.ts_now(), s.ts_recent) if s.flags & lib.TAS_FF_TS else None
+        win = (s.rx_len - (s.rx_head - s.rx_tail)) >> s.rcv_wscale
+        self.send_frame(self.segs.build(dst_mac=conn.remote_mac, dst_ip=conn.remote_ip, sport=conn.local_port,
+                                        dport=conn.remote_port, seq=(una - 1) & U32, ack=rcv_nxt, flags=ACK,
+                                        win=min(win, 0xFFFF), ts=ts), conn.core)
+        conn.ka_probes += 1
+        conn.ka_next = now + int(intvl_s * 1e6)
+        self.counters["keepalive_probes"] += 1
+
+    def set_keepalive(self, ctx, flow: int, on: bool) -> None:
+        """setsockopt(SO_KEEPALIVE) on an open flow."""
+        conn = self._conn_of(ctx, flow)
+        conn.keepalive = bool(on)
+        conn.ka_seen = -1
+
     # ------------------------------------------------------------------
     # the Engine seam (called by the control server)
-    def listen(self, ctx, port: int, backlog: int, reuseaddr: bool) -> int:
+    def listen(self, ctx, port: int, backlog: int, reuseaddr: bool, keepalive: bool = False) -> int:
         if port == 0:
             port = self._alloc_port()
             if port is None:
@@ -887,7 +948,7 @@ class Engine:
         if lst is not None or (port in self.ports_in_use and not reuseaddr):
             raise OSError(errno.EADDRINUSE, f"port {port} already in use")
         self.listeners[port] = Listener(ctx=ctx, port=port, backlog=max(1, min(backlog, 65535)),
-                                        reuse=reuseaddr, group=[ctx])
+                                        reuse=reuseaddr, group=[ctx], keepalive=keepalive)
         log.debug("listen on port %d", port)
         return port
 
@@ -925,7 +986,8 @@ class Engine:
             ho.timer.cancel()
         del self.listeners[port]
 
-    def connect(self, ctx, ip: str, port: int, local_port: int, rx_len: int, tx_len: int) -> dict:
+    def connect(self, ctx, ip: str, port: int, local_port: int, rx_len: int, tx_len: int,
+                keepalive: bool = False) -> dict:
         try:
             rip = ip2int(ip)
         except ValueError:
@@ -954,6 +1016,7 @@ class Engine:
         if conn is None:
             raise OSError(errno.ENOBUFS, "no flow slot or buffer memory left")
         conn.iss = secrets.randbits(32)
+        conn.keepalive = keepalive
         self.connecting[conn.key()] = conn
 
         def arp_done(mac: bytes | None) -> None:

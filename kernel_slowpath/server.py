@@ -379,6 +379,7 @@ class ControlServer:
             "bind": self._op_bind,
             "unbind": self._op_unbind,
             "connect": self._op_connect,
+            "keepalive": self._op_keepalive,
             "shutdown": self._op_shutdown,
             "close": self._op_close,
             "abort": self._op_abort,
@@ -706,7 +707,7 @@ class ControlServer:
         ctx = self._ctx(app, req.args["ctx"])
         a = req.args
         self._check_port(app, a["port"])
-        port = self.engine.listen(ctx, a["port"], a["backlog"], a["reuseaddr"])
+        port = self.engine.listen(ctx, a["port"], a["backlog"], a["reuseaddr"], keepalive=a["keepalive"])
         ctx.listeners.add(port)
         return {"listener": port, "port": port}
 
@@ -726,10 +727,16 @@ class ControlServer:
         rx_len = _round_buf(a["rx_buf"], ctx.rx_buf)
         tx_len = _round_buf(a["tx_buf"], ctx.tx_buf)
         info = FlowInfo.from_dict(
-            self.engine.connect(ctx, a["ip"], a["port"], a["local_port"], rx_len, tx_len)
+            self.engine.connect(ctx, a["ip"], a["port"], a["local_port"], rx_len, tx_len,
+                                keepalive=a["keepalive"])
         )
         ctx.flows.add(info.flow)
         return {"flow": info.to_dict()}
+
+    def _op_keepalive(self, app: App, req: ctlproto.Request):
+        flow = req.args["flow"]
+        self.engine.set_keepalive(self._flow_ctx(app, flow), flow, req.args["on"])
+        return {}
 
     def _op_shutdown(self, app: App, req: ctlproto.Request):
         flow = req.args["flow"]

@@ -66,6 +66,8 @@ class StackConfig:
     strike_limit: int = 1024
     # fast-path restarts allowed within FP_RESTART_WINDOW_S before giving up
     fp_max_restarts: int = 5
+    # SO_KEEPALIVE timing (idle s, probe interval s, probes); Linux defaults
+    keepalive: tuple = (7200.0, 75.0, 9)
 
 
 def default_state_dir() -> Path:
@@ -165,6 +167,7 @@ class Stack:
                                  local_ip=cfg.ip, prefix=cfg.prefix, gateway=cfg.gateway, mac=cfg.mac,
                                  rx_buf=cfg.rx_buf, tx_buf=cfg.tx_buf)
             self.engine.core_stats = self.fp_stats
+            self.engine.keepalive = cfg.keepalive
             self.server = ControlServer(cfg.state_dir, self.engine, self.fpm, cfg.ip, tapmod.mac_str(cfg.mac),
                                         region_len=cfg.region_len, allowed_uids=cfg.allowed_uids,
                                         default_buf=cfg.rx_buf,

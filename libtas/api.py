@@ -73,6 +73,18 @@ def _oserror(err: int, msg: str | None = None) -> OSError:
     return OSError(err, msg or os.strerror(err))
 
 
+class KeepaliveTimeoutError(ConnectionResetError, TimeoutError):
+    """The stack reset the connection with ETIMEDOUT (keepalive or
+    retransmissions gave up): both a ConnectionResetError and, as recv()
+    on Linux reports it, a TimeoutError."""
+
+
+def _reset_error(err: int) -> OSError:
+    if err == errno.ETIMEDOUT:
+        return KeepaliveTimeoutError(err, os.strerror(err))
+    return ConnectionResetError(err, os.strerror(err))
+
+
 def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
@@ -517,11 +529,16 @@ class Context:
             self._check_open()
             self.stack._call("unbind", ctx=self.ctx_id, port=port)
 
-    def listen(self, port: int, backlog: int = 128, reuseaddr: bool = False) -> Listener:
+    def listen(
+        self, port: int, backlog: int = 128, reuseaddr: bool = False, keepalive: bool = False
+    ) -> Listener:
+        """keepalive: accepted connections get SO_KEEPALIVE (timing: `tas start
+        --keepalive-idle/--keepalive-intvl/--keepalive-cnt`)."""
         with self._lock:
             self._check_open()
+            extra = {"keepalive": True} if keepalive else {}
             rep, _ = self.stack._call(
-                "listen", ctx=self.ctx_id, port=port, backlog=backlog, reuseaddr=reuseaddr
+                "listen", ctx=self.ctx_id, port=port, backlog=backlog, reuseaddr=reuseaddr, **extra
             )
             lst = Listener(self, rep["listener"], rep["port"])
             self._listeners[lst.listener_id] = lst
@@ -535,12 +552,16 @@ class Context:
         local_port: int = 0,
         rx_buf: int = 0,
         tx_buf: int = 0,
+        keepalive: bool = False,
     ) -> Connection:
         """Open a connection.  Blocks until established unless timeout == 0
         (then returns a connecting Connection: wait for ``connected``).
-        Raises ConnectionRefusedError, TimeoutError, OSError(EHOSTUNREACH)."""
+        Raises ConnectionRefusedError, TimeoutError, OSError(EHOSTUNREACH).
+        keepalive: SO_KEEPALIVE (a dead peer resets the connection with
+        ETIMEDOUT)."""
         with self._lock:
             self._check_open()
+            extra = {"keepalive": True} if keepalive else {}
             rep, _ = self.stack._call(
                 "connect",
                 ctx=self.ctx_id,
@@ -549,6 +570,7 @@ class Context:
                 local_port=local_port,
                 rx_buf=rx_buf,
                 tx_buf=tx_buf,
+                **extra,
             )
             info: FlowInfo = rep["flow"]
             conn = Connection(self, info, _STATE_CONNECTING)
@@ -778,7 +800,7 @@ class Connection:
         if self._reset_reported:
             raise BrokenPipeError(errno.EPIPE, "connection was reset")
         self._reset_reported = True
-        raise ConnectionResetError(self._reset, os.strerror(self._reset))
+        raise _reset_error(self._reset)
 
     def _after_consume(self, was_full: bool) -> None:
         """Queue an ATX update if the fast path should learn about freed rx space."""
@@ -883,7 +905,7 @@ class Connection:
                 return avail
             if self._is_reset() or flags & TAS_AF_RESET:
                 self._reset = self._reset or errno.ECONNRESET
-                raise ConnectionResetError(self._reset, os.strerror(self._reset))
+                raise _reset_error(self._reset)
             if flags & TAS_AF_RX_FIN:
                 return 0
             ctx._poll_locked()
@@ -947,7 +969,7 @@ class Connection:
                 if self._state == _STATE_CONNECTING:
                     return memoryview(b"")
             if self._is_reset():
-                raise ConnectionResetError(self._reset, os.strerror(self._reset))
+                raise _reset_error(self._reset)
             avail = self._rx_avail()
             pos = self._rx_tail & self._rx_mask
             k = min(avail, self.info.rx_len - pos)
@@ -1001,6 +1023,14 @@ class Connection:
             except OSError as e:
                 if e.errno != errno.EBADF:  # already gone in the stack: fine
                     raise
+
+    def set_keepalive(self, on: bool = True) -> None:
+        """setsockopt(SO_KEEPALIVE): probe an idle peer; if it stays silent
+        the connection is reset and recv/send raise KeepaliveTimeoutError
+        (errno ETIMEDOUT)."""
+        with self.ctx._lock:
+            self._check_usable()
+            self.ctx.stack._call("keepalive", flow=self.flow_id, on=bool(on))
 
     def abort(self) -> None:
         """Reset the connection (RST) and discard its buffers."""

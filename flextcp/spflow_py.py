@@ -34,7 +34,10 @@ def scan_timeouts(flows, n_flows: int, now_us: int, budget: int, cursor: int, ma
             )
             elapsed = (now_us - f.rto_start_us) & U32
             if elapsed >= _backed_off_rto(f):
-                if outstanding:
+                if outstanding and f.snd_wnd == 0 and f.tx_head > f.tx_una:
+                    ids.append(i)
+                    why.append(lib.TAS_TMO_PROBE)
+                elif outstanding:
                     ids.append(i)
                     why.append(lib.TAS_TMO_RTO)
                 elif f.snd_wnd < f.mss and f.tx_head > f.tx_nxt:
@@ -65,10 +68,24 @@ def probe(f, now_us: int) -> int:
     if f.status != lib.TAS_FLOW_ACTIVE:
         return -1
     f.flags |= lib.TAS_FF_PROBE
+    if f.snd_wnd == 0 and f.tx_nxt > f.tx_una:
+        f.tx_nxt = f.tx_una
+        f.flags &= ~lib.TAS_FF_FIN_OUT & U32
     if f.rto_backoff < 15:
         f.rto_backoff += 1
     f.rto_start_us = now_us & U32
     return f.rto_backoff
+
+
+def set_mss(f, mss: int) -> int:
+    if f.status == lib.TAS_FLOW_ACTIVE and lib.TAS_SP_MIN_MSS <= mss < f.mss:
+        old = f.mss
+        f.mss = mss
+        f.tx_nxt = f.tx_una
+        f.flags &= ~(lib.TAS_FF_FIN_OUT | lib.TAS_FF_REXMIT_HEAD) & U32
+        f.rexmit_len = 0
+        return old
+    return -1
 
 
 def tx_close(f, tx_head: int) -> int:

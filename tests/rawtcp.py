@@ -97,7 +97,7 @@ def stack_mac(log_text: str) -> str:
 class RawPort:
     """Raw frames on the peer veth.  ``with RawPort(topo, stack_mac) as rp``."""
 
-    def __init__(self, topo, stack_mac_str: str, keep: int = 200_000) -> None:
+    def __init__(self, topo, stack_mac_str: str, keep: int = 200_000, outgoing: bool = False) -> None:
         with topo.enter(topo.peer_ns):
             self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         with contextlib.suppress(OSError):  # a bulk transfer must not overflow the capture
@@ -108,6 +108,7 @@ class RawPort:
         self.mac_str = ":".join(f"{b:02x}" for b in self.mac)
         self.stack_mac = stack_mac_str
         self.stack_mac_b = bytes.fromhex(stack_mac_str.replace(":", ""))
+        self.outgoing = outgoing  # also record frames leaving the peer veth (the peer kernel's and our own)
         self.rx: collections.deque = collections.deque(maxlen=keep)
         self.count = 0  # frames recorded so far (index space of `since`)
         self._cond = threading.Condition()
@@ -135,7 +136,7 @@ class RawPort:
                 continue
             except OSError:
                 return
-            if addr[2] == PACKET_OUTGOING:
+            if addr[2] == PACKET_OUTGOING and not self.outgoing:
                 continue
             rec = _parse(data, time.monotonic())
             if rec is None:

@@ -88,7 +88,7 @@ def test_scan_timeouts_matches(flows, now, cursor, budget, max_out):
 @given(
     flow_st,
     U32,
-    st.sampled_from(["rto", "probe", "close", "status"]),
+    st.sampled_from(["rto", "probe", "close", "status", "mss"]),
     st.integers(0, 1 << 21),
     st.integers(0, 2),
     st.integers(0, (1 << 17) - 1),
@@ -103,6 +103,9 @@ def test_flow_ops_match(d, now, op, close_off, status, set_flags):
             r1, r2 = lib.tas_sp_rto_fire(a.raw, 3, now), spflow_py.rto_fire(fb, now)
         elif op == "probe":
             r1, r2 = lib.tas_sp_probe(a.raw, 3, now), spflow_py.probe(fb, now)
+        elif op == "mss":
+            mss = close_off % 10000
+            r1, r2 = lib.tas_sp_set_mss(a.raw, 3, mss), spflow_py.set_mss(fb, mss)
         elif op == "close":
             pos = fa.tx_una + close_off
             r1, r2 = lib.tas_sp_tx_close(a.raw, 3, pos), spflow_py.tx_close(fb, pos)

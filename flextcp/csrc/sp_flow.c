@@ -37,7 +37,12 @@ uint32_t tas_sp_scan_timeouts(struct tas_ft *ft, uint32_t now_us, uint32_t budge
         uint32_t elapsed = now_us - f->rto_start_us;
         uint32_t rto = backed_off_rto(f);
         if (f->status == TAS_FLOW_ACTIVE && elapsed >= rto) {
-            if (outstanding) {
+            if (outstanding && f->snd_wnd == 0 && f->tx_head > f->tx_una) {
+                /* the peer's window is shut and our probe byte is out:
+                 * probe again (persist, backed off), never give up */
+                ids[n] = i;
+                why[n++] = TAS_TMO_PROBE;
+            } else if (outstanding) {
                 ids[n] = i;
                 why[n++] = TAS_TMO_RTO;
             } else if (f->snd_wnd < f->mss && f->tx_head > f->tx_nxt) {
@@ -88,12 +93,37 @@ int tas_sp_probe(struct tas_ft *ft, uint32_t id, uint32_t now_us)
         return -1;
     }
     f->flags |= TAS_FF_PROBE;
+    if (f->snd_wnd == 0 && f->tx_nxt > f->tx_una) {
+        /* resend the probe byte at tx_una (it was beyond the window) */
+        f->tx_nxt = f->tx_una;
+        f->flags &= ~TAS_FF_FIN_OUT;
+    }
     if (f->rto_backoff < 15)
         f->rto_backoff++;
     f->rto_start_us = now_us;
     int b = f->rto_backoff;
     tas_flow_unlock(f);
     return b;
+}
+
+int tas_sp_set_mss(struct tas_ft *ft, uint32_t id, uint32_t mss)
+{
+    struct tas_flow *f = get(ft, id);
+    if (!f)
+        return -1;
+    tas_flow_lock(f);
+    int old = -1;
+    if (f->status == TAS_FLOW_ACTIVE && mss >= TAS_SP_MIN_MSS && mss < f->mss) {
+        old = f->mss;
+        f->mss = (uint16_t)mss;
+        /* the segments in flight were too big and dropped on the way:
+         * send them again at the new size (RFC 1191 section 6.5) */
+        f->tx_nxt = f->tx_una;
+        f->flags &= ~(TAS_FF_FIN_OUT | TAS_FF_REXMIT_HEAD);
+        f->rexmit_len = 0;
+    }
+    tas_flow_unlock(f);
+    return old;
 }
 
 int tas_sp_snapshot(struct tas_ft *ft, uint32_t id, struct tas_flow *out)

@@ -22,6 +22,11 @@ uint32_t tas_sp_scan_timeouts(struct tas_ft *ft, uint32_t now_us, uint32_t budge
 int tas_sp_rto_fire(struct tas_ft *ft, uint32_t id, uint32_t now_us);
 /* Arm a one-byte zero-window probe and back off.  -1 if gone. */
 int tas_sp_probe(struct tas_ft *ft, uint32_t id, uint32_t now_us);
+/* Path MTU (ICMP fragmentation needed, RFC 1191): lower the flow's MSS to
+ * mss (never below TAS_SP_MIN_MSS, never up) and resend what is in flight.
+ * Returns the old MSS, -1 if nothing changed. */
+#define TAS_SP_MIN_MSS 536
+int tas_sp_set_mss(struct tas_ft *ft, uint32_t id, uint32_t mss);
 /* Consistent copy of a flow record. */
 int tas_sp_snapshot(struct tas_ft *ft, uint32_t id, struct tas_flow *out);
 /* The app closed its send side after tx_head bytes: FIN follows them.

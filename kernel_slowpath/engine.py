@@ -201,8 +201,6 @@ class Engine:
         self.counters.update({"keepalive_probes": 0, "keepalive_timeouts": 0})
         self.keepalive = KEEPALIVE_DEFAULT  # set by the stack from `tas start` options
         self._ka_next_scan = 0
-        self.counters.update({"syncookies_sent": 0, "syncookies_validated": 0, "syncookies_failed": 0})
-        self._cookie_key = secrets.token_bytes(16)
         self._pkt = ffi.new("struct tas_pkt *")
         self._scan_ids = ffi.new("uint32_t[]", 256)
         self._scan_why = ffi.new("uint8_t[]", 256)

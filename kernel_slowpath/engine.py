@@ -201,6 +201,7 @@ class Engine:
         self.counters.update({"keepalive_probes": 0, "keepalive_timeouts": 0})
         self.keepalive = KEEPALIVE_DEFAULT  # set by the stack from `tas start` options
         self._ka_next_scan = 0
+        self.counters.update({"icmp_frag_needed": 0, "pmtu_updates": 0})
         self._pkt = ffi.new("struct tas_pkt *")
         self._scan_ids = ffi.new("uint32_t[]", 256)
         self._scan_why = ffi.new("uint8_t[]", 256)
@@ -330,6 +331,8 @@ class Engine:
                 if reply:
                     self.send_frame(reply)
                     self.counters["icmp_echo_replies"] += 1
+            elif p.dst_ip == self.local_ip_int and frame[p.l4_off] == 3 and frame[p.l4_off + 1] == 4:
+                self._on_frag_needed(frame, p)  # RFC 1191
         elif r == lib.TAS_PK_TCP:
             if p.dst_ip == self.local_ip_int:
                 self.on_tcp(frame, p)
@@ -881,6 +884,39 @@ class Engine:
         for conn in [c for c in self.conns.values() if c.orphan_deadline and c.orphan_deadline <= now]:
             if conn.state is State.FIN_WAIT_2:
                 self._reset(conn, errno.ETIMEDOUT, send_rst=True)
+
+    def _on_frag_needed(self, frame: bytes, p) -> None:
+        """ICMP fragmentation needed (RFC 1191): lower the quoted flow's MSS
+        to the next-hop MTU - 40 if the quoted segment is one we have in
+        flight (RFC 5927 4.1: SND.UNA <= SEG.SEQ <= SND.MAX), and resend."""
+        self.counters["icmp_frag_needed"] += 1
+        l4 = p.l4_off
+        end = min(len(frame), p.l3_off + struct.unpack_from("!H", frame, p.l3_off + 2)[0])
+        q = l4 + 8  # the quoted IP header
+        if end - q < 28 or frame[q] >> 4 != 4 or frame[q + 9] != 6:
+            return
+        ihl = (frame[q] & 0x0F) * 4
+        if ihl < 20 or end - q < ihl + 8:
+            return
+        src, dst = struct.unpack_from("!II", frame, q + 12)
+        sport, dport, seq = struct.unpack_from("!HHI", frame, q + ihl)
+        mtu = struct.unpack_from("!H", frame, l4 + 6)[0]
+        if src != self.local_ip_int or mtu < 68:
+            return
+        fid = self.ft.lookup(self.local_ip_int, sport, dst, dport)
+        conn = self.conns.get(fid) if fid >= 0 else None
+        if conn is None or not conn.installed:
+            return
+        s = self._snapshot(conn)
+        una = (s.tx_seq0 + s.tx_una) & U32
+        if ((seq - una) & U32) > ((s.tx_max - s.tx_una) & U32):
+            return  # not a segment of ours in flight: forged or stale
+        old = lib.tas_sp_set_mss(self.ft.raw, fid, max(lib.TAS_SP_MIN_MSS, mtu - 40))
+        if old >= 0:
+            self.counters["pmtu_updates"] += 1
+            log.info("flow %d: path MTU %d (ICMP from %s): mss %d -> %d", fid, mtu, int2ip(p.src_ip), old,
+                     max(lib.TAS_SP_MIN_MSS, mtu - 40))
+            self.kick_flow(conn)
 
     def _keepalive(self, conn: Conn, now: int) -> None:
         """SO_KEEPALIVE: after `idle` s without a segment from the peer (the

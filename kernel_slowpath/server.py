@@ -707,7 +707,8 @@ class ControlServer:
         ctx = self._ctx(app, req.args["ctx"])
         a = req.args
         self._check_port(app, a["port"])
-        port = self.engine.listen(ctx, a["port"], a["backlog"], a["reuseaddr"], keepalive=a["keepalive"])
+        ka = {"keepalive": True} if a["keepalive"] else {}  # SO_KEEPALIVE (optional in the seam)
+        port = self.engine.listen(ctx, a["port"], a["backlog"], a["reuseaddr"], **ka)
         ctx.listeners.add(port)
         return {"listener": port, "port": port}
 
@@ -728,7 +729,7 @@ class ControlServer:
         tx_len = _round_buf(a["tx_buf"], ctx.tx_buf)
         info = FlowInfo.from_dict(
             self.engine.connect(ctx, a["ip"], a["port"], a["local_port"], rx_len, tx_len,
-                                keepalive=a["keepalive"])
+                                **({"keepalive": True} if a["keepalive"] else {}))
         )
         ctx.flows.add(info.flow)
         return {"flow": info.to_dict()}

@@ -1156,7 +1156,8 @@ class Engine:
         for conn in self.conns.values():
             d = {"flow": conn.fid, "state": conn.state.value, "ctx": conn.ctx.ctx_id, "core": conn.core,
                  "local": f"{self.local_ip}:{conn.local_port}",
-                 "remote": f"{int2ip(conn.remote_ip)}:{conn.remote_port}", "detached": conn.detached}
+                 "remote": f"{int2ip(conn.remote_ip)}:{conn.remote_port}", "detached": conn.detached,
+                 "keepalive": bool(conn.keepalive or (conn.listener is not None and conn.listener.keepalive))}
             if conn.installed:
                 s = self._snapshot(conn)
                 d.update({"rx_bytes": int(s.rx_head), "tx_bytes": int(s.tx_una),

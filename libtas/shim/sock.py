@@ -236,7 +236,9 @@ class ShimSocket(socket.socket):
         rt = runtime.get()
         ip, port = self._bound
         reuse = bool(self._opt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
-        lst = rt.ctx.listen(port, backlog=backlog, reuseaddr=reuse)
+        # accepted connections inherit SO_KEEPALIVE from the listener, as on Linux
+        lst = rt.ctx.listen(port, backlog=backlog, reuseaddr=reuse,
+                            keepalive=bool(self._opt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)))
         try:
             name = rt.next_name("L")
             u = _socket_cls(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -306,7 +308,8 @@ class ShimSocket(socket.socket):
         rx = self._opt(socket.SOL_SOCKET, socket.SO_RCVBUF, 0)
         tx = self._opt(socket.SOL_SOCKET, socket.SO_SNDBUF, 0)
         try:
-            conn = rt.ctx.connect(ip, port, timeout=0, local_port=local_port, rx_buf=rx, tx_buf=tx)
+            conn = rt.ctx.connect(ip, port, timeout=0, local_port=local_port, rx_buf=rx, tx_buf=tx,
+                                  keepalive=bool(self._opt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)))
         except OSError as e:
             if ex:
                 return e.errno or errno.EIO
@@ -417,6 +420,13 @@ class ShimSocket(socket.socket):
             if not isinstance(value, (bytes, bytearray)) or len(value) <= 4
             else bytes(value)
         )
+        if (level, optname) == (socket.SOL_SOCKET, socket.SO_KEEPALIVE) and st is not None:
+            link = st.link
+            if st.kind == "conn" and link is not None and link.state != runtime.CONNECTING:
+                try:
+                    link.conn.set_keepalive(bool(opts[(level, optname)]))
+                except OSError:
+                    pass  # the connection is gone; the next I/O reports it
         return None
 
     def getsockopt(self, level, optname, buflen=None):

@@ -24,7 +24,8 @@ def cmd_start(a: argparse.Namespace) -> int:
                                  allowed_uids=set(a.allow_uid) | {0} if a.allow_uid else None,
                                  allow_privileged_ports=a.allow_privileged_ports,
                                  keepalive=(a.keepalive_idle, a.keepalive_intvl, a.keepalive_cnt),
-                                 strike_limit=a.strike_limit, region_len=a.ctx_region_mb << 20)
+                                 strike_limit=a.strike_limit, region_len=a.ctx_region_mb << 20,
+                                 max_app_contexts=a.max_app_contexts)
     except stack.StartError as e:
         print(f"tas start: {e}", file=sys.stderr)
         return 2
@@ -136,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="disconnect an app after N invalid queue entries (0: never; default 1024)")
     s.add_argument("--ctx-region-mb", type=int, default=256, metavar="MIB",
                    help="shared memory per app context for flow buffers (default 256)")
+    s.add_argument("--max-app-contexts", type=int, default=64, metavar="N",
+                   help="contexts per app (bounds its memory to N x --ctx-region-mb; 0: no limit; default 64)")
     s.add_argument("--keepalive-idle", type=float, default=7200.0, metavar="S",
                    help="SO_KEEPALIVE flows: probe after S seconds without a segment from the peer (default 7200)")
     s.add_argument("--keepalive-intvl", type=float, default=75.0, metavar="S",

@@ -47,6 +47,10 @@ MAX_BUF = 16 << 20
 DEFAULT_BUF = 64 << 10
 # A peer that stops reading its socket is dropped once this many messages wait.
 MAX_OUTQ = 16384
+# Messages waiting for an app beyond which its listeners take no new
+# connections (SYNs dropped, as Linux does when the accept queue is full), so
+# a busy but live app is slowed down instead of dropped at max_outq.
+ACCEPT_BACKPRESSURE = 2048
 _UCRED = struct.Struct("3i")
 PRIVILEGED_PORT_MAX = 1023
 CAP_NET_BIND_SERVICE = 10
@@ -230,6 +234,11 @@ class Context:
             self.flows.discard(flow)
         self.app.send_event(self, msg)
 
+    def backlogged(self) -> bool:
+        """True while the app is behind on its control socket: the engine
+        then drops SYNs for this context's listeners."""
+        return len(self.app._outq) > ACCEPT_BACKPRESSURE
+
     def ring(self) -> None:
         if self.closed:
             return
@@ -287,7 +296,7 @@ class App:
             data = ctlproto.encode(ctlproto.error_reply(msg.get("id"), e.errno, str(e)))
             fds = ()
         self._outq.append((data, list(fds)))
-        if len(self._outq) > MAX_OUTQ:
+        if len(self._outq) > self.server.max_outq:
             log.warning(
                 "app %d (pid %d) does not read its control socket; dropping it", self.app_id, self.pid
             )
@@ -346,6 +355,8 @@ class ControlServer:
         default_buf: int = DEFAULT_BUF,
         allow_privileged_ports: bool = False,
         strike_limit: int = 0,
+        max_app_contexts: int = 64,
+        max_outq: int = MAX_OUTQ,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / "control.sock"
@@ -357,6 +368,10 @@ class ControlServer:
         self.allowed_uids = set(allowed_uids) if allowed_uids is not None else None
         self.allow_privileged_ports = allow_privileged_ports
         self.strike_limit = strike_limit
+        # bounds one app's shared memory: max_app_contexts * region_len
+        self.max_app_contexts = max_app_contexts
+        # an app this far behind on its control socket is dropped
+        self.max_outq = max_outq
         self.atx_slots = atx_slots
         self.arx_slots = arx_slots
         self.default_buf = _round_buf(default_buf, DEFAULT_BUF)
@@ -646,6 +661,8 @@ class ControlServer:
             raise OSError(errno.EINVAL, "ctx_create needs an eventfd")
         rx_buf = _round_buf(req.args["rx_buf"], self.default_buf)
         tx_buf = _round_buf(req.args["tx_buf"], self.default_buf)
+        if self.max_app_contexts and len(app.contexts) >= self.max_app_contexts:
+            raise OSError(errno.EMFILE, f"an app may have at most {self.max_app_contexts} contexts")
         ctx_id = self._ctx_ids.get()
         if ctx_id is None:
             raise OSError(errno.EMFILE, "too many contexts")

@@ -66,6 +66,7 @@ class StackConfig:
     strike_limit: int = 1024
     # fast-path restarts allowed within FP_RESTART_WINDOW_S before giving up
     fp_max_restarts: int = 5
+    max_app_contexts: int = 64
     # SO_KEEPALIVE timing (idle s, probe interval s, probes); Linux defaults
     keepalive: tuple = (7200.0, 75.0, 9)
 
@@ -172,7 +173,10 @@ class Stack:
                                         region_len=cfg.region_len, allowed_uids=cfg.allowed_uids,
                                         default_buf=cfg.rx_buf,
                                         allow_privileged_ports=cfg.allow_privileged_ports,
-                                        strike_limit=cfg.strike_limit)
+                                        strike_limit=cfg.strike_limit,
+                                        max_app_contexts=cfg.max_app_contexts,
+                                        # room for an event per flow (e.g. all reset at once)
+                                        max_outq=max(16384, 2 * cfg.n_flows))
             self.engine.on_ctx_bad = self.server.ctx_strikes
             await self.server.start()
             self._loop = loop

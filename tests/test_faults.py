@@ -181,7 +181,7 @@ def test_fast_path_killed_is_restarted_and_transfers_complete(fs):
     tx_cli = fs.linux_peer("client", 7202, name="fp-kill-rx-linux", script="recv_eof,close", timeout=90)
     wait_for(lambda: fs.stats()["segments_in"] > 2000, 20, "the transfers to be under way")
     os.kill(old_fp, signal.SIGKILL)
-    wait_for(lambda: fs.fp_pids() and fs.fp_pids()[0] != old_fp, 5, "a new fast-path process")
+    wait_for(lambda: fs.fp_pids() and fs.fp_pids()[0] != old_fp, 20, "a new fast-path process")
     check_transfer(rx_cli.result(90), rx_app.result(90), n_in, 41)
     check_transfer(tx_app.result(90), tx_cli.result(90), n_out, 42)
     st = _settled(fs)

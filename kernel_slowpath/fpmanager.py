@@ -102,7 +102,8 @@ class FastPathManager:
         self.ctls[core] = mine
         self.restarts[core] += 1
         for ctx_id, memfd, evfd, atx, arx in contexts:
-            if not self._add_ctx_core(core, ctx_id, memfd, evfd, atx, arx):
+            # the new process answers once it has started (slow on a loaded machine)
+            if not self._add_ctx_core(core, ctx_id, memfd, evfd, atx, arx, timeout=30.0):
                 raise FastPathError(f"restarted fast path core {core} refused context {ctx_id}")
         self.kick(core)
 
@@ -130,10 +131,10 @@ class FastPathManager:
         return bool(json.loads(reply).get("ok"))
 
     def _add_ctx_core(self, core: int, ctx_id: int, memfd: int, app_evfd: int, atx_slots: int,
-                      arx_slots: int) -> bool:
+                      arx_slots: int, timeout: float = 5.0) -> bool:
         size = os.fstat(memfd).st_size
         return self._call(core, {"op": "add_ctx", "ctx": ctx_id, "size": size,
-                                 "atx": atx_slots, "arx": arx_slots}, [memfd, app_evfd])
+                                 "atx": atx_slots, "arx": arx_slots}, [memfd, app_evfd], timeout=timeout)
 
     def add_ctx(self, ctx_id: int, memfd: int, app_evfd: int, atx_slots: int, arx_slots: int) -> None:
         for core in range(self.n_cores):

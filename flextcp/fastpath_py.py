@@ -83,6 +83,13 @@ TAS_FF_FIN_OUT = 8192
 TAS_FF_PROBE = 16384
 TAS_FF_REXMIT_HEAD = 32768
 TAS_FF_IN_ACKQ = 65536
+TAS_FF_ECN = 8
+TAS_CC_SP = 1
+TAS_CC_CE = 4
+TAS_CC_CWR = 8
+TAS_CC_PACE_SLACK_US = 500
+TAS_TCP_ECE = 64
+TAS_TCP_CWR = 128
 TAS_KQ_ENTRY_SIZE = 2048
 TAS_KQ_DATA = 2016
 TAS_KRX_PACKET = 1
@@ -273,6 +280,10 @@ class PyFastPath:
             raise
         base = ffi.cast("char *", stack.addr)
         self.flows = ffi.cast("struct tas_flow *", base + cfg.ft_off + FT_HDR_BYTES)
+        self._flows_addr = int(ffi.cast("uintptr_t", self.flows))
+        # the CC side table (spflow.h tas_cc_table), None without one
+        cc = lib.tas_cc_table(base + cfg.ft_off, cfg.ft_len, cfg.n_flows)
+        self.cc = None if cc == ffi.NULL else cc
         self.st = ffi.cast("struct tas_fp_stats *", base + cfg.stats_off)
         self.ctx: dict[int, _Ctx] = {}
         self.active: list[int] = []
@@ -709,9 +720,22 @@ class PyFastPath:
             blocks.append((max(so, 0), eo))
         return blocks
 
+    def fp_cc(self, f):
+        """fp_cc: the flow's CC side-table entry or None."""
+        if self.cc is None:
+            return None
+        return self.cc + (int(ffi.cast("uintptr_t", f)) - self._flows_addr) // 256
+
     def enter_recovery(self, fid: int, f, head: bool) -> None:
         flight = (f.tx_max - f.tx_una) & M64
         half = (flight // 2) & M32
+        cc = self.fp_cc(f)
+        if cc is not None:
+            # a loss event for the control loop; TAS_CC_SP: the algorithm's beta
+            cc.cnt_loss = (cc.cnt_loss + 1) & M32
+            if cc.mode & TAS_CC_SP and cc.loss_beta:
+                half = (flight * cc.loss_beta // 1000) & M32
+            cc.cwr_until = f.tx_max
         two = (2 * f.mss) & M32
         f.ssthresh = half if half > two else two
         f.cwnd = (f.ssthresh + 3 * f.mss) & M32
@@ -768,6 +792,9 @@ class PyFastPath:
             return 0
         acked = seq_diff(ack, una)
         win = (p.win << f.snd_wscale) & M32
+        cc = self.fp_cc(f)
+        sp_cc = cc is not None and bool(cc.mode & TAS_CC_SP)
+        ece = cc is not None and bool(f.flags & TAS_FF_ECN) and bool(p.tcp_flags & TAS_TCP_ECE)
         blocks: list[tuple[int, int]] = []
         if f.flags & TAS_FF_SACK and p.n_sack and acked >= 0:
             blocks = self.sack_parse(f, p, ack, seq_diff(snd_max, ack) & M32)
@@ -786,6 +813,8 @@ class PyFastPath:
             if f.tx_nxt < f.tx_una:
                 f.tx_nxt = f.tx_una
             f.cnt_acked = (f.cnt_acked + nbytes) & M64
+            if ece:
+                cc.cnt_ecn_bytes = (cc.cnt_ecn_bytes + nbytes) & M64
             f.rto_backoff = 0
             f.rto_start_us = self.now_us & M32
 
@@ -807,6 +836,8 @@ class PyFastPath:
                         f.flags |= TAS_FF_REXMIT_HEAD
                     f.cwnd = (f.cwnd - (nbytes & M32)) & M32 if f.cwnd > nbytes else mss
                     f.cwnd = (f.cwnd + mss) & M32
+            elif sp_cc:
+                pass  # the slow path decides the window (kernel_slowpath/ccloop.py)
             elif f.cwnd < f.ssthresh:
                 f.cwnd = (f.cwnd + (min(nbytes, (2 * mss) & M32) & M32)) & M32
             else:
@@ -842,6 +873,19 @@ class PyFastPath:
 
         if blocks and f.flags & TAS_FF_RECOVERY:
             self.sack_holes(fid, f, blocks)
+
+        if ece:
+            # ECN-Echo (RFC 3168 6.1.2): counted; once per window CWR, and
+            # without TAS_CC_SP the window is halved here as on a loss
+            cc.cnt_ecn_acks = (cc.cnt_ecn_acks + 1) & M32
+            if f.tx_una > cc.cwr_until:
+                cc.cwr_until = f.tx_max
+                cc.mode |= TAS_CC_CWR
+                if not sp_cc and not f.flags & TAS_FF_RECOVERY:
+                    half = ((f.tx_max - f.tx_una) // 2) & M32
+                    two = (2 * f.mss) & M32
+                    f.ssthresh = half if half > two else two
+                    f.cwnd = f.ssthresh
 
         # send window update (RFC 9293 SND.WL1/WL2 rule)
         if seq_lt(f.snd_wl1, p.seq) or (f.snd_wl1 == p.seq and seq_le(f.snd_wl2, ack)):
@@ -899,6 +943,16 @@ class PyFastPath:
 
         if seg_len == 0:
             return
+        cc = self.fp_cc(f)
+        if cc is not None and f.flags & TAS_FF_ECN:
+            # CE echo per data segment (RFC 8257 3.2)
+            ce = (p.ip_tos & 3) == 3
+            if ce:
+                cc.cnt_ce_rx = (cc.cnt_ce_rx + 1) & M32
+            if ce != bool(cc.mode & TAS_CC_CE):
+                if f.unacked_segs:
+                    self.send_ack(f)
+                cc.mode ^= TAS_CC_CE
         if f.flags & TAS_FF_RX_FIN:
             # data or FIN after the peer's FIN: retransmission, re-ACK
             self.need_ack(fid, f)
@@ -1055,6 +1109,9 @@ class PyFastPath:
             s.opts |= TAS_OPT_TS
             s.tsval = (self.now_us // 1000) & M32
             s.tsecr = f.ts_recent
+        cc = self.fp_cc(f)
+        if cc is not None and f.flags & TAS_FF_ECN and cc.mode & TAS_CC_CE:
+            s.flags |= TAS_TCP_ECE
         if f.flags & TAS_FF_SACK:
             # RFC 2018: report the out-of-order ranges we hold
             n = 0
@@ -1111,6 +1168,13 @@ class PyFastPath:
             s.flags |= TAS_TCP_FIN
         if length and pos + length == f.tx_head:
             s.flags |= TAS_TCP_PSH
+        cc = self.fp_cc(f)
+        if cc is not None and f.flags & TAS_FF_ECN and length and pos >= f.tx_max:
+            # ECT(0) on new data only (RFC 3168 6.1.5)
+            s.ip_tos = 0x02
+            if cc.mode & TAS_CC_CWR:
+                s.flags |= TAS_TCP_CWR
+                cc.mode &= ~TAS_CC_CWR & M32
         tx_len = f.tx_len
         off = pos & (tx_len - 1)
         first = tx_len - off
@@ -1146,11 +1210,14 @@ class PyFastPath:
                 opts += 4 + 8 * n
         return f.mss - opts if f.mss > opts else 1
 
-    def tx_flow(self, f, budget: int) -> tuple[int, bool]:
-        """Transmit what flow f may send now: (segments sent, more)."""
+    def tx_flow(self, f, budget: int) -> tuple[int, bool, int]:
+        """Transmit what flow f may send now: (segments sent, more, pacing
+        due time or 0)."""
         sent = 0
         smss = self.seg_payload_max(f)
         now32 = self.now_us & M32
+        cc = self.fp_cc(f)
+        due = 0
 
         if f.flags & TAS_FF_REXMIT_HEAD:
             f.flags &= ~TAS_FF_REXMIT_HEAD & M32
@@ -1215,6 +1282,11 @@ class PyFastPath:
                         f.flags |= TAS_FF_FIN_SENT | TAS_FF_FIN_OUT
                         sent += 1
                 break
+            if cc is not None and cc.pace_rate and self.now_us < cc.pace_next_us:
+                # paced (docs/CC.md): not due yet; stays queued
+                due = cc.pace_next_us
+                self.st.paced_waits += 1
+                break
             fin = bool(
                 f.flags & TAS_FF_TX_FIN and f.tx_nxt + ln == f.tx_head and not f.flags & TAS_FF_FIN_ACKED
             )
@@ -1227,13 +1299,23 @@ class PyFastPath:
             f.tx_nxt = (f.tx_nxt + ln) & M64
             if f.tx_nxt > f.tx_max:
                 f.tx_max = f.tx_nxt
+            if cc is not None:
+                flight_now = (f.tx_nxt - f.tx_una) & M64
+                if flight_now > cc.max_flight:
+                    cc.max_flight = min(flight_now, M32)
+                if cc.pace_rate:
+                    base = cc.pace_next_us
+                    if base + TAS_CC_PACE_SLACK_US < self.now_us:
+                        base = self.now_us - TAS_CC_PACE_SLACK_US
+                    cc.pace_next_us = (base + ln * 1_000_000 // cc.pace_rate) & M64
             if fin:
                 f.flags |= TAS_FF_FIN_SENT | TAS_FF_FIN_OUT
             sent += 1
-        return sent, sent >= budget
+        return sent, sent >= budget, due
 
     def tx_run(self, budget: int) -> int:
         total = 0
+        first_due = 0
         cap = self.txq_cap
         # visit each queued flow at most once per run: round robin
         n = (self.txq_tail + cap - self.txq_head) % cap
@@ -1248,9 +1330,12 @@ class PyFastPath:
                 b = budget - total
                 if b > FP_SEGS_PER_VISIT:
                     b = FP_SEGS_PER_VISIT
-                sent, more = self.tx_flow(f, b)
+                sent, more, due = self.tx_flow(f, b)
                 total += sent
-                if more:
+                if due and (not first_due or due < first_due):
+                    first_due = due
+                if more or due:
                     self.txq_push(fid, f)
             lib.tas_flow_unlock(f)
+        self.st.pace_due_us = first_due
         return total

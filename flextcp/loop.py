@@ -31,6 +31,9 @@ log = logging.getLogger("flextcp")
 
 PR_SET_PDEATHSIG = 1
 CTL_CHECK_EVERY = 64
+# A paced flow due within this many us keeps the loop polling (docs/CC.md);
+# epoll's timeout has millisecond granularity.
+PACE_SPIN_US = 1000
 
 
 def _die_with_parent() -> None:
@@ -191,13 +194,19 @@ class FastPath:
                 # on a small machine) run instead of waiting for our slice
                 sched_yield()
                 continue
+            due = self.stats.pace_due_us
+            if due and due - t < PACE_SPIN_US:
+                sched_yield()  # a paced flow is due soon: keep polling
+                continue
             set_armed(1)
             if poll(now()):
                 set_armed(0)
                 idle_since = now()
                 continue
             self.stats.sleeps += 1
-            for fd, _ev in ep.poll(0.1):
+            due = self.stats.pace_due_us
+            timeout = min(0.1, max(0, due - now() - PACE_SPIN_US) / 1e6) if due else 0.1
+            for fd, _ev in ep.poll(timeout):
                 if fd == self.evfd:
                     try:
                         os.eventfd_read(self.evfd)

@@ -5,9 +5,10 @@ twin is used single-threaded (tests, TAS_PURE runs)."""
 
 from __future__ import annotations
 
-from flextcp.native import lib
+from flextcp.native import ffi, lib
 
 U32 = 0xFFFFFFFF
+U64 = (1 << 64) - 1
 RTO_INIT_US = 1_000_000
 RTO_MAX_US = 60_000_000
 FF = {name: getattr(lib, name) for name in dir(lib) if name.startswith("TAS_FF_")}
@@ -101,3 +102,47 @@ def set_status(f, status: int, set_flags: int) -> int:
     f.status = status
     f.flags |= set_flags
     return 0
+
+
+# -- congestion control side table (issue 6, spflow.h) ---------------------
+CC_FIELDS = ("acked", "ecn_bytes", "rexmit", "in_flight", "backlog", "loss", "max_flight", "srtt_us",
+             "cwnd", "snd_wnd", "mss", "flags", "status")  # fmt: skip
+
+
+def cc_init(cc, mode: int, loss_beta: int) -> int:
+    """tas_sp_cc_init on one entry (cc: struct tas_flow_cc)."""
+    ffi.memmove(ffi.addressof(cc), b"\0" * ffi.sizeof("struct tas_flow_cc"), ffi.sizeof("struct tas_flow_cc"))
+    cc.mode = mode & lib.TAS_CC_SP
+    cc.loss_beta = min(loss_beta, 1000)
+    return 0
+
+
+def cc_read(f, cc) -> dict:
+    """tas_sp_cc_read for one flow: the sample as a dict (resets max_flight)."""
+    if f is None or cc is None:
+        return dict.fromkeys(CC_FIELDS, 0) | {"status": lib.TAS_FLOW_FREE}
+    in_flight = (f.tx_nxt - f.tx_una) & U64
+    out = {
+        "acked": f.cnt_acked, "ecn_bytes": cc.cnt_ecn_bytes, "rexmit": f.cnt_rexmit, "in_flight": in_flight,
+        "backlog": (f.tx_head - f.tx_nxt) & U64, "loss": cc.cnt_loss, "max_flight": cc.max_flight,
+        "srtt_us": f.srtt_us, "cwnd": f.cwnd, "snd_wnd": f.snd_wnd, "mss": f.mss, "flags": f.flags,
+        "status": f.status,
+    }  # fmt: skip
+    cc.max_flight = min(in_flight, U32)
+    return out
+
+
+def cc_write(f, cc, cwnd: int, rate: int, loss_seen: int) -> int:
+    """tas_sp_cc_write for one flow: 1 if written."""
+    if cc is None or f is None:
+        return 0
+    if f.status != lib.TAS_FLOW_ACTIVE or not cc.mode & lib.TAS_CC_SP or cc.cnt_loss != loss_seen:
+        return 0
+    w = max(cwnd, f.mss)
+    if f.flags & lib.TAS_FF_RECOVERY:
+        f.ssthresh = w
+    else:
+        f.cwnd = w
+        f.ssthresh = w
+    cc.pace_rate = rate
+    return 1

@@ -25,11 +25,41 @@ def cmd_start(a: argparse.Namespace) -> int:
                                  allow_privileged_ports=a.allow_privileged_ports,
                                  keepalive=(a.keepalive_idle, a.keepalive_intvl, a.keepalive_cnt),
                                  strike_limit=a.strike_limit, region_len=a.ctx_region_mb << 20,
-                                 max_app_contexts=a.max_app_contexts)
+                                 max_app_contexts=a.max_app_contexts, **_cc_config(a))
     except stack.StartError as e:
         print(f"tas start: {e}", file=sys.stderr)
         return 2
     return stack.run(cfg)
+
+
+# kernel_slowpath.ccloop.CHOICES (not imported here: `tas` starts fast)
+CC_CHOICES = ("const", "cubic", "dctcp", "fp-newreno", "newreno")
+
+
+def _cc_config(a: argparse.Namespace) -> dict:
+    """Congestion-control options of `tas start` (docs/CC.md)."""
+    from kernel_slowpath import stack
+
+    if a.cc_interval_us < 0:
+        raise stack.StartError("--cc-interval-us must be >= 0")
+    rate = _parse_rate(a.cc_rate) if a.cc_rate else 0
+    return {"cc": a.cc, "cc_interval_us": a.cc_interval_us, "cc_rate_bps": rate, "cc_pacing": not a.no_pacing,
+            "ecn": a.ecn}  # fmt: skip
+
+
+def _parse_rate(text: str) -> int:
+    """'100M', '1.5G', '800k' or plain bits per second."""
+    from kernel_slowpath import stack
+
+    t = text.strip().lower().removesuffix("bit").removesuffix("bps").removesuffix("b")
+    mult = {"k": 10**3, "m": 10**6, "g": 10**9}.get(t[-1:], 1)
+    try:
+        v = float(t[:-1] if mult > 1 else t) * mult
+    except ValueError:
+        raise stack.StartError(f"bad rate {text!r}: e.g. 100M, 1G, 800k (bits per second)") from None
+    if v <= 0:
+        raise stack.StartError(f"bad rate {text!r}: must be positive")
+    return int(v)
 
 
 def _client(a: argparse.Namespace):
@@ -139,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shared memory per app context for flow buffers (default 256)")
     s.add_argument("--max-app-contexts", type=int, default=64, metavar="N",
                    help="contexts per app (bounds its memory to N x --ctx-region-mb; 0: no limit; default 64)")
+    s.add_argument("--cc", default="cubic", choices=CC_CHOICES,
+                   help="congestion control run by the slow path (default cubic); fp-newreno: NewReno inside the "
+                        "fast path alone (the pre-issue-6 behaviour)")
+    s.add_argument("--cc-interval-us", type=int, default=1000, metavar="US",
+                   help="control interval per flow (default 1000; 0: max(1 ms, srtt) of each flow)")
+    s.add_argument("--cc-rate", metavar="RATE", help="--cc const: the fixed rate, e.g. 100M (bits/s)")
+    s.add_argument("--ecn", action=argparse.BooleanOptionalAction, default=None,
+                   help="negotiate ECN (RFC 3168) on connections (default: only with --cc dctcp)")
+    s.add_argument("--no-pacing", action="store_true",
+                   help="do not pace window-based algorithms (cwnd/srtt x 2 in slow start, x 1.2 after)")
     s.add_argument("--keepalive-idle", type=float, default=7200.0, metavar="S",
                    help="SO_KEEPALIVE flows: probe after S seconds without a segment from the peer (default 7200)")
     s.add_argument("--keepalive-intvl", type=float, default=75.0, metavar="S",

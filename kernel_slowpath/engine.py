@@ -36,6 +36,7 @@ from kernel_slowpath.tcpstate import SYNCHRONIZED, Event, State, TcpProtocolErro
 log = logging.getLogger("tas.engine")
 
 FIN, SYN, RST, PSH, ACK = (lib.TAS_TCP_FIN, lib.TAS_TCP_SYN, lib.TAS_TCP_RST, lib.TAS_TCP_PSH, lib.TAS_TCP_ACK)
+ECE, CWR = lib.TAS_TCP_ECE, lib.TAS_TCP_CWR
 OUR_MSS = 1460
 EPHEMERAL = (32768, 60999)
 SYN_RTO_US = 1_000_000
@@ -121,6 +122,7 @@ class HalfOpen:
     ts_recent: int | None
     tries: int = 0
     timer: Any = None
+    ecn: bool = False  # ECN setup SYN (ECE|CWR) and we do ECN (RFC 3168 6.1.1)
 
 
 @dataclass
@@ -213,6 +215,9 @@ class Engine:
         self._scan_more = False
         # set by the stack: per-core counter structs (struct tas_fp_stats *)
         self.core_stats: Callable[[], list] = list
+        # congestion control (issue 6, docs/CC.md): set by the stack
+        self.cc = None  # kernel_slowpath.ccloop.CCLoop, None: NewReno in the fast path
+        self.ecn = False  # negotiate ECN (RFC 3168) on our SYNs and SYN-ACKs
 
     # ------------------------------------------------------------------
     # plumbing
@@ -463,6 +468,7 @@ class Engine:
             peer_ws=p.wscale if p.opts & lib.TAS_OPT_WS else None,
             sack=bool(p.opts & lib.TAS_OPT_SACKPERM),
             ts_recent=p.tsval if p.opts & lib.TAS_OPT_TS else None,
+            ecn=self.ecn and p.tcp_flags & (ECE | CWR) == ECE | CWR,
         )
         lst.half_open[(p.dst_port, p.src_ip, p.src_port)] = ho
         self._send_synack(ho)
@@ -529,7 +535,7 @@ class Engine:
         ts = (self.ts_now(), ho.ts_recent) if ho.ts_recent is not None else None
         self.send_frame(self.segs.build(
             dst_mac=ho.remote_mac, dst_ip=ho.remote_ip, sport=ho.listener.port, dport=ho.remote_port,
-            seq=ho.iss, ack=ho.irs + 1, flags=SYN | ACK, win=min(self.rx_buf, 0xFFFF), mss=OUR_MSS,
+            seq=ho.iss, ack=ho.irs + 1, flags=SYN | ACK | (ECE if ho.ecn else 0), win=min(self.rx_buf, 0xFFFF), mss=OUR_MSS,
             wscale=ws, sack_perm=ho.sack, ts=ts))
         self.counters["synack_sent"] += 1
         ho.timer = self.loop.call_later(SYN_RTO_US / 1e6 * (1 << ho.tries), self._synack_timeout, ho)
@@ -577,6 +583,7 @@ class Engine:
         ws_ok = ho.peer_ws is not None
         self._install(conn, peer_mss=ho.peer_mss, snd_wscale=ho.peer_ws if ws_ok else 0,
                       rcv_wscale=wscale_for(self._accept_bufs(lst, lst.ctx)[0]) if ws_ok else 0, sack=ho.sack,
+                      ecn=ho.ecn,
                       ts_recent=p.tsval if (p.opts & lib.TAS_OPT_TS and ho.ts_recent is not None) else None,
                       snd_wnd=p.win << (ho.peer_ws if ws_ok else 0), wl1=p.seq, wl2=p.ack,
                       rtt_us=self._ts_rtt(p))
@@ -617,6 +624,7 @@ class Engine:
                       snd_wscale=p.wscale if ws_ok else 0, rcv_wscale=wscale_for(conn.rx_len) if ws_ok else 0,
                       sack=bool(p.opts & lib.TAS_OPT_SACKPERM),
                       ts_recent=p.tsval if p.opts & lib.TAS_OPT_TS else None,
+                      ecn=self.ecn and p.tcp_flags & (ECE | CWR) == ECE,  # ECN-setup SYN-ACK
                       snd_wnd=p.win, wl1=p.seq, wl2=p.ack, rtt_us=self._ts_rtt(p))
         self._ack_now(conn)  # the handshake's final ACK
         conn.ctx.event({"ev": "connected", "ctx": conn.ctx.ctx_id, "flow": conn.fid})
@@ -634,7 +642,7 @@ class Engine:
         conn.syn_ts = self.ts_now()
         self.send_frame(self.segs.build(
             dst_mac=conn.remote_mac, dst_ip=conn.remote_ip, sport=conn.local_port, dport=conn.remote_port,
-            seq=conn.iss, ack=0, flags=SYN, win=min(conn.rx_len, 0xFFFF), mss=OUR_MSS,
+            seq=conn.iss, ack=0, flags=SYN | (ECE | CWR if self.ecn else 0), win=min(conn.rx_len, 0xFFFF), mss=OUR_MSS,
             wscale=wscale_for(conn.rx_len), sack_perm=True, ts=(conn.syn_ts, 0)))
         conn.timer = self.loop.call_later(SYN_RTO_US / 1e6 * (1 << conn.tries), self._syn_timeout, conn)
 
@@ -700,7 +708,7 @@ class Engine:
         self.ports_in_use[local_port] = self.ports_in_use.get(local_port, 0) + 1
         return conn
 
-    def _install(self, conn: Conn, *, peer_mss: int, snd_wscale: int, rcv_wscale: int, sack: bool,
+    def _install(self, conn: Conn, *, peer_mss: int, snd_wscale: int, rcv_wscale: int, sack: bool, ecn: bool = False,
                  ts_recent: int | None, snd_wnd: int, wl1: int, wl2: int, rtt_us: int) -> None:
         f = self.ft.flow(conn.fid)
         size = ffi.sizeof("struct tas_flow")
@@ -738,6 +746,10 @@ class Engine:
             f.rttvar_us = rtt_us // 2
             f.rto_us = max(200_000, rtt_us + 4 * (rtt_us // 2))
         f.rto_start_us = self.now_us() & U32
+        if ecn:
+            f.flags |= lib.TAS_FF_ECN
+        if self.cc is not None:
+            self.cc.add(conn.fid, f.mss)
         f.status = lib.TAS_FLOW_ACTIVE
         if self.ft.insert(conn.fid) != 0:
             raise RuntimeError(f"flow table index refused flow {conn.fid}")
@@ -760,6 +772,8 @@ class Engine:
         for off in (conn.appflow_off, conn.rx_off, conn.tx_off):
             conn.ctx.free(off)
         del self.conns[conn.fid]
+        if self.cc is not None:
+            self.cc.remove(conn.fid)
         self.free_ids.append(conn.fid)
         log.debug("flow %d closed (%s) %s:%d <-> %s:%d", conn.fid, conn.state.value, self.local_ip, conn.local_port,
                   int2ip(conn.remote_ip), conn.remote_port)
@@ -864,6 +878,8 @@ class Engine:
                 continue
             if self._scan_why[i] == lib.TAS_TMO_RTO:
                 backoff = lib.tas_sp_rto_fire(self.ft.raw, fid, now & U32)
+                if self.cc is not None:
+                    self.cc.on_rto(fid)
                 self.counters["rto_fired"] += 1
                 if backoff > 12:
                     log.info("flow %d: retransmission gave up", fid)
@@ -1166,7 +1182,8 @@ class Engine:
                           "in_flight": int(s.tx_nxt - s.tx_una), "cwnd": int(s.cwnd),
                           "ssthresh": int(s.ssthresh), "snd_wnd": int(s.snd_wnd), "srtt_us": int(s.srtt_us),
                           "rto_us": int(s.rto_us), "mss": int(s.mss), "retransmits": int(s.cnt_rexmit),
-                          "segs_in": int(s.cnt_rx_segs), "segs_out": int(s.cnt_tx_segs)})
+                          "segs_in": int(s.cnt_rx_segs), "segs_out": int(s.cnt_tx_segs),
+                          "ecn": bool(s.flags & lib.TAS_FF_ECN)})
             out.append(d)
         return out
 
@@ -1192,7 +1209,8 @@ class Engine:
                 "half_open": sum(len(lst.half_open) for lst in self.listeners.values()),
                 "listeners": len(self.listeners), "time_wait": len(self.time_wait),
                 "arp_entries": len(self.arp), "flow_record_bytes": ffi.sizeof("struct tas_flow"),
-                "slowpath": dict(self.counters)}
+                "slowpath": dict(self.counters),
+                "cc": self.cc.stats() if self.cc is not None else {"cc_algorithm": "fp-newreno"}}
 
 
 class _NoTimer:

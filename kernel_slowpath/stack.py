@@ -66,9 +66,16 @@ class StackConfig:
     strike_limit: int = 1024
     # fast-path restarts allowed within FP_RESTART_WINDOW_S before giving up
     fp_max_restarts: int = 5
-    max_app_contexts: int = 64
     # SO_KEEPALIVE timing (idle s, probe interval s, probes); Linux defaults
     keepalive: tuple = (7200.0, 75.0, 9)
+    max_app_contexts: int = 64
+    # congestion control (issue 6, docs/CC.md): an algorithm the slow path
+    # runs (kernel_slowpath/cc) or "fp-newreno" (the fast path alone)
+    cc: str = "cubic"
+    cc_interval_us: int = 1000  # 0: per flow every max(1 ms, srtt)
+    cc_rate_bps: int = 0  # --cc const: the fixed rate
+    cc_pacing: bool = True
+    ecn: bool | None = None  # None: with dctcp only
 
 
 def default_state_dir() -> Path:
@@ -169,6 +176,7 @@ class Stack:
                                  rx_buf=cfg.rx_buf, tx_buf=cfg.tx_buf)
             self.engine.core_stats = self.fp_stats
             self.engine.keepalive = cfg.keepalive
+            self._setup_cc(loop)
             self.server = ControlServer(cfg.state_dir, self.engine, self.fpm, cfg.ip, tapmod.mac_str(cfg.mac),
                                         region_len=cfg.region_len, allowed_uids=cfg.allowed_uids,
                                         default_buf=cfg.rx_buf,
@@ -182,6 +190,8 @@ class Stack:
             self._loop = loop
             loop.add_reader(self.sp_evfd, self._on_doorbell)
             self.engine.start()
+            if self.engine.cc is not None:
+                self.engine.cc.start()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stop.set)
             for core in range(cfg.fp_cores):
@@ -198,10 +208,26 @@ class Stack:
             self._drain_ktx_soon()
             loop.remove_reader(self.sp_evfd)
             self.engine.stop()
+            if self.engine.cc is not None:
+                self.engine.cc.stop()
             await self.server.stop()
             return 0
         finally:
             self._tear_down()
+
+    def _setup_cc(self, loop) -> None:
+        """Congestion control in the slow path (kernel_slowpath/ccloop.py)."""
+        from kernel_slowpath.ccloop import CCLoop
+
+        cfg = self.cfg
+        self.engine.ecn = cfg.ecn if cfg.ecn is not None else cfg.cc == "dctcp"
+        # with FP_NEWRENO the loop only resets each flow's side-table entry
+        # (the fast path grows cwnd, and halves it on ECN-Echo itself)
+        lay = stack_layout(cfg.n_flows, cfg.fp_cores, cfg.kq_slots)
+        table = lib.tas_cc_table(self.region.ptr(lay.ft_off), lay.ft_len, cfg.n_flows)
+        self.engine.cc = CCLoop(ft=self.ft.raw, cc_table=table, n_flows=cfg.n_flows, algorithm=cfg.cc,
+                                interval_us=cfg.cc_interval_us, loop=loop, rate_bps=cfg.cc_rate_bps,
+                                pacing=cfg.cc_pacing)
 
     def _bring_up(self) -> None:
         cfg = self.cfg

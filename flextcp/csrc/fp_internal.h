@@ -14,6 +14,7 @@
 #include "wire.h"
 #include "fastpath.h"
 #include "tcp_common.h"
+#include "spflow.h"
 
 #define FP_FRAME_MAX 2048
 #define FP_RX_BATCH_MAX 64
@@ -73,12 +74,19 @@ struct tas_fp {
 
     uint32_t krx_posted;
     uint64_t now_us;
+    struct tas_flow_cc *cc;     /* CC side table (NULL: region without one) */
     uint8_t rxbuf[FP_RX_BATCH_MAX][FP_FRAME_MAX];
     uint32_t vnet;              /* TAP fd has IFF_VNET_HDR */
     uint32_t tso;               /* send TSO4 super-segments (needs vnet) */
     uint8_t txbuf[FP_TXBUF_MAX];
     uint8_t ktxbuf[FP_KTX_BATCH][TAS_KQ_ENTRY_SIZE];
 };
+
+/* The flow's CC side-table entry, or NULL (docs/CC.md). */
+static inline struct tas_flow_cc *fp_cc(struct tas_fp *fp, const struct tas_flow *f)
+{
+    return fp->cc ? &fp->cc[f - fp->ft.flows] : NULL;
+}
 
 /* fp_rx.c */
 void fp_rx_frame(struct tas_fp *fp, const uint8_t *frame, uint32_t len);

@@ -46,6 +46,7 @@ struct tas_fp *tas_fp_create(const struct tas_fp_config *cfg)
     fp->st = cfg->stats;
     if (tas_ft_attach(&fp->ft, cfg->ft_mem, cfg->ft_len, cfg->n_flows) != 0)
         goto fail;
+    fp->cc = tas_cc_table(cfg->ft_mem, cfg->ft_len, cfg->n_flows); /* issue 6 */
     if (tas_ring_attach(&fp->krx, cfg->krx_mem, cfg->kq_slots, TAS_KQ_ENTRY_SIZE, 1) != 0)
         goto fail;
     if (tas_ring_attach(&fp->ktx, cfg->ktx_mem, cfg->kq_slots, TAS_KQ_ENTRY_SIZE, 0) != 0)

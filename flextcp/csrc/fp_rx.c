@@ -150,6 +150,15 @@ static void enter_recovery(struct tas_fp *fp, uint32_t id, struct tas_flow *f, i
 {
     uint64_t flight = f->tx_max - f->tx_una;
     uint32_t half = (uint32_t)(flight / 2);
+    struct tas_flow_cc *cc = fp_cc(fp, f);
+    if (cc) {
+        /* a loss event for the slow path's control loop; with TAS_CC_SP the
+         * window kept is the algorithm's beta (docs/CC.md) */
+        cc->cnt_loss++;
+        if ((cc->mode & TAS_CC_SP) && cc->loss_beta)
+            half = (uint32_t)(flight * cc->loss_beta / 1000u);
+        cc->cwr_until = f->tx_max; /* one reduction per window (RFC 3168 6.1.2) */
+    }
     f->ssthresh = half > 2u * f->mss ? half : 2u * f->mss;
     f->cwnd = f->ssthresh + 3u * f->mss;
     f->tx_recover = f->tx_max;
@@ -224,6 +233,9 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
     }
     int32_t acked = seq_diff(ack, una);
     uint32_t win = (uint32_t)p->win << f->snd_wscale;
+    struct tas_flow_cc *cc = fp_cc(fp, f);
+    int sp_cc = cc && (cc->mode & TAS_CC_SP);
+    int ece = cc && (f->flags & TAS_FF_ECN) && (p->tcp_flags & TAS_TCP_ECE);
     uint32_t sack_s[4], sack_e[4], nsack = 0;
     if ((f->flags & TAS_FF_SACK) && p->n_sack && acked >= 0)
         nsack = sack_parse(fp, f, p, ack, (uint32_t)seq_diff(snd_max, ack), sack_s, sack_e);
@@ -243,6 +255,8 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
         if (f->tx_nxt < f->tx_una)
             f->tx_nxt = f->tx_una;
         f->cnt_acked += bytes;
+        if (ece)
+            cc->cnt_ecn_bytes += bytes;
         f->rto_backoff = 0;
         f->rto_start_us = (uint32_t)fp->now_us;
 
@@ -267,6 +281,8 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
                 f->cwnd = f->cwnd > bytes ? f->cwnd - (uint32_t)bytes : mss;
                 f->cwnd += mss;
             }
+        } else if (sp_cc) {
+            /* the slow path decides the window (kernel_slowpath/ccloop.py) */
         } else if (f->cwnd < f->ssthresh) {
             f->cwnd += (uint32_t)u64_min(bytes, 2u * mss);
         } else {
@@ -302,6 +318,22 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
 
     if (nsack && (f->flags & TAS_FF_RECOVERY))
         sack_holes(fp, id, f, nsack, sack_s, sack_e);
+
+    if (ece) {
+        /* ECN-Echo (RFC 3168 6.1.2): counted for the control loop; once per
+         * window the sender answers with CWR, and without TAS_CC_SP it
+         * halves the window itself as on a loss */
+        cc->cnt_ecn_acks++;
+        if (f->tx_una > cc->cwr_until) {
+            cc->cwr_until = f->tx_max;
+            cc->mode |= TAS_CC_CWR;
+            if (!sp_cc && !(f->flags & TAS_FF_RECOVERY)) {
+                uint32_t half = (uint32_t)((f->tx_max - f->tx_una) / 2);
+                f->ssthresh = half > 2u * f->mss ? half : 2u * f->mss;
+                f->cwnd = f->ssthresh;
+            }
+        }
+    }
 
     /* send window update (RFC 9293 SND.WL1/WL2 rule) */
     if (seq_lt(f->snd_wl1, p->seq) ||
@@ -368,6 +400,20 @@ static void rx_segment(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
 
     if (seg_len == 0)
         return;
+    struct tas_flow_cc *cc = fp_cc(fp, f);
+    if (cc && (f->flags & TAS_FF_ECN)) {
+        /* CE echo, one ACK state per data segment (RFC 8257 3.2): when the
+         * CE state changes, what arrived before is ACKed at once with the
+         * old state; ECE is set on ACKs while the state is CE */
+        int ce = (p->ip_tos & 3) == 3;
+        if (ce)
+            cc->cnt_ce_rx++;
+        if (ce != ((cc->mode & TAS_CC_CE) != 0)) {
+            if (f->unacked_segs)
+                fp_send_ack(fp, f);
+            cc->mode ^= TAS_CC_CE;
+        }
+    }
     if (f->flags & TAS_FF_RX_FIN) {
         /* data or FIN after the peer's FIN: retransmission, re-ACK */
         fp_need_ack(fp, id, f);

@@ -54,6 +54,9 @@ static void seg_init(struct tas_fp *fp, struct tas_flow *f, struct tas_seg *s)
         s->tsval = (uint32_t)(fp->now_us / 1000);
         s->tsecr = f->ts_recent;
     }
+    struct tas_flow_cc *cc = fp_cc(fp, f);
+    if (cc && (f->flags & TAS_FF_ECN) && (cc->mode & TAS_CC_CE))
+        s->flags |= TAS_TCP_ECE;
     if (f->flags & TAS_FF_SACK) {
         /* RFC 2018: report the out-of-order ranges we hold */
         uint8_t n = 0;
@@ -122,6 +125,15 @@ static int send_segment(struct tas_fp *fp, struct tas_flow *f, uint64_t pos,
         s.flags |= TAS_TCP_FIN;
     if (len && pos + len == f->tx_head)
         s.flags |= TAS_TCP_PSH;
+    struct tas_flow_cc *cc = fp_cc(fp, f);
+    if (cc && (f->flags & TAS_FF_ECN) && len && pos >= f->tx_max) {
+        /* ECT(0) on new data only, never on retransmissions (RFC 3168 6.1.5) */
+        s.ip_tos = 0x02;
+        if (cc->mode & TAS_CC_CWR) {
+            s.flags |= TAS_TCP_CWR;
+            cc->mode &= ~(uint32_t)TAS_CC_CWR;
+        }
+    }
     uint32_t mask = f->tx_len - 1;
     uint32_t off = (uint32_t)pos & mask;
     uint32_t first = f->tx_len - off;
@@ -159,11 +171,14 @@ static uint32_t seg_payload_max(const struct tas_flow *f)
 
 /* Transmit what flow f may send now.  Returns segments sent; *more is set
  * when the flow still has sendable data (caller requeues). */
-static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, int *more)
+static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, int *more,
+                        uint64_t *due)
 {
     uint32_t sent = 0;
     uint32_t smss = seg_payload_max(f);
+    struct tas_flow_cc *cc = fp_cc(fp, f);
     *more = 0;
+    *due = 0;
 
     if (f->flags & TAS_FF_REXMIT_HEAD) {
         f->flags &= ~TAS_FF_REXMIT_HEAD;
@@ -240,6 +255,12 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
             }
             break;
         }
+        if (cc && cc->pace_rate && fp->now_us < cc->pace_next_us) {
+            /* paced (docs/CC.md): not due yet; stays queued */
+            *due = cc->pace_next_us;
+            fp->st->paced_waits++;
+            break;
+        }
         int fin = (f->flags & TAS_FF_TX_FIN) && f->tx_nxt + len == f->tx_head &&
                   !(f->flags & TAS_FF_FIN_ACKED);
         if (f->tx_nxt == f->tx_una)
@@ -251,6 +272,19 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
         f->tx_nxt += len;
         if (f->tx_nxt > f->tx_max)
             f->tx_max = f->tx_nxt;
+        if (cc) {
+            uint64_t flight_now = f->tx_nxt - f->tx_una;
+            if (flight_now > cc->max_flight)
+                cc->max_flight = flight_now > 0xffffffffu ? 0xffffffffu : (uint32_t)flight_now;
+            if (cc->pace_rate) {
+                /* next departure len/rate later; a flow that fell behind
+                 * (idle, or a late poll) catches up at most the slack */
+                uint64_t base = cc->pace_next_us;
+                if (base + TAS_CC_PACE_SLACK_US < fp->now_us)
+                    base = fp->now_us - TAS_CC_PACE_SLACK_US;
+                cc->pace_next_us = base + (uint64_t)len * 1000000u / cc->pace_rate;
+            }
+        }
         if (fin)
             f->flags |= TAS_FF_FIN_SENT | TAS_FF_FIN_OUT;
         sent++;
@@ -263,6 +297,7 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
 uint32_t fp_tx_run(struct tas_fp *fp, uint32_t budget)
 {
     uint32_t total = 0;
+    uint64_t first_due = 0;
     /* visit each queued flow at most once per run: round robin */
     uint32_t n = (fp->txq_tail + fp->txq_cap - fp->txq_head) % fp->txq_cap;
     while (n-- > 0 && total < budget) {
@@ -273,14 +308,18 @@ uint32_t fp_tx_run(struct tas_fp *fp, uint32_t budget)
         f->flags &= ~TAS_FF_IN_TXQ;
         if (f->status == TAS_FLOW_ACTIVE) {
             int more = 0;
+            uint64_t due = 0;
             uint32_t b = budget - total;
             if (b > FP_SEGS_PER_VISIT)
                 b = FP_SEGS_PER_VISIT;
-            total += tx_flow(fp, f, b, &more);
-            if (more)
+            total += tx_flow(fp, f, b, &more, &due);
+            if (due && (!first_due || due < first_due))
+                first_due = due;
+            if (more || due)
                 fp_txq_push(fp, id, f);
         }
         tas_flow_unlock(f);
     }
+    fp->st->pace_due_us = first_due;
     return total;
 }

@@ -167,3 +167,94 @@ int tas_sp_set_status(struct tas_ft *ft, uint32_t id, uint16_t status, uint32_t 
     tas_flow_unlock(f);
     return 0;
 }
+
+/* ---- congestion control side table (issue 6) ----------------------- */
+
+uint64_t tas_cc_table_off(uint32_t n_flows)
+{
+    return (tas_ft_bytes(n_flows) + 63u) & ~(uint64_t)63u;
+}
+
+uint64_t tas_ft_cc_bytes(uint32_t n_flows)
+{
+    return tas_cc_table_off(n_flows) + (uint64_t)n_flows * sizeof(struct tas_flow_cc);
+}
+
+struct tas_flow_cc *tas_cc_table(void *ft_mem, uint64_t ft_len, uint32_t n_flows)
+{
+    if (!ft_mem || n_flows == 0 || ft_len < tas_ft_cc_bytes(n_flows))
+        return NULL;
+    return (struct tas_flow_cc *)((uint8_t *)ft_mem + tas_cc_table_off(n_flows));
+}
+
+int tas_sp_cc_init(struct tas_flow_cc *cc, uint32_t n_flows, uint32_t id, uint32_t mode,
+                   uint32_t loss_beta)
+{
+    if (!cc || id >= n_flows)
+        return -1;
+    memset(&cc[id], 0, sizeof(cc[id]));
+    cc[id].mode = mode & TAS_CC_SP;
+    cc[id].loss_beta = loss_beta > 1000 ? 1000 : loss_beta;
+    return 0;
+}
+
+uint32_t tas_sp_cc_read(struct tas_ft *ft, struct tas_flow_cc *cc, const uint32_t *ids,
+                        uint32_t n, struct tas_cc_sample *out)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        struct tas_cc_sample *o = &out[i];
+        memset(o, 0, sizeof(*o));
+        struct tas_flow *f = get(ft, ids[i]);
+        if (!f || !cc) {
+            o->status = TAS_FLOW_FREE;
+            continue;
+        }
+        struct tas_flow_cc *c = &cc[ids[i]];
+        tas_flow_lock(f);
+        o->acked = f->cnt_acked;
+        o->ecn_bytes = c->cnt_ecn_bytes;
+        o->rexmit = f->cnt_rexmit;
+        o->in_flight = f->tx_nxt - f->tx_una;
+        o->backlog = f->tx_head - f->tx_nxt;
+        o->loss = c->cnt_loss;
+        o->max_flight = c->max_flight;
+        c->max_flight = (uint32_t)(o->in_flight > 0xffffffffu ? 0xffffffffu : o->in_flight);
+        o->srtt_us = f->srtt_us;
+        o->cwnd = f->cwnd;
+        o->snd_wnd = f->snd_wnd;
+        o->mss = f->mss;
+        o->flags = f->flags;
+        o->status = f->status;
+        tas_flow_unlock(f);
+    }
+    return n;
+}
+
+uint32_t tas_sp_cc_write(struct tas_ft *ft, struct tas_flow_cc *cc, const uint32_t *ids,
+                         uint32_t n, const uint32_t *cwnd, const uint64_t *rate,
+                         const uint32_t *loss_seen)
+{
+    uint32_t done = 0;
+    if (!cc)
+        return 0;
+    for (uint32_t i = 0; i < n; i++) {
+        struct tas_flow *f = get(ft, ids[i]);
+        if (!f)
+            continue;
+        struct tas_flow_cc *c = &cc[ids[i]];
+        tas_flow_lock(f);
+        if (f->status == TAS_FLOW_ACTIVE && (c->mode & TAS_CC_SP) && c->cnt_loss == loss_seen[i]) {
+            uint32_t w = cwnd[i] < f->mss ? f->mss : cwnd[i];
+            if (f->flags & TAS_FF_RECOVERY) {
+                f->ssthresh = w;
+            } else {
+                f->cwnd = w;
+                f->ssthresh = w;
+            }
+            c->pace_rate = rate[i];
+            done++;
+        }
+        tas_flow_unlock(f);
+    }
+    return done;
+}

@@ -35,4 +35,47 @@ int tas_sp_tx_close(struct tas_ft *ft, uint32_t id, uint64_t tx_head);
 /* Set status and OR flags (e.g. TAS_FF_DETACHED) under the lock. */
 int tas_sp_set_status(struct tas_ft *ft, uint32_t id, uint16_t status, uint32_t set_flags);
 
+/* ---- congestion control (issue 6, docs/CC.md) ---------------------- */
+/* Byte offset of the CC side table from the start of the flow table
+ * region, and the region length that holds both. */
+uint64_t tas_cc_table_off(uint32_t n_flows);
+uint64_t tas_ft_cc_bytes(uint32_t n_flows);
+/* The side table inside a flow-table region of ft_len bytes, or NULL if
+ * the region is too small (then CC runs in the fast path, no ECN). */
+struct tas_flow_cc *tas_cc_table(void *ft_mem, uint64_t ft_len, uint32_t n_flows);
+
+/* One flow as the control loop sees it (tas_sp_cc_read). */
+struct tas_cc_sample {
+    uint64_t acked;         /* cnt_acked (cumulative) */
+    uint64_t ecn_bytes;     /* cnt_ecn_bytes (cumulative) */
+    uint64_t rexmit;        /* cnt_rexmit (cumulative) */
+    uint64_t in_flight;     /* tx_nxt - tx_una */
+    uint64_t backlog;       /* tx_head - tx_nxt: bytes the app queued, not sent */
+    uint32_t loss;          /* cnt_loss (cumulative) */
+    uint32_t max_flight;    /* highest in-flight since the last read (reset) */
+    uint32_t srtt_us;
+    uint32_t cwnd;
+    uint32_t snd_wnd;
+    uint32_t mss;
+    uint32_t flags;
+    uint32_t status;        /* TAS_FLOW_*; anything but ACTIVE: skip */
+};
+
+/* Reset a flow's side-table entry and set its mode (TAS_CC_SP) and loss
+ * beta (per mille).  Call before the record becomes ACTIVE. */
+int tas_sp_cc_init(struct tas_flow_cc *cc, uint32_t n_flows, uint32_t id, uint32_t mode,
+                   uint32_t loss_beta);
+/* Snapshot n flows (ids[i]) under their locks into out[i]; resets
+ * max_flight.  Returns n (ids out of range get status TAS_FLOW_FREE). */
+uint32_t tas_sp_cc_read(struct tas_ft *ft, struct tas_flow_cc *cc, const uint32_t *ids,
+                        uint32_t n, struct tas_cc_sample *out);
+/* Write back the control loop's decisions for n flows: cwnd[i] (bytes; in
+ * fast recovery it becomes ssthresh, the window recovery exits to) and
+ * rate[i] (pacing, bytes/s, 0 = none).  A flow whose cnt_loss is no longer
+ * loss_seen[i] (a loss since the read) keeps the fast path's window.
+ * Returns how many flows were written. */
+uint32_t tas_sp_cc_write(struct tas_ft *ft, struct tas_flow_cc *cc, const uint32_t *ids,
+                         uint32_t n, const uint32_t *cwnd, const uint64_t *rate,
+                         const uint32_t *loss_seen);
+
 #endif /* TAS_SPFLOW_H */

@@ -130,7 +130,7 @@ struct tas_ctx_hdr {
 #define TAS_FF_TS 1           /* timestamps negotiated */
 #define TAS_FF_SACK 2         /* SACK permitted both ways */
 #define TAS_FF_WSCALE 4       /* window scaling negotiated */
-#define TAS_FF_ECN 8
+#define TAS_FF_ECN 8          /* SP: ECN negotiated (RFC 3168), see struct tas_flow_cc */
 #define TAS_FF_RX_FIN 16      /* FP: in-order FIN received */
 #define TAS_FF_TX_FIN 32      /* SP: app closed its send side at tx_head */
 #define TAS_FF_FIN_SENT 64    /* FP: FIN transmitted at least once */
@@ -209,6 +209,31 @@ struct tas_flow {
     uint64_t cnt_rexmit;    /* FP/SP: segments retransmitted */
     uint64_t cnt_rx_segs;
     uint64_t cnt_tx_segs;
+};
+
+/* Congestion control side table (issue 6): one 64-byte entry per flow id,
+ * right after the flow table (and its hash) in the stack region, found with
+ * tas_cc_table() (spflow.h).  Guarded by the flow record's lock.  The fast
+ * path counts, the slow path (kernel_slowpath/ccloop.py) decides and writes
+ * cwnd and a pacing rate back; see docs/CC.md. */
+#define TAS_CC_SP 1           /* SP: slow path runs CC; FP never grows cwnd */
+#define TAS_CC_CE 4           /* FP: receiver: the last data segment carried CE (ECE on ACKs) */
+#define TAS_CC_CWR 8          /* FP: sender: set CWR on the next new data segment */
+#define TAS_CC_PACE_SLACK_US 500 /* FP: pacing credit an idle/late flow may catch up */
+
+struct tas_flow_cc {
+    uint64_t cnt_ecn_bytes; /* FP: bytes newly acked by ACKs carrying ECE */
+    uint64_t cwr_until;     /* FP: no new ECN reaction/CWR until tx_una passes this */
+    uint64_t pace_next_us;  /* FP: earliest time the next new data segment may leave */
+    uint64_t pace_rate;     /* SP: pacing rate in bytes/s; 0 = no pacing */
+    uint32_t mode;          /* SP (CE, CWR bits: FP): TAS_CC_* */
+    uint32_t cnt_loss;      /* FP: loss events (fast-recovery entries) */
+    uint32_t cnt_ecn_acks;  /* FP: ACKs carrying ECE */
+    uint32_t max_flight;    /* FP: highest in-flight bytes since SP last read (SP resets) */
+    uint32_t loss_beta;     /* SP: with TAS_CC_SP, window kept on entering recovery,
+                               per mille of in-flight (0: 500, NewReno) */
+    uint32_t cnt_ce_rx;     /* FP: data segments received with CE */
+    uint32_t rsvd[2];
 };
 
 /* Flow table region header.  Hash slots follow the flow records. */
@@ -294,6 +319,9 @@ struct tas_fp_stats {
     uint64_t rexmit_sack;     /* holes retransmitted from the peer's SACK blocks (RFC 6675) */
     uint64_t rexmit_spurious; /* D-SACKs received (RFC 2883): retransmissions (or network
                                  duplicates) the peer already had */
+    uint64_t pace_due_us;     /* earliest time a paced flow waiting in the tx queue may send
+                                 (0: none waiting); the poll loop does not sleep past it */
+    uint64_t paced_waits;     /* tx queue visits that found the flow not yet due (pacing) */
 };
 
 #endif /* TAS_ABI_H */

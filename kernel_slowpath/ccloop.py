@@ -1,0 +1,264 @@
+"""The slow path's congestion-control loop (issue 6; docs/CC.md).
+
+The fast path counts per flow (bytes acknowledged, ECN-echoed bytes, loss
+events = fast-recovery entries, in-flight high-water mark) in the flow record
+and its side-table entry (``struct tas_flow_cc``).  Every tick this loop reads
+the counters of the flows that are due in one C call
+(``tas_sp_cc_read``), feeds the deltas to each flow's sans-I/O algorithm
+(:mod:`kernel_slowpath.cc`), and writes the new windows and pacing rates back
+in one C call (``tas_sp_cc_write``, under each flow's lock).  Per-flow work
+on shared memory is in C; the decisions are Python.
+
+A flow is due every ``interval_us`` (fixed), or with ``interval_us = 0``
+every max(1 ms, srtt) of its own.  The fast path reacts to a loss at once
+(fast retransmit; the window kept is the algorithm's beta, given at install)
+and to ECN only by counting; everything else waits for the next interval.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flextcp.native import ffi, lib
+from kernel_slowpath import cc as ccmod
+from kernel_slowpath.cc.base import INITIAL_WINDOW_SEGMENTS
+
+log = logging.getLogger("tas.cc")
+
+U32 = 0xFFFFFFFF
+MIN_INTERVAL_US = 1000
+# Pacing gain over cwnd/srtt (Linux: tcp_pacing_ss_ratio 200, ca_ratio 120).
+PACING_GAIN_SS = 2.0
+PACING_GAIN_CA = 1.2
+# Window kept on a fast retransmit, per mille (the algorithm's beta).
+LOSS_BETA = {"newreno": 500, "cubic": 700, "dctcp": 500, "const": 1000}
+# Fast-path-only NewReno (today's behaviour, the baseline).
+FP_NEWRENO = "fp-newreno"
+CHOICES = (*sorted(ccmod.ALGORITHMS), FP_NEWRENO)
+
+
+@dataclass
+class FlowCC:
+    fid: int
+    alg: ccmod.CongestionControl
+    acked: int = 0
+    ecn_bytes: int = 0
+    loss: int = 0
+    rto: int = 0  # RTOs the engine reported since the last pass
+    next_due: int = 0
+    last_active: int = 0
+    idle: bool = False
+    # HyStart++ (RFC 9406) round state, in bytes acknowledged
+    round_end: int = 0
+    last_round_min: int = 0
+    cur_round_min: int = 0
+    round_samples: int = 0
+
+
+class CCLoop:
+    """One per stack.  ``add``/``remove`` follow flow install/free;
+    ``on_rto`` is called by the engine's timer scan."""
+
+    def __init__(
+        self,
+        *,
+        ft,
+        cc_table,
+        n_flows: int,
+        algorithm: str,
+        interval_us: int,
+        loop,
+        now_us: Callable[[], int] = lib.tas_now_us,
+        rate_bps: int = 0,
+        pacing: bool = True,
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        if algorithm not in CHOICES:
+            raise KeyError(f"unknown congestion control {algorithm!r}; choose from {', '.join(CHOICES)}")
+        if cc_table == ffi.NULL:
+            raise ValueError("the stack region has no CC side table")
+        self.ft = ft
+        self.table = cc_table
+        self.n_flows = n_flows
+        self.algorithm = algorithm
+        self.interval_us = max(0, int(interval_us))
+        self.tick_us = self.interval_us if self.interval_us else MIN_INTERVAL_US
+        self.tick_us = max(self.tick_us, 200)
+        self.loop = loop
+        self.now_us = now_us
+        self.pacing = pacing
+        self.hystart = algorithm in ("newreno", "cubic")  # DCTCP leaves slow start on marks
+        self.params = dict(params or {})
+        if algorithm == "const":
+            self.params.setdefault("rate_bps", rate_bps or 100_000_000)
+        self.flows: dict[int, FlowCC] = {}
+        self.counters = {"cc_passes": 0, "cc_flow_updates": 0, "cc_loss_events": 0, "cc_ecn_bytes": 0,
+                         "cc_rto": 0, "cc_idle_restarts": 0, "cc_hystart_exits": 0}  # fmt: skip
+        self._handle = None
+        self._cap = 0
+        self._grow(64)
+
+    def _grow(self, n: int) -> None:
+        self._cap = n
+        self._ids = ffi.new("uint32_t[]", n)
+        self._samples = ffi.new("struct tas_cc_sample[]", n)
+        self._cwnd = ffi.new("uint32_t[]", n)
+        self._rate = ffi.new("uint64_t[]", n)
+        self._seen = ffi.new("uint32_t[]", n)
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self) -> None:
+        if self.algorithm == FP_NEWRENO:
+            return
+        self._handle = self.loop.call_later(self.tick_us / 1e6, self._tick)
+
+    def stop(self) -> None:
+        if self._handle:
+            self._handle.cancel()
+            self._handle = None
+
+    def add(self, fid: int, mss: int) -> None:
+        """A flow is being installed (its record not ACTIVE yet)."""
+        if self.algorithm == FP_NEWRENO:
+            lib.tas_sp_cc_init(self.table, self.n_flows, fid, 0, 0)
+            return
+        lib.tas_sp_cc_init(self.table, self.n_flows, fid, lib.TAS_CC_SP, LOSS_BETA.get(self.algorithm, 500))
+        now = self.now_us()
+        alg = ccmod.make(self.algorithm, mss, now, **self.params)
+        self.flows[fid] = FlowCC(fid, alg, next_due=now, last_active=now)
+
+    def remove(self, fid: int) -> None:
+        self.flows.pop(fid, None)
+
+    def on_rto(self, fid: int) -> None:
+        fl = self.flows.get(fid)
+        if fl is not None:
+            fl.rto += 1
+
+    def window_of(self, fid: int) -> int | None:
+        fl = self.flows.get(fid)
+        return fl.alg.cwnd if fl else None
+
+    # -- the control loop ----------------------------------------------------
+    def _tick(self) -> None:
+        try:
+            self.run_once()
+        except Exception:
+            log.exception("congestion control pass failed")
+        self._handle = self.loop.call_later(self.tick_us / 1e6, self._tick)
+
+    def run_once(self, now: int | None = None) -> int:
+        """One pass over the flows that are due; returns how many were updated."""
+        now = self.now_us() if now is None else now
+        due = [fl for fl in self.flows.values() if fl.next_due <= now]
+        if not due:
+            return 0
+        if len(due) > self._cap:
+            self._grow(max(len(due), 2 * self._cap))
+        n = len(due)
+        for i, fl in enumerate(due):
+            self._ids[i] = fl.fid
+        lib.tas_sp_cc_read(self.ft, self.table, self._ids, n, self._samples)
+        k = 0
+        for i, fl in enumerate(due):
+            s = self._samples[i]
+            if s.status != lib.TAS_FLOW_ACTIVE:
+                fl.next_due = now + MIN_INTERVAL_US
+                continue
+            self._decide(fl, s, now)
+            self._ids[k] = fl.fid
+            self._cwnd[k] = min(max(int(fl.alg.cwnd), int(s.mss)), U32)
+            self._rate[k] = self._rate_of(fl, s)
+            self._seen[k] = s.loss
+            k += 1
+        done = (
+            lib.tas_sp_cc_write(self.ft, self.table, self._ids, k, self._cwnd, self._rate, self._seen)
+            if k
+            else 0
+        )
+        self.counters["cc_passes"] += 1
+        self.counters["cc_flow_updates"] += done
+        return done
+
+    def _decide(self, fl: FlowCC, s, now: int) -> None:
+        acked = (s.acked - fl.acked) & ((1 << 64) - 1)
+        ecn = (s.ecn_bytes - fl.ecn_bytes) & ((1 << 64) - 1)
+        loss = (s.loss - fl.loss) & U32
+        fl.acked, fl.ecn_bytes, fl.loss = s.acked, s.ecn_bytes, s.loss
+        rto, fl.rto = fl.rto, 0
+        alg = fl.alg
+        srtt = int(s.srtt_us)
+        interval = self.interval_us or max(MIN_INTERVAL_US, srtt)
+        fl.next_due = now + interval
+        self.counters["cc_loss_events"] += loss
+        self.counters["cc_ecn_bytes"] += ecn
+        self.counters["cc_rto"] += rto
+
+        busy = acked or s.in_flight or s.backlog or loss or rto
+        if busy:
+            if fl.idle or (now - fl.last_active > max(srtt * 4, 200_000) and not s.in_flight):
+                # restart after idle (RFC 5681 4.1 / RFC 7661)
+                alg.on_idle_restart(now, max(srtt * 4, 200_000))
+                self.counters["cc_idle_restarts"] += 1
+            fl.idle = False
+            fl.last_active = now
+        elif now - fl.last_active > max(srtt * 4, 200_000):
+            fl.idle = True
+        # cwnd-limited (Linux tcp_is_cwnd_limited): only then may the window grow
+        cwnd = max(int(alg.cwnd), 1)
+        peak = max(int(s.max_flight), int(s.in_flight))
+        if alg.in_slow_start():
+            limited = peak * 2 >= cwnd
+        else:
+            limited = peak + 3 * int(s.mss) >= cwnd
+        if self.hystart and alg.in_slow_start() and not (loss or rto):
+            self._hystart(fl, s, srtt)
+        iv = ccmod.Interval(now_us=now, acked_bytes=acked, ecn_bytes=ecn, loss_events=loss, rto=bool(rto),
+                            rtt_us=srtt, in_flight=int(s.in_flight) or peak, app_limited=not limited)  # fmt: skip
+        alg.on_interval(iv)
+        # never beyond what the peer's window and our buffer allow to be useful
+        cap = max(int(s.snd_wnd), INITIAL_WINDOW_SEGMENTS * int(s.mss)) * 2
+        if alg.cwnd > cap and not alg.pacing_rate:
+            alg.cwnd = cap
+
+    def _hystart(self, fl: FlowCC, s, rtt: int) -> None:
+        """HyStart++ (RFC 9406 4.2, without the conservative phase): leave
+        slow start once a round has N_RTT_SAMPLE (8) RTT samples and its
+        minimum exceeds the previous round's by eta = clamp(min/8, 4 ms,
+        16 ms).  The samples are the flow's srtt at each interval
+        (timestamps tick in ms)."""
+        alg = fl.alg
+        if not rtt:
+            return
+        if fl.round_samples == 0 or rtt < fl.cur_round_min:
+            fl.cur_round_min = rtt
+        fl.round_samples += 1
+        if (
+            fl.last_round_min
+            and fl.round_samples >= 8
+            and alg.cwnd >= 16 * alg.mss
+            and fl.cur_round_min >= fl.last_round_min + min(max(fl.last_round_min // 8, 4000), 16000)
+        ):
+            alg.ssthresh = int(alg.cwnd)
+            self.counters["cc_hystart_exits"] += 1
+        if s.acked >= fl.round_end:
+            # a round (one window of data) ended
+            fl.last_round_min = fl.cur_round_min
+            fl.round_end = int(s.acked) + int(alg.cwnd)
+            fl.round_samples = 0
+
+    def _rate_of(self, fl: FlowCC, s) -> int:
+        alg = fl.alg
+        if alg.pacing_rate:
+            return int(alg.pacing_rate)
+        if not self.pacing or not s.srtt_us:
+            return 0
+        gain = PACING_GAIN_SS if alg.in_slow_start() else PACING_GAIN_CA
+        return int(gain * alg.cwnd * 1e6 / max(int(s.srtt_us), 100))
+
+    def stats(self) -> dict[str, Any]:
+        return {"cc_algorithm": self.algorithm, "cc_interval_us": self.interval_us, "cc_flows": len(self.flows),
+                **self.counters}  # fmt: skip

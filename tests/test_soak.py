@@ -133,7 +133,7 @@ def _echo(fs: FaultStack, i: int):
     app = App(f"echo-{i}", fs.topo.ns_argv(fs.topo.stack_ns, [*tas_argv(), "echo-server", "--port", "7",
                                                                "--state-dir", str(fs.state_dir)]), fs.workdir)
     fs.apps.append(app)
-    app.wait_line("listening", 15)
+    app.wait_line("listening", 60)  # generous: a loaded CI machine starts Python slowly
     return app
 
 
@@ -150,7 +150,7 @@ def _snapshot(fs: FaultStack) -> dict:
 
 
 def _churn(fs: FaultStack, dur: float, loss: bool) -> dict:
-    peer = fs.peer_py("peer-churn", PEER_CHURN.format(dur=dur), ready="ready")
+    peer = fs.peer_py("peer-churn", PEER_CHURN.format(dur=dur), ready="ready", ready_timeout=60)
     t_end = time.monotonic() + dur
     echo = _echo(fs, 0)
     active = None
@@ -162,8 +162,8 @@ def _churn(fs: FaultStack, dur: float, loss: bool) -> dict:
             if active is not None:
                 r = active.result(5)
                 assert r["mismatch"] == 0, r
-            active = fs.stack_py(f"active-{i}", STACK_ACTIVE.replace("{dur}", str(min(4.0, max(0.5, t_end - time.monotonic())))),
-                                 ready="ready")
+            dur_i = str(min(4.0, max(0.5, t_end - time.monotonic())))
+            active = fs.stack_py(f"active-{i}", STACK_ACTIVE.replace("{dur}", dur_i), ready="ready", ready_timeout=60)
         time.sleep(min(2.0, max(0.0, t_end - time.monotonic())))
         # app restarts: the echo server dies (alternately -9 and SIGTERM) with open flows
         if time.monotonic() < t_end - 1:

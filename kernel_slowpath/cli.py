@@ -169,9 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shared memory per app context for flow buffers (default 256)")
     s.add_argument("--max-app-contexts", type=int, default=64, metavar="N",
                    help="contexts per app (bounds its memory to N x --ctx-region-mb; 0: no limit; default 64)")
-    s.add_argument("--cc", default="cubic", choices=CC_CHOICES,
-                   help="congestion control run by the slow path (default cubic); fp-newreno: NewReno inside the "
-                        "fast path alone (the pre-issue-6 behaviour)")
+    s.add_argument("--cc", default="fp-newreno", choices=CC_CHOICES,
+                   help="congestion control: newreno, cubic, dctcp, const run by the slow path; fp-newreno (the "
+                        "default, see docs/CC.md): NewReno inside the fast path alone")
     s.add_argument("--cc-interval-us", type=int, default=1000, metavar="US",
                    help="control interval per flow (default 1000; 0: max(1 ms, srtt) of each flow)")
     s.add_argument("--cc-rate", metavar="RATE", help="--cc const: the fixed rate, e.g. 100M (bits/s)")

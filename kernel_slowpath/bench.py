@@ -59,6 +59,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kernel_slowpath import procs
+from kernel_slowpath.procs import Proc
+
 BENCH_PREFIX = "tasbench"
 OUT_DIR = Path("out") / "bench"
 REPO = Path(__file__).resolve().parent.parent
@@ -168,13 +171,6 @@ class Interrupted(Exception):
 
 
 @dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-
-@dataclass
 class Bench:
     args: argparse.Namespace
     workdir: Path
@@ -192,12 +188,20 @@ class Bench:
     loadavg_start: list[float] | None = None
 
 
-def _tas_argv() -> list[str]:
-    exe = Path(sys.executable).with_name("tas")
-    if exe.is_file() and os.access(exe, os.X_OK):
-        return [str(exe)]
-    found = shutil.which("tas")
-    return [found] if found else [sys.executable, "-m", "kernel_slowpath"]
+_tas_argv = procs.tas_argv
+_tail = procs.tail
+
+
+def _wait_for(proc: Proc, needle: str, timeout: float) -> None:
+    procs.wait_for(proc, needle, timeout, BenchError)
+
+
+def _tree(pid: int) -> list[int]:
+    return [pid, *procs.descendants(pid)]
+
+
+def _stop(proc: Proc, grace: float = 5.0) -> None:
+    procs.stop(proc, grace)
 
 
 def _pin(cpu: int | None):
@@ -227,74 +231,6 @@ def _spawn(b: Bench, name: str, ns: str, argv: list[str], cpu: int | None, env: 
     proc = Proc(name, p, log)
     b.procs.append(proc)
     return proc
-
-
-def _tail(path: Path, n: int = 12) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no output)"
-    return "\n".join("    " + ln for ln in lines[-n:]) or "    (no output)"
-
-
-def _wait_for(proc: Proc, needle: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(OSError):
-            if needle in proc.log.read_text(errors="replace"):
-                return
-        rc = proc.popen.poll()
-        if rc is not None:
-            raise BenchError(
-                f"{proc.name} exited with status {rc} before printing '{needle}':\n{_tail(proc.log)}"
-            )
-        if time.monotonic() > deadline:
-            raise BenchError(
-                f"{proc.name} did not print '{needle}' within {timeout:.0f} s:\n{_tail(proc.log)}"
-            )
-        time.sleep(0.05)
-
-
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(d))
-    return kids
-
-
-def _tree(pid: int) -> list[int]:
-    kids = _children()
-    out, todo = [pid], [pid]
-    while todo:
-        for c in kids.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def _stop(proc: Proc, grace: float = 5.0) -> None:
-    p = proc.popen
-    if p.poll() is not None:
-        return
-    tree = _tree(p.pid)[1:]
-    with contextlib.suppress(ProcessLookupError):
-        p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            p.kill()
-        p.wait(5)
-    for pid in tree:  # only what this process started
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def _cpu_ticks(pid: int) -> int | None:

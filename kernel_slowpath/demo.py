@@ -30,7 +30,6 @@ created here.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
@@ -42,6 +41,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from kernel_slowpath import procs
+from kernel_slowpath.procs import Proc
 
 #: Every namespace of a demo run starts with this (then 4 hex digits).
 DEMO_PREFIX = "tasdemo"
@@ -301,13 +303,6 @@ class Interrupted(Exception):
 
 
 @dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-
-@dataclass
 class Run:
     args: argparse.Namespace
     workdir: Path
@@ -320,14 +315,20 @@ class Run:
 
 # -- processes -------------------------------------------------------------------------
 
+_tas_argv = procs.tas_argv
+_tail = procs.tail
+_descendants = procs.descendants
 
-def _tas_argv() -> list[str]:
-    """The `tas` command of this installation (same interpreter as ours)."""
-    exe = Path(sys.executable).with_name("tas")
-    if exe.is_file() and os.access(exe, os.X_OK):
-        return [str(exe)]
-    found = shutil.which("tas")
-    return [found] if found else [sys.executable, "-m", "kernel_slowpath"]
+
+def _wait_for(proc: Proc, needle: str, timeout: float) -> None:
+    procs.wait_for(proc, needle, timeout, StepError)
+
+
+def _stop(proc: Proc) -> str | None:
+    """SIGTERM, wait, SIGKILL after STOP_GRACE s.  Returns a note if it had to kill."""
+    return procs.stop(proc, STOP_GRACE)
+
+
 
 
 def _spawn(run: Run, name: str, ns: str, argv: list[str]) -> Proc:
@@ -345,75 +346,6 @@ def _spawn(run: Run, name: str, ns: str, argv: list[str]) -> Proc:
     proc = Proc(name, p, log)
     run.procs.append(proc)
     return proc
-
-
-def _tail(path: Path, n: int = 12) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no output)"
-    return "\n".join("    " + ln for ln in lines[-n:]) or "    (no output)"
-
-
-def _wait_for(proc: Proc, needle: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(OSError):
-            if needle in proc.log.read_text(errors="replace"):
-                return
-        rc = proc.popen.poll()
-        if rc is not None:
-            raise StepError(
-                f"{proc.name} exited with status {rc} before printing '{needle}':\n{_tail(proc.log)}"
-            )
-        if time.monotonic() > deadline:
-            raise StepError(
-                f"{proc.name} did not print '{needle}' within {timeout:.0f} s:\n{_tail(proc.log)}"
-            )
-        time.sleep(0.05)
-
-
-def _descendants(pid: int) -> list[int]:
-    """PIDs of the children (recursively) of ``pid``, from /proc."""
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(d))
-    out, todo = [], [pid]
-    while todo:
-        for c in kids.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def _stop(proc: Proc) -> str | None:
-    """SIGTERM, wait, SIGKILL after STOP_GRACE s.  Returns a note if it had to kill."""
-    p = proc.popen
-    if p.poll() is not None:
-        return None
-    kids = _descendants(p.pid)
-    with contextlib.suppress(ProcessLookupError):
-        p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(STOP_GRACE)
-        note = None
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            p.kill()
-        p.wait(5)
-        note = f"{proc.name} did not stop within {STOP_GRACE:.0f} s of SIGTERM; killed"
-    # anything it started and left behind (e.g. a fast-path process)
-    for pid in kids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    return note
 
 
 # -- steps --------------------------------------------------------------------------------

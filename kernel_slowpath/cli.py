@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_state_dir(s)
     s.set_defaults(func=cmd_echo)
 
-    s = sub.add_parser("kv-server", help="Redis-protocol (RESP2) key-value server on the native API",
+    s = sub.add_parser("kv-server", help="Redis-protocol (RESP2, RESP3 after HELLO 3) key-value server on the native API",
                        description="A key-value server speaking RESP2 (redis-cli, redis-benchmark, redis-py "
                                    "work with it).  Commands and limits: docs/KV.md.")
     s.add_argument("--port", type=int, required=True)

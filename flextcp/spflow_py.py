@@ -146,3 +146,16 @@ def cc_write(f, cc, cwnd: int, rate: int, loss_seen: int) -> int:
         f.ssthresh = w
     cc.pace_rate = rate
     return 1
+
+
+def count_busy(flows, n_flows: int, budget: int) -> int:
+    """Twin of tas_sp_count_busy."""
+    busy = 0
+    for i in range(min(budget, n_flows)):
+        f = flows[i]
+        if f.status != lib.TAS_FLOW_ACTIVE:
+            continue
+        if (f.tx_max > f.tx_una or f.tx_head > f.tx_nxt
+                or (f.flags & lib.TAS_FF_TX_FIN and not f.flags & lib.TAS_FF_FIN_ACKED)):
+            busy += 1
+    return busy

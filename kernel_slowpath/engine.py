@@ -47,6 +47,7 @@ ARP_TTL_US = 60_000_000
 TIME_WAIT_US = 60_000_000
 FIN_WAIT_2_ORPHAN_US = 60_000_000
 SCAN_INTERVAL_S = 0.01
+IDLE_SCAN_INTERVAL_S = 0.1  # < the 200 ms RTO floor, see Engine._scan
 U32 = 0xFFFFFFFF
 # SYN cookies (RFC 4987), used while a listener's SYN queue is full.  The ISN
 # carries: bits 31-29 a 64 s tick (mod 8), 28-27 an MSS index, 26-23 the
@@ -855,7 +856,11 @@ class Engine:
             self.scan_once()
         except Exception:
             log.exception("timer scan failed")
-        self._scan_handle = self.loop.call_later(SCAN_INTERVAL_S, self._scan)
+        # fast while some flow has data in flight (RTO precision), slow when
+        # none has: any new flight's RTO is >= 200 ms away, more than the idle
+        # interval, so nothing is detected late (and an idle stack sleeps)
+        busy = self._scan_more or (self._hi_water and lib.tas_sp_count_busy(self.ft.raw, self._hi_water))
+        self._scan_handle = self.loop.call_later(SCAN_INTERVAL_S if busy else IDLE_SCAN_INTERVAL_S, self._scan)
 
     def scan_once(self) -> None:
         now = self.now_us()

@@ -122,3 +122,18 @@ def test_flow_ops_match(d, now, op, close_off, status, set_flags):
     finally:
         ra.close()
         rb.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(flow_st, min_size=N, max_size=N), st.integers(0, 2 * N))
+def test_count_busy_matches(flows, budget):
+    ra, rb, a, b = tables()
+    try:
+        for i, d in enumerate(flows):
+            fill(a.flow(i), d)
+            fill(b.flow(i), d)
+        assert lib.tas_sp_count_busy(a.raw, budget) == spflow_py.count_busy(
+            [b.flow(i) for i in range(N)], N, budget)
+    finally:
+        ra.close()
+        rb.close()

@@ -258,3 +258,23 @@ uint32_t tas_sp_cc_write(struct tas_ft *ft, struct tas_flow_cc *cc, const uint32
     }
     return done;
 }
+
+uint32_t tas_sp_count_busy(struct tas_ft *ft, uint32_t budget)
+{
+    /* A hint for the timer scan's pace, read without the locks: a flow
+     * that becomes busy right after we looked has an RTO at least
+     * TCP_RTO_MIN_US away, longer than the idle scan interval. */
+    uint32_t busy = 0;
+    if (budget > ft->n_flows)
+        budget = ft->n_flows;
+    for (uint32_t i = 0; i < budget; i++) {
+        const struct tas_flow *f = &ft->flows[i];
+        if (__atomic_load_n(&f->status, __ATOMIC_ACQUIRE) != TAS_FLOW_ACTIVE)
+            continue;
+        uint32_t fl = __atomic_load_n(&f->flags, __ATOMIC_RELAXED);
+        if (f->tx_max > f->tx_una || f->tx_head > f->tx_nxt ||
+            ((fl & TAS_FF_TX_FIN) && !(fl & TAS_FF_FIN_ACKED)))
+            busy++;
+    }
+    return busy;
+}

@@ -78,4 +78,8 @@ uint32_t tas_sp_cc_write(struct tas_ft *ft, struct tas_flow_cc *cc, const uint32
                          uint32_t n, const uint32_t *cwnd, const uint64_t *rate,
                          const uint32_t *loss_seen);
 
+/* Active flows (among the first `budget`) with data or a FIN in flight or
+ * unsent: the timer scan runs fast only while there are any. */
+uint32_t tas_sp_count_busy(struct tas_ft *ft, uint32_t budget);
+
 #endif /* TAS_SPFLOW_H */

@@ -454,30 +454,7 @@ def _loadgen(b: Bench, mode: str, server: str, opts: dict, limit: float) -> dict
     if left < 5:
         raise BenchError("the time budget (--budget) is used up")
     hard = min(limit + 45, left)
-    p = subprocess.Popen(
-        ["ip", "netns", "exec", b.topo.peer_ns, *argv],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = p.communicate(timeout=hard)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.communicate()
-        raise BenchError(f"loadgen {mode} hung (killed after {hard:.0f} s)") from None
-    except BaseException:
-        p.kill()
-        p.wait()
-        raise
-    try:
-        res = json.loads(out.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        raise BenchError(
-            f"loadgen {mode} exited {p.returncode} without a result: {err.strip()[-400:]}"
-        ) from None
+    res = procs.run_json(["ip", "netns", "exec", b.topo.peer_ns, *argv], hard, f"loadgen {mode}", BenchError)
     if not res.get("ok"):
         raise BenchError(f"loadgen {mode}: {res.get('error', 'failed')}")
     return res

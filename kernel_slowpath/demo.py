@@ -497,28 +497,8 @@ def _measure(run: Run, test: str, server: str, timeout: float) -> dict:
         "conns": a.conns,
         "timeout": timeout,
     }
-    p = subprocess.Popen(
-        ["ip", "netns", "exec", topo.peer_ns, sys.executable, "-c", CLIENT, json.dumps(cfg)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = p.communicate(timeout=timeout + 10)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.communicate()
-        raise StepError(f"client hung (killed after {timeout + 10:.0f} s)") from None
-    except BaseException:
-        p.kill()
-        p.wait()
-        raise
-    try:
-        res = json.loads(out.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        raise StepError(f"client exited {p.returncode} without a result: {err.strip()[-500:]}") from None
+    res = procs.run_json(["ip", "netns", "exec", topo.peer_ns, sys.executable, "-c", CLIENT, json.dumps(cfg)],
+                         timeout + 10, "client", StepError)
     if not res.get("ok"):
         raise StepError(res.get("error", "client failed"))
     return res

@@ -5,6 +5,7 @@ started — only our own PIDs, never by name."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -96,3 +97,24 @@ def stop(proc: Proc, grace: float = 5.0) -> str | None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     return note
+
+
+def run_json(argv: list[str], timeout: float, what: str, error: type[Exception] = RuntimeError) -> dict:
+    """Run argv (bounded by `timeout` s, killed after) and parse the JSON
+    object on the last line of its output; `error` if it hangs or prints none."""
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise error(f"{what} hung (killed after {timeout:.0f} s)") from None
+    except BaseException:
+        p.kill()
+        p.wait()
+        raise
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise error(f"{what} exited {p.returncode} without a result: {err.strip()[-500:]}") from None

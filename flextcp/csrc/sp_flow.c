@@ -13,6 +13,20 @@ static struct tas_flow *get(struct tas_ft *ft, uint32_t id)
     return id < ft->n_flows ? &ft->flows[id] : NULL;
 }
 
+/* The flow, locked, if it is active; NULL (unlocked) otherwise. */
+static struct tas_flow *lock_active(struct tas_ft *ft, uint32_t id)
+{
+    struct tas_flow *f = get(ft, id);
+    if (!f)
+        return NULL;
+    tas_flow_lock(f);
+    if (f->status != TAS_FLOW_ACTIVE) {
+        tas_flow_unlock(f);
+        return NULL;
+    }
+    return f;
+}
+
 static uint32_t backed_off_rto(const struct tas_flow *f)
 {
     uint64_t rto = f->rto_us ? f->rto_us : TCP_RTO_INIT_US;
@@ -58,14 +72,9 @@ uint32_t tas_sp_scan_timeouts(struct tas_ft *ft, uint32_t now_us, uint32_t budge
 
 int tas_sp_rto_fire(struct tas_ft *ft, uint32_t id, uint32_t now_us)
 {
-    struct tas_flow *f = get(ft, id);
+    struct tas_flow *f = lock_active(ft, id);
     if (!f)
         return -1;
-    tas_flow_lock(f);
-    if (f->status != TAS_FLOW_ACTIVE) {
-        tas_flow_unlock(f);
-        return -1;
-    }
     uint64_t flight = f->tx_max - f->tx_una;
     uint32_t half = (uint32_t)(flight / 2);
     f->ssthresh = half > 2u * f->mss ? half : 2u * f->mss;
@@ -84,14 +93,9 @@ int tas_sp_rto_fire(struct tas_ft *ft, uint32_t id, uint32_t now_us)
 
 int tas_sp_probe(struct tas_ft *ft, uint32_t id, uint32_t now_us)
 {
-    struct tas_flow *f = get(ft, id);
+    struct tas_flow *f = lock_active(ft, id);
     if (!f)
         return -1;
-    tas_flow_lock(f);
-    if (f->status != TAS_FLOW_ACTIVE) {
-        tas_flow_unlock(f);
-        return -1;
-    }
     f->flags |= TAS_FF_PROBE;
     if (f->snd_wnd == 0 && f->tx_nxt > f->tx_una) {
         /* resend the probe byte at tx_una (it was beyond the window) */

@@ -331,15 +331,18 @@ class Runtime:
             st = conn._state
             if st == "connecting":
                 return False
-            self._drain_junk(link)
+            # Record the outcome before draining the filler: draining makes the app's fd
+            # writable, and a woken app must already see SO_ERROR / the connected state.
             if st == "connected":
                 link.state = ESTABLISHED
                 link.outcome.set()
+                self._drain_junk(link)
                 progress = True
             else:
                 link.error = conn._error or errno.ECONNREFUSED
                 link.state = FAILED
                 link.outcome.set()
+                self._drain_junk(link)
                 self._finish(link)
                 return True
         # stack -> app

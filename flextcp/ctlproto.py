@@ -210,7 +210,9 @@ assert list(_FLOWINFO_SPEC) == [f.name for f in fields(FlowInfo)]
 BUF = (0, 1 << 30)
 
 REQUESTS: dict[str, dict[str, _F]] = {
-    "hello": {"abi": _F(int, U32)},
+    # per-app limits the app asks for (0: the stack's; never above them, EPERM), docs/CONTROL.md
+    "hello": {"abi": _F(int, U32), "max_flows": _F(int, U32, default=0),
+              "max_buf_bytes": _F(int, U64, default=0), "syn_backlog": _F(int, U32, default=0)},
     "ctx_create": {"rx_buf": _F(int, BUF, default=0), "tx_buf": _F(int, BUF, default=0)},
     "ctx_close": {"ctx": _F(int, U32)},
     "listen": {

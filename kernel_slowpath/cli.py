@@ -18,6 +18,9 @@ def cmd_start(a: argparse.Namespace) -> int:
     if not 1 <= a.ctx_region_mb <= 4095:
         print("tas start: --ctx-region-mb must be between 1 and 4095", file=sys.stderr)
         return 2
+    if min(a.app_max_flows if a.app_max_flows is not None else 0, a.app_max_buf_mb, a.app_syn_backlog) < 0:
+        print("tas start: --app-max-flows, --app-max-buf-mb and --app-syn-backlog must be >= 0", file=sys.stderr)
+        return 2
     try:
         cfg = stack.parse_config(a.tap, a.ip, a.mac, a.gateway, a.fp_cores, a.state_dir,
                                  n_flows=a.max_flows, poll_us=a.poll_us, rx_buf=a.rx_buf, tx_buf=a.tx_buf,
@@ -25,7 +28,9 @@ def cmd_start(a: argparse.Namespace) -> int:
                                  allow_privileged_ports=a.allow_privileged_ports,
                                  keepalive=(a.keepalive_idle, a.keepalive_intvl, a.keepalive_cnt),
                                  strike_limit=a.strike_limit, region_len=a.ctx_region_mb << 20,
-                                 max_app_contexts=a.max_app_contexts, **_cc_config(a))
+                                 max_app_contexts=a.max_app_contexts, app_max_flows=a.app_max_flows,
+                                 app_max_buf=a.app_max_buf_mb << 20, app_syn_backlog=a.app_syn_backlog,
+                                 **_cc_config(a))
     except stack.StartError as e:
         print(f"tas start: {e}", file=sys.stderr)
         return 2
@@ -169,6 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shared memory per app context for flow buffers (default 256)")
     s.add_argument("--max-app-contexts", type=int, default=64, metavar="N",
                    help="contexts per app (bounds its memory to N x --ctx-region-mb; 0: no limit; default 64)")
+    s.add_argument("--app-max-flows", type=int, default=None, metavar="N",
+                   help="open flows per app, accept queues included (connect past it: EMFILE; SYNs for its "
+                        "listeners: RST); an app may ask for less at registration; 0: no limit; default: half "
+                        "of --max-flows")
+    s.add_argument("--app-max-buf-mb", type=int, default=1024, metavar="MIB",
+                   help="flow buffer memory per app, over all its contexts (connect past it: ENOBUFS; SYNs: "
+                        "RST); 0: no limit; default 1024")
+    s.add_argument("--app-syn-backlog", type=int, default=1024, metavar="N",
+                   help="half-open connections per app over all its listeners, and the largest listen backlog "
+                        "(beyond: SYN cookies); 0: no limit; default 1024")
     s.add_argument("--cc", default="fp-newreno", choices=CC_CHOICES,
                    help="congestion control: newreno, cubic, dctcp, const run by the slow path; fp-newreno (the "
                         "default, see docs/CC.md): NewReno inside the fast path alone")

@@ -447,12 +447,27 @@ class Engine:
         if heap is None:
             return False
         need = 64 + _pow2(self.rx_buf) + _pow2(self.tx_buf)
-        return heap.free_bytes < need * (len(lst.half_open) + 1)
+        if heap.free_bytes < need * (len(lst.half_open) + 1):
+            return True
+        admit = getattr(lst.ctx, "admit_passive", None)  # the app's own flow/buffer limits (issue 6)
+        rx, tx = self._accept_bufs(lst, lst.ctx)
+        return admit is not None and not admit(64 + rx + tx, self._app_half_open(lst))
+
+    def _app_half_open(self, lst: Listener) -> int:
+        """Half-open connections over all listeners of lst's app."""
+        app = getattr(lst.ctx, "app", None)
+        return sum(len(x.half_open) for x in self.listeners.values() if getattr(x.ctx, "app", None) is app)
+
+    def _syn_queue_full(self, lst: Listener) -> bool:
+        if len(lst.half_open) >= lst.backlog:
+            return True
+        syn_full = getattr(lst.ctx, "syn_full", None)  # the app's SYN backlog over its listeners
+        return syn_full is not None and syn_full(self._app_half_open(lst))
 
     def _on_syn(self, lst: Listener, p) -> None:
         self.counters["syn_rcvd"] += 1
         backlogged = getattr(lst.ctx, "backlogged", None)  # the app is behind on its events
-        if len(lst.half_open) >= lst.backlog and not (backlogged is not None and backlogged()):
+        if not (backlogged is not None and backlogged()) and self._syn_queue_full(lst):
             self._send_cookie_synack(lst, p)  # SYN queue full: stateless (RFC 4987)
             return
         if len(lst.half_open) >= lst.backlog or (backlogged is not None and backlogged()):
@@ -683,6 +698,10 @@ class Engine:
     def _new_conn(self, ctx, local_port: int, rip: int, rport: int, rx_len: int, tx_len: int,
                   state: State) -> Conn | None:
         if not self.free_ids:
+            self.counters["alloc_failures"] += 1
+            return None
+        admit = getattr(ctx, "admit_flow", None)  # the app's flow/buffer limits (issue 6)
+        if admit is not None and not admit(64 + rx_len + tx_len):
             self.counters["alloc_failures"] += 1
             return None
         offs = []

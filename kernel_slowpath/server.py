@@ -27,8 +27,9 @@ import stat
 import struct
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from flextcp import ctlproto
 from flextcp.ctlproto import FlowInfo, ProtocolError
@@ -54,6 +55,44 @@ ACCEPT_BACKPRESSURE = 2048
 _UCRED = struct.Struct("3i")
 PRIVILEGED_PORT_MAX = 1023
 CAP_NET_BIND_SERVICE = 10
+# per-app limits (issue 6, isolation): `tas start --app-max-flows/--app-max-buf-mb/--app-syn-backlog`
+DEFAULT_APP_BUF = 1 << 30
+DEFAULT_APP_SYN_BACKLOG = 1024
+FLOW_BLOCK = 64  # the appflow block every flow takes besides its buffers
+
+
+@dataclass(frozen=True)
+class AppLimits:
+    """What one app may hold at once; 0 = no limit.  ``flows``: open flows
+    (connecting, established or closing but not yet closed by the app, and
+    connections waiting in its accept queues); ``buf_bytes``: flow buffer
+    memory (appflow blocks + rx + tx buffers, as allocated, so powers of
+    two); ``syn_backlog``: half-open connections over all its listeners (and
+    the largest backlog a listen may ask for).  Set at `tas start`, lowered
+    per app at registration (``hello``), never raised."""
+
+    flows: int = 0
+    buf_bytes: int = DEFAULT_APP_BUF
+    syn_backlog: int = DEFAULT_APP_SYN_BACKLOG
+
+    # hello field -> (attribute, tas start flag) for error messages
+    FIELDS: ClassVar[dict] = {"max_flows": ("flows", "--app-max-flows"), "max_buf_bytes": ("buf_bytes", "--app-max-buf-mb"),
+              "syn_backlog": ("syn_backlog", "--app-syn-backlog")}
+
+    def lowered(self, asked: dict) -> AppLimits:
+        """These limits lowered to what an app asked for at registration
+        (0/absent: the stack's); asking for more raises OSError(EPERM)."""
+        vals = {}
+        for field_name, (attr, flag) in self.FIELDS.items():
+            cap, want = getattr(self, attr), asked.get(field_name) or 0
+            if want and cap and want > cap:
+                raise OSError(errno.EPERM, f"{field_name} {want} is above this stack's per-app limit {cap} "
+                                           f"(tas start {flag})")
+            vals[attr] = want or cap
+        return AppLimits(**vals)
+
+    def to_dict(self) -> dict:
+        return {"max_flows": self.flows, "max_buf_bytes": self.buf_bytes, "syn_backlog": self.syn_backlog}
 
 
 def read_cap_eff(pid: int) -> int:
@@ -122,6 +161,11 @@ def _round_buf(n: int, default: int) -> int:
     if size > MAX_BUF:
         raise OSError(errno.EINVAL, f"buffer size {n} above {MAX_BUF}")
     return size
+
+
+def _pow2_block(n: int) -> int:
+    """The buddy block size alloc(n) takes (min_block 64)."""
+    return max(64, 1 << (max(1, n) - 1).bit_length())
 
 
 def _is_eventfd(fd: int) -> bool:
@@ -200,6 +244,7 @@ class Context:
             self.region.close()
             raise
         self.heap = BuddyAllocator(self.layout.heap_off, region_len, min_block=64, max_block=MAX_BUF)
+        self._unaccounted = False
 
     @property
     def region_len(self) -> int:
@@ -207,16 +252,51 @@ class Context:
 
     # -- engine callbacks -------------------------------------------------
     def alloc(self, nbytes: int) -> int | None:
-        """Heap offset of a power-of-two block of at least nbytes, or None."""
+        """Heap offset of a power-of-two block of at least nbytes, or None
+        (heap full, context closing, or the app's buffer limit reached)."""
         if self.closed:
             return None
-        return self.heap.alloc(nbytes)
+        app = self.app
+        if app.limits.buf_bytes and app.buf_used + _pow2_block(nbytes) > app.limits.buf_bytes:
+            return None
+        before = self.heap.used_bytes
+        off = self.heap.alloc(nbytes)
+        app.buf_used += self.heap.used_bytes - before
+        return off
 
     def free(self, off: int) -> None:
         """Return a block from :meth:`alloc` (raises on double/foreign free)."""
         if self.closed:
             return  # the whole region is going away
+        before = self.heap.used_bytes
         self.heap.free(off)
+        self.app.buf_used -= before - self.heap.used_bytes
+
+    # -- per-app limits (the engine asks through these; optional in its seam) --
+    def admit_flow(self, need: int) -> bool:
+        """May this context's app open one more flow taking ``need`` bytes of
+        buffers (the engine's last check before it allocates one)?"""
+        return self.app.admit(need, 0) is None
+
+    def admit_passive(self, need: int, pending: int) -> bool:
+        """A SYN for one of this context's listeners: is there room in the
+        app's flow and buffer limits for it on top of ``pending`` half-open
+        connections of the app?  A refusal is counted against the app."""
+        why = self.app.admit(need, pending)
+        if why is not None:
+            self.app.count_limit(why)
+            return False
+        return True
+
+    def syn_full(self, pending: int) -> bool:
+        """The app has ``pending`` half-open connections over all its
+        listeners: at its SYN backlog limit (the engine then answers with
+        SYN cookies, as for a full listener queue)?"""
+        cap = self.app.limits.syn_backlog
+        if cap and pending >= cap:
+            self.app.count_limit("syn")
+            return True
+        return False
 
     def event(self, msg: dict) -> None:
         """Send an event to the app (``ctx`` is filled in) and ring its eventfd."""
@@ -249,6 +329,9 @@ class Context:
 
     def _destroy(self) -> None:
         self.closed = True
+        if not self._unaccounted:  # the region goes: its blocks no longer count against the app
+            self._unaccounted = True
+            self.app.buf_used -= self.heap.used_bytes
         self.region.close()
         _close_quiet(self.evfd)
         self.evfd = -1
@@ -278,9 +361,43 @@ class App:
         self._outq: deque[tuple[bytes, list[int]]] = deque()
         self._writing = False
         self._deferred: list[tuple[Context, dict]] | None = None
+        self.limits: AppLimits = server.app_limits  # lowered at hello if the app asks
+        self.buf_used = 0  # flow buffer bytes allocated in its contexts (orphaned ones included)
+        self.limit_hits = {"flows": 0, "buf": 0, "syn": 0}
 
     def __repr__(self) -> str:
         return f"<App {self.app_id} pid={self.pid} uid={self.uid}>"
+
+    def open_flows(self) -> int:
+        return sum(len(c.flows) for c in self.contexts.values())
+
+    def admit(self, need: int, pending: int) -> str | None:
+        """None if one more flow of ``need`` buffer bytes fits in the app's
+        limits on top of ``pending`` flows being set up, else which limit
+        ("flows" or "buf") it would cross."""
+        lim = self.limits
+        if lim.flows and self.open_flows() + pending >= lim.flows:
+            return "flows"
+        if lim.buf_bytes and self.buf_used + need * (pending + 1) > lim.buf_bytes:
+            return "buf"
+        return None
+
+    def count_limit(self, which: str) -> None:
+        self.limit_hits[which] += 1
+        self.server.counters[f"app_limit_{which}"] += 1
+
+    def check_connect(self, need: int) -> None:
+        """Raise the error the app sees when a connect would cross its limits."""
+        why = self.admit(need, 0)
+        if why is None:
+            return
+        self.count_limit(why)
+        if why == "flows":
+            raise OSError(errno.EMFILE, f"per-app flow limit reached: {self.open_flows()} of "
+                                        f"{self.limits.flows} flows open (tas start --app-max-flows)")
+        raise OSError(errno.ENOBUFS, f"per-app buffer memory limit reached: {self.buf_used} of "
+                                     f"{self.limits.buf_bytes} bytes in use, this flow needs {need} "
+                                     f"(tas start --app-max-buf-mb)")
 
     def may_bind_privileged(self) -> bool:
         """Linux's rule for ports below 1024: uid 0 or CAP_NET_BIND_SERVICE."""
@@ -357,6 +474,7 @@ class ControlServer:
         strike_limit: int = 0,
         max_app_contexts: int = 64,
         max_outq: int = MAX_OUTQ,
+        app_limits: AppLimits | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / "control.sock"
@@ -372,6 +490,7 @@ class ControlServer:
         self.max_app_contexts = max_app_contexts
         # an app this far behind on its control socket is dropped
         self.max_outq = max_outq
+        self.app_limits = app_limits if app_limits is not None else AppLimits()
         self.atx_slots = atx_slots
         self.arx_slots = arx_slots
         self.default_buf = _round_buf(default_buf, DEFAULT_BUF)
@@ -383,7 +502,8 @@ class ControlServer:
         self._lsock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.counters = {"accepted": 0, "refused": 0, "requests": 0, "errors": 0, "bad_requests": 0,
-                         "apps_gone": 0, "hostile_disconnects": 0, "privileged_port_denied": 0}
+                         "apps_gone": 0, "hostile_disconnects": 0, "privileged_port_denied": 0,
+                         "app_limit_flows": 0, "app_limit_buf": 0, "app_limit_syn": 0}
         self.strikes: dict[int, int] = {}  # ctx_id -> invalid queue entries reported by the FPs
         self._handlers = {
             "hello": self._op_hello,
@@ -646,12 +766,14 @@ class ControlServer:
             raise OSError(
                 errno.EPROTONOSUPPORT, f"ABI {req.args['abi']} unsupported (stack: {TAS_ABI_VERSION})"
             )
+        app.limits = self.app_limits.lowered(req.args)
         app.hello = True
         fields = {
             "app_id": app.app_id,
             "n_cores": self.fpm.n_cores,
             "local_ip": self.local_ip,
             "local_mac": self.local_mac,
+            "limits": app.limits.to_dict(),
         }
         return fields, list(self.fpm.evfds)
 
@@ -725,7 +847,10 @@ class ControlServer:
         a = req.args
         self._check_port(app, a["port"])
         ka = {"keepalive": True} if a["keepalive"] else {}  # SO_KEEPALIVE (optional in the seam)
-        port = self.engine.listen(ctx, a["port"], a["backlog"], a["reuseaddr"], **ka)
+        backlog = a["backlog"]
+        if app.limits.syn_backlog:  # like net.core.somaxconn: silently capped
+            backlog = min(backlog, app.limits.syn_backlog)
+        port = self.engine.listen(ctx, a["port"], backlog, a["reuseaddr"], **ka)
         ctx.listeners.add(port)
         return {"listener": port, "port": port}
 
@@ -744,6 +869,7 @@ class ControlServer:
         self._check_port(app, a["local_port"])
         rx_len = _round_buf(a["rx_buf"], ctx.rx_buf)
         tx_len = _round_buf(a["tx_buf"], ctx.tx_buf)
+        app.check_connect(FLOW_BLOCK + rx_len + tx_len)
         info = FlowInfo.from_dict(
             self.engine.connect(ctx, a["ip"], a["port"], a["local_port"], rx_len, tx_len,
                                 **({"keepalive": True} if a["keepalive"] else {}))
@@ -793,6 +919,9 @@ class ControlServer:
                 "heap_used": sum(c.heap.used_bytes for c in ctxs),
                 "region_bytes": sum(c.region_len for c in ctxs),
                 "strikes": sum(self.strikes.get(c.ctx_id, 0) for c in ctxs),
+                "buf_used": app.buf_used,
+                "limits": app.limits.to_dict(),
+                "limit_hits": dict(app.limit_hits),
             })
         orphaned = [c for c in self.contexts.values() if c.orphaned]
         return {

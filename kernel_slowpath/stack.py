@@ -29,7 +29,7 @@ from flextcp.shm import Region
 from flextcp.stackmem import stack_layout
 from kernel_slowpath.engine import Engine
 from kernel_slowpath.fpmanager import FastPathManager
-from kernel_slowpath.server import ControlServer
+from kernel_slowpath.server import AppLimits, ControlServer
 from nicemu import tap as tapmod
 
 log = logging.getLogger("tas")
@@ -69,6 +69,11 @@ class StackConfig:
     # SO_KEEPALIVE timing (idle s, probe interval s, probes); Linux defaults
     keepalive: tuple = (7200.0, 75.0, 9)
     max_app_contexts: int = 64
+    # per-app limits (issue 6, isolation; docs/FAULTS.md "Limits"): None = half
+    # the flow table; 0 = no limit
+    app_max_flows: int | None = None
+    app_max_buf: int = 1 << 30
+    app_syn_backlog: int = 1024
     # congestion control (issue 6, docs/CC.md): an algorithm the slow path
     # runs (kernel_slowpath/cc) or "fp-newreno" (the fast path alone)
     cc: str = "fp-newreno"  # cubic is not the default yet: docs/CC.md "Default"
@@ -183,6 +188,10 @@ class Stack:
                                         allow_privileged_ports=cfg.allow_privileged_ports,
                                         strike_limit=cfg.strike_limit,
                                         max_app_contexts=cfg.max_app_contexts,
+                                        app_limits=AppLimits(
+                                            flows=cfg.n_flows // 2 if cfg.app_max_flows is None
+                                            else cfg.app_max_flows,
+                                            buf_bytes=cfg.app_max_buf, syn_backlog=cfg.app_syn_backlog),
                                         # room for an event per flow (e.g. all reset at once)
                                         max_outq=max(16384, 2 * cfg.n_flows))
             self.engine.on_ctx_bad = self.server.ctx_strikes

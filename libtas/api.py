@@ -97,9 +97,23 @@ class Stack:
     """A connection to a running TAS stack (its control socket).
 
     ``app_id``, ``n_cores``, ``local_ip``, ``local_mac`` come from the
-    ``hello`` exchange."""
+    ``hello`` exchange.
 
-    def __init__(self, state_dir: str | os.PathLike | None = None) -> None:
+    ``max_flows``, ``max_buf_bytes``, ``syn_backlog``: ask for per-app limits
+    below the stack's (`tas start --app-max-flows/--app-max-buf-mb/
+    --app-syn-backlog`); asking for more raises ``PermissionError`` (EPERM).
+    ``limits`` holds the ones in force (0 = none).  Past them ``connect``
+    raises ``OSError(EMFILE)`` (flows) or ``OSError(ENOBUFS)`` (buffer
+    memory), and peers connecting to this app's listeners get a RST."""
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike | None = None,
+        *,
+        max_flows: int = 0,
+        max_buf_bytes: int = 0,
+        syn_backlog: int = 0,
+    ) -> None:
         if state_dir is None:
             state_dir = os.environ.get("TAS_STATE_DIR") or DEFAULT_STATE_DIR
         self.state_dir = os.fspath(state_dir)
@@ -125,7 +139,10 @@ class Stack:
         self._closed = False
         self.doorbells: list[Doorbell] = []
         try:
-            rep, fds = self._call("hello", abi=TAS_ABI_VERSION)
+            asked = {k: v for k, v in (("max_flows", max_flows), ("max_buf_bytes", max_buf_bytes),
+                                       ("syn_backlog", syn_backlog)) if v}
+            rep, fds = self._call("hello", abi=TAS_ABI_VERSION, **asked)
+            self.limits: dict = rep.get("limits") or {}
             self.app_id = rep["app_id"]
             self.n_cores = rep["n_cores"]
             self.local_ip = rep["local_ip"]

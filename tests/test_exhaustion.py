@@ -218,7 +218,8 @@ def _echo_server(fs: FaultStack, port: int):
 def test_many_connections_served_limit_refused_cleanly_memory_accounted():
     region_mb = max(64, math.ceil(MAX_FLOWS * FLOW_BYTES / (1 << 20)) + 64)
     extra_args = ["--max-flows", str(MAX_FLOWS), "--rx-buf", "4096", "--tx-buf", "4096",
-                  "--ctx-region-mb", str(region_mb)]
+                  "--ctx-region-mb", str(region_mb),
+                  "--app-max-flows", "0"]  # one app takes the whole table here (per-app limits: test_isolation)
     with FaultStack(extra_args) as fs:
         _peer_ip2(fs)
         echo = _echo_server(fs, 7500)

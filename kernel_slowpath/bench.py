@@ -73,7 +73,10 @@ SERVER_CPU = 1
 EXTRA_SRC_IPS = ["198.18.0.11", "198.18.0.12"]  # more client addresses for > 64k connections
 SHIM_BASE = 1007  # the shim server's echo port (discard +2, chargen +12)
 
-MODES = ("rr", "bulk", "bulk-rx", "crr", "conns", "idle")
+DEFAULT_MODES = ("rr", "bulk", "bulk-rx", "crr", "conns", "idle")
+MODES = (*DEFAULT_MODES, "isolation")  # isolation only when asked for (--modes isolation)
+BULK_PY = REPO / "scripts" / "bulk_sender.py"
+ISO_SERVERS = ("native", "linux")
 SERVERS_ALL = ("native", "shim", "linux", "linux-py")
 
 #: (key, label, unit, better) -- "better" is "high" or "low"
@@ -92,13 +95,20 @@ FIGURES = [
     ("conns_served", "conns served", "conns", "high"),
     ("conns_s", "  time for all", "s", "low"),
     ("idle_cpu", "idle CPU (stack+app)", "% core", "low"),
+    ("iso_alone_p50", "isolation: echo rr alone p50", "µs", "low"),
+    ("iso_alone_p99", "  alone p99", "µs", "low"),
+    ("iso_loaded_p50", "  beside bulk app p50", "µs", "low"),
+    ("iso_loaded_p99", "  beside bulk app p99", "µs", "low"),
+    ("iso_p99_ratio", "  p99 beside / alone", "x", "low"),
+    ("iso_bulk_gbps", "  the bulk app's flows", "Gbit/s", "high"),
 ]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="short smoke run (1 repeat, tiny sizes)")
     p.add_argument("--repeat", type=int, default=3, help="runs per figure (default 3)")
-    p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {','.join(MODES)}")
+    p.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                   help=f"comma list of {','.join(MODES)} (default: all but isolation)")
     p.add_argument(
         "--servers",
         default="native,shim,linux",
@@ -112,6 +122,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conns", type=int, default=4096, help="concurrent connections for conns (default 4096)")
     p.add_argument("--idle-conns", type=int, default=16, help="idle connections held open (default 16)")
     p.add_argument("--idle-time", type=float, default=5.0, help="idle CPU sampling window (default 5 s)")
+    p.add_argument("--iso-time", type=float, default=5.0,
+                   help="isolation: seconds of each rr measurement, alone and beside the bulk app (default 5)")
+    p.add_argument("--iso-flows", type=int, default=16, help="isolation: flows of the bulk app (default 16)")
     p.add_argument(
         "--server-cpu",
         type=int,
@@ -417,6 +430,9 @@ def _start_servers(b: Bench) -> None:
         )
         b.pids["linux-py"] = [p]
         waits.append(p)
+    if "isolation" in modes:  # the bulk neighbours' sink: Linux discard in the peer namespace
+        waits.append(_spawn(b, "peer sink", t.peer_ns, [str(b.loadgen), "serve", "--host", t.peer_ip],
+                            b.args.client_cpu))
     for p in waits:
         try:
             _wait_for(p, "listening", READY_TIMEOUT)
@@ -538,6 +554,39 @@ def _idle(b: Bench, server: str) -> dict:
     return out
 
 
+def _isolation(b: Bench, server: str) -> dict:
+    """rr (1 connection, 64 B) to the server's echo alone, then again while
+    a second app -- its own process and registration, on the same stack for
+    ``native``, Linux sockets beside the Linux echo server for ``linux`` --
+    sends --iso-flows bulk flows to a Linux discard server in the peer
+    namespace.  Bounded: each rr run by --iso-time, the bulk app by
+    --iso-time + 5 s and a hard stop."""
+    a, t = b.args, b.topo
+    rr = {"conns": 1, "time": a.iso_time, "size": 64}
+    alone = _loadgen(b, "rr", server, rr, a.iso_time + 2)
+    api = "native" if server == "native" else "socket"
+    argv = [sys.executable, str(BULK_PY), api, "--host", t.peer_ip, "--port", "9", "--flows", str(a.iso_flows),
+            "--time", str(a.iso_time + 5), "--state-dir", str(b.workdir / "state")]
+    env = dict(os.environ, TAS_STATE_DIR=str(b.workdir / "state"), PYTHONPATH=str(REPO))
+    bulk = _spawn(b, f"bulk app {server}", t.stack_ns, argv, a.server_cpu, env)
+    try:
+        _wait_for(bulk, "sending", READY_TIMEOUT)
+        time.sleep(0.5)  # the flows are past slow start
+        loaded = _loadgen(b, "rr", server, rr, a.iso_time + 2)
+        _wait_for(bulk, '"ok"', a.iso_time + 15)
+        lines = [ln for ln in bulk.log.read_text(errors="replace").splitlines() if ln.startswith("{")]
+        bres = json.loads(lines[-1])
+        if not bres.get("ok"):
+            raise BenchError(f"bulk app: {bres.get('error')}")
+    finally:
+        _stop(bulk)
+        b.procs.remove(bulk)
+    keep = ("rps", "p50_us", "p99_us", "p999_us")
+    return {"alone": {k: alone[k] for k in keep}, "loaded": {k: loaded[k] for k in keep},
+            "p99_ratio": loaded["p99_us"] / alone["p99_us"] if alone["p99_us"] else None,
+            "bulk": bres, "flows": a.iso_flows, "seconds": a.iso_time}
+
+
 def _record(b: Bench, server: str, mode: str, res: dict) -> None:
     b.raw.setdefault(server, {}).setdefault(mode, []).append(res)
     f = b.figs.setdefault(server, {})
@@ -562,6 +611,13 @@ def _record(b: Bench, server: str, mode: str, res: dict) -> None:
         add("conns_s", res["seconds"])
     elif mode == "idle":
         add("idle_cpu", res["cpu_pct"])
+    elif mode == "isolation":
+        add("iso_alone_p50", res["alone"]["p50_us"])
+        add("iso_alone_p99", res["alone"]["p99_us"])
+        add("iso_loaded_p50", res["loaded"]["p50_us"])
+        add("iso_loaded_p99", res["loaded"]["p99_us"])
+        add("iso_p99_ratio", res["p99_ratio"])
+        add("iso_bulk_gbps", res["bulk"]["gbps"])
 
 
 def _steps(b: Bench) -> list[tuple[str, dict, float]]:
@@ -583,6 +639,8 @@ def _steps(b: Bench) -> list[tuple[str, dict, float]]:
             steps.append(("conns", opts, 120.0))
         elif mode == "idle":
             steps.append(("idle", {}, a.idle_time + 4))
+        elif mode == "isolation":
+            steps.append(("isolation", {}, 2 * a.iso_time + 15))
     return steps
 
 
@@ -592,13 +650,20 @@ def _measure_all(b: Bench, progress=None) -> None:
     for mode, opts, expect in _steps(b):
         for rep in range(a.repeat):
             for server in active:
+                if mode == "isolation" and server not in ISO_SERVERS:
+                    continue
                 desc = f"{mode} {opts.get('conns', '')} {server} #{rep + 1}".replace("  ", " ")
                 if progress:
                     progress(desc)
                 try:
                     if b.deadline - time.monotonic() < expect + 5:
                         raise BenchError("skipped: the time budget (--budget) is used up")
-                    res = _idle(b, server) if mode == "idle" else _loadgen(b, mode, server, opts, expect)
+                    if mode == "idle":
+                        res = _idle(b, server)
+                    elif mode == "isolation":
+                        res = _isolation(b, server)
+                    else:
+                        res = _loadgen(b, mode, server, opts, expect)
                     _record(b, server, mode, res)
                 except BenchError as e:
                     b.failed.append(f"{desc}: {e}")
@@ -780,6 +845,8 @@ def write_outputs(b: Bench, elapsed: float, interrupted: bool) -> list[Path]:
                 "conns",
                 "idle_conns",
                 "idle_time",
+                "iso_time",
+                "iso_flows",
                 "fp_cores",
                 "poll_us",
                 "tap_offload",
@@ -894,6 +961,9 @@ def _normalize(a: argparse.Namespace) -> None:
         a.conns = min(a.conns, 100)
         a.idle_conns = min(a.idle_conns, 4)
         a.idle_time = min(a.idle_time, 1.0)
+        a.iso_time = min(a.iso_time, 1.0)
+    if a.iso_time <= 0 or a.iso_flows < 1:
+        raise BenchError("--iso-time and --iso-flows must be positive")
     if a.repeat < 1 or a.rr_time <= 0 or a.bulk_mib < 1 or a.conns < 1 or a.idle_time <= 0:
         raise BenchError("--repeat, --rr-time, --bulk-mib, --conns and --idle-time must be positive")
 

@@ -79,3 +79,27 @@ def test_bench_quick(tmp_path):
     assert doc["prefix"].startswith(BENCH_PREFIX)
     left = {n for n in list_namespaces() if n.startswith(BENCH_PREFIX)} - before
     assert not left, f"namespaces left behind: {left}"
+
+
+def test_bench_isolation_quick(tmp_path):
+    """`tas bench --quick --modes isolation` completes and reports the echo
+    app's p50/p99 alone and beside the bulk app, the ratio and the bulk
+    rate, for the stack and for Linux (the bound itself is not asserted)."""
+    r = subprocess.run(
+        [*_tas(), "bench", "--quick", "--modes", "isolation", "--servers", "native,linux"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=180,
+    )
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr[-4000:]}"
+    assert "p99 beside / alone" in r.stdout and "tas bench: ok" in r.stdout
+    doc = json.loads((tmp_path / "out" / "bench" / "results.json").read_text())
+    assert doc["ok"] is True and doc["params"]["iso_flows"] == 16
+    figs = doc["figures"]
+    for key in ("iso_alone_p50", "iso_alone_p99", "iso_loaded_p50", "iso_loaded_p99", "iso_p99_ratio",
+                "iso_bulk_gbps"):
+        for server in ("native", "linux"):
+            v = figs[key]["values"][server]
+            assert v is not None and v["n"] == 1 and v["median"] > 0, (key, server, v)
+    for server in ("native", "linux"):
+        (run,) = doc["raw"][server]["isolation"]
+        assert run["bulk"]["ok"] and run["bulk"]["flows"] == 16 and run["bulk"]["bytes"] > 0
+        assert run["p99_ratio"] == run["loaded"]["p99_us"] / run["alone"]["p99_us"]

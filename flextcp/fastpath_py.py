@@ -31,6 +31,7 @@ import os
 import struct
 from dataclasses import dataclass
 
+from flextcp import sack_py
 from flextcp.flowtab import PyFlowTable, ft_bytes
 from flextcp.native import ffi, lib
 from flextcp.ring import PyRing
@@ -83,6 +84,8 @@ TAS_FF_FIN_OUT = 8192
 TAS_FF_PROBE = 16384
 TAS_FF_REXMIT_HEAD = 32768
 TAS_FF_IN_ACKQ = 65536
+TAS_FF_TLP_SEND = 131072
+TAS_FF_TLP_OUT = 262144
 TAS_FF_ECN = 8
 TAS_CC_SP = 1
 TAS_CC_CE = 4
@@ -697,9 +700,11 @@ class PyFastPath:
                 return False
         return True
 
-    def sack_parse(self, f, p, ack: int, out: int) -> list[tuple[int, int]]:
-        """The peer's usable SACK blocks as offsets above ack; D-SACKs counted."""
+    def sack_parse(self, f, p, ack: int, out: int) -> tuple[list[tuple[int, int]], bool]:
+        """The peer's usable SACK blocks as offsets above ack, and whether a
+        D-SACK (counted) came with them."""
         blocks = []
+        dsack = False
         ns = min(p.n_sack, 4)
         for i in range(ns):
             so = seq_diff(p.sack_start[i], ack)
@@ -714,11 +719,12 @@ class PyFastPath:
             ):
                 f.cnt_dsack = (f.cnt_dsack + 1) & M32
                 self.st.rexmit_spurious += 1
+                dsack = True
                 continue
             if eo <= 0 or so >= eo or eo > out:
                 continue
             blocks.append((max(so, 0), eo))
-        return blocks
+        return blocks, dsack
 
     def fp_cc(self, f):
         """fp_cc: the flow's CC side-table entry or None."""
@@ -726,7 +732,7 @@ class PyFastPath:
             return None
         return self.cc + (int(ffi.cast("uintptr_t", f)) - self._flows_addr) // 256
 
-    def enter_recovery(self, fid: int, f, head: bool) -> None:
+    def enter_recovery(self, fid: int, f, newreno: bool) -> None:
         flight = (f.tx_max - f.tx_una) & M64
         half = (flight // 2) & M32
         cc = self.fp_cc(f)
@@ -736,46 +742,40 @@ class PyFastPath:
             if cc.mode & TAS_CC_SP and cc.loss_beta:
                 half = (flight * cc.loss_beta // 1000) & M32
             cc.cwr_until = f.tx_max
+            # undo marker
+            cc.prior_cwnd = f.cwnd if f.cwnd > f.mss else f.mss
+            cc.prior_ssthresh = f.ssthresh
+            cc.rexmit_ts = 0
+            cc.undo_retrans = 0
         two = (2 * f.mss) & M32
         f.ssthresh = half if half > two else two
-        f.cwnd = (f.ssthresh + 3 * f.mss) & M32
+        f.cwnd = (f.ssthresh + 3 * f.mss) & M32 if newreno else f.ssthresh
         f.tx_recover = f.tx_max
-        f.flags |= TAS_FF_RECOVERY
-        if head:
-            f.flags |= TAS_FF_REXMIT_HEAD
+        f.flags |= TAS_FF_RECOVERY | TAS_FF_REXMIT_HEAD
         f.rexmit_nxt = f.tx_una & M32
-        f.rexmit_len = 0
         self.st.rexmit_fast += 1
         self.txq_push(fid, f)
 
-    def sack_holes(self, fid: int, f, blocks: list[tuple[int, int]]) -> None:
-        high = 0
-        for _, e in blocks:
-            if e > high:
-                high = e
-        c = seq_diff(f.rexmit_nxt, f.tx_una & M32)
-        lost_after = (2 * f.srtt_us + 1000) & M32
-        if c > 0 and f.srtt_us and ((self.now_us - f.rto_start_us) & M32) >= lost_after:
-            c = 0
-            f.rto_start_us = self.now_us & M32
-        pos = c if c > 0 else 0
-        for _ in range(len(blocks)):
-            moved = False
-            for s, e in blocks:
-                if s <= pos < e:
-                    pos = e
-                    moved = True
-            if not moved:
-                break
-        if pos >= high:
-            return
-        end = high
-        for s, _ in blocks:
-            if pos < s < end:
-                end = s
-        ln = end - pos
-        f.rexmit_nxt = (f.tx_una + pos) & M32
-        f.rexmit_len = min(ln, 0xFFFF)
+    def recovery_undo(self, fid: int, f, cc, degree: int) -> None:
+        """The last recovery was spurious: restore the window, learn the
+        reordering (fp_rx.c recovery_undo)."""
+        if cc.prior_cwnd > f.cwnd:
+            f.cwnd = cc.prior_cwnd
+        if cc.prior_ssthresh > f.ssthresh:
+            f.ssthresh = cc.prior_ssthresh
+        cc.prior_cwnd = 0
+        cc.rexmit_ts = 0
+        cc.undo_retrans = 0
+        f.flags &= ~TAS_FF_RECOVERY & M32
+        mss = f.mss or 1
+        segs = ((degree + mss - 1) // mss + 1) & M32
+        cur = cc.reord or 3
+        if segs > cur:
+            cc.reord = min(segs, 127)
+        mult = cc.reo_mult or 1
+        cc.reo_mult = mult + 1 if mult < 16 else 16
+        cc.cnt_undo = (cc.cnt_undo + 1) & M32
+        self.st.recovery_undo += 1
         self.txq_push(fid, f)
 
     def rx_ack(self, fid: int, f, p, seg_len: int) -> int:
@@ -795,9 +795,17 @@ class PyFastPath:
         cc = self.fp_cc(f)
         sp_cc = cc is not None and bool(cc.mode & TAS_CC_SP)
         ece = cc is not None and bool(f.flags & TAS_FF_ECN) and bool(p.tcp_flags & TAS_TCP_ECE)
+        sb = cc is not None and bool(f.flags & TAS_FF_SACK)
         blocks: list[tuple[int, int]] = []
+        dsack = False
         if f.flags & TAS_FF_SACK and p.n_sack and acked >= 0:
-            blocks = self.sack_parse(f, p, ack, seq_diff(snd_max, ack) & M32)
+            blocks, dsack = self.sack_parse(f, p, ack, seq_diff(snd_max, ack) & M32)
+        degree = 0
+        first_end = 0
+        if sb:
+            v = sack_py.sb_view(cc, f)
+            degree = v.sacked
+            first_end = v.e[0] if v.n else 0
 
         if acked > 0:
             nbytes = acked
@@ -817,12 +825,27 @@ class PyFastPath:
                 cc.cnt_ecn_bytes = (cc.cnt_ecn_bytes + nbytes) & M64
             f.rto_backoff = 0
             f.rto_start_us = self.now_us & M32
+            f.flags &= ~TAS_FF_TLP_OUT & M32
+            if sb:
+                sack_py.sb_prune(cc, f.tx_una & M32)
 
-            if f.flags & TAS_FF_TS and p.opts & TAS_OPT_TS and p.tsecr != 0:
+            ts = bool(f.flags & TAS_FF_TS and p.opts & TAS_OPT_TS and p.tsecr != 0)
+            if ts:
                 now_ms = (self.now_us // 1000) & M32
                 r_ms = (now_ms - p.tsecr) & M32
                 if r_ms < 60000:
                     flow_rtt_sample(f, (r_ms * 1000 + 500) & M32)
+
+            if cc is not None and cc.prior_cwnd and f.flags & TAS_FF_RECOVERY:
+                # first cumulative progress of a recovery: undo if nothing was
+                # resent yet, or the hole's filler predates our first resend
+                filler = first_end == 0 or nbytes <= first_end
+                if cc.undo_retrans == 0 or (
+                    filler and ts and cc.rexmit_ts and seq_lt(p.tsecr, cc.rexmit_ts)
+                ):
+                    self.recovery_undo(fid, f, cc, degree)
+                else:
+                    cc.rexmit_ts = 0
 
             # window growth (NewReno, RFC 5681 / 6582)
             mss = f.mss
@@ -830,12 +853,13 @@ class PyFastPath:
                 if f.tx_una >= f.tx_recover:
                     f.flags &= ~TAS_FF_RECOVERY & M32
                     f.cwnd = f.ssthresh
-                else:
-                    # partial ACK: retransmit the next hole (no SACK: the head), deflate
-                    if not blocks:
-                        f.flags |= TAS_FF_REXMIT_HEAD
+                elif not sb:
+                    # partial ACK without a scoreboard: retransmit the head, deflate
+                    f.flags |= TAS_FF_REXMIT_HEAD
                     f.cwnd = (f.cwnd - (nbytes & M32)) & M32 if f.cwnd > nbytes else mss
                     f.cwnd = (f.cwnd + mss) & M32
+                elif not blocks and sack_py.sb_empty(cc):
+                    f.flags |= TAS_FF_REXMIT_HEAD
             elif sp_cc:
                 pass  # the slow path decides the window (kernel_slowpath/ccloop.py)
             elif f.cwnd < f.ssthresh:
@@ -863,16 +887,42 @@ class PyFastPath:
         ):
             # duplicate ACK (with SACK blocks even if the window changed)
             f.dupacks = (f.dupacks + 1) & M16
-            if f.dupacks == 3 and not f.flags & TAS_FF_RECOVERY:
-                self.enter_recovery(fid, f, not blocks)
+            if sb and (blocks or not sack_py.sb_empty(cc)):
+                pass  # the scoreboard's (below)
+            elif f.dupacks == 3 and not f.flags & TAS_FF_RECOVERY:
+                self.enter_recovery(fid, f, True)
             elif f.dupacks > 3 and f.flags & TAS_FF_RECOVERY:
                 f.cwnd = (f.cwnd + f.mss) & M32
                 self.txq_push(fid, f)
             elif f.dupacks < 3 and f.tx_head > f.tx_nxt:
                 self.txq_push(fid, f)  # limited transmit
 
-        if blocks and f.flags & TAS_FF_RECOVERY:
-            self.sack_holes(fid, f, blocks)
+        if sb and dsack and cc.prior_cwnd and cc.undo_retrans:
+            cc.undo_retrans -= 1
+            if cc.undo_retrans == 0:
+                self.recovery_undo(fid, f, cc, degree)
+        if sb and acked >= 0 and f.tx_max > f.tx_una:
+            base = f.tx_una & M32
+            for so, eo in blocks:
+                sack_py.sb_add(cc, base, base + so, base + eo)
+            v = sack_py.sb_view(cc, f)
+            if v.n:
+                if f.flags & TAS_FF_RECOVERY:
+                    # lost retransmission: go over the holes again
+                    c = seq_diff(f.rexmit_nxt, f.tx_una & M32)
+                    if (
+                        c > 0
+                        and f.srtt_us
+                        and ((self.now_us - f.rto_start_us) & M32) >= (2 * f.srtt_us + 1000) & M32
+                    ):
+                        f.rexmit_nxt = f.tx_una & M32
+                        f.rto_start_us = self.now_us & M32
+                        f.flags |= TAS_FF_REXMIT_HEAD
+                    self.txq_push(fid, f)
+                elif f.tx_una >= f.tx_recover and sack_py.sb_lost_limit(self.now_us, f, cc, v):
+                    self.enter_recovery(fid, f, False)
+                elif f.tx_head > f.tx_nxt:
+                    self.txq_push(fid, f)
 
         if ece:
             # ECN-Echo (RFC 3168 6.1.2): counted; once per window CWR, and
@@ -1210,6 +1260,88 @@ class PyFastPath:
                 opts += 4 + 8 * n
         return f.mss - opts if f.mss > opts else 1
 
+    def resend(self, f, pos: int, ln: int) -> int:
+        """Resend [pos, pos + ln), the FIN too if it ends there (fp_tx.c resend)."""
+        fin = bool(f.flags & TAS_FF_FIN_SENT and f.flags & TAS_FF_TX_FIN and pos + ln == f.tx_head)
+        if self.send_segment(f, pos, ln, fin) != 0:
+            return -1
+        f.cnt_rexmit += 1
+        cc = self.fp_cc(f)
+        if cc is not None and f.flags & TAS_FF_RECOVERY:
+            if cc.undo_retrans == 0:
+                ms = (self.now_us // 1000) & M32
+                cc.rexmit_ts = ms if ms else M32
+            if cc.undo_retrans < 0xFFFF:
+                cc.undo_retrans += 1
+        return 0
+
+    def send_tlp(self, f, cc, v, smss: int) -> int:
+        """Tail loss probe (fp_tx.c send_tlp)."""
+        out = (f.tx_max - f.tx_una) & M64
+        seq_flight = (f.tx_nxt - f.tx_una) & M64
+        avail = (f.tx_head - f.tx_nxt) & M64
+        r = -1
+        if avail > 0 and f.tx_nxt == f.tx_max and f.snd_wnd > seq_flight:
+            ln = min(avail, smss, f.snd_wnd - seq_flight)
+            fin = bool(f.flags & TAS_FF_TX_FIN and f.tx_nxt + ln == f.tx_head)
+            if f.tx_nxt == f.tx_una:
+                f.rto_start_us = self.now_us & M32
+            r = self.send_segment(f, f.tx_nxt, ln, fin)
+            if r == 0:
+                f.tx_nxt = (f.tx_nxt + ln) & M64
+                f.tx_max = f.tx_nxt
+                if fin:
+                    f.flags |= TAS_FF_FIN_SENT | TAS_FF_FIN_OUT
+        elif out > 0:
+            ln = min(out, smss)
+            pos = f.tx_max - ln
+            if v is not None and v.n and v.e[-1] >= out:
+                hole = sack_py.sb_next_hole(v, 0, out)
+                if hole is not None:
+                    pos = f.tx_una + hole[0]
+                    ln = min(hole[1] - hole[0], smss)
+            r = self.resend(f, pos, ln)
+        elif f.flags & TAS_FF_FIN_SENT and not f.flags & TAS_FF_FIN_ACKED:
+            r = self.resend(f, f.tx_una, 0)
+        if r == 0:
+            if cc is not None:
+                cc.cnt_tlp = (cc.cnt_tlp + 1) & M32
+            self.st.tlp_probes += 1
+        return r
+
+    def tx_holes(self, f, cc, v, smss: int, budget: int) -> int:
+        """Recovery with a scoreboard: lost holes while pipe < cwnd (fp_tx.c tx_holes)."""
+        sent = 0
+        out = min(f.tx_max - f.tx_una, 0x7FFFFFFF)
+        nxt = min(f.tx_nxt - f.tx_una, out)
+        limit = sack_py.sb_lost_limit(self.now_us, f, cc, v)
+        force = bool(f.flags & TAS_FF_REXMIT_HEAD)
+        f.flags &= ~TAS_FF_REXMIT_HEAD & M32
+        c = seq_diff(f.rexmit_nxt, f.tx_una & M32)
+        cur = c if c > 0 else 0
+        if not v.n:
+            if force and out > 0 and budget > 0 and self.resend(f, f.tx_una, min(out, smss)) == 0:
+                sent += 1
+            return sent
+        limit = min(limit, nxt)
+        while sent < budget:
+            hole = sack_py.sb_next_hole(v, cur, limit)
+            if hole is None:
+                break
+            hs, he = hole
+            pipe = (nxt - sack_py.sb_sacked_below(v, nxt) - sack_py.sb_holes(v, hs, limit)) & M32
+            ln = min(he - hs, smss)
+            if not force and pipe + ln > f.cwnd:
+                break
+            if self.resend(f, f.tx_una + hs, ln) != 0:
+                break
+            self.st.rexmit_sack += 1
+            cur = hs + ln
+            f.rexmit_nxt = (f.tx_una + cur) & M32
+            force = False
+            sent += 1
+        return sent
+
     def tx_flow(self, f, budget: int) -> tuple[int, bool, int]:
         """Transmit what flow f may send now: (segments sent, more, pacing
         due time or 0)."""
@@ -1218,49 +1350,76 @@ class PyFastPath:
         now32 = self.now_us & M32
         cc = self.fp_cc(f)
         due = 0
+        sb = cc is not None and bool(f.flags & TAS_FF_SACK)
+        v = None
+        if sb:
+            if f.rto_backoff >= 2:
+                sack_py.sb_clear(cc)
+            v = sack_py.sb_view(cc, f)
 
-        if f.flags & TAS_FF_REXMIT_HEAD:
+        if f.flags & TAS_FF_TLP_SEND:
+            f.flags &= ~TAS_FF_TLP_SEND & M32
+            if sb and f.flags & TAS_FF_RECOVERY:
+                f.rexmit_nxt = f.tx_una & M32
+                f.flags |= TAS_FF_REXMIT_HEAD
+                cc.cnt_tlp = (cc.cnt_tlp + 1) & M32
+                self.st.tlp_probes += 1
+            elif self.send_tlp(f, cc, v, smss) == 0:
+                sent += 1
+
+        if sb and f.flags & TAS_FF_RECOVERY:
+            sent += self.tx_holes(f, cc, v, smss, budget - sent if budget > sent else 0)
+        elif f.flags & TAS_FF_REXMIT_HEAD:
             f.flags &= ~TAS_FF_REXMIT_HEAD & M32
             out = (f.tx_max - f.tx_una) & M64
             if out > 0:
                 ln = min(out, smss)
-                fin = bool(
-                    f.flags & TAS_FF_FIN_SENT and f.tx_una + ln == f.tx_head and f.flags & TAS_FF_TX_FIN
-                )
-                if self.send_segment(f, f.tx_una, ln, fin) == 0:
-                    f.cnt_rexmit += 1
+                if self.resend(f, f.tx_una, ln) == 0:
                     sent += 1
                     if f.flags & TAS_FF_RECOVERY and seq_lt(f.rexmit_nxt, (f.tx_una + ln) & M32):
                         f.rexmit_nxt = (f.tx_una + ln) & M32
             elif f.flags & TAS_FF_FIN_SENT and not f.flags & TAS_FF_FIN_ACKED:
-                if self.send_segment(f, f.tx_una, 0, True) == 0:
-                    f.cnt_rexmit += 1
-                    sent += 1
-
-        if f.flags & TAS_FF_RECOVERY and f.rexmit_len:
-            # a hole the peer's SACK blocks revealed (sack_holes)
-            off = (f.rexmit_nxt - f.tx_una) & M32
-            out = (f.tx_max - f.tx_una) & M64
-            ln = f.rexmit_len
-            f.rexmit_len = 0
-            if off < out and sent < budget:
-                ln = min(ln, out - off, smss)
-                pos = (f.tx_una + off) & M64
-                fin = bool(f.flags & TAS_FF_FIN_SENT and pos + ln == f.tx_head and f.flags & TAS_FF_TX_FIN)
-                if self.send_segment(f, pos, ln, fin) == 0:
-                    f.cnt_rexmit += 1
-                    self.st.rexmit_sack += 1
-                    f.rexmit_nxt = (pos + ln) & M32
+                if self.resend(f, f.tx_una, 0) == 0:
                     sent += 1
 
         while sent < budget:
-            flight = (f.tx_nxt - f.tx_una) & M64
-            # limited transmit (RFC 3042)
-            lt = 0 if f.flags & TAS_FF_RECOVERY else min(f.dupacks, 2) * smss
-            wnd = min(f.cwnd + lt, f.snd_wnd)
+            seq_flight = (f.tx_nxt - f.tx_una) & M64
+            flight = seq_flight
+            lt = 0
+            seg_max = smss
+            if sb and v.n:
+                nxt = min(seq_flight, 0x7FFFFFFF)
+                if f.tx_nxt < f.tx_max:
+                    # going back after an RTO: skip what the peer SACKed
+                    skip = 0
+                    for rs, re_ in zip(v.s, v.e, strict=True):
+                        if rs <= nxt < re_:
+                            skip = re_ - nxt
+                            break
+                        if rs > nxt:
+                            seg_max = min(seg_max, rs - nxt)
+                            break
+                    if skip:
+                        f.tx_nxt = (f.tx_nxt + skip) & M64
+                        self.st.sack_skipped += skip
+                        continue
+                flight = nxt - sack_py.sb_sacked_below(v, nxt)
+                if f.flags & TAS_FF_RECOVERY:
+                    c = seq_diff(f.rexmit_nxt, f.tx_una & M32)
+                    cur = c if c > 0 else 0
+                    limit = min(sack_py.sb_lost_limit(self.now_us, f, cc, v), nxt)
+                    flight -= sack_py.sb_holes(v, cur, limit)
+            elif not f.flags & TAS_FF_RECOVERY:
+                # limited transmit (RFC 3042)
+                lt = min(f.dupacks, 2) * smss
+            if f.tx_nxt < f.tx_max and cc is not None and cc.prior_cwnd and not f.flags & TAS_FF_RECOVERY:
+                cc.prior_cwnd = 0  # resending after an RTO: no undo
+            cw = f.cwnd + lt
+            can_cw = cw - flight if cw > flight else 0
+            can_rw = f.snd_wnd - seq_flight if f.snd_wnd > seq_flight else 0
+            can = min(can_cw, can_rw)
             avail = (f.tx_head - f.tx_nxt) & M64
-            can = wnd - flight if wnd > flight else 0
-            ln = min(avail, can, smss) & M32
+            ln = min(avail, can, seg_max) & M32
 
             if ln == 0 and avail > 0 and f.flags & TAS_FF_PROBE:
                 # zero-window probe: one byte past the window (RFC 9293 3.8.6.1)

@@ -11,6 +11,8 @@ U32 = 0xFFFFFFFF
 U64 = (1 << 64) - 1
 RTO_INIT_US = 1_000_000
 RTO_MAX_US = 60_000_000
+TCP_TLP_MIN_US = 10_000  # tcp_common.h
+TCP_TLP_DELACK_US = 40_000
 FF = {name: getattr(lib, name) for name in dir(lib) if name.startswith("TAS_FF_")}
 
 
@@ -34,7 +36,8 @@ def scan_timeouts(flows, n_flows: int, now_us: int, budget: int, cursor: int, ma
                 bool(f.flags & lib.TAS_FF_FIN_SENT) and not f.flags & lib.TAS_FF_FIN_ACKED
             )
             elapsed = (now_us - f.rto_start_us) & U32
-            if elapsed >= _backed_off_rto(f):
+            rto = _backed_off_rto(f)
+            if elapsed >= rto:
                 if outstanding and f.snd_wnd == 0 and f.tx_head > f.tx_una:
                     ids.append(i)
                     why.append(lib.TAS_TMO_PROBE)
@@ -44,9 +47,37 @@ def scan_timeouts(flows, n_flows: int, now_us: int, budget: int, cursor: int, ma
                 elif f.snd_wnd < f.mss and f.tx_head > f.tx_nxt:
                     ids.append(i)
                     why.append(lib.TAS_TMO_PROBE)
+            elif outstanding and elapsed >= _tlp_timeout(f, rto):
+                ids.append(i)
+                why.append(lib.TAS_TMO_TLP)
         k += 1
         i = (i + 1) % n_flows
     return ids, why, i
+
+
+def _tlp_timeout(f, rto: int) -> int:
+    """tlp_timeout: 2 SRTT (+ delayed-ACK allowance for one segment), at
+    least the scan resolution; U32 when no probe is due."""
+    if (
+        not f.srtt_us
+        or f.rto_backoff
+        or f.snd_wnd == 0
+        or f.flags & (lib.TAS_FF_TLP_OUT | lib.TAS_FF_TLP_SEND)
+    ):
+        return U32
+    pto = 2 * f.srtt_us
+    if f.tx_max - f.tx_una <= f.mss:
+        pto += TCP_TLP_DELACK_US
+    pto = max(pto, TCP_TLP_MIN_US)
+    return pto if pto < rto else U32
+
+
+def tlp(f) -> int:
+    """tas_sp_tlp: ask the fast path for a tail loss probe."""
+    if f.status != lib.TAS_FLOW_ACTIVE:
+        return -1
+    f.flags |= lib.TAS_FF_TLP_SEND | lib.TAS_FF_TLP_OUT
+    return 0
 
 
 def rto_fire(f, now_us: int) -> int:
@@ -56,7 +87,10 @@ def rto_fire(f, now_us: int) -> int:
     f.ssthresh = max(half, 2 * f.mss)
     f.cwnd = f.mss
     f.tx_nxt = f.tx_una
-    f.flags &= ~(lib.TAS_FF_FIN_OUT | lib.TAS_FF_RECOVERY | lib.TAS_FF_REXMIT_HEAD) & U32
+    f.tx_recover = f.tx_max
+    f.flags &= (
+        ~(lib.TAS_FF_FIN_OUT | lib.TAS_FF_RECOVERY | lib.TAS_FF_REXMIT_HEAD | lib.TAS_FF_TLP_SEND) & U32
+    )
     f.dupacks = 0
     if f.rto_backoff < 15:
         f.rto_backoff += 1
@@ -84,7 +118,6 @@ def set_mss(f, mss: int) -> int:
         f.mss = mss
         f.tx_nxt = f.tx_una
         f.flags &= ~(lib.TAS_FF_FIN_OUT | lib.TAS_FF_REXMIT_HEAD) & U32
-        f.rexmit_len = 0
         return old
     return -1
 

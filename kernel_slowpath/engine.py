@@ -195,7 +195,7 @@ class Engine:
             "exceptions": 0, "arp_in": 0, "arp_replies_sent": 0, "icmp_echo_replies": 0,
             "syn_rcvd": 0, "synack_sent": 0, "syn_dropped_backlog": 0, "rst_sent": 0, "rst_rcvd": 0,
             "challenge_acks": 0, "conns_established": 0, "conns_refused": 0, "conns_timed_out": 0,
-            "rto_fired": 0, "zero_window_probes": 0, "time_wait": 0, "reinjected": 0,
+            "rto_fired": 0, "tlp_fired": 0, "zero_window_probes": 0, "time_wait": 0, "reinjected": 0,
             "non_tcp_ip": 0, "protocol_errors": 0, "ignored": 0, "alloc_failures": 0,
             "conns_refused_limit": 0,
         }
@@ -909,6 +909,9 @@ class Engine:
                     log.info("flow %d: retransmission gave up", fid)
                     self._reset(conn, errno.ETIMEDOUT, send_rst=True)
                     continue
+            elif self._scan_why[i] == lib.TAS_TMO_TLP:
+                lib.tas_sp_tlp(self.ft.raw, fid)
+                self.counters["tlp_fired"] += 1
             else:
                 lib.tas_sp_probe(self.ft.raw, fid, now & U32)
                 self.counters["zero_window_probes"] += 1

@@ -289,6 +289,8 @@ class Matrix:
             "rto": sp.get("rto_fired", 0),
             "spurious": sum(c.get("rexmit_spurious", 0) for c in cores),
             "sack_rexmit": sum(c.get("rexmit_sack", 0) for c in cores),
+            "tlp": sum(c.get("tlp_probes", 0) for c in cores),
+            "undo": sum(c.get("recovery_undo", 0) for c in cores),
         }
         for k, v in st.get("drops", {}).items():
             out["drop_" + k] = v
@@ -464,7 +466,8 @@ def fmt_row(r: dict) -> str:
     if "stack" in r:
         st = r["stack"]
         s += f"  rexmit {st.get('rexmit', 0)} (fast {st.get('fast', 0)}, rto {st.get('rto', 0)}"
-        s += f", sack {st.get('sack_rexmit', 0)}, spurious {st.get('spurious', 0)})"
+        s += f", sack {st.get('sack_rexmit', 0)}, spurious {st.get('spurious', 0)}"
+        s += f", tlp {st.get('tlp', 0)}, undo {st.get('undo', 0)})"
     if "linux_retrans" in r:
         s += f"  linux retrans {r['linux_retrans']}"
     if r.get("error"):

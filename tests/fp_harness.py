@@ -467,6 +467,10 @@ class FPHarness:
             mv.release()
         snap["stats"] = bytes(ffi.buffer(self.stats, ffi.sizeof("struct tas_fp_stats")))
         snap["sp_evfd"] = _read_evfd(self.sp_evfd)
+        cc = lib.tas_cc_table(self.stack.ptr(self.lay.ft_off), self.lay.ft_len, self.n_flows)
+        if cc != ffi.NULL:
+            # the side table: CC counters and the sender's SACK scoreboard
+            snap["cc"] = bytes(ffi.buffer(cc, self.n_flows * ffi.sizeof("struct tas_flow_cc")))
         return snap
 
     def stat(self, name: str) -> int:

@@ -133,7 +133,7 @@ op_st = st.one_of(
         st.just("sp"),
         fidx,
         st.sampled_from(
-            ["rto", "probe", "close", "kick", "kick_bad", "frame", "frame_big", "rx", "detach", "slowpath"]
+            ["rto", "probe", "tlp", "close", "kick", "kick_bad", "frame", "frame_big", "rx", "detach", "slowpath"]
         ),
     ),
     st.tuples(st.just("arm"), st.integers(0, 1)),
@@ -331,6 +331,9 @@ class Twin:
                 self.both(lambda h: lib.tas_sp_rto_fire(h.ft.raw, fid, now32))
             elif what == "probe":
                 self.both(lambda h: lib.tas_sp_probe(h.ft.raw, fid, now32))
+            elif what == "tlp":
+                self.both(lambda h: lib.tas_sp_tlp(h.ft.raw, fid))
+                self.both(lambda h: h.post_ktx(lib.TAS_KTX_KICK, fid))
             elif what == "close":
                 self.both(lambda h: lib.tas_sp_tx_close(h.ft.raw, fid, h.flows[fid].app_tx_head))
                 self.both(lambda h: h.post_ktx(lib.TAS_KTX_KICK, fid))
@@ -677,9 +680,11 @@ def test_three_dupacks_fast_retransmit(h):
 
 
 def test_sack_recovery_retransmits_each_hole_once(h):
-    """RFC 6675-style: with the peer's SACK blocks, recovery retransmits the
-    holes (not only the head), one segment per ACK, each hole once; a D-SACK
-    is counted as a spurious retransmission."""
+    """RFC 6675 with the scoreboard: a hole counts as lost once more than
+    (DupThresh - 1) * SMSS bytes are SACKed above it (here: after the second
+    ACK for the head, before three duplicate ACKs), recovery retransmits the
+    lost holes in order, each once, within the pipe; a D-SACK is counted as
+    a spurious retransmission."""
     _, spec = setup_flow(h, tx_len=8192, mss=536, snd_wnd=65535)
     h.flow(0).cwnd = 20 * 536
     frames = _send_data(h, 8 * 524)
@@ -692,22 +697,23 @@ def test_sack_recovery_retransmits_each_hole_once(h):
         h.inject(h.peer_frame(0, seq=h.rcv_nxt(0), ack=a, win=win, tsval=tsval, sack=blocks))
         return h.poll()[1]
 
-    # segments 0 and 3 lost; 1, 2, 4.. arrive: SACK [1,3) then [1,3)+[4,k)
-    out = []
-    out += ack(una, [(una + seg, una + 3 * seg)], 7000)
-    out += ack(una, [(una + 4 * seg, una + 5 * seg), (una + seg, una + 3 * seg)], 7001)
-    assert h.flow(0).dupacks == 2 and not h.flow(0).flags & lib.TAS_FF_RECOVERY
-    out += ack(una, [(una + 4 * seg, una + 6 * seg), (una + seg, una + 3 * seg)], 7002)
+    def rexmits(out):
+        return [tcp(fr).seq for fr in out if seq_lt_(tcp(fr).seq, spec.tx_seq0 + 8 * seg)]
+
+    # segments 0 and 3 lost; 1, 2, 4.. arrive
+    out = ack(una, [(una + seg, una + 3 * seg)], 7000)
+    assert out == [] and not h.flow(0).flags & lib.TAS_FF_RECOVERY, "2 segments SACKed: not yet"
+    out = ack(una, [(una + 4 * seg, una + 5 * seg), (una + seg, una + 3 * seg)], 7001)
     assert h.flow(0).flags & lib.TAS_FF_RECOVERY and h.stat("rexmit_fast") == 1
-    rexmits = [tcp(fr).seq for fr in out if seq_lt_(tcp(fr).seq, spec.tx_seq0 + 8 * seg)]
-    assert rexmits == [una & M32], "the head hole first"
+    assert rexmits(out) == [una & M32], "the head hole first"
+    # only one segment SACKed above the second hole: not lost yet
+    assert rexmits(ack(una, [(una + 4 * seg, una + 6 * seg), (una + seg, una + 3 * seg)], 7002)) == []
     out = ack(una, [(una + 4 * seg, una + 7 * seg), (una + seg, una + 3 * seg)], 7003)
-    rexmits = [tcp(fr).seq for fr in out if seq_lt_(tcp(fr).seq, spec.tx_seq0 + 8 * seg)]
-    assert rexmits == [(una + 3 * seg) & M32], "then the second hole"
+    assert rexmits(out) == [(una + 3 * seg) & M32], "then the second hole"
     assert h.stat("rexmit_sack") == 2
-    # more SACKs above: no hole left below the highest SACKed byte -> nothing again
+    # more SACKs above: every hole already resent -> nothing again
     out = ack(una, [(una + 4 * seg, una + 8 * seg), (una + seg, una + 3 * seg)], 7004)
-    assert [fr for fr in out if seq_lt_(tcp(fr).seq, spec.tx_seq0 + 8 * seg)] == []
+    assert rexmits(out) == []
     # both retransmissions arrive: everything acked, recovery over
     ack(una + 8 * seg, [], 7005)
     f = h.flow(0)

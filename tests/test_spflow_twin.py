@@ -19,7 +19,7 @@ flow_st = st.fixed_dictionaries(
         "status": st.sampled_from(
             [lib.TAS_FLOW_FREE, lib.TAS_FLOW_ACTIVE, lib.TAS_FLOW_ACTIVE, lib.TAS_FLOW_SLOWPATH]
         ),
-        "flags": st.integers(0, (1 << 17) - 1),
+        "flags": st.integers(0, (1 << 19) - 1),
         "tx_una": U64,
         "d_nxt": st.integers(0, 1 << 20),
         "d_max": st.integers(0, 1 << 20),
@@ -27,7 +27,8 @@ flow_st = st.fixed_dictionaries(
         "mss": st.integers(64, 9000),
         "snd_wnd": st.integers(0, 1 << 20),
         "rto_us": st.integers(0, 5_000_000),
-        "rto_backoff": st.integers(0, 15),
+        "rto_backoff": st.sampled_from([0, 0, 1, 15]),
+        "srtt_us": st.sampled_from([0, 500, 20_000, 3_000_000]),
         "rto_start_us": U32,
         "tx_len": st.sampled_from([4096, 1 << 16, 1 << 18]),
         "cwnd": U32,
@@ -43,6 +44,7 @@ def fill(f, d) -> None:
     f.tx_max = f.tx_nxt + d["d_max"]
     f.tx_head = f.tx_max + d["d_head"]
     f.rto_us, f.rto_backoff, f.rto_start_us = d["rto_us"], d["rto_backoff"], d["rto_start_us"]
+    f.srtt_us = d["srtt_us"]
     f.tx_len, f.cwnd, f.ssthresh = d["tx_len"], d["cwnd"], d["ssthresh"]
 
 

@@ -88,6 +88,24 @@ static inline struct tas_flow_cc *fp_cc(struct tas_fp *fp, const struct tas_flow
     return fp->cc ? &fp->cc[f - fp->ft.flows] : NULL;
 }
 
+/* fp_sack.c: the sender's SACK scoreboard, viewed as sorted offsets above
+ * SND.UNA */
+struct fp_sb {
+    uint32_t n;
+    uint32_t sacked;            /* bytes */
+    uint32_t s[TAS_SB_RANGES], e[TAS_SB_RANGES];
+};
+void fp_sb_clear(struct tas_flow_cc *cc);
+int fp_sb_empty(const struct tas_flow_cc *cc);
+void fp_sb_prune(struct tas_flow_cc *cc, uint32_t una);
+void fp_sb_add(struct tas_flow_cc *cc, uint32_t una, uint32_t s, uint32_t e);
+void fp_sb_view(const struct tas_flow_cc *cc, const struct tas_flow *f, struct fp_sb *v);
+uint32_t fp_sb_sacked_below(const struct fp_sb *v, uint32_t off);
+uint32_t fp_sb_holes(const struct fp_sb *v, uint32_t from, uint32_t to);
+int fp_sb_next_hole(const struct fp_sb *v, uint32_t off, uint32_t limit, uint32_t *hs, uint32_t *he);
+uint32_t fp_sb_lost_limit(const struct tas_fp *fp, const struct tas_flow *f,
+                          const struct tas_flow_cc *cc, const struct fp_sb *v);
+
 /* fp_rx.c */
 void fp_rx_frame(struct tas_fp *fp, const uint8_t *frame, uint32_t len);
 /* fp_tx.c */

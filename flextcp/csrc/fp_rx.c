@@ -120,9 +120,10 @@ static int ooo_empty(const struct tas_flow *f)
  * offsets [s, e) above the cumulative ACK, clipped to what is outstanding
  * (out bytes).  A first block at or below the ACK, or inside the second
  * one, is a D-SACK (RFC 2883): counted (a spurious retransmission or a
- * network duplicate), not used.  Returns the number of usable blocks. */
+ * network duplicate), reported in *dsack, not used.  Returns the number
+ * of usable blocks. */
 static uint32_t sack_parse(struct tas_fp *fp, struct tas_flow *f, const struct tas_pkt *p,
-                           uint32_t ack, uint32_t out, uint32_t *s, uint32_t *e)
+                           uint32_t ack, uint32_t out, uint32_t *s, uint32_t *e, int *dsack)
 {
     uint32_t n = 0;
     uint32_t ns = p->n_sack < 4 ? p->n_sack : 4;
@@ -133,6 +134,7 @@ static uint32_t sack_parse(struct tas_fp *fp, struct tas_flow *f, const struct t
                                    seq_le(p->sack_end[0], p->sack_end[1])))) {
             f->cnt_dsack++;
             fp->st->rexmit_spurious++;
+            *dsack = 1;
             continue;
         }
         if (eo <= 0 || so >= eo || (uint32_t)eo > out)
@@ -144,9 +146,13 @@ static uint32_t sack_parse(struct tas_fp *fp, struct tas_flow *f, const struct t
     return n;
 }
 
-/* Fast retransmit: enter recovery (RFC 5681 / 6582; with SACK the holes
- * are retransmitted by sack_holes, RFC 6675-style). */
-static void enter_recovery(struct tas_fp *fp, uint32_t id, struct tas_flow *f, int head)
+/* Fast retransmit: enter recovery (RFC 5681 / 6582).  From the scoreboard
+ * (SACK, RFC 6675) the window is ssthresh and the transmit side sends lost
+ * holes, then new data, while pipe < cwnd (fp_tx.c), starting with the
+ * head regardless (TAS_FF_REXMIT_HEAD); from three duplicate ACKs without
+ * SACK information (newreno), NewReno's inflated window and one head
+ * retransmission per partial ACK. */
+static void enter_recovery(struct tas_fp *fp, uint32_t id, struct tas_flow *f, int newreno)
 {
     uint64_t flight = f->tx_max - f->tx_una;
     uint32_t half = (uint32_t)(flight / 2);
@@ -158,61 +164,45 @@ static void enter_recovery(struct tas_fp *fp, uint32_t id, struct tas_flow *f, i
         if ((cc->mode & TAS_CC_SP) && cc->loss_beta)
             half = (uint32_t)(flight * cc->loss_beta / 1000u);
         cc->cwr_until = f->tx_max; /* one reduction per window (RFC 3168 6.1.2) */
+        /* undo marker: the window to restore if this was reordering */
+        cc->prior_cwnd = f->cwnd > f->mss ? f->cwnd : f->mss;
+        cc->prior_ssthresh = f->ssthresh;
+        cc->rexmit_ts = 0;
+        cc->undo_retrans = 0;
     }
     f->ssthresh = half > 2u * f->mss ? half : 2u * f->mss;
-    f->cwnd = f->ssthresh + 3u * f->mss;
+    f->cwnd = newreno ? f->ssthresh + 3u * f->mss : f->ssthresh;
     f->tx_recover = f->tx_max;
-    f->flags |= TAS_FF_RECOVERY;
-    if (head)
-        f->flags |= TAS_FF_REXMIT_HEAD;
+    f->flags |= TAS_FF_RECOVERY | TAS_FF_REXMIT_HEAD;
     f->rexmit_nxt = (uint32_t)f->tx_una;
-    f->rexmit_len = 0;
     fp->st->rexmit_fast++;
     fp_txq_push(fp, id, f);
 }
 
-/* In recovery: the first hole at or above the retransmission cursor
- * (rexmit_nxt) and below the highest SACKed byte of this ACK is queued for
- * retransmission (one segment per ACK: each ACK reports a segment that left
- * the network).  Offsets are relative to tx_una (= this ACK). */
-static void sack_holes(struct tas_fp *fp, uint32_t id, struct tas_flow *f, uint32_t n,
-                       const uint32_t *s, const uint32_t *e)
+/* The last recovery was spurious (the original segments arrived, only
+ * late): restore the window it cut (RFC 3522 / RFC 2883 undo) and learn
+ * the reordering, so the next loss detection waits longer (RFC 8985 6.2):
+ * the DupThresh grows to the degree seen, the time window by SRTT/4. */
+static void recovery_undo(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
+                          struct tas_flow_cc *cc, uint32_t degree)
 {
-    uint32_t high = 0;
-    for (uint32_t i = 0; i < n; i++)
-        if (e[i] > high)
-            high = e[i];
-    int32_t c = seq_diff(f->rexmit_nxt, (uint32_t)f->tx_una);
-    /* lost retransmission: the head was retransmitted, yet ACKs keep
-     * arriving without covering it for 2 SRTT + 1 ms since the cumulative
-     * ACK last moved -- start over from the head (RACK-like, RFC 8985 6.2) */
-    uint32_t lost_after = 2u * f->srtt_us + 1000u;
-    if (c > 0 && f->srtt_us && (uint32_t)fp->now_us - f->rto_start_us >= lost_after) {
-        c = 0;
-        f->rto_start_us = (uint32_t)fp->now_us;
-    }
-    uint32_t pos = c > 0 ? (uint32_t)c : 0;
-    /* skip SACKed ranges covering pos (blocks may chain: n passes) */
-    for (uint32_t pass = 0; pass < n; pass++) {
-        int moved = 0;
-        for (uint32_t i = 0; i < n; i++) {
-            if (s[i] <= pos && pos < e[i]) {
-                pos = e[i];
-                moved = 1;
-            }
-        }
-        if (!moved)
-            break;
-    }
-    if (pos >= high)
-        return;
-    uint32_t end = high;
-    for (uint32_t i = 0; i < n; i++)
-        if (s[i] > pos && s[i] < end)
-            end = s[i];
-    uint32_t len = end - pos;
-    f->rexmit_nxt = (uint32_t)f->tx_una + pos;
-    f->rexmit_len = (uint16_t)(len > 0xffffu ? 0xffffu : len);
+    if (cc->prior_cwnd > f->cwnd)
+        f->cwnd = cc->prior_cwnd;
+    if (cc->prior_ssthresh > f->ssthresh)
+        f->ssthresh = cc->prior_ssthresh;
+    cc->prior_cwnd = 0;
+    cc->rexmit_ts = 0;
+    cc->undo_retrans = 0;
+    f->flags &= ~(uint32_t)TAS_FF_RECOVERY;
+    uint32_t mss = f->mss ? f->mss : 1u;
+    uint32_t segs = (degree + mss - 1u) / mss + 1u; /* SACKed segments above it, plus one */
+    uint32_t cur = cc->reord ? cc->reord : 3u;
+    if (segs > cur)
+        cc->reord = (uint8_t)(segs > 127u ? 127u : segs);
+    uint32_t mult = cc->reo_mult ? cc->reo_mult : 1u;
+    cc->reo_mult = (uint8_t)(mult < 16u ? mult + 1u : 16u);
+    cc->cnt_undo++;
+    fp->st->recovery_undo++;
     fp_txq_push(fp, id, f);
 }
 
@@ -236,9 +226,21 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
     struct tas_flow_cc *cc = fp_cc(fp, f);
     int sp_cc = cc && (cc->mode & TAS_CC_SP);
     int ece = cc && (f->flags & TAS_FF_ECN) && (p->tcp_flags & TAS_TCP_ECE);
+    /* with the side table, SACK information goes to the scoreboard */
+    int sb = cc && (f->flags & TAS_FF_SACK);
     uint32_t sack_s[4], sack_e[4], nsack = 0;
+    int dsack = 0;
     if ((f->flags & TAS_FF_SACK) && p->n_sack && acked >= 0)
-        nsack = sack_parse(fp, f, p, ack, (uint32_t)seq_diff(snd_max, ack), sack_s, sack_e);
+        nsack = sack_parse(fp, f, p, ack, (uint32_t)seq_diff(snd_max, ack), sack_s, sack_e,
+                           &dsack);
+    uint32_t degree = 0;     /* SACKed bytes above the head before this ACK */
+    uint32_t first_end = 0;  /* end of the lowest SACKed range before it */
+    if (sb) {
+        struct fp_sb v;
+        fp_sb_view(cc, f, &v);
+        degree = v.sacked;
+        first_end = v.n ? v.e[0] : 0;
+    }
 
     if (acked > 0) {
         uint64_t bytes = (uint64_t)acked;
@@ -259,12 +261,30 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
             cc->cnt_ecn_bytes += bytes;
         f->rto_backoff = 0;
         f->rto_start_us = (uint32_t)fp->now_us;
+        f->flags &= ~(uint32_t)TAS_FF_TLP_OUT;
+        if (sb)
+            fp_sb_prune(cc, (uint32_t)f->tx_una);
 
-        if ((f->flags & TAS_FF_TS) && (p->opts & TAS_OPT_TS) && p->tsecr != 0) {
+        int ts = (f->flags & TAS_FF_TS) && (p->opts & TAS_OPT_TS) && p->tsecr != 0;
+        if (ts) {
             uint32_t now_ms = (uint32_t)(fp->now_us / 1000);
             uint32_t r_ms = now_ms - p->tsecr;
             if (r_ms < 60000)
                 flow_rtt_sample(f, r_ms * 1000 + 500);
+        }
+
+        if (cc && cc->prior_cwnd && (f->flags & TAS_FF_RECOVERY)) {
+            /* the first cumulative progress of a recovery: if nothing was
+             * retransmitted yet, or the segment that filled the first hole
+             * (and nothing after it: the echo must be that segment's, RFC
+             * 7323 4.3) was sent before our first retransmission (Eifel,
+             * RFC 3522), the loss was reordering */
+            int filler = first_end == 0 || bytes <= first_end;
+            if (cc->undo_retrans == 0 ||
+                (filler && ts && cc->rexmit_ts && seq_lt(p->tsecr, cc->rexmit_ts)))
+                recovery_undo(fp, id, f, cc, degree);
+            else
+                cc->rexmit_ts = 0; /* a retransmission filled it, or we cannot tell */
         }
 
         /* window growth (NewReno, RFC 5681 / 6582) */
@@ -273,13 +293,16 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
             if (f->tx_una >= f->tx_recover) {
                 f->flags &= ~TAS_FF_RECOVERY;
                 f->cwnd = f->ssthresh;
-            } else {
-                /* partial ACK: retransmit the next hole (without SACK
-                 * blocks: the head), deflate */
-                if (!nsack)
-                    f->flags |= TAS_FF_REXMIT_HEAD;
+            } else if (!sb) {
+                /* partial ACK without a scoreboard: retransmit the head,
+                 * deflate (RFC 6582) */
+                f->flags |= TAS_FF_REXMIT_HEAD;
                 f->cwnd = f->cwnd > bytes ? f->cwnd - (uint32_t)bytes : mss;
                 f->cwnd += mss;
+            } else if (!nsack && fp_sb_empty(cc)) {
+                /* a peer that stopped sending SACK blocks: NewReno's head
+                 * retransmission on a partial ACK */
+                f->flags |= TAS_FF_REXMIT_HEAD;
             }
         } else if (sp_cc) {
             /* the slow path decides the window (kernel_slowpath/ccloop.py) */
@@ -306,8 +329,10 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
         /* duplicate ACK (one carrying SACK blocks counts even if the
          * window changed, RFC 6675) */
         f->dupacks++;
-        if (f->dupacks == 3 && !(f->flags & TAS_FF_RECOVERY)) {
-            enter_recovery(fp, id, f, !nsack);
+        if (sb && (nsack || !fp_sb_empty(cc))) {
+            /* loss detection and sending are the scoreboard's (below) */
+        } else if (f->dupacks == 3 && !(f->flags & TAS_FF_RECOVERY)) {
+            enter_recovery(fp, id, f, 1);
         } else if (f->dupacks > 3 && (f->flags & TAS_FF_RECOVERY)) {
             f->cwnd += f->mss;
             fp_txq_push(fp, id, f);
@@ -316,8 +341,40 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
         }
     }
 
-    if (nsack && (f->flags & TAS_FF_RECOVERY))
-        sack_holes(fp, id, f, nsack, sack_s, sack_e);
+    if (sb && dsack && cc->prior_cwnd && cc->undo_retrans) {
+        /* every retransmission of the episode came back as a duplicate
+         * (RFC 2883 section 4.1): it was reordering or delay, undo */
+        if (--cc->undo_retrans == 0)
+            recovery_undo(fp, id, f, cc, degree);
+    }
+    if (sb && acked >= 0 && f->tx_max > f->tx_una) {
+        uint32_t base = (uint32_t)f->tx_una;
+        for (uint32_t i = 0; i < nsack; i++) {
+            /* offsets were taken against this ACK, which is SND.UNA now */
+            fp_sb_add(cc, base, base + sack_s[i], base + sack_e[i]);
+        }
+        struct fp_sb v;
+        fp_sb_view(cc, f, &v);
+        if (v.n) {
+            if (f->flags & TAS_FF_RECOVERY) {
+                /* lost retransmission: the head, retransmitted, stays
+                 * unacknowledged for 2 SRTT + 1 ms while SACKs arrive --
+                 * go over the holes again (RFC 8985 6.2 in spirit) */
+                int32_t c = seq_diff(f->rexmit_nxt, (uint32_t)f->tx_una);
+                if (c > 0 && f->srtt_us &&
+                    (uint32_t)fp->now_us - f->rto_start_us >= 2u * f->srtt_us + 1000u) {
+                    f->rexmit_nxt = (uint32_t)f->tx_una;
+                    f->rto_start_us = (uint32_t)fp->now_us;
+                    f->flags |= TAS_FF_REXMIT_HEAD;
+                }
+                fp_txq_push(fp, id, f);
+            } else if (f->tx_una >= f->tx_recover && fp_sb_lost_limit(fp, f, cc, &v)) {
+                enter_recovery(fp, id, f, 0);
+            } else if (f->tx_head > f->tx_nxt) {
+                fp_txq_push(fp, id, f); /* SACKed bytes left the pipe */
+            }
+        }
+    }
 
     if (ece) {
         /* ECN-Echo (RFC 3168 6.1.2): counted for the control loop; once per

@@ -169,6 +169,117 @@ static uint32_t seg_payload_max(const struct tas_flow *f)
     return f->mss > opts ? f->mss - opts : 1;
 }
 
+/* Resend [pos, pos + len) (len 0: a bare FIN), the FIN too if it ends
+ * there. */
+static int resend(struct tas_fp *fp, struct tas_flow *f, uint64_t pos, uint32_t len)
+{
+    int fin = (f->flags & TAS_FF_FIN_SENT) && (f->flags & TAS_FF_TX_FIN) &&
+              pos + len == f->tx_head;
+    if (send_segment(fp, f, pos, len, fin) != 0)
+        return -1;
+    f->cnt_rexmit++;
+    struct tas_flow_cc *cc = fp_cc(fp, f);
+    if (cc && (f->flags & TAS_FF_RECOVERY)) {
+        /* what undoing this recovery needs (fp_rx.c recovery_undo) */
+        if (cc->undo_retrans == 0) {
+            /* 0 means none: at ms 0 store a value no echo is below */
+            uint32_t ms = (uint32_t)(fp->now_us / 1000);
+            cc->rexmit_ts = ms ? ms : 0xffffffffu;
+        }
+        if (cc->undo_retrans < 0xffffu)
+            cc->undo_retrans++;
+    }
+    return 0;
+}
+
+/* Tail loss probe (RFC 8985 7.3), asked for by the slow path's timer scan:
+ * one new segment if the peer's window allows, else the last segment
+ * again (the head if the peer SACKed the last one), so that the ACK it
+ * draws reveals any loss through SACK instead of waiting for the RTO. */
+static int send_tlp(struct tas_fp *fp, struct tas_flow *f, struct tas_flow_cc *cc,
+                    const struct fp_sb *v, uint32_t smss)
+{
+    uint64_t out = f->tx_max - f->tx_una;
+    uint64_t seq_flight = f->tx_nxt - f->tx_una;
+    uint64_t avail = f->tx_head - f->tx_nxt;
+    int r = -1;
+    if (avail > 0 && f->tx_nxt == f->tx_max && f->snd_wnd > seq_flight) {
+        uint32_t len = (uint32_t)u64_min(u64_min(avail, smss), f->snd_wnd - seq_flight);
+        int fin = (f->flags & TAS_FF_TX_FIN) && f->tx_nxt + len == f->tx_head;
+        if (f->tx_nxt == f->tx_una)
+            f->rto_start_us = (uint32_t)fp->now_us;
+        r = send_segment(fp, f, f->tx_nxt, len, fin);
+        if (r == 0) {
+            f->tx_nxt += len;
+            f->tx_max = f->tx_nxt;
+            if (fin)
+                f->flags |= TAS_FF_FIN_SENT | TAS_FF_FIN_OUT;
+        }
+    } else if (out > 0) {
+        uint32_t len = (uint32_t)u64_min(out, smss);
+        uint64_t pos = f->tx_max - len;
+        if (v && v->n && v->e[v->n - 1] >= (uint32_t)out) {
+            /* the last segment arrived: probe with the first hole */
+            uint32_t hs = 0, he = 0;
+            if (fp_sb_next_hole(v, 0, (uint32_t)out, &hs, &he)) {
+                pos = f->tx_una + hs;
+                len = he - hs < smss ? he - hs : smss;
+            }
+        }
+        r = resend(fp, f, pos, len);
+    } else if ((f->flags & TAS_FF_FIN_SENT) && !(f->flags & TAS_FF_FIN_ACKED)) {
+        r = resend(fp, f, f->tx_una, 0);
+    }
+    if (r == 0) {
+        if (cc)
+            cc->cnt_tlp++;
+        fp->st->tlp_probes++;
+    }
+    return r;
+}
+
+/* Recovery with a scoreboard (RFC 6675 section 5): retransmit the holes
+ * counted lost, from the cursor rexmit_nxt up, while pipe < cwnd (the
+ * first one regardless when TAS_FF_REXMIT_HEAD asks for it).  Returns
+ * segments sent. */
+static uint32_t tx_holes(struct tas_fp *fp, struct tas_flow *f, struct tas_flow_cc *cc,
+                         const struct fp_sb *v, uint32_t smss, uint32_t budget)
+{
+    uint32_t sent = 0;
+    uint32_t out = (uint32_t)u64_min(f->tx_max - f->tx_una, 0x7fffffffu);
+    uint32_t nxt = (uint32_t)u64_min(f->tx_nxt - f->tx_una, out);
+    uint32_t limit = fp_sb_lost_limit(fp, f, cc, v);
+    int force = (f->flags & TAS_FF_REXMIT_HEAD) != 0;
+    f->flags &= ~(uint32_t)TAS_FF_REXMIT_HEAD;
+    int32_t c = seq_diff(f->rexmit_nxt, (uint32_t)f->tx_una);
+    uint32_t cur = c > 0 ? (uint32_t)c : 0;
+    if (v->n == 0) {
+        /* no SACK information (yet): NewReno, the head once when asked */
+        if (force && out > 0 && budget > 0 && resend(fp, f, f->tx_una, out < smss ? out : smss) == 0)
+            sent++;
+        return sent;
+    }
+    if (limit > nxt)
+        limit = nxt;
+    while (sent < budget) {
+        uint32_t hs, he;
+        if (!fp_sb_next_hole(v, cur, limit, &hs, &he))
+            break;
+        uint32_t pipe = nxt - fp_sb_sacked_below(v, nxt) - fp_sb_holes(v, hs, limit);
+        uint32_t len = he - hs < smss ? he - hs : smss;
+        if (!force && (uint64_t)pipe + len > f->cwnd)
+            break;
+        if (resend(fp, f, f->tx_una + hs, len) != 0)
+            break;
+        fp->st->rexmit_sack++;
+        cur = hs + len;
+        f->rexmit_nxt = (uint32_t)f->tx_una + cur;
+        force = 0;
+        sent++;
+    }
+    return sent;
+}
+
 /* Transmit what flow f may send now.  Returns segments sent; *more is set
  * when the flow still has sendable data (caller requeues). */
 static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, int *more,
@@ -179,61 +290,99 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
     struct tas_flow_cc *cc = fp_cc(fp, f);
     *more = 0;
     *due = 0;
+    /* with a scoreboard (SACK and the side table) the window counts the
+     * pipe (RFC 6675): bytes SACKed, and holes counted lost but not yet
+     * resent, are out of the network */
+    int sb = cc && (f->flags & TAS_FF_SACK);
+    struct fp_sb v;
+    if (sb) {
+        if (f->rto_backoff >= 2)
+            fp_sb_clear(cc); /* repeated timeouts: trust no SACK (reneging, RFC 2018 8) */
+        fp_sb_view(cc, f, &v);
+    }
 
-    if (f->flags & TAS_FF_REXMIT_HEAD) {
+    if (f->flags & TAS_FF_TLP_SEND) {
+        f->flags &= ~(uint32_t)TAS_FF_TLP_SEND;
+        if (sb && (f->flags & TAS_FF_RECOVERY)) {
+            /* recovery stalled (a retransmission lost with too few
+             * segments behind it to tell): go over the holes again */
+            f->rexmit_nxt = (uint32_t)f->tx_una;
+            f->flags |= TAS_FF_REXMIT_HEAD;
+            cc->cnt_tlp++;
+            fp->st->tlp_probes++;
+        } else if (send_tlp(fp, f, cc, sb ? &v : NULL, smss) == 0) {
+            sent++;
+        }
+    }
+
+    if (sb && (f->flags & TAS_FF_RECOVERY)) {
+        sent += tx_holes(fp, f, cc, &v, smss, budget > sent ? budget - sent : 0);
+    } else if (f->flags & TAS_FF_REXMIT_HEAD) {
         f->flags &= ~TAS_FF_REXMIT_HEAD;
         uint64_t out = f->tx_max - f->tx_una;
         if (out > 0) {
             uint32_t len = (uint32_t)u64_min(out, smss);
-            int fin = (f->flags & TAS_FF_FIN_SENT) && f->tx_una + len == f->tx_head &&
-                      (f->flags & TAS_FF_TX_FIN);
-            if (send_segment(fp, f, f->tx_una, len, fin) == 0) {
-                f->cnt_rexmit++;
+            if (resend(fp, f, f->tx_una, len) == 0) {
                 sent++;
                 if ((f->flags & TAS_FF_RECOVERY) &&
                     seq_lt(f->rexmit_nxt, (uint32_t)(f->tx_una + len)))
                     f->rexmit_nxt = (uint32_t)(f->tx_una + len);
             }
         } else if ((f->flags & TAS_FF_FIN_SENT) && !(f->flags & TAS_FF_FIN_ACKED)) {
-            if (send_segment(fp, f, f->tx_una, 0, 1) == 0) {
-                f->cnt_rexmit++;
+            if (resend(fp, f, f->tx_una, 0) == 0)
                 sent++;
-            }
-        }
-    }
-
-    if ((f->flags & TAS_FF_RECOVERY) && f->rexmit_len) {
-        /* a hole the peer's SACK blocks revealed (fp_rx.c sack_holes) */
-        uint32_t off = f->rexmit_nxt - (uint32_t)f->tx_una;
-        uint64_t out = f->tx_max - f->tx_una;
-        uint32_t len = f->rexmit_len;
-        f->rexmit_len = 0;
-        if (off < out && sent < budget) {
-            if (len > out - off)
-                len = (uint32_t)(out - off);
-            if (len > smss)
-                len = smss;
-            uint64_t pos = f->tx_una + off;
-            int fin = (f->flags & TAS_FF_FIN_SENT) && pos + len == f->tx_head &&
-                      (f->flags & TAS_FF_TX_FIN);
-            if (send_segment(fp, f, pos, len, fin) == 0) {
-                f->cnt_rexmit++;
-                fp->st->rexmit_sack++;
-                f->rexmit_nxt = (uint32_t)(pos + len);
-                sent++;
-            }
         }
     }
 
     while (sent < budget) {
-        uint64_t flight = f->tx_nxt - f->tx_una;
-        /* limited transmit (RFC 3042): one new segment on each of the
-         * first two duplicate ACKs */
-        uint64_t lt = (f->flags & TAS_FF_RECOVERY) ? 0 : (uint64_t)(f->dupacks < 2 ? f->dupacks : 2) * smss;
-        uint64_t wnd = u64_min((uint64_t)f->cwnd + lt, f->snd_wnd);
+        uint64_t seq_flight = f->tx_nxt - f->tx_una;
+        uint64_t flight = seq_flight;
+        uint64_t lt = 0;
+        uint64_t seg_max = fp_seg_max(fp, smss);
+        if (sb && v.n) {
+            uint32_t nxt = (uint32_t)u64_min(seq_flight, 0x7fffffffu);
+            if (f->tx_nxt < f->tx_max) {
+                /* going back after an RTO: skip what the peer SACKed, and
+                 * stop each segment at the next SACKed range */
+                uint32_t skip = 0;
+                for (uint32_t i = 0; i < v.n; i++) {
+                    if (v.s[i] <= nxt && nxt < v.e[i]) {
+                        skip = v.e[i] - nxt;
+                        break;
+                    }
+                    if (v.s[i] > nxt) {
+                        seg_max = u64_min(seg_max, v.s[i] - nxt);
+                        break;
+                    }
+                }
+                if (skip) {
+                    f->tx_nxt += skip;
+                    fp->st->sack_skipped += skip;
+                    continue;
+                }
+            }
+            flight = nxt - fp_sb_sacked_below(&v, nxt);
+            if (f->flags & TAS_FF_RECOVERY) {
+                int32_t c = seq_diff(f->rexmit_nxt, (uint32_t)f->tx_una);
+                uint32_t cur = c > 0 ? (uint32_t)c : 0;
+                uint32_t limit = fp_sb_lost_limit(fp, f, cc, &v);
+                if (limit > nxt)
+                    limit = nxt;
+                flight -= fp_sb_holes(&v, cur, limit);
+            }
+        } else if (!(f->flags & TAS_FF_RECOVERY)) {
+            /* limited transmit (RFC 3042): one new segment on each of the
+             * first two duplicate ACKs */
+            lt = (uint64_t)(f->dupacks < 2 ? f->dupacks : 2) * smss;
+        }
+        if (f->tx_nxt < f->tx_max && cc && cc->prior_cwnd && !(f->flags & TAS_FF_RECOVERY))
+            cc->prior_cwnd = 0; /* resending after an RTO: no undo of the last recovery */
+        uint64_t cw = (uint64_t)f->cwnd + lt;
+        uint64_t can_cw = cw > flight ? cw - flight : 0;
+        uint64_t can_rw = f->snd_wnd > seq_flight ? f->snd_wnd - seq_flight : 0;
+        uint64_t can = u64_min(can_cw, can_rw);
         uint64_t avail = f->tx_head - f->tx_nxt;
-        uint64_t can = wnd > flight ? wnd - flight : 0;
-        uint32_t len = (uint32_t)u64_min(u64_min(avail, can), fp_seg_max(fp, smss));
+        uint32_t len = (uint32_t)u64_min(u64_min(avail, can), seg_max);
 
         if (len == 0 && avail > 0 && (f->flags & TAS_FF_PROBE)) {
             /* zero-window probe: one byte past the window (RFC 9293 3.8.6.1) */

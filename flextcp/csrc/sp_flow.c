@@ -34,6 +34,25 @@ static uint32_t backed_off_rto(const struct tas_flow *f)
     return rto > TCP_RTO_MAX_US ? TCP_RTO_MAX_US : (uint32_t)rto;
 }
 
+/* Probe timeout (RFC 8985 7.2): 2 SRTT, plus the peer's delayed-ACK
+ * allowance when one segment is out, at least the scan's resolution; no
+ * probe (UINT32_MAX) without an RTT sample, once one is out, against a
+ * closed window or once the RTO has backed off.  In recovery the fast
+ * path turns the probe into another pass over the holes (a lost
+ * retransmission, RACK's job in RFC 8985 6.2). */
+static uint32_t tlp_timeout(const struct tas_flow *f, uint32_t rto)
+{
+    if (!f->srtt_us || f->rto_backoff || f->snd_wnd == 0 ||
+        (f->flags & (TAS_FF_TLP_OUT | TAS_FF_TLP_SEND)))
+        return UINT32_MAX;
+    uint32_t pto = 2u * f->srtt_us;
+    if (f->tx_max - f->tx_una <= f->mss)
+        pto += TCP_TLP_DELACK_US;
+    if (pto < TCP_TLP_MIN_US)
+        pto = TCP_TLP_MIN_US;
+    return pto < rto ? pto : UINT32_MAX;
+}
+
 uint32_t tas_sp_scan_timeouts(struct tas_ft *ft, uint32_t now_us, uint32_t budget,
                               uint32_t *cursor, uint32_t *ids, uint8_t *why, uint32_t max)
 {
@@ -63,6 +82,9 @@ uint32_t tas_sp_scan_timeouts(struct tas_ft *ft, uint32_t now_us, uint32_t budge
                 ids[n] = i;
                 why[n++] = TAS_TMO_PROBE;
             }
+        } else if (f->status == TAS_FLOW_ACTIVE && outstanding && elapsed >= tlp_timeout(f, rto)) {
+            ids[n] = i;
+            why[n++] = TAS_TMO_TLP;
         }
         tas_flow_unlock(f);
     }
@@ -80,7 +102,9 @@ int tas_sp_rto_fire(struct tas_ft *ft, uint32_t id, uint32_t now_us)
     f->ssthresh = half > 2u * f->mss ? half : 2u * f->mss;
     f->cwnd = f->mss;
     f->tx_nxt = f->tx_una;
-    f->flags &= ~(TAS_FF_FIN_OUT | TAS_FF_RECOVERY | TAS_FF_REXMIT_HEAD);
+    /* no fast retransmit for what was in flight (RFC 6582 "recover") */
+    f->tx_recover = f->tx_max;
+    f->flags &= ~(TAS_FF_FIN_OUT | TAS_FF_RECOVERY | TAS_FF_REXMIT_HEAD | TAS_FF_TLP_SEND);
     f->dupacks = 0;
     if (f->rto_backoff < 15)
         f->rto_backoff++;
@@ -89,6 +113,16 @@ int tas_sp_rto_fire(struct tas_ft *ft, uint32_t id, uint32_t now_us)
     int b = f->rto_backoff;
     tas_flow_unlock(f);
     return b;
+}
+
+int tas_sp_tlp(struct tas_ft *ft, uint32_t id)
+{
+    struct tas_flow *f = lock_active(ft, id);
+    if (!f)
+        return -1;
+    f->flags |= TAS_FF_TLP_SEND | TAS_FF_TLP_OUT;
+    tas_flow_unlock(f);
+    return 0;
 }
 
 int tas_sp_probe(struct tas_ft *ft, uint32_t id, uint32_t now_us)
@@ -124,7 +158,6 @@ int tas_sp_set_mss(struct tas_ft *ft, uint32_t id, uint32_t mss)
          * send them again at the new size (RFC 1191 section 6.5) */
         f->tx_nxt = f->tx_una;
         f->flags &= ~(TAS_FF_FIN_OUT | TAS_FF_REXMIT_HEAD);
-        f->rexmit_len = 0;
     }
     tas_flow_unlock(f);
     return old;

@@ -13,6 +13,8 @@
 #define TCP_RTO_MAX_US 60000000u
 #define TCP_RTO_INIT_US 1000000u
 #define TCP_MAX_WIN 65535u
+#define TCP_TLP_MIN_US 10000u    /* probe timeout floor: the slow path's busy scan interval */
+#define TCP_TLP_DELACK_US 40000u /* peer's delayed-ACK allowance for a lone segment (Linux: 40 ms) */
 
 static inline int seq_lt(uint32_t a, uint32_t b) { return (int32_t)(a - b) < 0; }
 static inline int seq_le(uint32_t a, uint32_t b) { return (int32_t)(a - b) <= 0; }

@@ -11,6 +11,7 @@
 
 #define TAS_TMO_RTO 1
 #define TAS_TMO_PROBE 2
+#define TAS_TMO_TLP 3
 
 /* Scan up to `budget` flows starting at *cursor (wrapping) for expired
  * retransmission timers and due zero-window probes.  Writes up to max
@@ -20,6 +21,9 @@ uint32_t tas_sp_scan_timeouts(struct tas_ft *ft, uint32_t now_us, uint32_t budge
 /* RTO expired (RFC 6298 5.4-5.7, RFC 5681 3.1): go back to tx_una,
  * cwnd = 1 MSS, back off.  Returns the new backoff count, -1 if gone. */
 int tas_sp_rto_fire(struct tas_ft *ft, uint32_t id, uint32_t now_us);
+/* Tail loss probe due (RFC 8985 7): the fast path sends one segment
+ * (new data, else the last one again) to draw a SACK.  -1 if gone. */
+int tas_sp_tlp(struct tas_ft *ft, uint32_t id);
 /* Arm a one-byte zero-window probe and back off.  -1 if gone. */
 int tas_sp_probe(struct tas_ft *ft, uint32_t id, uint32_t now_us);
 /* Path MTU (ICMP fragmentation needed, RFC 1191): lower the flow's MSS to

@@ -144,8 +144,11 @@ struct tas_ctx_hdr {
 #define TAS_FF_PROBE 16384    /* SP: send one byte past a zero window */
 #define TAS_FF_REXMIT_HEAD 32768 /* FP: retransmit one segment at tx_una */
 #define TAS_FF_IN_ACKQ 65536  /* FP: on this poll's ACK queue */
+#define TAS_FF_TLP_SEND 131072 /* SP: send a tail loss probe (RFC 8985 7) */
+#define TAS_FF_TLP_OUT 262144  /* SP: a probe is out; no other until SND.UNA advances (FP clears) */
 
 #define TAS_OOO_RANGES 4
+#define TAS_SB_RANGES 5       /* sender scoreboard ranges (struct tas_flow_cc) */
 
 /* 256 bytes, four cache lines grouped by writer. */
 struct tas_flow {
@@ -178,7 +181,7 @@ struct tas_flow {
     uint64_t rx_adv;        /* right edge of the window we advertised (abs) */
     uint32_t ts_recent;     /* peer's TSval to echo */
     uint16_t unacked_segs;  /* segments received since our last ACK */
-    uint16_t rexmit_len;    /* FP: SACK recovery: hole bytes to retransmit at rexmit_nxt */
+    uint16_t rsvd0;
     uint32_t ooo_start[4];  /* out-of-order ranges [start, end) as the low */
     uint32_t ooo_end[4];    /* 32 bits of absolute rx positions; start==end: empty */
 
@@ -234,6 +237,22 @@ struct tas_flow_cc {
                                per mille of in-flight (0: 500, NewReno) */
     uint32_t cnt_ce_rx;     /* FP: data segments received with CE */
     uint32_t rsvd[2];
+
+    /* line 1: sender loss recovery (issue 4, docs/RELIABILITY.md), FP.
+     * The scoreboard holds what the peer SACKed above SND.UNA as up to 5
+     * ranges [start, end) of low 32 bits of absolute tx positions
+     * (start == end: empty); RFC 6675 pipe, loss marking and the
+     * SACK-skipping go-back-N after an RTO are computed from it. */
+    uint32_t sb_start[5];
+    uint32_t sb_end[5];
+    uint32_t prior_cwnd;    /* FP: undo marker: cwnd before the last recovery, 0: none */
+    uint32_t prior_ssthresh;
+    uint32_t rexmit_ts;     /* FP: our TSval (ms) at the episode's first retransmission, 0: none */
+    uint16_t undo_retrans;  /* FP: retransmissions of the episode not yet D-SACKed */
+    uint8_t reord;          /* FP: reordering degree in segments, the DupThresh (0: 3) */
+    uint8_t reo_mult;       /* FP: RACK reordering window in SRTT/4 units (0: 1) */
+    uint32_t cnt_undo;      /* FP: recoveries found spurious and undone */
+    uint32_t cnt_tlp;       /* FP: tail loss probes sent */
 };
 
 /* Flow table region header.  Hash slots follow the flow records. */
@@ -322,6 +341,10 @@ struct tas_fp_stats {
     uint64_t pace_due_us;     /* earliest time a paced flow waiting in the tx queue may send
                                  (0: none waiting); the poll loop does not sleep past it */
     uint64_t paced_waits;     /* tx queue visits that found the flow not yet due (pacing) */
+    uint64_t tlp_probes;      /* tail loss probes sent (RFC 8985 7) */
+    uint64_t recovery_undo;   /* recoveries undone: the retransmissions were spurious
+                                 (timestamps, Eifel RFC 3522, or D-SACKs) */
+    uint64_t sack_skipped;    /* bytes not resent after an RTO because the peer SACKed them */
 };
 
 #endif /* TAS_ABI_H */

@@ -1,0 +1,176 @@
+/*
+ * fp_sack.c -- the sender's SACK scoreboard (RFC 2018, RFC 6675) kept in
+ * the flow's side-table entry (struct tas_flow_cc, line 1).
+ *
+ * The peer's SACK blocks are merged into at most five ranges of absolute
+ * tx positions (low 32 bits).  Losing a range when all five are taken only
+ * costs a spurious retransmission, never correctness: the cumulative ACK
+ * is the only thing that frees data.  Everything the transmit side needs
+ * is computed from a sorted view relative to SND.UNA (struct fp_sb).
+ */
+#include "fp_internal.h"
+
+void fp_sb_clear(struct tas_flow_cc *cc)
+{
+    memset(cc->sb_start, 0, sizeof(cc->sb_start));
+    memset(cc->sb_end, 0, sizeof(cc->sb_end));
+}
+
+int fp_sb_empty(const struct tas_flow_cc *cc)
+{
+    for (int i = 0; i < TAS_SB_RANGES; i++)
+        if (cc->sb_start[i] != cc->sb_end[i])
+            return 0;
+    return 1;
+}
+
+/* Forget what the cumulative ACK covered. */
+void fp_sb_prune(struct tas_flow_cc *cc, uint32_t una)
+{
+    for (int i = 0; i < TAS_SB_RANGES; i++) {
+        if (cc->sb_start[i] == cc->sb_end[i])
+            continue;
+        if (seq_le(cc->sb_end[i], una))
+            cc->sb_start[i] = cc->sb_end[i] = 0;
+        else if (seq_lt(cc->sb_start[i], una))
+            cc->sb_start[i] = una;
+    }
+}
+
+/* Merge [s, e) into the scoreboard.  With all ranges taken, the range
+ * farthest above SND.UNA is given up (the peer repeats its newest blocks,
+ * and retransmission reaches the far ones last). */
+void fp_sb_add(struct tas_flow_cc *cc, uint32_t una, uint32_t s, uint32_t e)
+{
+    int slot = -1;
+    for (int i = 0; i < TAS_SB_RANGES; i++) {
+        uint32_t rs = cc->sb_start[i], re = cc->sb_end[i];
+        if (rs == re) {
+            if (slot < 0)
+                slot = i;
+            continue;
+        }
+        if (seq_le(s, re) && seq_ge(e, rs)) {
+            /* overlaps or touches: absorb it and look again */
+            if (seq_lt(rs, s))
+                s = rs;
+            if (seq_gt(re, e))
+                e = re;
+            cc->sb_start[i] = cc->sb_end[i] = 0;
+            i = -1; /* the grown range may touch others: rescan */
+            slot = -1;
+        }
+    }
+    if (slot < 0) {
+        /* full: replace the farthest range if the new one is nearer */
+        int far = 0;
+        for (int i = 1; i < TAS_SB_RANGES; i++)
+            if (seq_gt(cc->sb_start[i], cc->sb_start[far]))
+                far = i;
+        if (seq_ge(s, cc->sb_start[far]) || seq_diff(s, una) < 0)
+            return;
+        slot = far;
+    }
+    cc->sb_start[slot] = s;
+    cc->sb_end[slot] = e;
+}
+
+/* Sorted view of the scoreboard as offsets above SND.UNA, clipped to what
+ * is outstanding. */
+void fp_sb_view(const struct tas_flow_cc *cc, const struct tas_flow *f, struct fp_sb *v)
+{
+    uint32_t una = (uint32_t)f->tx_una;
+    uint64_t out64 = f->tx_max - f->tx_una;
+    uint32_t out = out64 > 0x7fffffffu ? 0x7fffffffu : (uint32_t)out64;
+    v->n = 0;
+    v->sacked = 0;
+    for (int i = 0; i < TAS_SB_RANGES; i++) {
+        if (cc->sb_start[i] == cc->sb_end[i])
+            continue;
+        int32_t s = seq_diff(cc->sb_start[i], una), e = seq_diff(cc->sb_end[i], una);
+        if (s < 0)
+            s = 0;
+        if (e > (int32_t)out)
+            e = (int32_t)out;
+        if (e <= s)
+            continue;
+        /* insertion sort by start */
+        uint32_t k = v->n++;
+        while (k > 0 && v->s[k - 1] > (uint32_t)s) {
+            v->s[k] = v->s[k - 1];
+            v->e[k] = v->e[k - 1];
+            k--;
+        }
+        v->s[k] = (uint32_t)s;
+        v->e[k] = (uint32_t)e;
+        v->sacked += (uint32_t)(e - s);
+    }
+}
+
+/* SACKed bytes below offset off. */
+uint32_t fp_sb_sacked_below(const struct fp_sb *v, uint32_t off)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < v->n && v->s[i] < off; i++)
+        n += (v->e[i] < off ? v->e[i] : off) - v->s[i];
+    return n;
+}
+
+/* Hole (not SACKed) bytes in [from, to). */
+uint32_t fp_sb_holes(const struct fp_sb *v, uint32_t from, uint32_t to)
+{
+    if (to <= from)
+        return 0;
+    return (to - from) - (fp_sb_sacked_below(v, to) - fp_sb_sacked_below(v, from));
+}
+
+/* The first hole at or above off and below limit: [*hs, *he).  0 if none. */
+int fp_sb_next_hole(const struct fp_sb *v, uint32_t off, uint32_t limit, uint32_t *hs, uint32_t *he)
+{
+    uint32_t pos = off;
+    for (uint32_t i = 0; i < v->n; i++) {
+        if (v->e[i] <= pos)
+            continue;
+        if (v->s[i] > pos) {
+            if (pos >= limit)
+                return 0;
+            *hs = pos;
+            *he = v->s[i] < limit ? v->s[i] : limit;
+            return 1;
+        }
+        pos = v->e[i];
+    }
+    return 0; /* above the highest SACKed byte nothing is known lost */
+}
+
+/* Offset below which holes count as lost (RFC 6675 IsLost): enough
+ * SACKed bytes above them ((DupThresh - 1) * SMSS + 1, DupThresh = the
+ * reordering degree we learnt), or, RACK-like (RFC 8985), SACKed data
+ * above a head outstanding for longer than SRTT + the reordering window;
+ * or everything but one segment SACKed with nothing new to send (early
+ * retransmit, RFC 5827).  0: nothing is lost. */
+uint32_t fp_sb_lost_limit(const struct tas_fp *fp, const struct tas_flow *f,
+                          const struct tas_flow_cc *cc, const struct fp_sb *v)
+{
+    if (v->n == 0)
+        return 0;
+    uint32_t top = v->s[v->n - 1];
+    uint32_t reord = cc->reord ? cc->reord : 3u;
+    if (f->srtt_us) {
+        uint32_t mult = cc->reo_mult ? cc->reo_mult : 1u;
+        uint32_t wait = f->srtt_us + (f->srtt_us / 4u) * mult;
+        if ((uint32_t)fp->now_us - f->rto_start_us >= wait)
+            return top;
+    }
+    uint64_t out = f->tx_max - f->tx_una;
+    if (f->tx_head <= f->tx_nxt && (uint64_t)v->sacked + f->mss >= out)
+        return top;
+    uint32_t need = (reord - 1u) * f->mss + 1u;
+    uint32_t above = 0;
+    for (uint32_t k = v->n; k-- > 0;) {
+        above += v->e[k] - v->s[k];
+        if (above >= need)
+            return v->s[k];
+    }
+    return 0;
+}

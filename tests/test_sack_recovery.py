@@ -1,0 +1,247 @@
+"""Sender loss recovery with the SACK scoreboard (issue 4): RFC 6675 loss
+marking and pipe, undo of spurious recoveries (Eifel / D-SACK), tail loss
+probes (RFC 8985), and the SACK-skipping go-back-N after an RTO.  Every
+case runs on the C fast path and on its Python twin (tests/fp_harness.py),
+and the scoreboard functions are checked against a byte-set model."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flextcp import sack_py
+from flextcp.native import ffi, lib
+from nicemu.wire import TAS_PK_TCP, parse_frame
+from tests.fp_harness import FlowSpec, FPHarness, stream_bytes
+
+M32 = 0xFFFFFFFF
+SEG = 524  # payload per segment: MSS 536 minus 12 bytes of timestamps
+CTX = 3
+
+
+@pytest.fixture(params=["c", "py"])
+def h(request):
+    hs = FPHarness(request.param == "py")
+    yield hs
+    hs.close()
+
+
+def tcp(frame: bytes):
+    r, p = parse_frame(frame)
+    assert r == TAS_PK_TCP
+    return p
+
+
+def cc_of(h: FPHarness, fid: int = 0):
+    t = lib.tas_cc_table(h.stack.ptr(h.lay.ft_off), h.lay.ft_len, h.n_flows)
+    assert t != ffi.NULL
+    return t + fid
+
+
+def start(h: FPHarness, nseg: int = 8, cwnd_segs: int = 20, t0: int = 1_000_000):
+    """One flow with nseg segments sent at t0; returns (spec, una, frames)."""
+    ctx = h.add_ctx(CTX)
+    spec = FlowSpec(tx_len=16384, snd_wnd=65535)
+    h.install_flow(0, ctx, spec)
+    h.flow(0).cwnd = cwnd_segs * 536
+    h.app_write(0, stream_bytes(0, nseg * SEG, 3))
+    _, frames = h.poll(t0)
+    assert len(frames) == nseg
+    return spec, h.snd_una(0), frames
+
+
+def ack(h, a, blocks=(), *, now, tsval=9000, tsecr=0):
+    h.inject(
+        h.peer_frame(0, seq=h.rcv_nxt(0), ack=a, win=0xFFFF, tsval=tsval, tsecr=tsecr, sack=list(blocks))
+    )
+    return h.poll(now)[1]
+
+
+def seqs(frames) -> list[int]:
+    return [tcp(fr).seq for fr in frames if tcp(fr).payload_len]
+
+
+def test_spurious_recovery_is_undone_by_timestamps(h):
+    """Reordering, not loss: the head arrives late, after three segments
+    above it were SACKed and the head was retransmitted.  The ACK that
+    fills the hole echoes the original's timestamp (older than our first
+    retransmission): the window cut is undone, and the reordering degree
+    learnt raises the DupThresh."""
+    t0 = 1_000_000
+    _, una, frames = start(h, t0=t0)
+    ts_orig = tcp(frames[0]).tsval
+    cwnd0 = h.flow(0).cwnd
+    blocks = [(una + SEG, una + 4 * SEG)]
+    out = ack(h, una, blocks, now=t0 + 3000, tsecr=ts_orig)
+    f = h.flow(0)
+    assert f.flags & lib.TAS_FF_RECOVERY and f.cwnd < cwnd0
+    assert seqs(out)[:1] == [una & M32]
+    ts_rexmit = tcp(out[0]).tsval
+    assert ts_rexmit > ts_orig
+    ack(h, una + 4 * SEG, now=t0 + 5000, tsecr=ts_orig)
+    f, cc = h.flow(0), cc_of(h)
+    assert not f.flags & lib.TAS_FF_RECOVERY
+    assert f.cwnd >= cwnd0 and h.stat("recovery_undo") == 1 and cc.cnt_undo == 1
+    assert cc.reord >= 4 and cc.reo_mult == 2
+
+
+def test_real_loss_is_not_undone(h):
+    """The same, but the hole is filled by our retransmission (its
+    timestamp is echoed): a real loss, the window stays cut."""
+    t0 = 1_000_000
+    _, una, frames = start(h, t0=t0)
+    cwnd0 = h.flow(0).cwnd
+    out = ack(h, una, [(una + SEG, una + 4 * SEG)], now=t0 + 3000, tsecr=tcp(frames[0]).tsval)
+    ts_rexmit = tcp(out[0]).tsval
+    ack(h, una + 4 * SEG, now=t0 + 5000, tsecr=ts_rexmit)
+    f = h.flow(0)
+    assert f.cwnd < cwnd0 and h.stat("recovery_undo") == 0
+
+
+def test_all_retransmissions_dsacked_undoes(h):
+    """Without usable timestamps: when every retransmission of the episode
+    comes back as a D-SACK (RFC 2883), the recovery was spurious -- even
+    after it ended."""
+    t0 = 1_000_000
+    _, una, _ = start(h, t0=t0)
+    cwnd0 = h.flow(0).cwnd
+    out = ack(h, una, [(una + SEG, una + 8 * SEG)], now=t0 + 3000)
+    assert seqs(out) == [una & M32]
+    assert cc_of(h).undo_retrans == 1
+    # the original head arrived after all (no echo): recovery ends, cut
+    ack(h, una + 8 * SEG, now=t0 + 4000)
+    assert not h.flow(0).flags & lib.TAS_FF_RECOVERY and h.flow(0).cwnd < cwnd0
+    # then our copy: D-SACK for it
+    ack(h, una + 8 * SEG, [(una, una + SEG)], now=t0 + 4500)
+    assert h.flow(0).cwnd == cwnd0 and h.stat("recovery_undo") == 1
+
+
+def test_tail_loss_probe_resends_last_segment_then_new_data(h):
+    """RFC 8985 7.3: with nothing new to send the probe is the last segment
+    again; once the peer acknowledges, the next probe may go; with new data
+    waiting, the probe is one new segment even beyond cwnd."""
+    t0 = 1_000_000
+    _, una, frames = start(h, nseg=4, t0=t0)
+    assert lib.tas_sp_tlp(h.ft.raw, 0) == 0
+    assert h.flow(0).flags & lib.TAS_FF_TLP_OUT
+    h.post_ktx(lib.TAS_KTX_KICK, 0)
+    _, out = h.poll(t0 + 20_000)
+    assert seqs(out) == [(una + 3 * SEG) & M32]
+    assert out[0][tcp(out[0]).payload_off :] == frames[3][tcp(frames[3]).payload_off :]
+    assert h.stat("tlp_probes") == 1 and cc_of(h).cnt_tlp == 1
+    ack(h, una + SEG, now=t0 + 21_000)
+    assert not h.flow(0).flags & lib.TAS_FF_TLP_OUT
+    # cwnd full, new data waiting: the probe is new data
+    h.flow(0).cwnd = 536
+    h.app_write(0, stream_bytes(4 * SEG, SEG, 3))
+    assert h.poll(t0 + 22_000)[1] == []
+    lib.tas_sp_tlp(h.ft.raw, 0)
+    h.post_ktx(lib.TAS_KTX_KICK, 0)
+    _, out = h.poll(t0 + 40_000)
+    assert seqs(out) == [(una + 4 * SEG) & M32] and h.flow(0).tx_max == 5 * SEG
+
+
+def test_go_back_after_rto_skips_sacked_data(h):
+    """After an RTO the sender goes back to SND.UNA but does not resend what
+    the peer SACKed (the scoreboard survives the timeout)."""
+    t0 = 1_000_000
+    _, una, _ = start(h, t0=t0)
+    ack(h, una, [(una + 2 * SEG, una + 6 * SEG)], now=t0 + 3000)
+    assert h.flow(0).flags & lib.TAS_FF_RECOVERY
+    assert lib.tas_sp_rto_fire(h.ft.raw, 0, (t0 + 300_000) & M32) == 1
+    h.flow(0).cwnd = 8 * 536
+    h.post_ktx(lib.TAS_KTX_KICK, 0)
+    _, out = h.poll(t0 + 300_000)
+    sent = seqs(out)
+    assert sent == [(una + k * SEG) & M32 for k in (0, 1, 6, 7)]
+    assert h.stat("sack_skipped") == 4 * SEG
+
+
+def test_second_rto_forgets_the_scoreboard(h):
+    """Repeated timeouts: the peer may have reneged (RFC 2018 section 8), so
+    the sender stops trusting its SACK information and resends everything."""
+    t0 = 1_000_000
+    _, una, _ = start(h, t0=t0)
+    ack(h, una, [(una + 2 * SEG, una + 6 * SEG)], now=t0 + 3000)
+    lib.tas_sp_rto_fire(h.ft.raw, 0, (t0 + 300_000) & M32)
+    lib.tas_sp_rto_fire(h.ft.raw, 0, (t0 + 700_000) & M32)
+    h.flow(0).cwnd = 8 * 536
+    h.post_ktx(lib.TAS_KTX_KICK, 0)
+    _, out = h.poll(t0 + 700_000)
+    assert seqs(out) == [(una + k * SEG) & M32 for k in range(8)]
+    assert sack_py.sb_empty(cc_of(h))
+
+
+def test_scan_asks_for_a_probe_before_the_rto():
+    """The slow path's timer scan: a probe after max(2 SRTT, 10 ms), once;
+    the RTO at its time; C and twin agree."""
+    from flextcp import spflow_py
+
+    h = FPHarness(False)
+    try:
+        start(h, t0=1_000_000)
+        f = h.flow(0)
+        f.srtt_us, f.rto_us, f.rto_start_us = 1000, 200_000, 1_000_000
+
+        def scan(now):
+            ids = ffi.new("uint32_t[4]")
+            why = ffi.new("uint8_t[4]")
+            cur = ffi.new("uint32_t *", 0)
+            n = lib.tas_sp_scan_timeouts(h.ft.raw, now, 1, cur, ids, why, 4)
+            c = [(ids[i], why[i]) for i in range(n)]
+            py = spflow_py.scan_timeouts([h.ft.flow(0)], 1, now, 1, 0, 4)
+            assert c == list(zip(py[0], py[1], strict=True))
+            return c
+
+        assert scan(1_009_000) == []
+        assert scan(1_010_000) == [(0, lib.TAS_TMO_TLP)]
+        lib.tas_sp_tlp(h.ft.raw, 0)
+        assert scan(1_100_000) == []
+        assert scan(1_200_000) == [(0, lib.TAS_TMO_RTO)]
+    finally:
+        h.close()
+
+
+# ---------------------------------------------------------------- scoreboard model
+
+
+class _Cc:
+    def __init__(self) -> None:
+        self.sb_start = [0] * 5
+        self.sb_end = [0] * 5
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    una=st.integers(0, M32),
+    adds=st.lists(st.tuples(st.integers(0, 60), st.integers(1, 12)), max_size=12),
+)
+def test_scoreboard_matches_a_byte_set(una, adds):
+    """What the scoreboard reports SACKed is always a subset of what was
+    SACKed (a range given up only costs a resend), and while it has room it
+    is exactly that set; holes and the next hole agree with it."""
+    cc = _Cc()
+    truth: set[int] = set()
+    overflowed = False
+    for s, n in adds:
+        sack_py.sb_add(cc, una, (una + s * 100) & M32, (una + (s + n) * 100) & M32)
+        truth |= set(range(s, s + n))
+        overflowed |= sum(1 for u in truth if u - 1 not in truth) > 5
+
+    class F:
+        tx_una = una
+        tx_max = una + 80 * 100
+
+    v = sack_py.sb_view(cc, F)
+    have = {u for s, e in zip(v.s, v.e, strict=True) for u in range(s // 100, e // 100)}
+    assert have <= truth
+    if not overflowed:
+        assert have == truth
+    assert v.sacked == 100 * len(have)
+    assert sack_py.sb_sacked_below(v, 4000) == 100 * len([u for u in have if u < 40])
+    assert sack_py.sb_holes(v, 1000, 5000) == 100 * len([u for u in range(10, 50) if u not in have])
+    hole = sack_py.sb_next_hole(v, 0, 8000)
+    if have:
+        first = min(u for u in range(80) if u not in have)
+        assert hole is not None and hole[0] == first * 100 or first > max(have)

@@ -138,7 +138,7 @@ def set_status(f, status: int, set_flags: int) -> int:
 
 
 # -- congestion control side table (issue 6, spflow.h) ---------------------
-CC_FIELDS = ("acked", "ecn_bytes", "rexmit", "in_flight", "backlog", "loss", "max_flight", "srtt_us",
+CC_FIELDS = ("acked", "ecn_bytes", "rexmit", "in_flight", "backlog", "loss", "undo", "max_flight", "srtt_us",
              "cwnd", "snd_wnd", "mss", "flags", "status")  # fmt: skip
 
 
@@ -157,7 +157,8 @@ def cc_read(f, cc) -> dict:
     in_flight = (f.tx_nxt - f.tx_una) & U64
     out = {
         "acked": f.cnt_acked, "ecn_bytes": cc.cnt_ecn_bytes, "rexmit": f.cnt_rexmit, "in_flight": in_flight,
-        "backlog": (f.tx_head - f.tx_nxt) & U64, "loss": cc.cnt_loss, "max_flight": cc.max_flight,
+        "backlog": (f.tx_head - f.tx_nxt) & U64, "loss": cc.cnt_loss, "undo": cc.cnt_undo,
+        "max_flight": cc.max_flight,
         "srtt_us": f.srtt_us, "cwnd": f.cwnd, "snd_wnd": f.snd_wnd, "mss": f.mss, "flags": f.flags,
         "status": f.status,
     }  # fmt: skip

@@ -47,6 +47,7 @@ class FlowCC:
     acked: int = 0
     ecn_bytes: int = 0
     loss: int = 0
+    undo: int = 0  # cnt_undo as last read
     rto: int = 0  # RTOs the engine reported since the last pass
     next_due: int = 0
     last_active: int = 0
@@ -96,7 +97,8 @@ class CCLoop:
             self.params.setdefault("rate_bps", rate_bps or 100_000_000)
         self.flows: dict[int, FlowCC] = {}
         self.counters = {"cc_passes": 0, "cc_flow_updates": 0, "cc_loss_events": 0, "cc_ecn_bytes": 0,
-                         "cc_rto": 0, "cc_idle_restarts": 0, "cc_hystart_exits": 0}  # fmt: skip
+                         "cc_rto": 0, "cc_idle_restarts": 0, "cc_hystart_exits": 0, "cc_undo": 0,
+                         "cc_undo_restored": 0}  # fmt: skip
         self._handle = None
         self._cap = 0
         self._grow(64)
@@ -187,7 +189,8 @@ class CCLoop:
         acked = (s.acked - fl.acked) & ((1 << 64) - 1)
         ecn = (s.ecn_bytes - fl.ecn_bytes) & ((1 << 64) - 1)
         loss = (s.loss - fl.loss) & U32
-        fl.acked, fl.ecn_bytes, fl.loss = s.acked, s.ecn_bytes, s.loss
+        undo = (s.undo - fl.undo) & U32
+        fl.acked, fl.ecn_bytes, fl.loss, fl.undo = s.acked, s.ecn_bytes, s.loss, s.undo
         rto, fl.rto = fl.rto, 0
         alg = fl.alg
         srtt = int(s.srtt_us)
@@ -196,6 +199,9 @@ class CCLoop:
         self.counters["cc_loss_events"] += loss
         self.counters["cc_ecn_bytes"] += ecn
         self.counters["cc_rto"] += rto
+        self.counters["cc_undo"] += undo
+        if undo:
+            loss = self._undo(fl, s, now, loss, undo)
 
         busy = acked or s.in_flight or s.backlog or loss or rto
         if busy:
@@ -223,6 +229,20 @@ class CCLoop:
         cap = max(int(s.snd_wnd), INITIAL_WINDOW_SEGMENTS * int(s.mss)) * 2
         if alg.cwnd > cap and not alg.pacing_rate:
             alg.cwnd = cap
+
+    def _undo(self, fl: FlowCC, s, now: int, loss: int, undo: int) -> int:
+        """The fast path undid `undo` recoveries since the last pass (it has
+        already put its cwnd/ssthresh back); `loss` recoveries began in the
+        same time.  Recoveries that began and were undone within the
+        interval never reach the algorithm; an undo of one it already
+        reacted to restores the algorithm's state from before that cut
+        (``on_undo``).  A flow still in recovery has its latest loss
+        pending, not undone.  Returns the loss events left to react to."""
+        pending = 1 if loss and s.flags & lib.TAS_FF_RECOVERY else 0
+        fresh = min(loss - pending, undo)  # began and ended here
+        if undo > fresh and fl.alg.on_undo(now):
+            self.counters["cc_undo_restored"] += 1
+        return loss - fresh
 
     def _hystart(self, fl: FlowCC, s, rtt: int) -> None:
         """HyStart++ (RFC 9406 4.2, without the conservative phase): leave

@@ -165,3 +165,83 @@ def test_window_never_below_one_mss(name, steps):
             )
         )
         assert a.cwnd >= MSS
+
+
+# -- undo of spurious recoveries (issue 6; RFC 9438 4.9) ----------------------
+def _cubic_state(a) -> tuple:
+    return (a.cwnd, a.ssthresh, a.w_max, a.k, a.epoch_us, a.w_est, a.cwnd_epoch)
+
+
+def test_cubic_undo_restores_state_before_the_loss():
+    """RFC 9438 4.9: prior_cwnd, prior_ssthresh, prior_W_max, prior_K,
+    prior_epoch_start, prior_W_est are saved before the reduction and put
+    back when the loss turns out spurious; growth then continues on the old
+    epoch (the same curve as if there had been no loss)."""
+    a, ref = cc.make("cubic", MSS, 0), cc.make("cubic", MSS, 0)
+    for x in (a, ref):
+        x.cwnd, x.ssthresh = 100 * MSS, 1
+        x.on_interval(Interval(now_us=0, loss_events=1, in_flight=100 * MSS))  # a real loss: W_max 100
+        run_rtts(x, 50)  # an epoch under way (concave region)
+    before = _cubic_state(a)
+    assert a.epoch_us is not None and a.k > 0
+    t = 51 * RTT
+    a.on_interval(Interval(now_us=t, loss_events=1, in_flight=a.cwnd))
+    assert a.cwnd < before[0] and a.epoch_us is None  # cut, new epoch pending
+    run_rtts(a, 2, t0=t)  # regrowth on a new epoch before the undo is seen
+    assert a.on_undo(t + 3 * RTT) is True
+    assert _cubic_state(a) == before
+    assert a.on_undo(t + 4 * RTT) is False  # once
+    # from here it follows the undisturbed flow's curve
+    assert run_rtts(a, 5, t0=t + 3 * RTT) == run_rtts(ref, 5, t0=t + 3 * RTT)
+
+
+def test_cubic_undo_keeps_a_window_that_already_grew_past():
+    """RFC 9438 4.9: if cwnd is already above prior_cwnd, keep the current
+    state."""
+    a = cc.make("cubic", MSS, 0)
+    a.cwnd, a.ssthresh = 20 * MSS, 1
+    a.on_interval(Interval(now_us=0, loss_events=1, in_flight=20 * MSS))
+    a.cwnd = 30 * MSS  # (grew past it meanwhile)
+    state = _cubic_state(a)
+    assert a.on_undo(RTT) is False and _cubic_state(a) == state
+
+
+def test_undo_after_rto_does_nothing():
+    """The fast path does not undo a recovery that ended in an RTO; neither
+    does the algorithm."""
+    for name in ("newreno", "cubic", "dctcp"):
+        a = cc.make(name, MSS, 0)
+        a.cwnd, a.ssthresh = 40 * MSS, 1
+        a.on_interval(Interval(now_us=0, loss_events=1, in_flight=40 * MSS))
+        a.on_interval(Interval(now_us=RTT, rto=True, in_flight=20 * MSS))
+        assert a.on_undo(2 * RTT) is False and a.cwnd == MSS, name
+
+
+def test_newreno_undo_restores_cwnd_and_ssthresh():
+    a = cc.make("newreno", MSS, 0)
+    a.cwnd, a.ssthresh = 60 * MSS, 40 * MSS
+    a.on_interval(Interval(now_us=0, loss_events=1, in_flight=60 * MSS))
+    assert (a.cwnd, a.ssthresh) == (30 * MSS, 30 * MSS)
+    run_rtts(a, 3)
+    assert a.on_undo(4 * RTT) is True
+    assert (a.cwnd, a.ssthresh) == (60 * MSS, 40 * MSS)
+    # only the last cut is undone: two losses, one undo -> the state between them
+    a.on_interval(Interval(now_us=5 * RTT, loss_events=1, in_flight=60 * MSS))
+    a.on_interval(Interval(now_us=6 * RTT, loss_events=1, in_flight=30 * MSS))
+    assert a.on_undo(7 * RTT) is True and (a.cwnd, a.ssthresh) == (30 * MSS, 30 * MSS)
+    assert a.on_undo(8 * RTT) is False
+
+
+def test_dctcp_undo_restores_window_keeps_alpha():
+    a = cc.make("dctcp", MSS, 0)
+    a.cwnd, a.ssthresh, a.alpha = 50 * MSS, 1, 0.25
+    a.on_interval(Interval(now_us=0, loss_events=1, in_flight=50 * MSS))
+    assert a.cwnd == 25 * MSS
+    assert a.on_undo(RTT) is True
+    assert (a.cwnd, a.ssthresh, a.alpha) == (50 * MSS, 1, 0.25)
+
+
+def test_const_has_nothing_to_undo():
+    a = cc.make("const", MSS, 0, rate_bps=8_000_000)
+    a.on_interval(Interval(now_us=1, loss_events=1, rtt_us=RTT))
+    assert a.on_undo(2) is False

@@ -13,6 +13,8 @@ from fp_harness import LOCAL_IP, LOCAL_MAC, M32, REMOTE_IP, REMOTE_MAC, FlowSpec
 
 from flextcp import spflow_py
 from flextcp.native import ffi, lib
+from kernel_slowpath.cc import Interval
+from kernel_slowpath.ccloop import CCLoop
 from nicemu.wire import TAS_OPT_TS, TAS_TCP_ACK, Segment, build_tcp, parse_frame
 
 ECE, CWR = lib.TAS_TCP_ECE, lib.TAS_TCP_CWR
@@ -296,6 +298,7 @@ def test_spflow_cc_twin_matches_c():
             )
             f.flags = rnd.choice([0, lib.TAS_FF_RECOVERY])
             cc[i].mode, cc[i].cnt_loss = rnd.choice([0, 1]), rnd.randrange(3)
+            cc[i].cnt_undo = rnd.randrange(1 << 32)
             cc[i].max_flight = rnd.randrange(1 << 20)
         before = [bytes(ffi.buffer(cc + i, CC_SIZE)) + bytes(ffi.buffer(ft.flows + i, 256)) for i in range(n)]
         # twin on copies
@@ -334,3 +337,88 @@ def test_cli_choices_match_ccloop():
 
     assert tuple(sorted(cli.CC_CHOICES)) == tuple(sorted(ccloop.CHOICES))
     assert cli._parse_rate("100M") == 100_000_000 and cli._parse_rate("1.5G") == 1_500_000_000
+
+
+SEG = 524  # MSS 536 minus 12 bytes of timestamps
+
+
+def test_spurious_recovery_undo_reaches_the_algorithm(h):
+    """A recovery the fast path finds spurious (Eifel: the ACK filling the
+    hole echoes the original's timestamp) is undone there (cnt_undo, the
+    sample's `undo`, C and twin agree) and then in the slow path's
+    algorithm: CUBIC's W_max, K, epoch, cwnd and ssthresh are back to their
+    values before the loss, and the control loop writes that window back
+    instead of the cut one."""
+    t0 = 1_000_000
+    h.now = t0
+    ctx = h.add_ctx(1)
+    h.install_flow(0, ctx, FlowSpec(tx_len=16384, snd_wnd=0xFFFF))
+    ft, table = _ft(h), cc_table(h)
+    loop = CCLoop(ft=ft, cc_table=table, n_flows=h.n_flows, algorithm="cubic", interval_us=1000, loop=None,
+                  now_us=lambda: h.now, pacing=False)  # fmt: skip
+    loop.add(0, 536)
+    alg = loop.flows[0].alg
+    alg.cwnd, alg.ssthresh = 20 * 536, 1  # congestion avoidance
+    f = h.flow(0)
+    f.srtt_us = 20_000
+    assert loop.run_once(t0) == 1 and f.cwnd == 20 * 536
+    h.app_write(0, stream_bytes(0, 8 * SEG, 3))
+    _, frames = h.poll(t0)
+    assert len(frames) == 8
+    una, ts_orig = h.snd_una(0), tcp(frames[0]).tsval
+
+    def ack(a, blocks=(), *, now):
+        h.inject(h.peer_frame(0, seq=h.rcv_nxt(0), ack=a, win=0xFFFF, tsval=9000, tsecr=ts_orig,
+                              sack=list(blocks)))  # fmt: skip
+        return h.poll(now)[1]
+
+    # an epoch under way before the loss
+    alg.on_interval(Interval(now_us=t0, acked_bytes=536, rtt_us=20_000, in_flight=8 * SEG))
+    before = (alg.cwnd, alg.ssthresh, alg.w_max, alg.k, alg.epoch_us, alg.w_est, alg.cwnd_epoch)
+    ack(una, [(una + SEG, una + 4 * SEG)], now=t0 + 3000)  # three segments SACKed: recovery
+    assert f.flags & lib.TAS_FF_RECOVERY and table[0].cnt_loss == 1
+    h.now = t0 + 3500
+    loop.run_once()  # the algorithm reacts to the loss (x0.7)
+    assert alg.cwnd < before[0] and loop.counters["cc_loss_events"] == 1
+    ack(una + 4 * SEG, now=t0 + 5000)  # the late original fills the hole: spurious
+    assert table[0].cnt_undo == 1 and not f.flags & lib.TAS_FF_RECOVERY
+    # the sample carries the count, C and twin alike
+    sample = ffi.new("struct tas_cc_sample[]", 1)
+    copy_f, copy_cc = ffi.new("struct tas_flow *"), ffi.new("struct tas_flow_cc *")
+    ffi.memmove(copy_f, ft.flows, 256)
+    ffi.memmove(copy_cc, table, CC_SIZE)
+    lib.tas_sp_cc_read(ft, table, ffi.new("uint32_t[]", [0]), 1, sample)
+    assert sample[0].undo == 1 and spflow_py.cc_read(copy_f[0], copy_cc[0])["undo"] == 1
+    h.now = t0 + 5500
+    loop.run_once()
+    assert (alg.cwnd, alg.ssthresh, alg.w_max, alg.k, alg.epoch_us, alg.w_est, alg.cwnd_epoch) == before
+    assert loop.counters["cc_undo"] == 1 and loop.counters["cc_undo_restored"] == 1
+    assert f.cwnd == before[0]  # written back: the undo is not lost
+
+
+def test_recovery_begun_and_undone_within_one_interval_is_ignored(h):
+    """Loss and undo between two passes of the control loop: the algorithm
+    never cuts."""
+    t0 = 1_000_000
+    h.now = t0
+    ctx = h.add_ctx(1)
+    h.install_flow(0, ctx, FlowSpec(tx_len=16384, snd_wnd=0xFFFF))
+    ft, table = _ft(h), cc_table(h)
+    loop = CCLoop(ft=ft, cc_table=table, n_flows=h.n_flows, algorithm="newreno", interval_us=1000, loop=None,
+                  now_us=lambda: h.now, pacing=False)  # fmt: skip
+    loop.add(0, 536)
+    alg = loop.flows[0].alg
+    alg.cwnd, alg.ssthresh = 20 * 536, 20 * 536
+    f = h.flow(0)
+    loop.run_once(t0)
+    h.app_write(0, stream_bytes(0, 8 * SEG, 3))
+    _, frames = h.poll(t0)
+    una, ts_orig = h.snd_una(0), tcp(frames[0]).tsval
+    for a, blocks, now in ((una, [(una + SEG, una + 4 * SEG)], t0 + 3000), (una + 4 * SEG, [], t0 + 5000)):
+        h.inject(h.peer_frame(0, seq=h.rcv_nxt(0), ack=a, win=0xFFFF, tsval=9000, tsecr=ts_orig, sack=blocks))
+        h.poll(now)
+    assert table[0].cnt_loss == 1 and table[0].cnt_undo == 1
+    h.now = t0 + 5500
+    loop.run_once()
+    assert alg.ssthresh == 20 * 536 and alg.cwnd >= 20 * 536 and f.cwnd == alg.cwnd
+    assert loop.counters["cc_undo_restored"] == 0

@@ -254,6 +254,7 @@ uint32_t tas_sp_cc_read(struct tas_ft *ft, struct tas_flow_cc *cc, const uint32_
         o->in_flight = f->tx_nxt - f->tx_una;
         o->backlog = f->tx_head - f->tx_nxt;
         o->loss = c->cnt_loss;
+        o->undo = c->cnt_undo;
         o->max_flight = c->max_flight;
         c->max_flight = (uint32_t)(o->in_flight > 0xffffffffu ? 0xffffffffu : o->in_flight);
         o->srtt_us = f->srtt_us;

@@ -23,9 +23,18 @@ class Interval:
 
 
 class CongestionControl(ABC):
-    """A window (`cwnd`, bytes) and optionally a pacing rate (bytes/s)."""
+    """A window (`cwnd`, bytes) and optionally a pacing rate (bytes/s).
+
+    Undo of spurious recoveries: an algorithm that cuts its state on a loss
+    event calls ``_save_undo()`` first; when the fast path later finds that
+    recovery spurious (Eifel / D-SACK, it restores its own cwnd/ssthresh and
+    counts ``cnt_undo``) the control loop calls ``on_undo()``, which puts
+    back the attributes named in ``UNDO_FIELDS`` as they were before the cut
+    (RFC 9438 4.9, Linux ``tcp_undo_cwnd``)."""
 
     name = "base"
+    # the state an undo restores (saved at each loss event)
+    UNDO_FIELDS: tuple[str, ...] = ("cwnd", "ssthresh")
 
     def __init__(self, mss: int, now_us: int) -> None:
         if mss <= 0:
@@ -35,6 +44,7 @@ class CongestionControl(ABC):
         self.ssthresh = 1 << 31
         self.pacing_rate: int | None = None
         self.last_send_us = now_us
+        self._undo: dict[str, object] | None = None  # state before the last loss cut
 
     @abstractmethod
     def on_interval(self, iv: Interval) -> None:
@@ -44,6 +54,26 @@ class CongestionControl(ABC):
         """RFC 5681 4.1 / RFC 7661: after an idle period longer than an RTO
         the window restarts from min(IW, cwnd)."""
         self.cwnd = min(self.cwnd, INITIAL_WINDOW_SEGMENTS * self.mss)
+
+    def _save_undo(self) -> None:
+        """Keep the state before a loss reduction, for ``on_undo``."""
+        self._undo = {k: getattr(self, k) for k in self.UNDO_FIELDS}
+
+    def _drop_undo(self) -> None:
+        """No undo past this point (an RTO: the fast path does not undo it)."""
+        self._undo = None
+
+    def on_undo(self, now_us: int) -> bool:
+        """The last loss event was spurious: restore the state saved before
+        its reduction, once.  As RFC 9438 4.9 says, only if the window is
+        still below the one before the loss; a window that has already grown
+        past it is kept (with its current state).  True if restored."""
+        saved, self._undo = self._undo, None
+        if saved is None or self.cwnd >= saved["cwnd"]:
+            return False
+        for k, v in saved.items():
+            setattr(self, k, v)
+        return True
 
     def in_slow_start(self) -> bool:
         return self.cwnd < self.ssthresh

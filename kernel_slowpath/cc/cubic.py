@@ -11,6 +11,9 @@ ALPHA = 3 * (1 - BETA) / (1 + BETA)  # RFC 9438 4.3 Reno-friendly additive incre
 
 class Cubic(CongestionControl):
     name = "cubic"
+    # RFC 9438 4.9: prior_cwnd, prior_ssthresh, prior_W_max, prior_K,
+    # prior_epoch_start, prior_W_est (and the epoch's starting window)
+    UNDO_FIELDS = ("cwnd", "ssthresh", "w_max", "k", "epoch_us", "w_est", "cwnd_epoch")
 
     def __init__(self, mss: int, now_us: int, fast_convergence: bool = True) -> None:
         super().__init__(mss, now_us)
@@ -37,10 +40,12 @@ class Cubic(CongestionControl):
 
     def on_interval(self, iv: Interval) -> None:
         if iv.rto:
+            self._drop_undo()
             self._reduce(iv.in_flight)
             self.cwnd = self.mss  # RFC 9438 4.8
             return
         if iv.loss_events:
+            self._save_undo()
             self._reduce(iv.in_flight)
             self.cwnd = self.ssthresh
             return

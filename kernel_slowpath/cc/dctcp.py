@@ -24,6 +24,12 @@ class Dctcp(CongestionControl):
 
     def on_interval(self, iv: Interval) -> None:
         if iv.rto or iv.loss_events:
+            # loss response is NewReno's (RFC 8257 3.5); an undo puts the
+            # window back as it was, alpha is not touched by a loss
+            if iv.rto:
+                self._drop_undo()
+            else:
+                self._save_undo()
             self._reno.cwnd, self._reno.ssthresh = self.cwnd, self.ssthresh
             self._reno.on_interval(iv)
             self.cwnd, self.ssthresh = self._reno.cwnd, self._reno.ssthresh

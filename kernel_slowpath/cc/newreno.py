@@ -10,12 +10,14 @@ class NewReno(CongestionControl):
 
     def on_interval(self, iv: Interval) -> None:
         if iv.rto:
+            self._drop_undo()
             # RFC 5681 (4): ssthresh = max(FlightSize / 2, 2*SMSS); cwnd = 1 SMSS
             self.ssthresh = max(iv.in_flight // 2, 2 * self.mss)
             self.cwnd = self.mss
             return
         if iv.loss_events:
             # RFC 5681 (4) on fast retransmit, deflated after recovery (RFC 6582)
+            self._save_undo()
             self.ssthresh = max(iv.in_flight // 2, 2 * self.mss)
             self.cwnd = self.ssthresh
             return

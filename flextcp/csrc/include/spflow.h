@@ -56,6 +56,8 @@ struct tas_cc_sample {
     uint64_t in_flight;     /* tx_nxt - tx_una */
     uint64_t backlog;       /* tx_head - tx_nxt: bytes the app queued, not sent */
     uint32_t loss;          /* cnt_loss (cumulative) */
+    uint32_t undo;          /* cnt_undo (cumulative): recoveries the fast path found
+                               spurious and undone (cwnd/ssthresh restored) */
     uint32_t max_flight;    /* highest in-flight since the last read (reset) */
     uint32_t srtt_us;
     uint32_t cwnd;

@@ -31,7 +31,7 @@ from kernel_slowpath.frames import (
     icmp_echo_reply,
     parse_arp,
 )
-from kernel_slowpath.tcpstate import SYNCHRONIZED, Event, State, TcpProtocolError, transition
+from kernel_slowpath.tcpstate import CLOSING_STATES, SYNCHRONIZED, Event, State, TcpProtocolError, transition
 
 log = logging.getLogger("tas.engine")
 
@@ -46,6 +46,19 @@ ARP_RETRIES = 3
 ARP_TTL_US = 60_000_000
 TIME_WAIT_US = 60_000_000
 FIN_WAIT_2_ORPHAN_US = 60_000_000
+# A flow whose app is gone (detached) and whose peer stopped answering:
+# given up after this many back-to-back retransmission timeouts or
+# zero-window probes (Linux tcp_orphan_retries), checked every CLOSING_SYNC_US.
+ORPHAN_RETRIES = 8
+# The FIN events of a flow (TAS_EV_*) are hints: the fast path drops one when
+# its KRX ring is full (cores[i].krx_full).  The flags in the flow record are
+# the truth, so the scan re-reads them for flows in a closing state: at once
+# (at most every CLOSING_SYNC_MIN_US) when krx_full grew, else every
+# CLOSING_SYNC_US.  Without that, a flow whose FIN-acked event was lost stays
+# in LAST-ACK (or FIN-WAIT-1, CLOSING) forever: nothing is in flight, so no
+# timer runs.
+CLOSING_SYNC_US = 1_000_000
+CLOSING_SYNC_MIN_US = 100_000
 SCAN_INTERVAL_S = 0.01
 IDLE_SCAN_INTERVAL_S = 0.1  # < the 200 ms RTO floor, see Engine._scan
 U32 = 0xFFFFFFFF
@@ -156,6 +169,7 @@ class Conn:
     ka_since: int = 0  # when that value was first seen (64-bit us): the flow has been silent since
     ka_probes: int = 0  # unanswered keepalive probes
     ka_next: int = 0
+    fin_events: int = 0  # TAS_EV_FIN_* already applied to state (from an event or the record's flags)
 
     def key(self) -> tuple[int, int, int]:
         return (self.local_port, self.remote_ip, self.remote_port)
@@ -205,6 +219,11 @@ class Engine:
         self.keepalive = KEEPALIVE_DEFAULT  # set by the stack from `tas start` options
         self._ka_next_scan = 0
         self.counters.update({"icmp_frag_needed": 0, "pmtu_updates": 0})
+        self.counters.update({"flow_events_recovered": 0, "kicks_deferred": 0, "orphans_timed_out": 0})
+        self._kick_retry: set[int] = set()  # flows whose KTX kick found the ring full
+        self._krx_full_seen = 0
+        self._closing_sync_last = 0
+        self._closing_sync_next = 0
         self._pkt = ffi.new("struct tas_pkt *")
         self._scan_ids = ffi.new("uint32_t[]", 256)
         self._scan_why = ffi.new("uint8_t[]", 256)
@@ -245,7 +264,11 @@ class Engine:
             log.warning("KTX ring full: dropped a %d-byte frame", len(frame))
 
     def kick_flow(self, conn: Conn) -> None:
-        self._ktx(conn.core, lib.TAS_KTX_KICK, flow_id=conn.fid)
+        if not self._ktx(conn.core, lib.TAS_KTX_KICK, flow_id=conn.fid):
+            # KTX ring full: a lost kick can leave a queued FIN unsent (and
+            # with nothing in flight no timer would send it): retry on the scan
+            self._kick_retry.add(conn.fid)
+            self.counters["kicks_deferred"] += 1
 
     def ts_now(self) -> int:
         return (self.now_us() // 1000) & U32
@@ -830,11 +853,16 @@ class Engine:
         conn = self.conns.get(fid)
         if conn is None or not conn.installed:
             return
+        # each happens once per connection; one already taken from the
+        # record's flags (_catch_up) may still arrive as an event
+        events &= ~conn.fin_events
         try:
             if events & lib.TAS_EV_FIN_ACKED:
                 conn.state = transition(conn.state, Event.FIN_ACKED)
+                conn.fin_events |= lib.TAS_EV_FIN_ACKED
             if events & lib.TAS_EV_FIN_RCVD:
                 conn.state = transition(conn.state, Event.FIN_RCVD)
+                conn.fin_events |= lib.TAS_EV_FIN_RCVD
         except TcpProtocolError as e:
             self.counters["protocol_errors"] += 1
             log.warning("flow %d: %s", fid, e)
@@ -852,6 +880,49 @@ class Engine:
             self._free(conn)
         elif conn.state is State.FIN_WAIT_2 and conn.detached:
             conn.orphan_deadline = self.now_us() + FIN_WAIT_2_ORPHAN_US
+
+    def _catch_up(self, conn: Conn, snap=None) -> None:
+        """Apply the FIN events the record's flags show but the slow path
+        never got (the fast path drops them when its KRX ring is full)."""
+        if not conn.installed:
+            return
+        if snap is None:
+            snap = self._snapshot(conn)
+        ev = 0
+        if snap.flags & lib.TAS_FF_FIN_ACKED:
+            ev |= lib.TAS_EV_FIN_ACKED
+        if snap.flags & lib.TAS_FF_RX_FIN:
+            ev |= lib.TAS_EV_FIN_RCVD
+        ev &= ~conn.fin_events
+        if ev:
+            self.counters["flow_events_recovered"] += 1
+            log.debug("flow %d: FIN event(s) %#x taken from the flow record (event lost)", conn.fid, ev)
+            self.on_flow_event(conn.fid, ev)
+
+    def _sync_closing(self, now: int) -> None:
+        """Bounds for flows in a closing state (see CLOSING_SYNC_US): lost
+        FIN events are recovered, and an orphan whose peer stopped answering
+        is reset after ORPHAN_RETRIES timeouts or probes."""
+        lost = sum(int(st.krx_full) for st in self.core_stats())
+        if lost != self._krx_full_seen:
+            self._krx_full_seen = lost
+            self._closing_sync_next = min(self._closing_sync_next, self._closing_sync_last + CLOSING_SYNC_MIN_US)
+        if now < self._closing_sync_next:
+            return
+        self._closing_sync_last = now
+        self._closing_sync_next = now + CLOSING_SYNC_US
+        for conn in [c for c in self.conns.values() if c.installed and c.state in CLOSING_STATES]:
+            if self.conns.get(conn.fid) is not conn:
+                continue
+            snap = self._snapshot(conn)
+            backoff = int(snap.rto_backoff)
+            self._catch_up(conn, snap)
+            if (conn.detached and backoff > ORPHAN_RETRIES and self.conns.get(conn.fid) is conn
+                    and conn.state in CLOSING_STATES):
+                log.info("flow %d: orphan in %s, peer silent for %d timeouts: reset", conn.fid,
+                         conn.state.value, backoff)
+                self.counters["orphans_timed_out"] += 1
+                self._reset(conn, errno.ETIMEDOUT, send_rst=True)
 
     def _on_time_wait(self, key: tuple, tw: tuple[int, int, int], p) -> bool:
         """Segments for a TIME-WAIT connection.  True if consumed."""
@@ -878,7 +949,8 @@ class Engine:
         # fast while some flow has data in flight (RTO precision), slow when
         # none has: any new flight's RTO is >= 200 ms away, more than the idle
         # interval, so nothing is detected late (and an idle stack sleeps)
-        busy = self._scan_more or (self._hi_water and lib.tas_sp_count_busy(self.ft.raw, self._hi_water))
+        busy = self._scan_more or self._kick_retry or (
+            self._hi_water and lib.tas_sp_count_busy(self.ft.raw, self._hi_water))
         self._scan_handle = self.loop.call_later(SCAN_INTERVAL_S if busy else IDLE_SCAN_INTERVAL_S, self._scan)
 
     def scan_once(self) -> None:
@@ -927,6 +999,13 @@ class Engine:
         for conn in [c for c in self.conns.values() if c.orphan_deadline and c.orphan_deadline <= now]:
             if conn.state is State.FIN_WAIT_2:
                 self._reset(conn, errno.ETIMEDOUT, send_rst=True)
+        if self._kick_retry:
+            retry, self._kick_retry = self._kick_retry, set()
+            for fid in retry:
+                conn = self.conns.get(fid)
+                if conn is not None and conn.installed:
+                    self.kick_flow(conn)
+        self._sync_closing(now)
 
     def _on_frag_needed(self, frame: bytes, p) -> None:
         """ICMP fragmentation needed (RFC 1191): lower the quoted flow's MSS
@@ -1118,6 +1197,7 @@ class Engine:
 
     def shutdown(self, ctx, flow: int, tx_head: int) -> None:
         conn = self._conn_of(ctx, flow)
+        self._catch_up(conn)
         self._shutdown(conn, tx_head)
 
     def _shutdown(self, conn: Conn, tx_head: int) -> None:
@@ -1145,9 +1225,11 @@ class Engine:
             conn.detached = True
             self._reset(conn, errno.ECONNRESET, send_rst=True)
             return
+        status = snap.status
+        self._catch_up(conn, snap)  # a lost FIN-received event: LAST-ACK, not FIN-WAIT-1
         self._shutdown(conn, tx_head)
         conn.detached = True
-        lib.tas_sp_set_status(self.ft.raw, conn.fid, snap.status, lib.TAS_FF_DETACHED)
+        lib.tas_sp_set_status(self.ft.raw, conn.fid, status, lib.TAS_FF_DETACHED)
         self._settle(conn)
 
     def abort(self, ctx, flow: int) -> None:

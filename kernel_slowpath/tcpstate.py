@@ -73,6 +73,9 @@ for _s in State:
 # States in which the peer may still send us data / we may still send.
 RX_OPEN = {S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2}
 SYNCHRONIZED = {S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2, S.CLOSE_WAIT, S.CLOSING, S.LAST_ACK, S.TIME_WAIT}
+# After our FIN was queued and before the connection is gone: the states the
+# engine's closing sync looks at (lost FIN events, orphans whose peer went silent).
+CLOSING_STATES = frozenset({S.FIN_WAIT_1, S.FIN_WAIT_2, S.CLOSING, S.LAST_ACK})
 
 
 def transition(state: State, event: Event) -> State:

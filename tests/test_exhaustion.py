@@ -21,9 +21,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
+from collections import Counter
 
 import pytest
 from test_faults_util import FaultStack, wait_for
@@ -211,6 +213,19 @@ while True:
 """
 
 
+def _wait_all_freed(fs: FaultStack, timeout: float) -> None:
+    """flows_open reaches 0; if not, say which states the survivors are in
+    (a flow of an exited app must end within a bound: tests/test_orphan_bounds.py)."""
+    try:
+        wait_for(lambda: fs.stats()["flows_open"] == 0, timeout, "all flows to be freed")
+    except AssertionError as e:
+        flows = json.loads(fs.tas("flows", "--json").stdout or "[]")
+        states = Counter((f["state"], f["detached"], f.get("in_flight"), f.get("tx_buffered")) for f in flows)
+        st = fs.stats()
+        raise AssertionError(f"{e}: (state, detached, in_flight, tx_buffered) -> count {dict(states)}; "
+                             f"krx_full {[c['krx_full'] for c in st['cores']]}; slowpath {st['slowpath']}") from None
+
+
 def _echo_server(fs: FaultStack, port: int):
     return fs.stack_py(f"server-{port}", SERVER.format(port=port), ready="listening")
 
@@ -263,7 +278,7 @@ def test_many_connections_served_limit_refused_cleanly_memory_accounted():
         # for 65,536); the stack resets and frees them in one go
         t1 = time.monotonic()
         echo.stop()
-        wait_for(lambda: fs.stats()["flows_open"] == 0, 120, "all flows to be freed")
+        _wait_all_freed(fs, 120)
         wait_for(lambda: fs.stats()["control"]["heap_used"] == 0, 30, "buffer memory to be released")
         print(f"  server exit -> all {MAX_FLOWS} flows freed in {time.monotonic() - t1:.1f} s; "
               f"connect retries {sum(r['connect_retries'] for r in res_main + res_extra)}")

@@ -61,7 +61,7 @@ M64 = (1 << 64) - 1
 # tas_abi.h
 TAS_MAX_CORES = 16
 TAS_MAX_CTX = 4096
-TAS_OOO_RANGES = 4
+TAS_OOO_RANGES = 8
 TAS_ATX_UPDATE = 1
 TAS_ATX_ENTRY_SIZE = 32
 TAS_ARX_RX = 1
@@ -622,10 +622,13 @@ class PyFastPath:
             mv[base : base + length - first] = src[first:length]
 
     @staticmethod
-    def ooo_add(f, start: int, end: int) -> int:
-        """Record [start, end) as received out of order, merging with
-        overlapping or adjacent ranges.  0 if there was no room."""
-        os_, oe = f.ooo_start, f.ooo_end
+    def ooo_add(o, start: int, end: int) -> int:
+        """Record [start, end) as received out of order in the side-table
+        entry o, merging with overlapping or adjacent ranges.  0 if there
+        was no room (or no side table)."""
+        if o is None:
+            return 0
+        os_, oe = o.ooo_start, o.ooo_end
         free_slot = -1
         for i in range(TAS_OOO_RANGES):
             s, e = os_[i], oe[i]
@@ -652,19 +655,19 @@ class PyFastPath:
                             oe[i] = oe[j]
                         os_[j] = 0
                         oe[j] = 0
-                PyFastPath.ooo_front(f, i)
+                PyFastPath.ooo_front(o, i)
                 return 1
         if free_slot < 0:
             return 0
         os_[free_slot] = start
         oe[free_slot] = end
-        PyFastPath.ooo_front(f, free_slot)
+        PyFastPath.ooo_front(o, free_slot)
         return 1
 
     @staticmethod
-    def ooo_front(f, i: int) -> None:
+    def ooo_front(o, i: int) -> None:
         """Move range i to slot 0: most recently updated first (RFC 2018 4)."""
-        os_, oe = f.ooo_start, f.ooo_end
+        os_, oe = o.ooo_start, o.ooo_end
         s, e = os_[i], oe[i]
         while i > 0:
             os_[i] = os_[i - 1]
@@ -674,9 +677,11 @@ class PyFastPath:
         oe[0] = e
 
     @staticmethod
-    def ooo_merge(f) -> None:
+    def ooo_merge(f, o) -> None:
         """After in-order data advanced rx_head, absorb ranges it reached."""
-        os_, oe = f.ooo_start, f.ooo_end
+        if o is None:
+            return
+        os_, oe = o.ooo_start, o.ooo_end
         again = True
         while again:
             again = False
@@ -693,8 +698,10 @@ class PyFastPath:
                     oe[i] = 0
 
     @staticmethod
-    def ooo_empty(f) -> bool:
-        os_, oe = f.ooo_start, f.ooo_end
+    def ooo_empty(o) -> bool:
+        if o is None:
+            return True
+        os_, oe = o.ooo_start, o.ooo_end
         for i in range(TAS_OOO_RANGES):
             if os_[i] != oe[i]:
                 return False
@@ -915,7 +922,6 @@ class PyFastPath:
                         and f.srtt_us
                         and ((self.now_us - f.rto_start_us) & M32) >= (2 * f.srtt_us + 1000) & M32
                     ):
-                        f.rexmit_nxt = f.tx_una & M32
                         f.rto_start_us = self.now_us & M32
                         f.flags |= TAS_FF_REXMIT_HEAD
                     self.txq_push(fid, f)
@@ -949,6 +955,24 @@ class PyFastPath:
             self.to_sp_event(fid, events)
         return 1
 
+    def dsack_note(self, f, start: int, end: int) -> None:
+        """A duplicate arrived: report it first in our next SACK option (RFC 2883)."""
+        cc = self.fp_cc(f)
+        if cc is None or not f.flags & TAS_FF_SACK or start == end:
+            return
+        cc.dsack_start = start
+        cc.dsack_end = end
+
+    @staticmethod
+    def ooo_holds(o, start: int, end: int) -> bool:
+        """Is [start, end) all inside one out-of-order range already held?"""
+        if o is None:
+            return False
+        for i in range(TAS_OOO_RANGES):
+            if o.ooo_start[i] != o.ooo_end[i] and seq_ge(start, o.ooo_start[i]) and seq_le(end, o.ooo_end[i]):
+                return True
+        return False
+
     def rx_segment(self, fid: int, f, frame: bytes, p) -> None:
         st = self.st
         poff = p.payload_off
@@ -978,6 +1002,9 @@ class PyFastPath:
         if not ok:
             if off < 0:
                 st.dup_segs += 1
+                if plen:
+                    start = ((f.rx_head & M32) + off) & M32
+                    self.dsack_note(f, start, (start + plen) & M32)
             else:
                 st.beyond_window += 1
             # an unacceptable segment still carries a usable ACK if it is just
@@ -1011,6 +1038,8 @@ class PyFastPath:
         # trim the front (already received bytes)
         if off < 0:
             cut = -off
+            start = ((f.rx_head & M32) + off) & M32
+            self.dsack_note(f, start, (start + min(cut, plen)) & M32)
             if cut >= plen:
                 poff += plen
                 plen = 0
@@ -1030,11 +1059,11 @@ class PyFastPath:
             if plen > 0:
                 self.rx_copy(f, f.rx_head, payload, plen)
                 f.rx_head = (f.rx_head + plen) & M64
-                self.ooo_merge(f)
+                self.ooo_merge(f, cc)
             if p.opts & TAS_OPT_TS and f.flags & TAS_FF_TS:
                 f.ts_recent = p.tsval
             f.unacked_segs = (f.unacked_segs + 1) & M16
-            if fin and self.ooo_empty(f) and (f.rx_head & M32) == ((old_head + plen) & M32):
+            if fin and self.ooo_empty(cc) and (f.rx_head & M32) == ((old_head + plen) & M32):
                 f.flags |= TAS_FF_RX_FIN
                 f.flags |= TAS_FF_ACK_NOW
                 self.to_sp_event(fid, TAS_EV_FIN_RCVD)
@@ -1046,7 +1075,7 @@ class PyFastPath:
                             af.flags |= TAS_AF_RX_FIN
                         af.rx_head = f.rx_head
                     self.notify_app(fid, f, TAS_ARX_RX)
-            if not self.ooo_empty(f) or f.unacked_segs >= 2:
+            if not self.ooo_empty(cc) or f.unacked_segs >= 2:
                 f.flags |= TAS_FF_ACK_NOW
             st.rx_fast += 1
             self.need_ack(fid, f)
@@ -1054,7 +1083,9 @@ class PyFastPath:
             # out of order: keep it if we have a range for it
             if plen > 0:
                 s = ((f.rx_head & M32) + off) & M32
-                if self.ooo_add(f, s, (s + plen) & M32):
+                if self.ooo_holds(cc, s, (s + plen) & M32):
+                    self.dsack_note(f, s, (s + plen) & M32)
+                if self.ooo_add(cc, s, (s + plen) & M32):
                     self.rx_copy(f, (f.rx_head + off) & M64, payload, plen)
                     st.ooo_segs += 1
                 else:
@@ -1163,13 +1194,20 @@ class PyFastPath:
         if cc is not None and f.flags & TAS_FF_ECN and cc.mode & TAS_CC_CE:
             s.flags |= TAS_TCP_ECE
         if f.flags & TAS_FF_SACK:
-            # RFC 2018: report the out-of-order ranges we hold
+            # RFC 2018: report the out-of-order ranges we hold, after a
+            # duplicate we were sent (D-SACK, RFC 2883), reported once
             n = 0
+            if cc is not None and cc.dsack_start != cc.dsack_end:
+                s.sack_start[n] = (f.rx_seq0 + cc.dsack_start) & M32
+                s.sack_end[n] = (f.rx_seq0 + cc.dsack_end) & M32
+                n += 1
+                cc.dsack_start = 0
+                cc.dsack_end = 0
             i = 0
-            while i < TAS_OOO_RANGES and n < 3:
-                if f.ooo_start[i] != f.ooo_end[i]:
-                    s.sack_start[n] = (f.rx_seq0 + f.ooo_start[i]) & M32
-                    s.sack_end[n] = (f.rx_seq0 + f.ooo_end[i]) & M32
+            while cc is not None and i < TAS_OOO_RANGES and n < 3:
+                if cc.ooo_start[i] != cc.ooo_end[i]:
+                    s.sack_start[n] = (f.rx_seq0 + cc.ooo_start[i]) & M32
+                    s.sack_end[n] = (f.rx_seq0 + cc.ooo_end[i]) & M32
                     n += 1
                 i += 1
             if n:
@@ -1244,16 +1282,18 @@ class PyFastPath:
         self.after_send(f)
         return 0
 
-    @staticmethod
-    def seg_payload_max(f) -> int:
+    def seg_payload_max(self, f) -> int:
         """Effective payload per segment: the option bytes eat into the MSS."""
         opts = 12 if f.flags & TAS_FF_TS else 0
         if f.flags & TAS_FF_SACK:
             # the SACK blocks seg_init adds (RFC 9293 3.7.1, RFC 6691)
             n = 0
+            cc = self.fp_cc(f)
+            if cc is not None and cc.dsack_start != cc.dsack_end:
+                n += 1
             i = 0
-            while i < TAS_OOO_RANGES and n < 3:
-                if f.ooo_start[i] != f.ooo_end[i]:
+            while cc is not None and i < TAS_OOO_RANGES and n < 3:
+                if cc.ooo_start[i] != cc.ooo_end[i]:
                     n += 1
                 i += 1
             if n:
@@ -1324,6 +1364,13 @@ class PyFastPath:
                 sent += 1
             return sent
         limit = min(limit, nxt)
+        if force and cur > 0 and budget > 0:
+            # the head once more (its last copy was lost), cursor unmoved
+            head = sack_py.sb_next_hole(v, 0, out)
+            if head is not None and head[0] == 0 and self.resend(f, f.tx_una, min(head[1], smss)) == 0:
+                self.st.rexmit_sack += 1
+                sent += 1
+            force = False
         while sent < budget:
             hole = sack_py.sb_next_hole(v, cur, limit)
             if hole is None:
@@ -1360,7 +1407,6 @@ class PyFastPath:
         if f.flags & TAS_FF_TLP_SEND:
             f.flags &= ~TAS_FF_TLP_SEND & M32
             if sb and f.flags & TAS_FF_RECOVERY:
-                f.rexmit_nxt = f.tx_una & M32
                 f.flags |= TAS_FF_REXMIT_HEAD
                 cc.cnt_tlp = (cc.cnt_tlp + 1) & M32
                 self.st.tlp_probes += 1

@@ -532,22 +532,25 @@ def test_in_order_data_is_placed_and_acked(h):
     assert h.flow(0).rx_tail == 500
 
 
+def side(h, fid: int = 0):
+    """The flow's side-table entry (struct tas_flow_cc): its out-of-order ranges."""
+    t = lib.tas_cc_table(h.stack.ptr(h.lay.ft_off), h.lay.ft_len, h.n_flows)
+    assert t != ffi.NULL
+    return t + fid
+
+
 def test_out_of_order_ranges_and_reassembly(h):
     ctx, spec = setup_flow(h, rx_len=4096)
-    # holes at [0,100), [200,300), [400,500), [600,700); ranges at 100, 300, 500, 700
-    for start in (100, 300, 500, 700):
+    # holes at [0,100), [200,300), ...; eight ranges at 100, 300, ..., 1500
+    starts = list(range(100, 1600, 200))
+    for start in starts:
         h.inject(data_seg(h, start, 100))
-    h.inject(data_seg(h, 900, 100))  # a fifth range: no room
+    h.inject(data_seg(h, 1700, 100))  # a ninth range: no room
     _, frames = h.poll()
-    f = h.flow(0)
+    f, o = h.flow(0), side(h)
     assert f.rx_head == 0
-    assert h.stat("ooo_segs") == 4 and h.stat("ooo_dropped") == 1
-    assert sorted((f.ooo_start[i], f.ooo_end[i]) for i in range(4)) == [
-        (100, 200),
-        (300, 400),
-        (500, 600),
-        (700, 800),
-    ]
+    assert h.stat("ooo_segs") == 8 and h.stat("ooo_dropped") == 1
+    assert sorted((o.ooo_start[i], o.ooo_end[i]) for i in range(8)) == [(a, a + 100) for a in starts]
     p = tcp(frames[-1])
     assert p.ack == spec.rx_seq0  # duplicate ACK for the hole
     assert p.opts & TAS_OPT_SACK and p.n_sack == 3  # at most three blocks next to timestamps
@@ -556,16 +559,15 @@ def test_out_of_order_ranges_and_reassembly(h):
     h.inject(data_seg(h, 0, 100))
     h.poll()
     assert h.flow(0).rx_head == 200
-    h.inject(data_seg(h, 200, 100))
-    h.inject(data_seg(h, 400, 100))
-    h.inject(data_seg(h, 600, 100))
+    for a in starts[1:]:
+        h.inject(data_seg(h, a - 100, 100))
     _, frames = h.poll()
     f = h.flow(0)
-    assert f.rx_head == 800
-    assert all(f.ooo_start[i] == f.ooo_end[i] for i in range(4))
-    assert h.appflow(0).rx_head == 800
-    assert h.rx_bytes(0, 0, 800) == stream_bytes(0, 800)
-    assert tcp(frames[-1]).ack == (spec.rx_seq0 + 800) & M32
+    assert f.rx_head == 1600
+    assert all(o.ooo_start[i] == o.ooo_end[i] for i in range(8))
+    assert h.appflow(0).rx_head == 1600
+    assert h.rx_bytes(0, 0, 1600) == stream_bytes(0, 1600)
+    assert tcp(frames[-1]).ack == (spec.rx_seq0 + 1600) & M32
     assert not tcp(frames[-1]).opts & TAS_OPT_SACK
 
 
@@ -577,8 +579,8 @@ def test_overlapping_ooo_segments_merge(h):
     h.inject(data_seg(h, 400, 10))
     h.inject(data_seg(h, 300, 100))  # bridges the two ranges
     h.poll()
-    f = h.flow(0)
-    ranges = [(f.ooo_start[i], f.ooo_end[i]) for i in range(4) if f.ooo_start[i] != f.ooo_end[i]]
+    o = side(h)
+    ranges = [(o.ooo_start[i], o.ooo_end[i]) for i in range(8) if o.ooo_start[i] != o.ooo_end[i]]
     assert ranges == [(100, 410)]
     h.inject(data_seg(h, 0, 120))  # overlaps the range's head
     h.poll()
@@ -592,8 +594,8 @@ def test_ooo_bridge_folds_an_earlier_range(h):
     h.inject(data_seg(h, 100, 100))  # slot 1, before slot 0's range
     h.inject(data_seg(h, 150, 160))  # touches both: grows slot 0 backwards
     h.poll()
-    f = h.flow(0)
-    ranges = [(f.ooo_start[i], f.ooo_end[i]) for i in range(4) if f.ooo_start[i] != f.ooo_end[i]]
+    o = side(h)
+    ranges = [(o.ooo_start[i], o.ooo_end[i]) for i in range(8) if o.ooo_start[i] != o.ooo_end[i]]
     assert ranges == [(100, 400)]
     h.inject(data_seg(h, 0, 100))
     h.poll()

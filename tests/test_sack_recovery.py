@@ -245,3 +245,49 @@ def test_scoreboard_matches_a_byte_set(una, adds):
     if have:
         first = min(u for u in range(80) if u not in have)
         assert hole is not None and hole[0] == first * 100 or first > max(have)
+
+
+# ---------------------------------------------------------------- D-SACK generation
+
+
+def data(h, pos: int, n: int, tsval: int = 5000):
+    f = h.flow(0)
+    return h.peer_frame(
+        0, seq=f.rx_seq0 + pos, ack=h.snd_una(0), payload=stream_bytes(pos, n), tsval=tsval
+    )
+
+
+def sack_blocks(frame, rx0: int) -> list[tuple[int, int]]:
+    p = tcp(frame)
+    return [((p.sack_start[i] - rx0) & M32, (p.sack_end[i] - rx0) & M32) for i in range(p.n_sack)]
+
+
+def test_duplicates_are_reported_as_dsack_once(h):
+    """RFC 2883: a segment we already had (below the cumulative ACK, partly
+    below it, or inside an out-of-order range we hold) is reported as the
+    first SACK block of the next ACK, once; the other blocks follow."""
+    ctx = h.add_ctx(CTX)
+    h.install_flow(0, ctx, FlowSpec(rx_len=16384))
+    rx0 = h.flow(0).rx_seq0
+    h.inject(data(h, 0, 1000))
+    h.poll(1_000_000)
+    # entirely old
+    h.inject(data(h, 200, 300))
+    _, out = h.poll(1_001_000)
+    assert len(out) == 1 and sack_blocks(out[0], rx0) == [(200, 500)]
+    assert tcp(out[0]).ack == (rx0 + 1000) & M32
+    # the report is not repeated
+    h.inject(data(h, 1000, 100))
+    _, out = h.poll(1_002_000)
+    assert all(tcp(fr).n_sack == 0 for fr in out)
+    # an out-of-order range, then the same bytes again: D-SACK first, then the range
+    h.inject(data(h, 2000, 500))
+    h.poll(1_003_000)
+    h.inject(data(h, 2100, 200))
+    _, out = h.poll(1_004_000)
+    assert sack_blocks(out[-1], rx0) == [(2100, 2300), (2000, 2500)]
+    # partly old: only the duplicated part
+    h.inject(data(h, 900, 400))
+    _, out = h.poll(1_005_000)
+    assert sack_blocks(out[-1], rx0)[0] == (900, 1100)
+    assert h.flow(0).rx_head == 1300 and h.app_read(0, 1300) == stream_bytes(0, 1300)

@@ -118,9 +118,23 @@ int fp_write_frame(struct tas_fp *fp, const uint8_t *frame, uint32_t len);
 /* fp_main.c: write one frame (gso_size > 0: a TSO4 super-segment built in
  * fp->txbuf, its TCP checksum is rewritten to the partial one) */
 int fp_write_gso(struct tas_fp *fp, uint8_t *frame, uint32_t len, uint32_t gso_size);
-static inline uint32_t fp_seg_max(const struct tas_fp *fp, uint32_t smss)
+static inline uint32_t fp_seg_max(const struct tas_fp *fp, const struct tas_flow *f, uint32_t smss)
 {
-    return fp->tso && smss < FP_TSO_MAX ? (FP_TSO_MAX / smss) * smss : smss;
+    if (!fp->tso || smss >= FP_TSO_MAX)
+        return smss;
+    /* TSO autosizing (as Linux's tcp_tso_autosize): about 1 ms of the
+     * flow's rate (cwnd / SRTT) per super-segment, at least two segments,
+     * so a slow path is not hit with 64 KB line-rate bursts that overflow
+     * a small bottleneck queue */
+    uint64_t lim = FP_TSO_MAX;
+    if (f->srtt_us) {
+        uint64_t per_ms = (uint64_t)f->cwnd * 1000u / f->srtt_us;
+        if (per_ms < lim)
+            lim = per_ms;
+    }
+    if (lim < 2u * smss)
+        lim = 2u * smss;
+    return (uint32_t)(lim / smss) * smss;
 }
 /* fp_main.c */
 void fp_notify_app(struct tas_fp *fp, uint32_t flow_id, struct tas_flow *f, uint16_t kind);

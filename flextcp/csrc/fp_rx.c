@@ -29,25 +29,27 @@ static void rx_copy(struct tas_fp *fp, struct tas_flow *f, uint64_t pos,
 /* Move range i to slot 0 (shifting the others up): slots are kept in
  * order of the most recent update, so our SACK blocks report the range
  * holding the latest segment first (RFC 2018 section 4). */
-static void ooo_front(struct tas_flow *f, int i)
+static void ooo_front(struct tas_flow_cc *o, int i)
 {
-    uint32_t s = f->ooo_start[i], e = f->ooo_end[i];
+    uint32_t s = o->ooo_start[i], e = o->ooo_end[i];
     for (; i > 0; i--) {
-        f->ooo_start[i] = f->ooo_start[i - 1];
-        f->ooo_end[i] = f->ooo_end[i - 1];
+        o->ooo_start[i] = o->ooo_start[i - 1];
+        o->ooo_end[i] = o->ooo_end[i - 1];
     }
-    f->ooo_start[0] = s;
-    f->ooo_end[0] = e;
+    o->ooo_start[0] = s;
+    o->ooo_end[0] = e;
 }
 
 /* Record [start, end) (low 32 bits of absolute rx positions) as received
  * out of order, merging with overlapping or adjacent ranges.  Returns 0 if
  * there was no room (the caller drops the data). */
-static int ooo_add(struct tas_flow *f, uint32_t start, uint32_t end)
+static int ooo_add(struct tas_flow_cc *o, uint32_t start, uint32_t end)
 {
     int free_slot = -1;
+    if (!o)
+        return 0; /* no side table: nowhere to keep ranges */
     for (int i = 0; i < TAS_OOO_RANGES; i++) {
-        uint32_t s = f->ooo_start[i], e = f->ooo_end[i];
+        uint32_t s = o->ooo_start[i], e = o->ooo_end[i];
         if (s == e) {
             if (free_slot < 0)
                 free_slot = i;
@@ -59,42 +61,66 @@ static int ooo_add(struct tas_flow *f, uint32_t start, uint32_t end)
                 s = start;
             if (seq_gt(end, e))
                 e = end;
-            f->ooo_start[i] = s;
-            f->ooo_end[i] = e;
+            o->ooo_start[i] = s;
+            o->ooo_end[i] = e;
             /* the grown range may now touch others: fold them in */
             for (int j = 0; j < TAS_OOO_RANGES; j++) {
-                if (j == i || f->ooo_start[j] == f->ooo_end[j])
+                if (j == i || o->ooo_start[j] == o->ooo_end[j])
                     continue;
-                if (seq_le(f->ooo_start[j], f->ooo_end[i]) &&
-                    seq_ge(f->ooo_end[j], f->ooo_start[i])) {
-                    if (seq_lt(f->ooo_start[j], f->ooo_start[i]))
-                        f->ooo_start[i] = f->ooo_start[j];
-                    if (seq_gt(f->ooo_end[j], f->ooo_end[i]))
-                        f->ooo_end[i] = f->ooo_end[j];
-                    f->ooo_start[j] = f->ooo_end[j] = 0;
+                if (seq_le(o->ooo_start[j], o->ooo_end[i]) &&
+                    seq_ge(o->ooo_end[j], o->ooo_start[i])) {
+                    if (seq_lt(o->ooo_start[j], o->ooo_start[i]))
+                        o->ooo_start[i] = o->ooo_start[j];
+                    if (seq_gt(o->ooo_end[j], o->ooo_end[i]))
+                        o->ooo_end[i] = o->ooo_end[j];
+                    o->ooo_start[j] = o->ooo_end[j] = 0;
                 }
             }
-            ooo_front(f, i);
+            ooo_front(o, i);
             return 1;
         }
     }
     if (free_slot < 0)
         return 0;
-    f->ooo_start[free_slot] = start;
-    f->ooo_end[free_slot] = end;
-    ooo_front(f, free_slot);
+    o->ooo_start[free_slot] = start;
+    o->ooo_end[free_slot] = end;
+    ooo_front(o, free_slot);
     return 1;
 }
 
-/* After in-order data advanced rx_head, absorb ranges it reached. */
-static void ooo_merge(struct tas_flow *f)
+/* A duplicate arrived: report [start, end) (low 32 bits of absolute rx
+ * positions) first in our next SACK option (D-SACK, RFC 2883), so a sender
+ * can tell a spurious retransmission and undo. */
+static void dsack_note(struct tas_fp *fp, struct tas_flow *f, uint32_t start, uint32_t end)
 {
-    int again = 1;
+    struct tas_flow_cc *cc = fp_cc(fp, f);
+    if (!cc || !(f->flags & TAS_FF_SACK) || start == end)
+        return;
+    cc->dsack_start = start;
+    cc->dsack_end = end;
+}
+
+/* Is [start, end) all inside one out-of-order range already held? */
+static int ooo_holds(const struct tas_flow_cc *o, uint32_t start, uint32_t end)
+{
+    if (!o)
+        return 0;
+    for (int i = 0; i < TAS_OOO_RANGES; i++)
+        if (o->ooo_start[i] != o->ooo_end[i] && seq_ge(start, o->ooo_start[i]) &&
+            seq_le(end, o->ooo_end[i]))
+            return 1;
+    return 0;
+}
+
+/* After in-order data advanced rx_head, absorb ranges it reached. */
+static void ooo_merge(struct tas_flow *f, struct tas_flow_cc *o)
+{
+    int again = o != NULL;
     while (again) {
         again = 0;
         uint32_t head = (uint32_t)f->rx_head;
         for (int i = 0; i < TAS_OOO_RANGES; i++) {
-            uint32_t s = f->ooo_start[i], e = f->ooo_end[i];
+            uint32_t s = o->ooo_start[i], e = o->ooo_end[i];
             if (s == e)
                 continue;
             if (seq_le(s, head)) {
@@ -102,16 +128,18 @@ static void ooo_merge(struct tas_flow *f)
                     f->rx_head += (uint32_t)(e - head);
                     again = 1;
                 }
-                f->ooo_start[i] = f->ooo_end[i] = 0;
+                o->ooo_start[i] = o->ooo_end[i] = 0;
             }
         }
     }
 }
 
-static int ooo_empty(const struct tas_flow *f)
+static int ooo_empty(const struct tas_flow_cc *o)
 {
+    if (!o)
+        return 1;
     for (int i = 0; i < TAS_OOO_RANGES; i++)
-        if (f->ooo_start[i] != f->ooo_end[i])
+        if (o->ooo_start[i] != o->ooo_end[i])
             return 0;
     return 1;
 }
@@ -359,11 +387,12 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
             if (f->flags & TAS_FF_RECOVERY) {
                 /* lost retransmission: the head, retransmitted, stays
                  * unacknowledged for 2 SRTT + 1 ms while SACKs arrive --
-                 * go over the holes again (RFC 8985 6.2 in spirit) */
+                 * resend it (RFC 8985 6.2 in spirit); the other holes'
+                 * copies may still be on their way, their turn comes when
+                 * the head is through */
                 int32_t c = seq_diff(f->rexmit_nxt, (uint32_t)f->tx_una);
                 if (c > 0 && f->srtt_us &&
                     (uint32_t)fp->now_us - f->rto_start_us >= 2u * f->srtt_us + 1000u) {
-                    f->rexmit_nxt = (uint32_t)f->tx_una;
                     f->rto_start_us = (uint32_t)fp->now_us;
                     f->flags |= TAS_FF_REXMIT_HEAD;
                 }
@@ -439,10 +468,14 @@ static void rx_segment(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
         ok = (off >= 0 && (uint32_t)off < wnd) ||
              (off < 0 && (int64_t)off + (int64_t)seg_len > 0);
     if (!ok) {
-        if (off < 0)
+        if (off < 0) {
             fp->st->dup_segs++;
-        else
+            if (plen)
+                dsack_note(fp, f, (uint32_t)f->rx_head + (uint32_t)off,
+                           (uint32_t)f->rx_head + (uint32_t)off + plen);
+        } else {
             fp->st->beyond_window++;
+        }
         /* an unacceptable segment still carries a usable ACK if it is just
          * a pure ACK probing a closed window; RFC says ACK and drop */
         if (seg_len > 0 || off != 0)
@@ -480,6 +513,8 @@ static void rx_segment(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
     /* trim the front (already received bytes) */
     if (off < 0) {
         uint32_t cut = (uint32_t)(-off);
+        dsack_note(fp, f, (uint32_t)f->rx_head + (uint32_t)off,
+                   (uint32_t)f->rx_head + (uint32_t)off + (cut < plen ? cut : plen));
         if (cut >= plen) {
             payload += plen;
             plen = 0;
@@ -501,12 +536,12 @@ static void rx_segment(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
         if (plen > 0) {
             rx_copy(fp, f, f->rx_head, payload, plen);
             f->rx_head += plen;
-            ooo_merge(f);
+            ooo_merge(f, cc);
         }
         if ((p->opts & TAS_OPT_TS) && (f->flags & TAS_FF_TS))
             f->ts_recent = p->tsval;
         f->unacked_segs++;
-        if (fin && ooo_empty(f) && (uint32_t)f->rx_head == (uint32_t)(old_head + plen)) {
+        if (fin && ooo_empty(cc) && (uint32_t)f->rx_head == (uint32_t)(old_head + plen)) {
             f->flags |= TAS_FF_RX_FIN;
             f->flags |= TAS_FF_ACK_NOW;
             fp_to_sp_event(fp, id, TAS_EV_FIN_RCVD);
@@ -522,7 +557,7 @@ static void rx_segment(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
                 fp_notify_app(fp, id, f, TAS_ARX_RX);
             }
         }
-        if (!ooo_empty(f) || f->unacked_segs >= 2)
+        if (!ooo_empty(cc) || f->unacked_segs >= 2)
             f->flags |= TAS_FF_ACK_NOW;
         fp->st->rx_fast++;
         fp_need_ack(fp, id, f);
@@ -530,7 +565,9 @@ static void rx_segment(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
         /* out of order: keep it if we have a range for it */
         if (plen > 0) {
             uint32_t s = (uint32_t)f->rx_head + (uint32_t)off;
-            if (ooo_add(f, s, s + plen)) {
+            if (ooo_holds(cc, s, s + plen))
+                dsack_note(fp, f, s, s + plen);
+            if (ooo_add(cc, s, s + plen)) {
                 rx_copy(fp, f, f->rx_head + (uint32_t)off, payload, plen);
                 fp->st->ooo_segs++;
             } else {

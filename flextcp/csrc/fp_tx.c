@@ -58,13 +58,20 @@ static void seg_init(struct tas_fp *fp, struct tas_flow *f, struct tas_seg *s)
     if (cc && (f->flags & TAS_FF_ECN) && (cc->mode & TAS_CC_CE))
         s->flags |= TAS_TCP_ECE;
     if (f->flags & TAS_FF_SACK) {
-        /* RFC 2018: report the out-of-order ranges we hold */
+        /* RFC 2018: report the out-of-order ranges we hold, after a
+         * duplicate we were sent (D-SACK, RFC 2883), reported once */
         uint8_t n = 0;
-        for (int i = 0; i < TAS_OOO_RANGES && n < 3; i++) {
-            if (f->ooo_start[i] == f->ooo_end[i])
+        if (cc && cc->dsack_start != cc->dsack_end) {
+            s->sack_start[n] = f->rx_seq0 + cc->dsack_start;
+            s->sack_end[n] = f->rx_seq0 + cc->dsack_end;
+            n++;
+            cc->dsack_start = cc->dsack_end = 0;
+        }
+        for (int i = 0; cc && i < TAS_OOO_RANGES && n < 3; i++) {
+            if (cc->ooo_start[i] == cc->ooo_end[i])
                 continue;
-            s->sack_start[n] = f->rx_seq0 + f->ooo_start[i];
-            s->sack_end[n] = f->rx_seq0 + f->ooo_end[i];
+            s->sack_start[n] = f->rx_seq0 + cc->ooo_start[i];
+            s->sack_end[n] = f->rx_seq0 + cc->ooo_end[i];
             n++;
         }
         if (n) {
@@ -108,7 +115,7 @@ void fp_flush_acks(struct tas_fp *fp)
     fp->n_ack = 0;
 }
 
-static uint32_t seg_payload_max(const struct tas_flow *f);
+static uint32_t seg_payload_max(struct tas_fp *fp, const struct tas_flow *f);
 
 /* Send one segment of f starting at absolute tx position pos with len
  * payload bytes (len may be 0 for a bare FIN). */
@@ -119,6 +126,7 @@ static int send_segment(struct tas_fp *fp, struct tas_flow *f, uint64_t pos,
     uint8_t *buf = fp_buf(fp, f, 1);
     if (!buf)
         return -1;
+    uint32_t smss = seg_payload_max(fp, f); /* before seg_init consumes a D-SACK */
     seg_init(fp, f, &s);
     s.seq = f->tx_seq0 + (uint32_t)pos;
     if (fin)
@@ -143,7 +151,6 @@ static int send_segment(struct tas_fp *fp, struct tas_flow *f, uint64_t pos,
                                buf, len - first);
     if (!n)
         return -1;
-    uint32_t smss = seg_payload_max(f);
     if (fp_write_gso(fp, fp->txbuf, n, len > smss ? smss : 0) != 0)
         return -1;
     if (pos < f->tx_max)
@@ -154,14 +161,17 @@ static int send_segment(struct tas_fp *fp, struct tas_flow *f, uint64_t pos,
 }
 
 /* Effective payload per segment: the option bytes eat into the MSS. */
-static uint32_t seg_payload_max(const struct tas_flow *f)
+static uint32_t seg_payload_max(struct tas_fp *fp, const struct tas_flow *f)
 {
     uint32_t opts = (f->flags & TAS_FF_TS) ? 12u : 0u;
     if (f->flags & TAS_FF_SACK) {
         /* the SACK blocks seg_init adds (RFC 9293 3.7.1, RFC 6691) */
         uint32_t n = 0;
-        for (int i = 0; i < TAS_OOO_RANGES && n < 3; i++)
-            if (f->ooo_start[i] != f->ooo_end[i])
+        const struct tas_flow_cc *cc = fp_cc(fp, f);
+        if (cc && cc->dsack_start != cc->dsack_end)
+            n++;
+        for (int i = 0; cc && i < TAS_OOO_RANGES && n < 3; i++)
+            if (cc->ooo_start[i] != cc->ooo_end[i])
                 n++;
         if (n)
             opts += 4 + 8 * n;
@@ -261,6 +271,16 @@ static uint32_t tx_holes(struct tas_fp *fp, struct tas_flow *f, struct tas_flow_
     }
     if (limit > nxt)
         limit = nxt;
+    if (force && cur > 0 && budget > 0) {
+        /* the head once more (its last copy was lost), cursor unmoved */
+        uint32_t hs, he;
+        if (fp_sb_next_hole(v, 0, out, &hs, &he) && hs == 0 &&
+            resend(fp, f, f->tx_una, he < smss ? he : smss) == 0) {
+            fp->st->rexmit_sack++;
+            sent++;
+        }
+        force = 0;
+    }
     while (sent < budget) {
         uint32_t hs, he;
         if (!fp_sb_next_hole(v, cur, limit, &hs, &he))
@@ -286,7 +306,7 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
                         uint64_t *due)
 {
     uint32_t sent = 0;
-    uint32_t smss = seg_payload_max(f);
+    uint32_t smss = seg_payload_max(fp, f);
     struct tas_flow_cc *cc = fp_cc(fp, f);
     *more = 0;
     *due = 0;
@@ -304,9 +324,8 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
     if (f->flags & TAS_FF_TLP_SEND) {
         f->flags &= ~(uint32_t)TAS_FF_TLP_SEND;
         if (sb && (f->flags & TAS_FF_RECOVERY)) {
-            /* recovery stalled (a retransmission lost with too few
-             * segments behind it to tell): go over the holes again */
-            f->rexmit_nxt = (uint32_t)f->tx_una;
+            /* recovery stalled (the head's copy lost with too few
+             * segments behind it to tell): the head again */
             f->flags |= TAS_FF_REXMIT_HEAD;
             cc->cnt_tlp++;
             fp->st->tlp_probes++;
@@ -338,7 +357,7 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
         uint64_t seq_flight = f->tx_nxt - f->tx_una;
         uint64_t flight = seq_flight;
         uint64_t lt = 0;
-        uint64_t seg_max = fp_seg_max(fp, smss);
+        uint64_t seg_max = fp_seg_max(fp, f, smss);
         if (sb && v.n) {
             uint32_t nxt = (uint32_t)u64_min(seq_flight, 0x7fffffffu);
             if (f->tx_nxt < f->tx_max) {

@@ -147,7 +147,7 @@ struct tas_ctx_hdr {
 #define TAS_FF_TLP_SEND 131072 /* SP: send a tail loss probe (RFC 8985 7) */
 #define TAS_FF_TLP_OUT 262144  /* SP: a probe is out; no other until SND.UNA advances (FP clears) */
 
-#define TAS_OOO_RANGES 4
+#define TAS_OOO_RANGES 8       /* receiver out-of-order ranges (struct tas_flow_cc) */
 #define TAS_SB_RANGES 5       /* sender scoreboard ranges (struct tas_flow_cc) */
 
 /* 256 bytes, four cache lines grouped by writer. */
@@ -182,8 +182,7 @@ struct tas_flow {
     uint32_t ts_recent;     /* peer's TSval to echo */
     uint16_t unacked_segs;  /* segments received since our last ACK */
     uint16_t rsvd0;
-    uint32_t ooo_start[4];  /* out-of-order ranges [start, end) as the low */
-    uint32_t ooo_end[4];    /* 32 bits of absolute rx positions; start==end: empty */
+    uint32_t rsvd1[8];      /* free (the out-of-order ranges moved to struct tas_flow_cc) */
 
     /* line 2: transmit side, FP (SP under lock for RTO) */
     uint64_t tx_head;       /* bytes the app wrote (validated) */
@@ -214,11 +213,13 @@ struct tas_flow {
     uint64_t cnt_tx_segs;
 };
 
-/* Congestion control side table (issue 6): one 64-byte entry per flow id,
+/* Per-flow side table: one 192-byte entry (three cache lines) per flow id,
  * right after the flow table (and its hash) in the stack region, found with
- * tas_cc_table() (spflow.h).  Guarded by the flow record's lock.  The fast
- * path counts, the slow path (kernel_slowpath/ccloop.py) decides and writes
- * cwnd and a pacing rate back; see docs/CC.md. */
+ * tas_cc_table() (spflow.h).  Guarded by the flow record's lock.  Line 0,
+ * congestion control (issue 6): the fast path counts, the slow path
+ * (kernel_slowpath/ccloop.py) decides and writes cwnd and a pacing rate
+ * back, see docs/CC.md; line 1, the sender's SACK scoreboard and undo state;
+ * line 2, the receiver's out-of-order ranges (issue 4, docs/RELIABILITY.md). */
 #define TAS_CC_SP 1           /* SP: slow path runs CC; FP never grows cwnd */
 #define TAS_CC_CE 4           /* FP: receiver: the last data segment carried CE (ECE on ACKs) */
 #define TAS_CC_CWR 8          /* FP: sender: set CWR on the next new data segment */
@@ -236,7 +237,9 @@ struct tas_flow_cc {
     uint32_t loss_beta;     /* SP: with TAS_CC_SP, window kept on entering recovery,
                                per mille of in-flight (0: 500, NewReno) */
     uint32_t cnt_ce_rx;     /* FP: data segments received with CE */
-    uint32_t rsvd[2];
+    uint32_t dsack_start;   /* FP: receiver: a duplicate to report as the first SACK block */
+    uint32_t dsack_end;     /* of our next segment (RFC 2883), low 32 bits of absolute rx
+                               positions [start, end); start == end: none */
 
     /* line 1: sender loss recovery (issue 4, docs/RELIABILITY.md), FP.
      * The scoreboard holds what the peer SACKed above SND.UNA as up to 5
@@ -253,6 +256,12 @@ struct tas_flow_cc {
     uint8_t reo_mult;       /* FP: RACK reordering window in SRTT/4 units (0: 1) */
     uint32_t cnt_undo;      /* FP: recoveries found spurious and undone */
     uint32_t cnt_tlp;       /* FP: tail loss probes sent */
+
+    /* line 2: receiver reassembly (FP): out-of-order ranges [start, end) as
+     * the low 32 bits of absolute rx positions (start == end: empty), most
+     * recently updated first; their bytes sit in the rx buffer already */
+    uint32_t ooo_start[8];
+    uint32_t ooo_end[8];
 };
 
 /* Flow table region header.  Hash slots follow the flow records. */

@@ -55,9 +55,14 @@ SCAN_US = 10_000  # the slow path's busy timer scan interval (engine.SCAN_INTERV
 GIVE_UP_BACKOFF = 12  # engine.scan_once resets a flow past this many RTOs
 REORDER_HOLD_US = 50_000
 MAX_POLL_ROUNDS = 500  # polls of both engines at one instant before "never quiet"
+TIMER_HORIZON_US = 61_000_000  # > the 60 s RTO cap: a pending timer is due within this
 TMO_TLP = getattr(lib, "TAS_TMO_TLP", None)
 
 FATES = ("ok", "drop", "dup", "delay", "reorder")
+GOOD = ("ok", "dup")  # fates that deliver the frame on time
+# A script with more undelivered frames may lose 13 RTO retransmissions (or
+# their ACKs) in a row, after which the slow path rightly gives up.
+MAX_BAD = GIVE_UP_BACKOFF
 
 
 class SimFailure(AssertionError):
@@ -84,12 +89,13 @@ class Scenario:
         slow reader's own pace, plus for every frame the script does not
         deliver at once (drop, delay, reorder) one more backed-off RTO
         (1 s initial, doubling, 60 s cap).  Frames past the script always
-        arrive, so a correct stack always makes it."""
+        arrive, so a correct stack always makes it (with at most MAX_BAD
+        such frames: more can legitimately exhaust the RTO retries)."""
         t = 5_000_000
         if self.read_period_us:
             chunks = (self.n_ab + self.n_ba) // max(1, min(self.read_chunk, self.rx_len)) + 2
             t += chunks * self.read_period_us
-        bad = sum(1 for k, _ in self.fates_ab + self.fates_ba if k not in ("ok", "dup"))
+        bad = sum(1 for k, _ in self.fates_ab + self.fates_ba if k not in GOOD)
         t += sum(min(60_000_000, 1_000_000 << j) for j in range(1, bad + 1))
         return t
 
@@ -103,6 +109,16 @@ class Result:
     frames: int
     digest: str  # of every frame on the wire with its time and direction
     counters: dict = field(default_factory=dict)
+    wire: list = field(default_factory=list, repr=False)  # (µs, link, frame) for every frame
+
+
+def first_difference(x: Result, y: Result) -> str:
+    """Where two runs' wire traces part (for comparing the engines)."""
+    for i, (a, b) in enumerate(zip(x.wire, y.wire, strict=False)):
+        if a != b:
+            return (f"frame {i}:\n  {a[0]} {a[1]} {describe(a[2])}\n  {b[0]} {b[1]} {describe(b[2])}\n"
+                    f"  {a[2].hex()}\n  {b[2].hex()}")  # fmt: skip
+    return f"one trace is a prefix of the other ({len(x.wire)} vs {len(y.wire)} frames)"
 
 
 # ---------------------------------------------------------------- the channel
@@ -228,7 +244,9 @@ class Endpoint:
             ln = fl.spec.tx_len
             n = min(len(self.send_data) - fl.app_tx_head, ln - (fl.app_tx_head - af.tx_acked))
             if n > 0:
-                self._copy_in(fl.tx_off, ln, fl.app_tx_head, self.send_data[fl.app_tx_head : fl.app_tx_head + n])
+                self._copy_in(
+                    fl.tx_off, ln, fl.app_tx_head, self.send_data[fl.app_tx_head : fl.app_tx_head + n]
+                )
                 fl.app_tx_head += n
                 changed = True
         if not self.sc.read_period_us or now >= self.next_read:
@@ -291,7 +309,11 @@ class Endpoint:
                 continue
             if why == lib.TAS_TMO_RTO:
                 f = self.h.ft.flow(fid)
-                b = spflow_py.rto_fire(f, now) if self.sp_py else lib.tas_sp_rto_fire(self.h.ft.raw, fid, now & M32)
+                b = (
+                    spflow_py.rto_fire(f, now)
+                    if self.sp_py
+                    else lib.tas_sp_rto_fire(self.h.ft.raw, fid, now & M32)
+                )
                 self.rto_fired += 1
                 if b > GIVE_UP_BACKOFF:
                     self.gave_up = True
@@ -318,7 +340,9 @@ class Endpoint:
 
     def dump(self) -> str:
         f = self.f
-        out = [f"endpoint {self.name} ({'py' if self.pure else 'C'} engine, {'py' if self.sp_py else 'C'} sp ops):"]
+        out = [
+            f"endpoint {self.name} ({'py' if self.pure else 'C'} engine, {'py' if self.sp_py else 'C'} sp ops):"
+        ]
         out.append(f"  app: wrote {self.fl.app_tx_head}/{len(self.send_data)}, read {len(self.got)}/{self.expect}"
                    f" (rx_tail {self.fl.app_rx_tail}); appflow rx_head {self.af().rx_head}"
                    f" tx_acked {self.af().tx_acked}; atx owed {self.dirty}")  # fmt: skip
@@ -383,6 +407,7 @@ class Sim:
         self.frames = 0
         self.trace: deque = deque(maxlen=60)
         self.hash = hashlib.blake2b(digest_size=16)
+        self.wire: list[tuple[int, str, bytes]] = []
 
     def close(self) -> None:
         for ep in (self.a, self.b):
@@ -402,6 +427,7 @@ class Sim:
             fate = link.send(self.now, fr)
             self.hash.update(b"%d %s %d " % (self.now - START_US, link.name.encode(), len(fr)) + fr)
             self.trace.append((self.now - START_US, link.name, fate, fr))
+            self.wire.append((self.now - START_US, link.name, fr))
 
     def _poll_all(self) -> None:
         for _ in range(MAX_POLL_ROUNDS):
@@ -446,10 +472,14 @@ class Sim:
         raise SimFailure(f"{why}\n{self.dump()}")
 
     def dump(self) -> str:
-        out = [f"simulated {(self.now - START_US) / 1e6:.3f} s, {self.events} events, {self.frames} frames; {self.sc}"]
+        out = [
+            f"simulated {(self.now - START_US) / 1e6:.3f} s, {self.events} events, {self.frames} frames; {self.sc}"
+        ]
         out += [self.a.dump(), self.b.dump()]
         for link in (self.ab, self.ba):
-            q = ", ".join(f"{(d - START_US) / 1000:.1f}ms:{describe(fr)}" for d, _, fr, _ in sorted(link.q)[:8])
+            q = ", ".join(
+                f"{(d - START_US) / 1000:.1f}ms:{describe(fr)}" for d, _, fr, _ in sorted(link.q)[:8]
+            )
             out.append(f"link {link.name}: sent {link.sent} (script {len(link.fates)}) delivered {link.delivered}"
                        f" dropped {link.dropped} queued {len(link.q)} held {len(link.held)} [{q}]")  # fmt: skip
         out.append("last frames on the wire (µs, link, fate):")
@@ -472,7 +502,9 @@ class Sim:
                 if (self.now - START_US) % SCAN_US == 0:
                     ep.scan(self.now)
                 if ep.gave_up:
-                    self.fail(f"{ep.name}: the slow path would reset the flow (RTO backoff > {GIVE_UP_BACKOFF})")
+                    self.fail(
+                        f"{ep.name}: the slow path would reset the flow (RTO backoff > {GIVE_UP_BACKOFF})"
+                    )
             self._poll_all()
             if end_us is None and self.done():
                 end_us = self.now - START_US
@@ -484,7 +516,9 @@ class Sim:
                 for ep in (self.a, self.b):
                     if len(ep.got) < ep.expect:
                         cand.append(max(ep.next_read, self.now + 1))
-            horizon = min([*cand, limit])
+            # any armed timer is due within the 60 s RTO cap (and the bisection
+            # must stay well inside the 71 minutes of the 32-bit µs clock)
+            horizon = min([*cand, self.now + TIMER_HORIZON_US])
             t = self._next_timer(horizon)
             if t is not None:
                 cand.append(t)
@@ -503,11 +537,17 @@ class Sim:
             events=self.events,
             frames=self.frames,
             digest=self.hash.hexdigest(),
+            wire=self.wire,
             counters={
                 ep.name + "." + k: v
                 for ep in (self.a, self.b)
-                for k, v in (("rto", ep.rto_fired), ("tlp", ep.tlps), ("probe", ep.probes),
-                             ("rexmit", ep.f.cnt_rexmit), ("dsack", ep.f.cnt_dsack))  # fmt: skip
+                for k, v in (
+                    ("rto", ep.rto_fired),
+                    ("tlp", ep.tlps),
+                    ("probe", ep.probes),
+                    ("rexmit", ep.f.cnt_rexmit),
+                    ("dsack", ep.f.cnt_dsack),
+                )  # fmt: skip
             },
         )
 
@@ -530,4 +570,4 @@ def run(sc: Scenario, engines: tuple[str, str] = ("c", "c"), sp: str = "c") -> R
         return sim.run()
 
 
-__all__ = ["Link", "Result", "Scenario", "Sim", "SimFailure", "run", "swap_addrs"]
+__all__ = ["first_difference", "Link", "Result", "Scenario", "Sim", "SimFailure", "run", "swap_addrs"]

@@ -208,6 +208,11 @@ assert list(_FLOWINFO_SPEC) == [f.name for f in fields(FlowInfo)]
 # Message specs
 
 BUF = (0, 1 << 30)
+# Congestion-control names a socket may ask for (TCP_CONGESTION; "" = the
+# stack's default); kernel_slowpath.ccloop.CHOICES plus Linux's "reno" for
+# newreno (tests check they agree).  Unknown names: ENOENT, as on Linux.
+CC_NAMES = ("const", "cubic", "dctcp", "fp-newreno", "newreno", "reno")
+CC_NAME_MAX = 15  # TCP_CA_NAME_MAX - 1
 
 REQUESTS: dict[str, dict[str, _F]] = {
     # per-app limits the app asks for (0: the stack's; never above them, EPERM), docs/CONTROL.md
@@ -221,6 +226,7 @@ REQUESTS: dict[str, dict[str, _F]] = {
         "backlog": _F(int, (0, 1 << 16), default=128),
         "reuseaddr": _F(bool, default=False),
         "keepalive": _F(bool, default=False),  # SO_KEEPALIVE for accepted connections
+        "cc": _F(str, default=""),  # TCP_CONGESTION for accepted connections ("" = the stack's)
     },
     "listen_close": {"listener": _F(int, U32)},
     "bind": {"ctx": _F(int, U32), "port": _F(int, PORT), "reuseaddr": _F(bool, default=False)},
@@ -233,8 +239,11 @@ REQUESTS: dict[str, dict[str, _F]] = {
         "rx_buf": _F(int, BUF, default=0),
         "tx_buf": _F(int, BUF, default=0),
         "keepalive": _F(bool, default=False),  # SO_KEEPALIVE
+        "cc": _F(str, default=""),  # TCP_CONGESTION ("" = the stack's)
     },
     "keepalive": {"flow": _F(int, U32), "on": _F(bool)},  # setsockopt(SO_KEEPALIVE) on an open flow
+    # setsockopt(TCP_CONGESTION) on an open flow or a listener (exactly one of them)
+    "set_cc": {"flow": _F(int, U32, default=None), "listener": _F(int, U32, default=None), "cc": _F(str)},
     "shutdown": {"flow": _F(int, U32), "tx_head": _F(int, U64)},
     "close": {"flow": _F(int, U32), "tx_head": _F(int, U64), "rx_tail": _F(int, U64)},
     "abort": {"flow": _F(int, U32)},
@@ -252,6 +261,7 @@ REPLIES: dict[str, dict[str, _F]] = {
         "n_cores": _F(int, (1, 16)),
         "local_ip": _F(_IPv4),
         "local_mac": _F(str),
+        "cc": _F(str, default=""),  # the stack's default congestion control (--cc)
     },
     "ctx_create": {
         "ctx_id": _F(int, U32),
@@ -267,6 +277,7 @@ REPLIES: dict[str, dict[str, _F]] = {
     "unbind": {},
     "connect": {"flow": _F(_FlowDict)},
     "keepalive": {},
+    "set_cc": {"cc": _F(str)},  # the algorithm now in force
     "shutdown": {},
     "close": {},
     "abort": {},

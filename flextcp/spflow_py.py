@@ -150,6 +150,15 @@ def cc_init(cc, mode: int, loss_beta: int) -> int:
     return 0
 
 
+def cc_set_mode(cc, mode: int, loss_beta: int) -> int:
+    """tas_sp_cc_set_mode on one entry."""
+    cc.mode = (cc.mode & ~lib.TAS_CC_SP & U32) | (mode & lib.TAS_CC_SP)
+    cc.loss_beta = min(loss_beta, 1000)
+    if not mode & lib.TAS_CC_SP:
+        cc.pace_rate = 0
+    return 0
+
+
 def cc_read(f, cc) -> dict:
     """tas_sp_cc_read for one flow: the sample as a dict (resets max_flight)."""
     if f is None or cc is None:

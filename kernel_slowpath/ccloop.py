@@ -17,6 +17,7 @@ and to ECN only by counting; everything else waits for the next interval.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,17 @@ LOSS_BETA = {"newreno": 500, "cubic": 700, "dctcp": 500, "const": 1000}
 # Fast-path-only NewReno (today's behaviour, the baseline).
 FP_NEWRENO = "fp-newreno"
 CHOICES = (*sorted(ccmod.ALGORITHMS), FP_NEWRENO)
+# per-socket names (TCP_CONGESTION) Linux apps use for the same algorithm
+ALIASES = {"reno": "newreno"}
+
+
+def resolve(name: str) -> str:
+    """The algorithm a per-socket name selects; OSError(ENOENT) if none, as
+    Linux's setsockopt(TCP_CONGESTION) answers an unknown name."""
+    n = ALIASES.get(name, name)
+    if n not in CHOICES:
+        raise OSError(errno.ENOENT, f"no congestion control {name!r}; choose from {', '.join(CHOICES)}")
+    return n
 
 
 @dataclass
@@ -57,6 +69,7 @@ class FlowCC:
     last_round_min: int = 0
     cur_round_min: int = 0
     round_samples: int = 0
+    hystart: bool = False
 
 
 class CCLoop:
@@ -91,11 +104,12 @@ class CCLoop:
         self.loop = loop
         self.now_us = now_us
         self.pacing = pacing
-        self.hystart = algorithm in ("newreno", "cubic")  # DCTCP leaves slow start on marks
-        self.params = dict(params or {})
-        if algorithm == "const":
-            self.params.setdefault("rate_bps", rate_bps or 100_000_000)
-        self.flows: dict[int, FlowCC] = {}
+        self.params = dict(params or {})  # for the stack's algorithm
+        self.rate_bps = rate_bps or 100_000_000  # const
+        self.flows: dict[int, FlowCC] = {}  # flows with an algorithm in the slow path
+        self.names: dict[int, str] = {}  # every installed flow's algorithm
+        self.chosen: dict[int, str] = {}  # per-socket choices (TCP_CONGESTION) by flow id
+        self._running = False
         self.counters = {"cc_passes": 0, "cc_flow_updates": 0, "cc_loss_events": 0, "cc_ecn_bytes": 0,
                          "cc_rto": 0, "cc_idle_restarts": 0, "cc_hystart_exits": 0, "cc_undo": 0,
                          "cc_undo_restored": 0}  # fmt: skip
@@ -113,27 +127,86 @@ class CCLoop:
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
-        if self.algorithm == FP_NEWRENO:
-            return
-        self._handle = self.loop.call_later(self.tick_us / 1e6, self._tick)
+        """The loop ticks while some flow has its algorithm in the slow path."""
+        self._running = True
+        self._kick()
 
     def stop(self) -> None:
+        self._running = False
         if self._handle:
             self._handle.cancel()
             self._handle = None
 
+    def _kick(self) -> None:
+        if self._running and self._handle is None and self.flows and self.loop is not None:
+            self._handle = self.loop.call_later(self.tick_us / 1e6, self._tick)
+
+    def _make(self, name: str, mss: int, now: int) -> FlowCC:
+        params = self.params if name == self.algorithm else {}
+        if name == "const":
+            params = {"rate_bps": self.rate_bps, **params}
+        alg = ccmod.make(name, mss, now, **params)
+        # HyStart++ for the loss-based ones; DCTCP leaves slow start on marks
+        return FlowCC(-1, alg, next_due=now, last_active=now, hystart=name in ("newreno", "cubic"))
+
     def add(self, fid: int, mss: int) -> None:
-        """A flow is being installed (its record not ACTIVE yet)."""
-        if self.algorithm == FP_NEWRENO:
+        """A flow is being installed (its record not ACTIVE yet): it gets the
+        algorithm chosen for it (``choose``), else the stack's."""
+        name = self.chosen.pop(fid, self.algorithm)
+        self.names[fid] = name
+        if name == FP_NEWRENO:
             lib.tas_sp_cc_init(self.table, self.n_flows, fid, 0, 0)
+            self.flows.pop(fid, None)
             return
-        lib.tas_sp_cc_init(self.table, self.n_flows, fid, lib.TAS_CC_SP, LOSS_BETA.get(self.algorithm, 500))
-        now = self.now_us()
-        alg = ccmod.make(self.algorithm, mss, now, **self.params)
-        self.flows[fid] = FlowCC(fid, alg, next_due=now, last_active=now)
+        lib.tas_sp_cc_init(self.table, self.n_flows, fid, lib.TAS_CC_SP, LOSS_BETA.get(name, 500))
+        fl = self._make(name, mss, self.now_us())
+        fl.fid = fid
+        self.flows[fid] = fl
+        self._kick()
 
     def remove(self, fid: int) -> None:
         self.flows.pop(fid, None)
+        self.names.pop(fid, None)
+        self.chosen.pop(fid, None)
+
+    def algorithm_of(self, fid: int) -> str | None:
+        """The algorithm of an installed flow (or the one chosen for a flow
+        not installed yet); None for an unknown id."""
+        return self.names.get(fid) or self.chosen.get(fid)
+
+    def choose(self, fid: int, name: str) -> str:
+        """Per-socket algorithm (setsockopt TCP_CONGESTION): `name` for flow
+        `fid` only.  A flow not installed yet (connecting) gets it at
+        install; an installed one switches now, keeping its window and
+        ssthresh (as Linux's tcp_set_congestion_control; the new algorithm
+        starts from them, its own state fresh).  Returns the algorithm's
+        name; OSError(ENOENT) for an unknown one."""
+        name = resolve(name)
+        if fid not in self.names:
+            self.chosen[fid] = name
+            return name
+        if self.names[fid] == name:
+            return name
+        f = self.ft.flows[fid]
+        self.names[fid] = name
+        if name == FP_NEWRENO:
+            self.flows.pop(fid, None)
+            lib.tas_sp_cc_set_mode(self.ft, self.table, fid, 0, 0)
+            return name
+        ids = ffi.new("uint32_t[]", [fid])
+        s = ffi.new("struct tas_cc_sample[]", 1)
+        lib.tas_sp_cc_read(self.ft, self.table, ids, 1, s)
+        now = self.now_us()
+        fl = self._make(name, int(s[0].mss) or int(f.mss) or 536, now)
+        fl.fid = fid
+        fl.acked, fl.ecn_bytes, fl.loss, fl.undo = s[0].acked, s[0].ecn_bytes, s[0].loss, s[0].undo
+        fl.alg.cwnd = max(int(s[0].cwnd), fl.alg.mss)
+        if int(f.ssthresh) < 0x7FFFFFFF:
+            fl.alg.ssthresh = max(int(f.ssthresh), 2 * fl.alg.mss)
+        self.flows[fid] = fl
+        lib.tas_sp_cc_set_mode(self.ft, self.table, fid, lib.TAS_CC_SP, LOSS_BETA.get(name, 500))
+        self._kick()
+        return name
 
     def on_rto(self, fid: int) -> None:
         fl = self.flows.get(fid)
@@ -146,11 +219,12 @@ class CCLoop:
 
     # -- the control loop ----------------------------------------------------
     def _tick(self) -> None:
+        self._handle = None
         try:
             self.run_once()
         except Exception:
             log.exception("congestion control pass failed")
-        self._handle = self.loop.call_later(self.tick_us / 1e6, self._tick)
+        self._kick()
 
     def run_once(self, now: int | None = None) -> int:
         """One pass over the flows that are due; returns how many were updated."""
@@ -220,7 +294,7 @@ class CCLoop:
             limited = peak * 2 >= cwnd
         else:
             limited = peak + 3 * int(s.mss) >= cwnd
-        if self.hystart and alg.in_slow_start() and not (loss or rto):
+        if fl.hystart and alg.in_slow_start() and not (loss or rto):
             self._hystart(fl, s, srtt)
         iv = ccmod.Interval(now_us=now, acked_bytes=acked, ecn_bytes=ecn, loss_events=loss, rto=bool(rto),
                             rtt_us=srtt, in_flight=int(s.in_flight) or peak, app_limited=not limited)  # fmt: skip
@@ -280,5 +354,8 @@ class CCLoop:
         return int(gain * alg.cwnd * 1e6 / max(int(s.srtt_us), 100))
 
     def stats(self) -> dict[str, Any]:
+        per_alg: dict[str, int] = {}
+        for name in self.names.values():
+            per_alg[name] = per_alg.get(name, 0) + 1
         return {"cc_algorithm": self.algorithm, "cc_interval_us": self.interval_us, "cc_flows": len(self.flows),
-                **self.counters}  # fmt: skip
+                "cc_flows_by_algorithm": per_alg, **self.counters}  # fmt: skip

@@ -217,6 +217,7 @@ class Context:
         self.tx_buf = tx_buf
         self.flows: set[int] = set()
         self.listeners: set[int] = set()
+        self.listen_cc: dict[int, str] = {}  # listening port -> TCP_CONGESTION for accepted flows
         self.closed = False
         # app gone, but flows it closed cleanly still finish from this region
         self.orphaned = False
@@ -310,6 +311,9 @@ class Context:
             msg["flow"] = flow = flow.to_dict()
         if ev == "newconn" and isinstance(flow, dict):
             self.flows.add(flow["flow"])
+            cc = self.listen_cc.get(msg.get("listener"))
+            if cc:  # accepted connections inherit the listener's algorithm, as on Linux
+                self.server._choose_cc(flow["flow"], cc)
         elif ev == "closed" and isinstance(flow, int):  # the engine freed it
             self.flows.discard(flow)
         self.app.send_event(self, msg)
@@ -515,6 +519,7 @@ class ControlServer:
             "unbind": self._op_unbind,
             "connect": self._op_connect,
             "keepalive": self._op_keepalive,
+            "set_cc": self._op_set_cc,
             "shutdown": self._op_shutdown,
             "close": self._op_close,
             "abort": self._op_abort,
@@ -775,6 +780,9 @@ class ControlServer:
             "local_mac": self.local_mac,
             "limits": app.limits.to_dict(),
         }
+        cc = getattr(self.engine, "cc", None)
+        if cc is not None:
+            fields["cc"] = cc.algorithm
         return fields, list(self.fpm.evfds)
 
     def _op_ctx_create(self, app: App, req: ctlproto.Request):
@@ -850,8 +858,13 @@ class ControlServer:
         backlog = a["backlog"]
         if app.limits.syn_backlog:  # like net.core.somaxconn: silently capped
             backlog = min(backlog, app.limits.syn_backlog)
+        cc = self._check_cc(a["cc"])
         port = self.engine.listen(ctx, a["port"], backlog, a["reuseaddr"], **ka)
         ctx.listeners.add(port)
+        if cc:
+            ctx.listen_cc[port] = cc
+        else:
+            ctx.listen_cc.pop(port, None)
         return {"listener": port, "port": port}
 
     def _op_listen_close(self, app: App, req: ctlproto.Request):
@@ -860,6 +873,7 @@ class ControlServer:
             if port in ctx.listeners:
                 self.engine.listen_close(ctx, port)
                 ctx.listeners.discard(port)
+                ctx.listen_cc.pop(port, None)
                 return {}
         raise OSError(errno.EBADF, f"no listener {port}")
 
@@ -870,17 +884,51 @@ class ControlServer:
         rx_len = _round_buf(a["rx_buf"], ctx.rx_buf)
         tx_len = _round_buf(a["tx_buf"], ctx.tx_buf)
         app.check_connect(FLOW_BLOCK + rx_len + tx_len)
+        cc = self._check_cc(a["cc"])
         info = FlowInfo.from_dict(
             self.engine.connect(ctx, a["ip"], a["port"], a["local_port"], rx_len, tx_len,
                                 **({"keepalive": True} if a["keepalive"] else {}))
         )
         ctx.flows.add(info.flow)
+        if cc:
+            self._choose_cc(info.flow, cc)  # before the handshake completes: installed with it
         return {"flow": info.to_dict()}
 
     def _op_keepalive(self, app: App, req: ctlproto.Request):
         flow = req.args["flow"]
         self.engine.set_keepalive(self._flow_ctx(app, flow), flow, req.args["on"])
         return {}
+
+    # -- per-socket congestion control (TCP_CONGESTION, docs/CC.md) -----------
+    def _check_cc(self, name: str) -> str:
+        """Validate a per-socket algorithm name ("" = the stack's default);
+        returns the algorithm it selects, "" for the default."""
+        if not name:
+            return ""
+        cc = getattr(self.engine, "cc", None)
+        if cc is None:
+            raise OSError(errno.EOPNOTSUPP, "this stack has no per-flow congestion control")
+        from kernel_slowpath.ccloop import resolve
+
+        return resolve(name)  # OSError(ENOENT) for an unknown name
+
+    def _choose_cc(self, flow: int, name: str) -> str:
+        return self.engine.cc.choose(flow, name)
+
+    def _op_set_cc(self, app: App, req: ctlproto.Request):
+        a = req.args
+        if (a["flow"] is None) == (a["listener"] is None):
+            raise OSError(errno.EINVAL, "set_cc takes either flow or listener")
+        name = self._check_cc(a["cc"]) or self.engine.cc.algorithm
+        if a["listener"] is not None:
+            port = a["listener"]
+            for ctx in app.contexts.values():
+                if port in ctx.listeners:
+                    ctx.listen_cc[port] = name
+                    return {"cc": name}
+            raise OSError(errno.EBADF, f"no listener {port}")
+        self._flow_ctx(app, a["flow"])  # EBADF if not this app's
+        return {"cc": self._choose_cc(a["flow"], name)}
 
     def _op_shutdown(self, app: App, req: ctlproto.Request):
         flow = req.args["flow"]

@@ -85,6 +85,11 @@ def _reset_error(err: int) -> OSError:
     return ConnectionResetError(err, os.strerror(err))
 
 
+def _cc_name(name: str) -> str:
+    """The algorithm a TCP_CONGESTION name selects (the stack validates)."""
+    return {"reno": "newreno"}.get(name, name)
+
+
 def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
@@ -147,6 +152,8 @@ class Stack:
             self.n_cores = rep["n_cores"]
             self.local_ip = rep["local_ip"]
             self.local_mac = rep["local_mac"]
+            # the stack's congestion control (`tas start --cc`); per socket: cc=
+            self.default_cc: str = rep.get("cc") or "fp-newreno"
             self.doorbells = [Doorbell(fd) for fd in fds]
             if len(fds) != self.n_cores:
                 raise ProtocolError(f"hello carried {len(fds)} doorbells for {self.n_cores} cores")
@@ -386,6 +393,8 @@ class Context:
                 except ProtocolError:
                     continue  # bogus FlowInfo: ignore the flow
                 self._flows[info.flow] = conn
+                if lst is not None:
+                    conn._cc = lst.cc  # accepted connections inherit the listener's
                 if lst is None or lst._closed:
                     conn._abort_quiet()  # raced with listener close
                 else:
@@ -547,17 +556,23 @@ class Context:
             self.stack._call("unbind", ctx=self.ctx_id, port=port)
 
     def listen(
-        self, port: int, backlog: int = 128, reuseaddr: bool = False, keepalive: bool = False
+        self, port: int, backlog: int = 128, reuseaddr: bool = False, keepalive: bool = False, cc: str = ""
     ) -> Listener:
         """keepalive: accepted connections get SO_KEEPALIVE (timing: `tas start
-        --keepalive-idle/--keepalive-intvl/--keepalive-cnt`)."""
+        --keepalive-idle/--keepalive-intvl/--keepalive-cnt`).  cc: congestion
+        control of accepted connections (TCP_CONGESTION: "cubic", "newreno",
+        "dctcp", "const", "fp-newreno"; "" = the stack's; unknown:
+        FileNotFoundError, errno ENOENT)."""
         with self._lock:
             self._check_open()
-            extra = {"keepalive": True} if keepalive else {}
+            extra: dict = {"keepalive": True} if keepalive else {}
+            if cc:
+                extra["cc"] = cc
             rep, _ = self.stack._call(
                 "listen", ctx=self.ctx_id, port=port, backlog=backlog, reuseaddr=reuseaddr, **extra
             )
             lst = Listener(self, rep["listener"], rep["port"])
+            lst.cc = _cc_name(cc) if cc else ""
             self._listeners[lst.listener_id] = lst
             return lst
 
@@ -570,15 +585,19 @@ class Context:
         rx_buf: int = 0,
         tx_buf: int = 0,
         keepalive: bool = False,
+        cc: str = "",
     ) -> Connection:
         """Open a connection.  Blocks until established unless timeout == 0
         (then returns a connecting Connection: wait for ``connected``).
         Raises ConnectionRefusedError, TimeoutError, OSError(EHOSTUNREACH).
         keepalive: SO_KEEPALIVE (a dead peer resets the connection with
-        ETIMEDOUT)."""
+        ETIMEDOUT).  cc: this connection's congestion control
+        (TCP_CONGESTION, see ``listen``; "" = the stack's)."""
         with self._lock:
             self._check_open()
-            extra = {"keepalive": True} if keepalive else {}
+            extra: dict = {"keepalive": True} if keepalive else {}
+            if cc:
+                extra["cc"] = cc
             rep, _ = self.stack._call(
                 "connect",
                 ctx=self.ctx_id,
@@ -591,6 +610,7 @@ class Context:
             )
             info: FlowInfo = rep["flow"]
             conn = Connection(self, info, _STATE_CONNECTING)
+            conn._cc = _cc_name(cc) if cc else ""
             self._flows[info.flow] = conn
             if timeout == 0:
                 return conn
@@ -655,6 +675,7 @@ class Listener:
         self.ctx = ctx
         self.listener_id = listener_id
         self.port = port
+        self.cc = ""  # TCP_CONGESTION of accepted connections ("" = the stack's)
         self._queue: deque[Connection] = deque()
         self._closed = False
 
@@ -689,6 +710,21 @@ class Listener:
                 raise _oserror(errno.EBADF, "listener closed")
             return self._queue.popleft()
 
+    @property
+    def congestion_control(self) -> str:
+        """getsockopt(TCP_CONGESTION) on the listener."""
+        return self.cc or self.ctx.stack.default_cc
+
+    def set_congestion_control(self, name: str) -> str:
+        """setsockopt(TCP_CONGESTION): connections accepted from now on get
+        `name` (FileNotFoundError, ENOENT, if unknown)."""
+        with self.ctx._lock:
+            if self._closed:
+                raise _oserror(errno.EBADF, "listener closed")
+            rep, _ = self.ctx.stack._call("set_cc", listener=self.listener_id, cc=name)
+            self.cc = rep["cc"]
+            return self.cc
+
     def close(self) -> None:
         """Stop listening; connections not yet accepted are reset."""
         ctx = self.ctx
@@ -720,6 +756,7 @@ class Connection:
         self._error = 0
         self._reset = 0  # errno of a reset event
         self._reset_reported = False
+        self._cc = ""  # TCP_CONGESTION ("" = the stack's default)
         self._gone = False  # `closed` event seen
         self._shut_wr = False
         self._shut_rd = False
@@ -1040,6 +1077,21 @@ class Connection:
             except OSError as e:
                 if e.errno != errno.EBADF:  # already gone in the stack: fine
                     raise
+
+    @property
+    def congestion_control(self) -> str:
+        """getsockopt(TCP_CONGESTION): this connection's algorithm."""
+        return self._cc or self.ctx.stack.default_cc
+
+    def set_congestion_control(self, name: str) -> str:
+        """setsockopt(TCP_CONGESTION) on an open connection: switch this
+        flow's algorithm (it keeps its window).  FileNotFoundError (ENOENT)
+        for an unknown name; returns the algorithm now in force."""
+        with self.ctx._lock:
+            self._check_usable()
+            rep, _ = self.ctx.stack._call("set_cc", flow=self.flow_id, cc=name)
+            self._cc = rep["cc"]
+            return self._cc
 
     def set_keepalive(self, on: bool = True) -> None:
         """setsockopt(SO_KEEPALIVE): probe an idle peer; if it stays silent

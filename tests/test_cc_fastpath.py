@@ -336,6 +336,10 @@ def test_cli_choices_match_ccloop():
     from kernel_slowpath import ccloop, cli
 
     assert tuple(sorted(cli.CC_CHOICES)) == tuple(sorted(ccloop.CHOICES))
+    # the names a socket may ask for (TCP_CONGESTION), checked by libtas/the shim
+    from flextcp import ctlproto
+
+    assert set(ctlproto.CC_NAMES) == set(ccloop.CHOICES) | set(ccloop.ALIASES)
     assert cli._parse_rate("100M") == 100_000_000 and cli._parse_rate("1.5G") == 1_500_000_000
 
 
@@ -422,3 +426,68 @@ def test_recovery_begun_and_undone_within_one_interval_is_ignored(h):
     loop.run_once()
     assert alg.ssthresh == 20 * 536 and alg.cwnd >= 20 * 536 and f.cwnd == alg.cwnd
     assert loop.counters["cc_undo_restored"] == 0
+
+
+def test_cc_set_mode_c_and_twin():
+    """tas_sp_cc_set_mode (per-socket algorithm switch) against its twin:
+    keeps the fast path's mode bits, clears pacing when leaving TAS_CC_SP."""
+    n = 2
+    region = bytearray(int(lib.tas_ft_cc_bytes(n)))
+    buf = ffi.from_buffer(region)
+    assert lib.tas_ft_init(buf, n) == 0
+    ft = ffi.new("struct tas_ft *")
+    assert lib.tas_ft_attach(ft, buf, len(region), n) == 0
+    cc = lib.tas_cc_table(buf, len(region), n)
+    rnd = random.Random(3)
+    for _ in range(50):
+        cc[0].mode = rnd.randrange(16)
+        cc[0].pace_rate = rnd.randrange(1 << 30)
+        cc[0].loss_beta = rnd.randrange(1001)
+        twin = ffi.new("struct tas_flow_cc *")
+        ffi.memmove(twin, cc, CC_SIZE)
+        mode, beta = rnd.choice([0, lib.TAS_CC_SP, 0xFF]), rnd.choice([0, 500, 700, 5000])
+        assert lib.tas_sp_cc_set_mode(ft, cc, 0, mode, beta) == 0
+        spflow_py.cc_set_mode(twin[0], mode, beta)
+        assert bytes(ffi.buffer(twin, CC_SIZE)) == bytes(ffi.buffer(cc, CC_SIZE))
+        assert cc[0].loss_beta == min(beta, 1000)
+    assert lib.tas_sp_cc_set_mode(ft, cc, n, 0, 0) == -1
+
+
+def test_ccloop_per_flow_algorithms(h):
+    """Per-socket choice: a flow chosen before install gets its algorithm at
+    install (others the stack's); an installed flow switches keeping its
+    window; fp-newreno hands the window back to the fast path; unknown
+    names are ENOENT."""
+    import errno
+
+    ctx = h.add_ctx(1)
+    for fid in (0, 1):
+        h.install_flow(fid, ctx, FlowSpec(tx_len=16384, snd_wnd=0xFFFF, local_port=1000 + fid))
+    ft, table = _ft(h), cc_table(h)
+    loop = CCLoop(ft=ft, cc_table=table, n_flows=h.n_flows, algorithm="fp-newreno", interval_us=1000, loop=None,
+                  now_us=lambda: h.now, pacing=False)  # fmt: skip
+    with pytest.raises(OSError) as e:
+        loop.choose(0, "bbr")
+    assert e.value.errno == errno.ENOENT
+    assert loop.choose(0, "reno") == "newreno"  # Linux's name
+    loop.add(0, 536)
+    loop.add(1, 536)
+    assert loop.algorithm_of(0) == "newreno" and loop.algorithm_of(1) == "fp-newreno"
+    assert table[0].mode & lib.TAS_CC_SP and not table[1].mode & lib.TAS_CC_SP
+    assert table[0].loss_beta == 500 and set(loop.flows) == {0}
+    # switch the installed fp-newreno flow to cubic: keeps its window
+    f1 = h.flow(1)
+    f1.cwnd, f1.ssthresh = 30 * 536, 20 * 536
+    assert loop.choose(1, "cubic") == "cubic"
+    alg = loop.flows[1].alg
+    assert alg.name == "cubic" and alg.cwnd == 30 * 536 and alg.ssthresh == 20 * 536
+    assert table[1].mode & lib.TAS_CC_SP and table[1].loss_beta == 700
+    loop.run_once(h.now)
+    assert f1.cwnd == 30 * 536  # written back, not reset to IW
+    # and back to the fast path's NewReno
+    table[1].pace_rate = 12345
+    assert loop.choose(1, "fp-newreno") == "fp-newreno"
+    assert not table[1].mode & lib.TAS_CC_SP and table[1].pace_rate == 0 and 1 not in loop.flows
+    assert loop.stats()["cc_flows_by_algorithm"] == {"newreno": 1, "fp-newreno": 1}
+    loop.remove(0)
+    assert loop.algorithm_of(0) is None

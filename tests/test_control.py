@@ -493,7 +493,8 @@ def test_parse_request_rejects(msg, nfds, errno_):
 
 def test_parse_request_defaults_and_ids():
     r = ctlproto.parse_request(b'{"op":"listen","id":7,"ctx":2,"port":80}')
-    assert (r.op, r.id, r.args) == ("listen", 7, {"ctx": 2, "port": 80, "backlog": 128, "reuseaddr": False, "keepalive": False})
+    assert (r.op, r.id, r.args) == ("listen", 7, {"ctx": 2, "port": 80, "backlog": 128, "reuseaddr": False, "keepalive": False,
+                                            "cc": ""})
     with pytest.raises(ProtocolError) as ei:
         ctlproto.parse_request(b'{"op":"listen","id":9,"ctx":"x","port":80}')
     assert ei.value.req_id == 9

@@ -235,6 +235,22 @@ int tas_sp_cc_init(struct tas_flow_cc *cc, uint32_t n_flows, uint32_t id, uint32
     return 0;
 }
 
+int tas_sp_cc_set_mode(struct tas_ft *ft, struct tas_flow_cc *cc, uint32_t id, uint32_t mode,
+                       uint32_t loss_beta)
+{
+    struct tas_flow *f = get(ft, id);
+    if (!f || !cc)
+        return -1;
+    struct tas_flow_cc *c = &cc[id];
+    tas_flow_lock(f);
+    c->mode = (c->mode & ~(uint32_t)TAS_CC_SP) | (mode & TAS_CC_SP);
+    c->loss_beta = loss_beta > 1000 ? 1000 : loss_beta;
+    if (!(mode & TAS_CC_SP))
+        c->pace_rate = 0;
+    tas_flow_unlock(f);
+    return 0;
+}
+
 uint32_t tas_sp_cc_read(struct tas_ft *ft, struct tas_flow_cc *cc, const uint32_t *ids,
                         uint32_t n, struct tas_cc_sample *out)
 {

@@ -16,6 +16,7 @@ the inode of the AF_UNIX socket.
 from __future__ import annotations
 
 import _socket
+import contextlib
 import errno
 import ipaddress
 import os
@@ -131,6 +132,34 @@ def _resolve4(host: str, port: int) -> str:
     return infos[0][4][0]
 
 
+_TCP_CC = (socket.IPPROTO_TCP, getattr(socket, "TCP_CONGESTION", 13))
+_CA_NAME_MAX = 16  # Linux TCP_CA_NAME_MAX
+
+
+def _cc_name(value) -> str:
+    """A TCP_CONGESTION value as a name; OSError(ENOENT) unless the stack
+    knows it (flextcp.ctlproto.CC_NAMES), as Linux answers an unknown one."""
+    from flextcp.ctlproto import CC_NAMES
+
+    if isinstance(value, str):
+        value = value.encode()
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise OSError(errno.EINVAL, "Invalid argument")
+    name = bytes(value).split(b"\0", 1)[0][: _CA_NAME_MAX - 1].decode("ascii", "replace")
+    if name not in CC_NAMES:
+        raise OSError(errno.ENOENT, "No such file or directory")
+    return name
+
+
+def _cc_value(name: str, buflen):
+    """getsockopt(TCP_CONGESTION) as Linux returns it: the name NUL-padded
+    to min(buflen, 16) bytes (without buflen: its first 4 bytes as an int)."""
+    raw = name.encode().ljust(_CA_NAME_MAX, b"\0")
+    if buflen is None:
+        return struct.unpack("i", raw[:4])[0]
+    return raw[: min(buflen, _CA_NAME_MAX)]
+
+
 def _int_value(value) -> int:
     if isinstance(value, (bytes, bytearray)):
         return struct.unpack("i", bytes(value[:4]).ljust(4, b"\0"))[0]
@@ -238,7 +267,8 @@ class ShimSocket(socket.socket):
         reuse = bool(self._opt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
         # accepted connections inherit SO_KEEPALIVE from the listener, as on Linux
         lst = rt.ctx.listen(port, backlog=backlog, reuseaddr=reuse,
-                            keepalive=bool(self._opt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)))
+                            keepalive=bool(self._opt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)),
+                            cc=self._opt(*_TCP_CC, ""))  # fmt: skip
         try:
             name = rt.next_name("L")
             u = _socket_cls(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -309,7 +339,8 @@ class ShimSocket(socket.socket):
         tx = self._opt(socket.SOL_SOCKET, socket.SO_SNDBUF, 0)
         try:
             conn = rt.ctx.connect(ip, port, timeout=0, local_port=local_port, rx_buf=rx, tx_buf=tx,
-                                  keepalive=bool(self._opt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)))
+                                  keepalive=bool(self._opt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)),
+                                  cc=self._opt(*_TCP_CC, ""))  # fmt: skip
         except OSError as e:
             if ex:
                 return e.errno or errno.EIO
@@ -387,6 +418,8 @@ class ShimSocket(socket.socket):
 
     def setsockopt(self, level, optname, value, optlen=None):
         st = self._st
+        if (level, optname) == _TCP_CC and not self._kernel:
+            return self._set_cc(st, value)
         if st is None and not self._kernel:
             # not decided yet: keep the kernel socket consistent (fall-through)
             try:
@@ -429,8 +462,31 @@ class ShimSocket(socket.socket):
                     pass  # the connection is gone; the next I/O reports it
         return None
 
+    def _set_cc(self, st: ShimState | None, value) -> None:
+        """setsockopt(TCP_CONGESTION): this socket's algorithm in the stack
+        (docs/CC.md); accepted sockets inherit a listener's."""
+        name = _cc_name(value)
+        if st is None:
+            # not decided yet: the kernel socket gets it too if it knows it
+            # (a loopback connection stays there), the stack at connect/listen
+            with contextlib.suppress(OSError):
+                _sup.setsockopt(self, *_TCP_CC, name.encode())
+            self._pre_opts[_TCP_CC] = name
+            return None
+        if st.kind == "listen" and st.listen is not None:
+            st.opts[_TCP_CC] = st.listen.lst.set_congestion_control(name)
+        elif st.kind == "conn" and st.link is not None:
+            st.opts[_TCP_CC] = st.link.conn.set_congestion_control(name)
+        else:
+            st.opts[_TCP_CC] = name
+        return None
+
     def getsockopt(self, level, optname, buflen=None):
         st = self._st
+        if (level, optname) == _TCP_CC and not self._kernel:
+            if st is None and _TCP_CC not in self._pre_opts:
+                return _sup.getsockopt(self, level, optname, *(() if buflen is None else (buflen,)))
+            return _cc_value(self._cc_in_force(st), buflen)
         if st is None:
             return (
                 _sup.getsockopt(self, level, optname)
@@ -463,6 +519,15 @@ class ShimSocket(socket.socket):
             return v if isinstance(v, int) else struct.unpack("i", v[:4])[0]
         raw = v if isinstance(v, bytes) else struct.pack("i", v)
         return raw[:buflen].ljust(min(buflen, len(raw)), b"\0")
+
+    def _cc_in_force(self, st: ShimState | None) -> str:
+        if st is None:
+            return self._pre_opts[_TCP_CC]
+        if st.kind == "conn" and st.link is not None:
+            return st.link.conn.congestion_control
+        if st.kind == "listen" and st.listen is not None:
+            return st.listen.lst.congestion_control
+        return st.opts.get(_TCP_CC) or st.rt.stack.default_cc
 
     # -- data ------------------------------------------------------------------------------
     def _check_reset(self) -> None:

@@ -71,6 +71,13 @@ struct tas_cc_sample {
  * beta (per mille).  Call before the record becomes ACTIVE. */
 int tas_sp_cc_init(struct tas_flow_cc *cc, uint32_t n_flows, uint32_t id, uint32_t mode,
                    uint32_t loss_beta);
+/* Change an installed flow's congestion-control mode under its lock (a
+ * per-socket algorithm choice, TCP_CONGESTION): TAS_CC_SP or 0 (NewReno in
+ * the fast path), the loss beta (per mille); the fast path's own mode bits
+ * (CE, CWR) are kept, the pacing rate is cleared when leaving TAS_CC_SP.
+ * -1 if out of range. */
+int tas_sp_cc_set_mode(struct tas_ft *ft, struct tas_flow_cc *cc, uint32_t id, uint32_t mode,
+                       uint32_t loss_beta);
 /* Snapshot n flows (ids[i]) under their locks into out[i]; resets
  * max_flight.  Returns n (ids out of range get status TAS_FLOW_FREE). */
 uint32_t tas_sp_cc_read(struct tas_ft *ft, struct tas_flow_cc *cc, const uint32_t *ids,

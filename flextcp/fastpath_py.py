@@ -914,9 +914,14 @@ class PyFastPath:
                 sack_py.sb_add(cc, base, base + so, base + eo)
             v = sack_py.sb_view(cc, f)
             if v.n:
+                # repairing: in recovery, or going back after an RTO
+                c = -1
                 if f.flags & TAS_FF_RECOVERY:
-                    # lost retransmission: go over the holes again
                     c = seq_diff(f.rexmit_nxt, f.tx_una & M32)
+                elif f.tx_una < f.tx_recover:
+                    c = 1 if f.tx_nxt > f.tx_una else 0
+                if c >= 0:
+                    # lost retransmission: resend the head
                     if (
                         c > 0
                         and f.srtt_us
@@ -925,7 +930,7 @@ class PyFastPath:
                         f.rto_start_us = self.now_us & M32
                         f.flags |= TAS_FF_REXMIT_HEAD
                     self.txq_push(fid, f)
-                elif f.tx_una >= f.tx_recover and sack_py.sb_lost_limit(self.now_us, f, cc, v):
+                elif sack_py.sb_lost_limit(self.now_us, f, cc, v):
                     self.enter_recovery(fid, f, False)
                 elif f.tx_head > f.tx_nxt:
                     self.txq_push(fid, f)
@@ -1466,6 +1471,8 @@ class PyFastPath:
             can = min(can_cw, can_rw)
             avail = (f.tx_head - f.tx_nxt) & M64
             ln = min(avail, can, seg_max) & M32
+            if ln < smss and ln < avail and flight > 0:
+                ln = 0  # no runt cut by a window while ACKs will come (RFC 1122 4.2.3.4)
 
             if ln == 0 and avail > 0 and f.flags & TAS_FF_PROBE:
                 # zero-window probe: one byte past the window (RFC 9293 3.8.6.1)

@@ -51,7 +51,6 @@ sys.path.insert(0, str(REPO))
 from nicemu.topology import Topology  # noqa: E402
 
 APPS = REPO / "tests" / "apps"
-STACK_BUF = 4 << 20
 MiB = 1 << 20
 PEER_IP, STACK_IP, LINUX_IP = "198.18.0.1", "198.18.0.2", "198.18.0.3"
 
@@ -217,12 +216,6 @@ class Matrix:
                 f"{STACK_IP}/24",
                 "--state-dir",
                 str(self.state),
-                # flow buffers as large as Linux's autotuning maximum, so the
-                # high bandwidth-delay rows measure recovery, not the window
-                "--rx-buf",
-                str(STACK_BUF),
-                "--tx-buf",
-                str(STACK_BUF),
             ]
             self.tas = self.topo.run_in(
                 self.topo.stack_ns,

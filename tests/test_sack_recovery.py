@@ -158,6 +158,26 @@ def test_go_back_after_rto_skips_sacked_data(h):
     assert h.stat("sack_skipped") == 4 * SEG
 
 
+def test_lost_retransmission_after_rto_is_resent_without_waiting(h):
+    """Going back after an RTO: the head went out again and was lost again;
+    SACKs keep arriving for 2 SRTT + 1 ms without it -- it is resent, not
+    left to a second (backed-off) RTO."""
+    t0 = 1_000_000
+    _, una, _ = start(h, t0=t0)
+    ack(h, una, [(una + 2 * SEG, una + 6 * SEG)], now=t0 + 3000)
+    t_rto = t0 + 300_000
+    lib.tas_sp_rto_fire(h.ft.raw, 0, t_rto & M32)
+    f = h.flow(0)
+    f.srtt_us, f.cwnd = 1000, 536
+    h.post_ktx(lib.TAS_KTX_KICK, 0)
+    assert seqs(h.poll(t_rto)[1]) == [una & M32]
+    # too early: nothing
+    assert seqs(ack(h, una, [(una + 2 * SEG, una + 7 * SEG)], now=t_rto + 2000)) == []
+    out = ack(h, una, [(una + 2 * SEG, una + 8 * SEG)], now=t_rto + 3500)
+    assert seqs(out) == [una & M32]
+    assert h.flow(0).rto_backoff == 1
+
+
 def test_second_rto_forgets_the_scoreboard(h):
     """Repeated timeouts: the peer may have reneged (RFC 2018 section 8), so
     the sender stops trusting its SACK information and resends everything."""

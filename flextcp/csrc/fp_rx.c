@@ -384,20 +384,27 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
         struct fp_sb v;
         fp_sb_view(cc, f, &v);
         if (v.n) {
-            if (f->flags & TAS_FF_RECOVERY) {
-                /* lost retransmission: the head, retransmitted, stays
+            /* repairing: in recovery, or going back after an RTO (until
+             * SND.UNA passes what was out then, RFC 6582 "recover");
+             * c > 0 once the head has been resent */
+            int32_t c = -1;
+            if (f->flags & TAS_FF_RECOVERY)
+                c = seq_diff(f->rexmit_nxt, (uint32_t)f->tx_una);
+            else if (f->tx_una < f->tx_recover)
+                c = f->tx_nxt > f->tx_una;
+            if (c >= 0) {
+                /* lost retransmission: the head, resent, stays
                  * unacknowledged for 2 SRTT + 1 ms while SACKs arrive --
                  * resend it (RFC 8985 6.2 in spirit); the other holes'
                  * copies may still be on their way, their turn comes when
                  * the head is through */
-                int32_t c = seq_diff(f->rexmit_nxt, (uint32_t)f->tx_una);
                 if (c > 0 && f->srtt_us &&
                     (uint32_t)fp->now_us - f->rto_start_us >= 2u * f->srtt_us + 1000u) {
                     f->rto_start_us = (uint32_t)fp->now_us;
                     f->flags |= TAS_FF_REXMIT_HEAD;
                 }
                 fp_txq_push(fp, id, f);
-            } else if (f->tx_una >= f->tx_recover && fp_sb_lost_limit(fp, f, cc, &v)) {
+            } else if (fp_sb_lost_limit(fp, f, cc, &v)) {
                 enter_recovery(fp, id, f, 0);
             } else if (f->tx_head > f->tx_nxt) {
                 fp_txq_push(fp, id, f); /* SACKed bytes left the pipe */

@@ -402,6 +402,8 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
         uint64_t can = u64_min(can_cw, can_rw);
         uint64_t avail = f->tx_head - f->tx_nxt;
         uint32_t len = (uint32_t)u64_min(u64_min(avail, can), seg_max);
+        if (len < smss && len < avail && flight > 0)
+            len = 0; /* no runt cut by a window while ACKs will come (RFC 1122 4.2.3.4) */
 
         if (len == 0 && avail > 0 && (f->flags & TAS_FF_PROBE)) {
             /* zero-window probe: one byte past the window (RFC 9293 3.8.6.1) */

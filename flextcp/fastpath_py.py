@@ -774,6 +774,7 @@ class PyFastPath:
         cc.rexmit_ts = 0
         cc.undo_retrans = 0
         f.flags &= ~TAS_FF_RECOVERY & M32
+        f.tx_recover = f.tx_una  # not a loss episode: the next loss starts a recovery
         mss = f.mss or 1
         segs = ((degree + mss - 1) // mss + 1) & M32
         cur = cc.reord or 3
@@ -852,6 +853,8 @@ class PyFastPath:
                 ):
                     self.recovery_undo(fid, f, cc, degree)
                 else:
+                    if filler and ts and cc.rexmit_ts and cc.reo_mult > 1:
+                        cc.reo_mult -= 1  # a real loss: the time window shrinks back
                     cc.rexmit_ts = 0
 
             # window growth (NewReno, RFC 5681 / 6582)

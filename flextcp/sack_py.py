@@ -134,23 +134,27 @@ def sb_next_hole(v: SbView, off: int, limit: int) -> tuple[int, int] | None:
 
 
 def sb_lost_limit(now_us: int, f, cc, v: SbView) -> int:
-    """Offset below which holes count as lost (fp_sb_lost_limit)."""
+    """Offset below which holes count as lost (fp_sb_lost_limit): the
+    DupThresh rule, early retransmit, and the time rule for the head."""
     if not v.n:
         return 0
     top = v.s[-1]
     reord = cc.reord or 3
-    if f.srtt_us:
-        mult = cc.reo_mult or 1
-        wait = (f.srtt_us + (f.srtt_us // 4) * mult) & M32
-        if ((now_us - f.rto_start_us) & M32) >= wait:
-            return top
     out = f.tx_max - f.tx_una
     if f.tx_head <= f.tx_nxt and v.sacked + f.mss >= out:
         return top
+    limit = 0
     need = ((reord - 1) * f.mss + 1) & M32
     above = 0
     for k in range(v.n - 1, -1, -1):
         above += v.e[k] - v.s[k]
         if above >= need:
-            return v.s[k]
-    return 0
+            limit = v.s[k]
+            break
+    if limit < v.s[0] and f.srtt_us:
+        mult = cc.reo_mult or 1
+        reo = (f.srtt_us // 4) * mult
+        wait = (f.srtt_us + min(reo, f.srtt_us)) & M32
+        if ((now_us - f.rto_start_us) & M32) >= wait:
+            limit = v.s[0]
+    return limit

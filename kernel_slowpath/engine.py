@@ -425,6 +425,23 @@ class Engine:
         else:
             self.counters["ignored"] += 1
 
+    def _log_rto(self, conn: Conn, now: int) -> None:
+        """What the sender's recovery state was when its RTO fired (debug)."""
+        s = self._snapshot(conn)
+        una = s.tx_una
+        line = (f"flow {conn.fid}: RTO after {((now - s.rto_start_us) & U32) // 1000} ms "
+                f"(rto {s.rto_us // 1000} ms, backoff {s.rto_backoff}, srtt {s.srtt_us} us): "
+                f"out {s.tx_max - una} nxt+{s.tx_nxt - una} unsent {s.tx_head - s.tx_nxt} "
+                f"cwnd {s.cwnd} ssthresh {s.ssthresh} snd_wnd {s.snd_wnd} flags {s.flags:#x} "
+                f"rexmit_nxt+{(s.rexmit_nxt - una) & U32}")
+        table = getattr(self.cc, "table", None)
+        if table is not None:
+            cc = table + conn.fid  # read unlocked: a debug line
+            sb = sorted(((a - una) & U32, (b - una) & U32) for a, b in zip(cc.sb_start, cc.sb_end, strict=True)
+                        if a != b)
+            line += f" sacked {sb} tlp {cc.cnt_tlp} undo {cc.cnt_undo}"
+        log.debug(line)
+
     def _snapshot(self, conn: Conn):
         lib.tas_sp_snapshot(self.ft.raw, conn.fid, self._snap)
         return self._snap
@@ -973,6 +990,8 @@ class Engine:
             if conn is None:
                 continue
             if self._scan_why[i] == lib.TAS_TMO_RTO:
+                if log.isEnabledFor(logging.DEBUG):
+                    self._log_rto(conn, now)
                 backoff = lib.tas_sp_rto_fire(self.ft.raw, fid, now & U32)
                 if self.cc is not None:
                     self.cc.on_rto(fid)

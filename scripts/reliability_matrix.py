@@ -209,6 +209,8 @@ class Matrix:
             self.tas_log = open(self.workdir / "tas-start.log", "wb")  # noqa: SIM115
             argv = [
                 *tas_argv(),
+                # TAS_MATRIX_LOG=debug: the stack's log (tas-start.log) says why each RTO fired
+                *(["--log-level", os.environ["TAS_MATRIX_LOG"]] if os.environ.get("TAS_MATRIX_LOG") else []),
                 "start",
                 "--tap",
                 self.topo.tap,

@@ -222,6 +222,7 @@ static void recovery_undo(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
     cc->rexmit_ts = 0;
     cc->undo_retrans = 0;
     f->flags &= ~(uint32_t)TAS_FF_RECOVERY;
+    f->tx_recover = f->tx_una; /* not a loss episode: the next loss starts a recovery */
     uint32_t mss = f->mss ? f->mss : 1u;
     uint32_t segs = (degree + mss - 1u) / mss + 1u; /* SACKed segments above it, plus one */
     uint32_t cur = cc->reord ? cc->reord : 3u;
@@ -309,10 +310,18 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
              * RFC 3522), the loss was reordering */
             int filler = first_end == 0 || bytes <= first_end;
             if (cc->undo_retrans == 0 ||
-                (filler && ts && cc->rexmit_ts && seq_lt(p->tsecr, cc->rexmit_ts)))
+                (filler && ts && cc->rexmit_ts && seq_lt(p->tsecr, cc->rexmit_ts))) {
                 recovery_undo(fp, id, f, cc, degree);
-            else
+            } else {
+                if (filler && ts && cc->rexmit_ts && cc->reo_mult > 1) {
+                    /* our copy filled it: a real loss -- the time window
+                     * shrinks back by SRTT/4 (Linux resets its RACK window
+                     * after recoveries without spurious ones); the learnt
+                     * DupThresh stays */
+                    cc->reo_mult--;
+                }
                 cc->rexmit_ts = 0; /* a retransmission filled it, or we cannot tell */
+            }
         }
 
         /* window growth (NewReno, RFC 5681 / 6582) */

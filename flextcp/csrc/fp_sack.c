@@ -145,10 +145,13 @@ int fp_sb_next_hole(const struct fp_sb *v, uint32_t off, uint32_t limit, uint32_
 
 /* Offset below which holes count as lost (RFC 6675 IsLost): enough
  * SACKed bytes above them ((DupThresh - 1) * SMSS + 1, DupThresh = the
- * reordering degree we learnt), or, RACK-like (RFC 8985), SACKed data
- * above a head outstanding for longer than SRTT + the reordering window;
- * or everything but one segment SACKed with nothing new to send (early
- * retransmit, RFC 5827).  0: nothing is lost. */
+ * reordering degree we learnt); or everything but one segment SACKed with
+ * nothing new to send (early retransmit, RFC 5827); and, RACK-like (RFC
+ * 8985), the head hole once it has been outstanding for longer than SRTT +
+ * the reordering window (SRTT/4 per spurious recovery seen, at most SRTT)
+ * with SACKed data above it.  Only the head: the send times of the later
+ * holes are not kept, and under reordering they are mostly just late.
+ * 0: nothing is lost. */
 uint32_t fp_sb_lost_limit(const struct tas_fp *fp, const struct tas_flow *f,
                           const struct tas_flow_cc *cc, const struct fp_sb *v)
 {
@@ -156,21 +159,25 @@ uint32_t fp_sb_lost_limit(const struct tas_fp *fp, const struct tas_flow *f,
         return 0;
     uint32_t top = v->s[v->n - 1];
     uint32_t reord = cc->reord ? cc->reord : 3u;
-    if (f->srtt_us) {
-        uint32_t mult = cc->reo_mult ? cc->reo_mult : 1u;
-        uint32_t wait = f->srtt_us + (f->srtt_us / 4u) * mult;
-        if ((uint32_t)fp->now_us - f->rto_start_us >= wait)
-            return top;
-    }
     uint64_t out = f->tx_max - f->tx_una;
     if (f->tx_head <= f->tx_nxt && (uint64_t)v->sacked + f->mss >= out)
         return top;
+    uint32_t limit = 0;
     uint32_t need = (reord - 1u) * f->mss + 1u;
     uint32_t above = 0;
     for (uint32_t k = v->n; k-- > 0;) {
         above += v->e[k] - v->s[k];
-        if (above >= need)
-            return v->s[k];
+        if (above >= need) {
+            limit = v->s[k];
+            break;
+        }
     }
-    return 0;
+    if (limit < v->s[0] && f->srtt_us) {
+        uint32_t mult = cc->reo_mult ? cc->reo_mult : 1u;
+        uint32_t reo = (f->srtt_us / 4u) * mult;
+        uint32_t wait = f->srtt_us + (reo < f->srtt_us ? reo : f->srtt_us);
+        if ((uint32_t)fp->now_us - f->rto_start_us >= wait)
+            limit = v->s[0];
+    }
+    return limit;
 }

@@ -36,6 +36,8 @@ def scan_timeouts(flows, n_flows: int, now_us: int, budget: int, cursor: int, ma
                 bool(f.flags & lib.TAS_FF_FIN_SENT) and not f.flags & lib.TAS_FF_FIN_ACKED
             )
             elapsed = (now_us - f.rto_start_us) & U32
+            if elapsed > lib.TAS_SP_CLOCK_SKEW_MAX:
+                elapsed = 0  # restarted by the fast path after our clock reading
             rto = _backed_off_rto(f)
             if elapsed >= rto:
                 if outstanding and f.snd_wnd == 0 and f.tx_head > f.tx_una:

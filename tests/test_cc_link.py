@@ -205,8 +205,14 @@ class Result:
             "loss_events": cc.get("cc_loss_events"),
             "ecn_bytes": cc.get("cc_ecn_bytes"),
             "rto": cc.get("cc_rto"),
+            "undo": cc.get("cc_undo"),
             "ce_marked": self.emu.get("ba", {}).get("ce_marked", self.emu.get("ce_marked")),
             "dropped_queue": self.emu.get("ba", {}).get("dropped_queue", self.emu.get("dropped_queue")),
+            # anything else the emulator lost (frames too big for its slots, full slot heap), both ways
+            "emu_other_drops": sum(self.emu.get(d, {}).get(k, 0) for d in ("ab", "ba")
+                                   for k in ("dropped_big", "dropped_full", "tx_errors")),  # fmt: skip
+            "rto_fired": self.stats.get("slowpath", {}).get("rto_fired"),
+            "recovery_undo": sum(c.get("recovery_undo", 0) for c in self.stats.get("cores", [])) or None,
         }
 
 
@@ -372,6 +378,8 @@ SCENARIOS = {
     # fairness
     "fair4": Scenario("fair4", "cubic", 50, 10_000, 125_000, stack_flows=4),
     "linux-fair4": Scenario("linux-fair4", "", 50, 10_000, 125_000, stack_flows=0, linux_flows=4),
+    "fair16": Scenario("fair16", "cubic", 50, 10_000, 125_000, stack_flows=16),
+    "linux-fair16": Scenario("linux-fair16", "", 50, 10_000, 125_000, stack_flows=0, linux_flows=16),
     "vs-linux": Scenario("vs-linux", "cubic", 50, 10_000, 125_000, stack_flows=1, linux_flows=1),
     "linux-vs-linux": Scenario("linux-vs-linux", "", 50, 10_000, 125_000, stack_flows=0, linux_flows=2),
 }
@@ -474,10 +482,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--json", help="write all summaries here")
     ap.add_argument("--extra", default="", help="extra `tas start` flags for stack scenarios")
+    ap.add_argument("--keep", metavar="DIR", help="keep logs and cwnd traces (trace-NAME.csv) in DIR")
     a = ap.parse_args(argv)
     names = list(SCENARIOS) if a.names == ["all"] else a.names
     out = []
-    with tempfile.TemporaryDirectory(prefix="tas-cc-") as d, Bench(Path(d)) as b:
+    if a.keep:
+        Path(a.keep).mkdir(parents=True, exist_ok=True)
+    tmp = contextlib.nullcontext(a.keep) if a.keep else tempfile.TemporaryDirectory(prefix="tas-cc-")
+    with tmp as d, Bench(Path(d)) as b:
         for name in names:
             sc = SCENARIOS[name]
             sc.seconds = a.seconds
@@ -485,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
                 sc.extra = a.extra.split()
             res = b.run(sc)
             s = res.summary()
+            if a.keep:
+                Path(a.keep, f"stats-{name}.json").write_text(json.dumps({"stats": res.stats, "emu": res.emu}))
             print(json.dumps(s), flush=True)
             out.append(s)
     if a.json:

@@ -86,6 +86,33 @@ def test_scan_timeouts_matches(flows, now, cursor, budget, max_out):
         rb.close()
 
 
+def test_timer_restarted_after_the_scan_read_the_clock_is_not_expired():
+    """The fast path restarts the RTO timer with its own clock, which may
+    read later than the slow path's `now` (an ACK between the clock read
+    and the scan): that is a fresh timer, not one 2^32 us old -- no RTO and
+    no tail loss probe while ACKs flow (the spurious RTOs of docs/CC.md)."""
+    ra, rb, a, b = tables()
+    try:
+        now = 5_000_000
+        for t in (a, b):
+            f = t.flow(0)
+            fill(f, {"status": lib.TAS_FLOW_ACTIVE, "flags": 0, "tx_una": 1000, "d_nxt": 50_000, "d_max": 0,
+                     "d_head": 10_000, "mss": 1448, "snd_wnd": 1 << 20, "rto_us": 200_000, "rto_backoff": 0,
+                     "srtt_us": 20_000, "rto_start_us": 0, "tx_len": 1 << 18, "cwnd": 60_000,
+                     "ssthresh": 1 << 30})  # fmt: skip
+        ids, why = ffi.new("uint32_t[]", N), ffi.new("uint8_t[]", N)
+        for start, expect in ((now + 3, []), (now + 900_000, []), (now - 50_000, [lib.TAS_TMO_TLP]),
+                              (now - 250_000, [lib.TAS_TMO_RTO]), (now + 1_100_000, [lib.TAS_TMO_RTO])):  # fmt: skip
+            a.flow(0).rto_start_us = b.flow(0).rto_start_us = start & 0xFFFFFFFF
+            cur = ffi.new("uint32_t *", 0)
+            n = lib.tas_sp_scan_timeouts(a.raw, now, 1, cur, ids, why, N)
+            pids, pwhy, _ = spflow_py.scan_timeouts([b.flow(i) for i in range(N)], N, now, 1, 0, N)
+            assert list(why[0:n]) == pwhy == expect, start - now
+    finally:
+        ra.close()
+        rb.close()
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     flow_st,

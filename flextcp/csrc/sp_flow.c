@@ -68,6 +68,13 @@ uint32_t tas_sp_scan_timeouts(struct tas_ft *ft, uint32_t now_us, uint32_t budge
         int outstanding = f->tx_max > f->tx_una ||
                           ((f->flags & TAS_FF_FIN_SENT) && !(f->flags & TAS_FF_FIN_ACKED));
         uint32_t elapsed = now_us - f->rto_start_us;
+        /* the fast path restarts the timer with its own clock reading, which
+         * may be later than ours (an ACK processed after we read the time,
+         * the slow path preempted in between): a start in the near future
+         * is "just restarted", not 2^32 us ago -- else a spurious RTO or
+         * probe fires while ACKs flow */
+        if (elapsed > TAS_SP_CLOCK_SKEW_MAX)
+            elapsed = 0;
         uint32_t rto = backed_off_rto(f);
         if (f->status == TAS_FLOW_ACTIVE && elapsed >= rto) {
             if (outstanding && f->snd_wnd == 0 && f->tx_head > f->tx_una) {

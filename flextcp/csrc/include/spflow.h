@@ -16,6 +16,9 @@
 /* Scan up to `budget` flows starting at *cursor (wrapping) for expired
  * retransmission timers and due zero-window probes.  Writes up to max
  * ids/reasons; returns how many. */
+/* A timer start up to this far after the scan's now (us, modulo 2^32)
+ * counts as just restarted: the fast path's clock reading was later. */
+#define TAS_SP_CLOCK_SKEW_MAX 4293967295 /* 2^32 - 1 - 1 s */
 uint32_t tas_sp_scan_timeouts(struct tas_ft *ft, uint32_t now_us, uint32_t budget,
                               uint32_t *cursor, uint32_t *ids, uint8_t *why, uint32_t max);
 /* RTO expired (RFC 6298 5.4-5.7, RFC 5681 3.1): go back to tx_una,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections import deque
 from dataclasses import dataclass
 
 from flextcp import sack_py
@@ -111,6 +112,9 @@ FP_RX_BATCH_MAX = 64
 FP_ATX_BATCH = 64
 FP_KTX_BATCH = 32
 FP_SEGS_PER_VISIT = 16
+FP_TX_QUANTUM = 65536  # transmit scheduling (fp_tx.c fp_tx_run)
+FP_TX_VISIT_BYTES = 16384
+FP_TX_POLL_BYTES = 262144
 FP_DROP_WRONG_DST_IP = 14
 FP_DROP_WRONG_DST_MAC = 15
 FP_DROP_NO_CTX = 0
@@ -259,6 +263,18 @@ class _Ctx:
         self.mv.release()
 
 
+class _TxCtx:
+    """struct fp_txctx: one context's transmit FIFO (a deque here) and DRR state."""
+
+    __slots__ = ("fifo", "deficit", "in_ring", "in_turn")
+
+    def __init__(self) -> None:
+        self.fifo: deque[int] = deque()
+        self.deficit = 0
+        self.in_ring = False
+        self.in_turn = False
+
+
 class PyFastPath:
     """The fast-path engine in Python; raises ValueError where tas_fp_create
     returns NULL (see :meth:`create` for the None-returning variant)."""
@@ -290,10 +306,11 @@ class PyFastPath:
         self.st = ffi.cast("struct tas_fp_stats *", base + cfg.stats_off)
         self.ctx: dict[int, _Ctx] = {}
         self.active: list[int] = []
-        self.txq_cap = cfg.n_flows + 1
-        self.txq = [0] * self.txq_cap
-        self.txq_head = 0
-        self.txq_tail = 0
+        # transmit ready queues (fp_tx.c): per flow the slot + 1 it is
+        # queued in, per context slot a _TxCtx, the ring of slots
+        self.txq_slot = [0] * cfg.n_flows
+        self.txc: dict[int, _TxCtx] = {}
+        self.ring: deque[int] = deque()
         self.ackq = [0] * cfg.n_flows
         self.n_ack = 0
         self.notif_stamp = [0] * cfg.n_flows
@@ -1164,12 +1181,18 @@ class PyFastPath:
     def txq_push(self, flow_id: int, f) -> None:
         if f.flags & TAS_FF_IN_TXQ:
             return
-        nxt = (self.txq_tail + 1) % self.txq_cap
-        if nxt == self.txq_head:
-            return  # cannot happen: capacity exceeds the number of flows
         f.flags |= TAS_FF_IN_TXQ
-        self.txq[self.txq_tail] = flow_id
-        self.txq_tail = nxt
+        if self.txq_slot[flow_id]:
+            return  # still linked: it will be visited
+        s = f.ctx_id if f.ctx_id < TAS_MAX_CTX else TAS_MAX_CTX
+        c = self.txc.get(s)
+        if c is None:
+            c = self.txc[s] = _TxCtx()
+        self.txq_slot[flow_id] = s + 1
+        c.fifo.append(flow_id)
+        if not c.in_ring:
+            c.in_ring = True
+            self.ring.append(s)
 
     def need_ack(self, flow_id: int, f) -> None:
         f.flags |= TAS_FF_ACK_NOW
@@ -1397,9 +1420,12 @@ class PyFastPath:
             sent += 1
         return sent
 
-    def tx_flow(self, f, budget: int) -> tuple[int, bool, int]:
-        """Transmit what flow f may send now: (segments sent, more, pacing
-        due time or 0)."""
+    def tx_flow(self, f, budget: int, bbudget: int) -> tuple[int, bool, int, int]:
+        """Transmit what flow f may send now, at most budget segments and
+        about bbudget wire bytes: (segments sent, more, pacing due time or
+        0, wire bytes)."""
+        st = self.st
+        wire0 = st.tx_bytes
         sent = 0
         smss = self.seg_payload_max(f)
         now32 = self.now_us & M32
@@ -1422,7 +1448,11 @@ class PyFastPath:
                 sent += 1
 
         if sb and f.flags & TAS_FF_RECOVERY:
-            sent += self.tx_holes(f, cc, v, smss, budget - sent if budget > sent else 0)
+            hb = budget - sent if budget > sent else 0
+            w = st.tx_bytes - wire0
+            left = bbudget - w if bbudget > w else 0
+            hb = min(hb, (left + smss - 1) // smss)
+            sent += self.tx_holes(f, cc, v, smss, hb)
         elif f.flags & TAS_FF_REXMIT_HEAD:
             f.flags &= ~TAS_FF_REXMIT_HEAD & M32
             out = (f.tx_max - f.tx_una) & M64
@@ -1436,7 +1466,7 @@ class PyFastPath:
                 if self.resend(f, f.tx_una, 0) == 0:
                     sent += 1
 
-        while sent < budget:
+        while sent < budget and st.tx_bytes - wire0 < bbudget:
             seq_flight = (f.tx_nxt - f.tx_una) & M64
             flight = seq_flight
             lt = 0
@@ -1526,31 +1556,64 @@ class PyFastPath:
             if fin:
                 f.flags |= TAS_FF_FIN_SENT | TAS_FF_FIN_OUT
             sent += 1
-        return sent, sent >= budget, due
+        w = st.tx_bytes - wire0
+        return sent, sent >= budget or w >= bbudget, due, w
 
     def tx_run(self, budget: int) -> int:
-        total = 0
+        """fp_tx_run: deficit round robin in bytes across contexts, round
+        robin across a context's flows; returns segments sent."""
+        segs = 0
+        nbytes = 0
         first_due = 0
-        cap = self.txq_cap
-        # visit each queued flow at most once per run: round robin
-        n = (self.txq_tail + cap - self.txq_head) % cap
-        while n > 0 and total < budget:
-            n -= 1
-            fid = self.txq[self.txq_head]
-            self.txq_head = (self.txq_head + 1) % cap
-            f = self.flows + fid
-            lib.tas_flow_lock(f)
-            f.flags &= ~TAS_FF_IN_TXQ & M32
-            if f.status == TAS_FLOW_ACTIVE:
-                b = budget - total
-                if b > FP_SEGS_PER_VISIT:
-                    b = FP_SEGS_PER_VISIT
-                sent, more, due = self.tx_flow(f, b)
-                total += sent
-                if due and (not first_due or due < first_due):
-                    first_due = due
-                if more or due:
-                    self.txq_push(fid, f)
-            lib.tas_flow_unlock(f)
+        idle = 0
+        ring = self.ring
+        while ring and idle < len(ring) and segs < budget and nbytes < FP_TX_POLL_BYTES:
+            s = ring[0]
+            c = self.txc[s]
+            if not c.in_turn:
+                c.in_turn = True
+                c.deficit += FP_TX_QUANTUM
+            owed = c.deficit <= 0
+            turn = 0
+            stuck = 0
+            fifo = c.fifo
+            while fifo and c.deficit > 0 and stuck < len(fifo) and segs < budget and nbytes < FP_TX_POLL_BYTES:
+                fid = fifo.popleft()
+                self.txq_slot[fid] = 0
+                f = self.flows + fid
+                sent = w = 0
+                lib.tas_flow_lock(f)
+                f.flags &= ~TAS_FF_IN_TXQ & M32
+                if f.status == TAS_FLOW_ACTIVE:
+                    b = min(budget - segs, FP_SEGS_PER_VISIT)
+                    cap = min(c.deficit, FP_TX_VISIT_BYTES, FP_TX_POLL_BYTES - nbytes)
+                    sent, more, due, w = self.tx_flow(f, b, cap)
+                    if due and (not first_due or due < first_due):
+                        first_due = due
+                    if more or due:
+                        self.txq_push(fid, f)
+                lib.tas_flow_unlock(f)
+                segs += sent
+                nbytes += w
+                turn += w
+                c.deficit -= w
+                if w:
+                    stuck = 0
+                elif self.txq_slot[fid] == s + 1:
+                    stuck += 1  # waiting (paced): back in this FIFO
+            if fifo and c.deficit > 0 and stuck < len(fifo):
+                break  # the poll's budget ran out mid-turn: resume it next poll
+            c.in_turn = False
+            ring.popleft()
+            if not fifo:
+                c.deficit = 0
+                c.in_ring = False
+                if turn:
+                    idle = 0
+                continue
+            idle = 0 if (turn or owed) else idle + 1
+            if c.deficit > 0:
+                c.deficit = 0
+            ring.append(s)
         self.st.pace_due_us = first_due
-        return total
+        return segs

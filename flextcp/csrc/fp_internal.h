@@ -21,6 +21,15 @@
 #define FP_ATX_BATCH 64
 #define FP_KTX_BATCH 32
 #define FP_SEGS_PER_VISIT 16
+/* Transmit scheduling (fp_tx.c fp_tx_run; docs/ARCHITECTURE.md "Transmit
+ * scheduling"): deficit round robin in bytes across contexts, round robin
+ * across a context's flows.  Bytes are wire bytes (frames as written,
+ * headers included, a TSO super-segment once). */
+#define FP_TX_QUANTUM 65536u        /* credit a context gets per round */
+#define FP_TX_VISIT_BYTES 16384u    /* at most this per flow visit (one segment may overshoot) */
+#define FP_TX_POLL_BYTES 262144u    /* at most this per poll (besides cfg.tx_batch segments) */
+#define FP_TXQ_SLOTS (TAS_MAX_CTX + 1) /* one per context id, the last for ids out of range */
+#define FP_NIL 0xffffffffu
 /* TAP offloads (IFF_VNET_HDR): every frame on the TAP fd is preceded by a
  * struct virtio_net_hdr; with TSO a data segment carries up to this many
  * payload bytes (the kernel cuts it into gso_size pieces). */
@@ -47,6 +56,18 @@ struct fp_ctx {
     uint64_t strike_us;         /* when it was posted */
 };
 
+/* One context's share of the transmit scheduler, indexed by the flows'
+ * ctx_id (whether or not this core has the context mapped: a flow of an
+ * unmapped context is still visited, it just cannot send). */
+struct fp_txctx {
+    uint32_t head, tail;        /* FIFO of queued flow ids, linked through tas_fp.txq_next */
+    uint32_t n;                 /* flows in the FIFO */
+    uint32_t ring_next;         /* next context slot in the round-robin ring */
+    int64_t deficit;            /* DRR credit in bytes (negative: one segment's overshoot) */
+    uint8_t in_ring;            /* on the ring (n > 0 or being served) */
+    uint8_t in_turn;            /* its turn started (quantum granted), not finished */
+};
+
 /* At most one TAS_KRX_CTX_BAD report per context per this many us. */
 #define FP_STRIKE_REPORT_US 1000
 
@@ -60,9 +81,14 @@ struct tas_fp {
     uint32_t active[TAS_MAX_CTX];   /* ids of registered contexts */
     uint32_t n_active;
 
-    /* transmit ready queue: flow ids (FIFO ring, capacity n_flows + 1) */
-    uint32_t *txq;
-    uint32_t txq_cap, txq_head, txq_tail;
+    /* transmit ready queues (fp_tx.c): per flow, the next flow id in its
+     * context's FIFO and the slot + 1 it is linked in (0: not linked);
+     * per context slot its FIFO and DRR state; the ring of slots with
+     * queued flows (FIFO, linked through fp_txctx.ring_next) */
+    uint32_t *txq_next;
+    uint32_t *txq_slot;
+    struct fp_txctx *txc;
+    uint32_t ring_head, ring_tail, ring_n;
 
     /* flows that need an ACK at the end of this poll */
     uint32_t *ackq;

@@ -51,11 +51,12 @@ struct tas_fp *tas_fp_create(const struct tas_fp_config *cfg)
         goto fail;
     if (tas_ring_attach(&fp->ktx, cfg->ktx_mem, cfg->kq_slots, TAS_KQ_ENTRY_SIZE, 0) != 0)
         goto fail;
-    fp->txq_cap = cfg->n_flows + 1;
-    fp->txq = calloc(fp->txq_cap, sizeof(uint32_t));
+    fp->txq_next = calloc(cfg->n_flows, sizeof(uint32_t));
+    fp->txq_slot = calloc(cfg->n_flows, sizeof(uint32_t));
+    fp->txc = calloc(FP_TXQ_SLOTS, sizeof(struct fp_txctx));
     fp->ackq = calloc(cfg->n_flows, sizeof(uint32_t));
     fp->notif_stamp = calloc(cfg->n_flows, sizeof(uint32_t));
-    if (!fp->txq || !fp->ackq || !fp->notif_stamp)
+    if (!fp->txq_next || !fp->txq_slot || !fp->txc || !fp->ackq || !fp->notif_stamp)
         goto fail;
     fp->poll_stamp = 1;
     return fp;
@@ -70,7 +71,9 @@ void tas_fp_destroy(struct tas_fp *fp)
         return;
     for (uint32_t i = 0; i < TAS_MAX_CTX; i++)
         free(fp->ctx[i]);
-    free(fp->txq);
+    free(fp->txq_next);
+    free(fp->txq_slot);
+    free(fp->txc);
     free(fp->ackq);
     free(fp->notif_stamp);
     free(fp);

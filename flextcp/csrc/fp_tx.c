@@ -13,16 +13,43 @@ int fp_write_frame(struct tas_fp *fp, const uint8_t *frame, uint32_t len)
     return fp_write_gso(fp, (uint8_t *)frame, len, 0);
 }
 
+/* The scheduler slot of f's context (ids out of range share the last). */
+static inline uint32_t txq_slot_of(const struct tas_flow *f)
+{
+    return f->ctx_id < TAS_MAX_CTX ? f->ctx_id : TAS_MAX_CTX;
+}
+
+/* Queue flow_id for transmission: at the tail of its context's FIFO, the
+ * context at the tail of the ring if it was not on it.  O(1), no
+ * allocation.  TAS_FF_IN_TXQ is the shared "queued" flag (the slow path
+ * clears it after a fast-path restart); txq_slot is the private truth
+ * about the links, so a flag cleared behind our back never links a flow
+ * twice. */
 void fp_txq_push(struct tas_fp *fp, uint32_t flow_id, struct tas_flow *f)
 {
     if (f->flags & TAS_FF_IN_TXQ)
         return;
-    uint32_t next = (fp->txq_tail + 1) % fp->txq_cap;
-    if (next == fp->txq_head)
-        return; /* cannot happen: capacity exceeds the number of flows */
     f->flags |= TAS_FF_IN_TXQ;
-    fp->txq[fp->txq_tail] = flow_id;
-    fp->txq_tail = next;
+    if (fp->txq_slot[flow_id])
+        return; /* still linked: it will be visited */
+    uint32_t s = txq_slot_of(f);
+    struct fp_txctx *c = &fp->txc[s];
+    fp->txq_slot[flow_id] = s + 1;
+    fp->txq_next[flow_id] = FP_NIL;
+    if (c->n++)
+        fp->txq_next[c->tail] = flow_id;
+    else
+        c->head = flow_id;
+    c->tail = flow_id;
+    if (!c->in_ring) {
+        c->in_ring = 1;
+        c->ring_next = FP_NIL;
+        if (fp->ring_n++)
+            fp->txc[fp->ring_tail].ring_next = s;
+        else
+            fp->ring_head = s;
+        fp->ring_tail = s;
+    }
 }
 
 void fp_need_ack(struct tas_fp *fp, uint32_t flow_id, struct tas_flow *f)
@@ -300,11 +327,15 @@ static uint32_t tx_holes(struct tas_fp *fp, struct tas_flow *f, struct tas_flow_
     return sent;
 }
 
-/* Transmit what flow f may send now.  Returns segments sent; *more is set
- * when the flow still has sendable data (caller requeues). */
-static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, int *more,
-                        uint64_t *due)
+/* Transmit what flow f may send now, at most budget segments and about
+ * bbudget wire bytes (retransmissions and new data; the segment that
+ * crosses bbudget still goes).  Returns segments sent, *bytes the wire
+ * bytes; *more is set when a budget ran out (caller requeues). */
+static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, uint64_t bbudget,
+                        uint64_t *bytes, int *more, uint64_t *due)
 {
+    const uint64_t wire0 = fp->st->tx_bytes; /* fp_write_gso counts every frame */
+#define TX_WIRE() (fp->st->tx_bytes - wire0)
     uint32_t sent = 0;
     uint32_t smss = seg_payload_max(fp, f);
     struct tas_flow_cc *cc = fp_cc(fp, f);
@@ -335,7 +366,12 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
     }
 
     if (sb && (f->flags & TAS_FF_RECOVERY)) {
-        sent += tx_holes(fp, f, cc, &v, smss, budget > sent ? budget - sent : 0);
+        /* the byte budget as segments (holes are resent at most smss each) */
+        uint32_t hb = budget > sent ? budget - sent : 0;
+        uint64_t left = bbudget > TX_WIRE() ? bbudget - TX_WIRE() : 0;
+        if ((left + smss - 1) / smss < hb)
+            hb = (uint32_t)((left + smss - 1) / smss);
+        sent += tx_holes(fp, f, cc, &v, smss, hb);
     } else if (f->flags & TAS_FF_REXMIT_HEAD) {
         f->flags &= ~TAS_FF_REXMIT_HEAD;
         uint64_t out = f->tx_max - f->tx_una;
@@ -353,7 +389,7 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
         }
     }
 
-    while (sent < budget) {
+    while (sent < budget && TX_WIRE() < bbudget) {
         uint64_t seq_flight = f->tx_nxt - f->tx_una;
         uint64_t flight = seq_flight;
         uint64_t lt = 0;
@@ -459,37 +495,107 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
             f->flags |= TAS_FF_FIN_SENT | TAS_FF_FIN_OUT;
         sent++;
     }
-    if (sent >= budget)
+    *bytes = TX_WIRE();
+    if (sent >= budget || *bytes >= bbudget)
         *more = 1;
     return sent;
+#undef TX_WIRE
 }
 
+static uint32_t txq_pop(struct tas_fp *fp, struct fp_txctx *c)
+{
+    uint32_t id = c->head;
+    c->head = fp->txq_next[id];
+    c->n--;
+    fp->txq_slot[id] = 0;
+    return id;
+}
+
+/* Transmit scheduling: deficit round robin in bytes across contexts.  The
+ * context at the head of the ring starts a turn with FP_TX_QUANTUM more
+ * credit and serves its flows round robin (each visit at most
+ * FP_TX_VISIT_BYTES and its remaining credit; a requeued flow goes to the
+ * back of its context's FIFO) until its credit is spent, its FIFO is empty
+ * or every flow left in it made no progress (paced, not due); then it goes
+ * to the back of the ring, or leaves it with no credit when it has no
+ * flows queued.  A turn cut short by the poll's budget (budget segments,
+ * FP_TX_POLL_BYTES) resumes at the next poll without a new quantum.  So a
+ * context waits at most one quantum (+ one segment) per other active
+ * context, whatever their flow counts.  Returns segments sent. */
 uint32_t fp_tx_run(struct tas_fp *fp, uint32_t budget)
 {
-    uint32_t total = 0;
+    uint32_t segs = 0;
+    uint64_t bytes = 0;
     uint64_t first_due = 0;
-    /* visit each queued flow at most once per run: round robin */
-    uint32_t n = (fp->txq_tail + fp->txq_cap - fp->txq_head) % fp->txq_cap;
-    while (n-- > 0 && total < budget) {
-        uint32_t id = fp->txq[fp->txq_head];
-        fp->txq_head = (fp->txq_head + 1) % fp->txq_cap;
-        struct tas_flow *f = &fp->ft.flows[id];
-        tas_flow_lock(f);
-        f->flags &= ~TAS_FF_IN_TXQ;
-        if (f->status == TAS_FLOW_ACTIVE) {
-            int more = 0;
-            uint64_t due = 0;
-            uint32_t b = budget - total;
-            if (b > FP_SEGS_PER_VISIT)
-                b = FP_SEGS_PER_VISIT;
-            total += tx_flow(fp, f, b, &more, &due);
-            if (due && (!first_due || due < first_due))
-                first_due = due;
-            if (more || due)
-                fp_txq_push(fp, id, f);
+    uint32_t idle = 0; /* consecutive turns that sent nothing (all waiting) */
+    while (fp->ring_n && idle < fp->ring_n && segs < budget && bytes < FP_TX_POLL_BYTES) {
+        uint32_t s = fp->ring_head;
+        struct fp_txctx *c = &fp->txc[s];
+        if (!c->in_turn) {
+            c->in_turn = 1;
+            c->deficit += FP_TX_QUANTUM;
         }
-        tas_flow_unlock(f);
+        int owed = c->deficit <= 0; /* still paying a past overshoot */
+        uint64_t turn = 0;
+        uint32_t stuck = 0; /* consecutive visits that sent nothing and requeued here */
+        while (c->n && c->deficit > 0 && stuck < c->n && segs < budget && bytes < FP_TX_POLL_BYTES) {
+            uint32_t id = txq_pop(fp, c);
+            struct tas_flow *f = &fp->ft.flows[id];
+            uint32_t sent = 0;
+            uint64_t w = 0;
+            tas_flow_lock(f);
+            f->flags &= ~TAS_FF_IN_TXQ;
+            if (f->status == TAS_FLOW_ACTIVE) {
+                int more = 0;
+                uint64_t due = 0;
+                uint32_t b = budget - segs;
+                if (b > FP_SEGS_PER_VISIT)
+                    b = FP_SEGS_PER_VISIT;
+                uint64_t cap = (uint64_t)c->deficit;
+                if (cap > FP_TX_VISIT_BYTES)
+                    cap = FP_TX_VISIT_BYTES;
+                if (cap > FP_TX_POLL_BYTES - bytes)
+                    cap = FP_TX_POLL_BYTES - bytes;
+                sent = tx_flow(fp, f, b, cap, &w, &more, &due);
+                if (due && (!first_due || due < first_due))
+                    first_due = due;
+                if (more || due)
+                    fp_txq_push(fp, id, f);
+            }
+            tas_flow_unlock(f);
+            segs += sent;
+            bytes += w;
+            turn += w;
+            c->deficit -= (int64_t)w;
+            if (w)
+                stuck = 0;
+            else if (fp->txq_slot[id] == s + 1)
+                stuck++; /* waiting (paced): back in this FIFO */
+        }
+        if (c->n && c->deficit > 0 && stuck < c->n)
+            break; /* the poll's budget ran out mid-turn: resume it next poll */
+        /* the turn is over */
+        c->in_turn = 0;
+        fp->ring_head = c->ring_next;
+        fp->ring_n--;
+        if (c->n == 0) {
+            c->deficit = 0; /* nothing queued: no credit kept */
+            c->in_ring = 0;
+            if (turn)
+                idle = 0;
+            continue;
+        }
+        idle = (turn || owed) ? 0 : idle + 1;
+        if (c->deficit > 0)
+            c->deficit = 0; /* what is left only waits (paced): no credit kept */
+        /* to the back of the ring */
+        c->ring_next = FP_NIL;
+        if (fp->ring_n++)
+            fp->txc[fp->ring_tail].ring_next = s;
+        else
+            fp->ring_head = s;
+        fp->ring_tail = s;
     }
     fp->st->pace_due_us = first_due;
-    return total;
+    return segs;
 }

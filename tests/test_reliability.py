@@ -6,8 +6,9 @@ bound; goodput and retransmission counts are printed (``pytest -s``).
 
 The topology, the stack and the transfers are scripts/reliability_matrix.py
 (which also runs the Linux-to-Linux baseline and prints the issue's table).
-Sizes: ``TAS_RELIABILITY_MIB`` (default 16; slow conditions are capped, see
-the script); ``TAS_RELIABILITY_MIB=64 TAS_RELIABILITY_FULL=1`` is the full run.
+Sizes: 64 MiB per transfer, every condition (the issue's size, ~7 min);
+``TAS_RELIABILITY_QUICK=1`` (16 MiB, slow conditions capped) while
+developing, see the script.
 
 Needs root (network namespaces, TAP); CI runs it as root.
 """

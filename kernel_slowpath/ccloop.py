@@ -31,6 +31,10 @@ log = logging.getLogger("tas.cc")
 
 U32 = 0xFFFFFFFF
 MIN_INTERVAL_US = 1000
+# An idle flow (nothing acked, in flight or queued for longer than the idle
+# restart threshold, max(4 srtt, 200 ms)) is looked at this often: enough to
+# notice its restart well within an RTO floor, cheap for many idle flows.
+IDLE_INTERVAL_US = 50_000
 # Pacing gain over cwnd/srtt (Linux: tcp_pacing_ss_ratio 200, ca_ratio 120).
 PACING_GAIN_SS = 2.0
 PACING_GAIN_CA = 1.2
@@ -137,9 +141,16 @@ class CCLoop:
             self._handle.cancel()
             self._handle = None
 
-    def _kick(self) -> None:
+    def _kick(self, soon: bool = False) -> None:
+        """Schedule the next pass; `soon`: a flow just became due, so a
+        pass asleep for idle flows is brought forward."""
+        if soon and self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
         if self._running and self._handle is None and self.flows and self.loop is not None:
-            self._handle = self.loop.call_later(self.tick_us / 1e6, self._tick)
+            # sleep until the earliest flow is due (idle flows: IDLE_INTERVAL_US)
+            wait = min(fl.next_due for fl in self.flows.values()) - self.now_us()
+            self._handle = self.loop.call_later(max(self.tick_us, wait) / 1e6, self._tick)
 
     def _make(self, name: str, mss: int, now: int) -> FlowCC:
         params = self.params if name == self.algorithm else {}
@@ -162,7 +173,7 @@ class CCLoop:
         fl = self._make(name, mss, self.now_us())
         fl.fid = fid
         self.flows[fid] = fl
-        self._kick()
+        self._kick(soon=True)
 
     def remove(self, fid: int) -> None:
         self.flows.pop(fid, None)
@@ -205,7 +216,7 @@ class CCLoop:
             fl.alg.ssthresh = max(int(f.ssthresh), 2 * fl.alg.mss)
         self.flows[fid] = fl
         lib.tas_sp_cc_set_mode(self.ft, self.table, fid, lib.TAS_CC_SP, LOSS_BETA.get(name, 500))
-        self._kick()
+        self._kick(soon=True)
         return name
 
     def on_rto(self, fid: int) -> None:
@@ -287,6 +298,8 @@ class CCLoop:
             fl.last_active = now
         elif now - fl.last_active > max(srtt * 4, 200_000):
             fl.idle = True
+        if fl.idle:
+            fl.next_due = now + IDLE_INTERVAL_US
         # cwnd-limited (Linux tcp_is_cwnd_limited): only then may the window grow
         cwnd = max(int(alg.cwnd), 1)
         peak = max(int(s.max_flight), int(s.in_flight))

@@ -491,3 +491,31 @@ def test_ccloop_per_flow_algorithms(h):
     assert loop.stats()["cc_flows_by_algorithm"] == {"newreno": 1, "fp-newreno": 1}
     loop.remove(0)
     assert loop.algorithm_of(0) is None
+
+
+def test_idle_flow_is_looked_at_less_often(h):
+    """A flow idle past the restart threshold is due every IDLE_INTERVAL_US
+    (cheap for many idle connections); when it sends again the idle
+    restart applies (window back to IW, RFC 5681 4.1)."""
+    from kernel_slowpath.ccloop import IDLE_INTERVAL_US
+
+    ctx = h.add_ctx(1)
+    h.install_flow(0, ctx, FlowSpec(tx_len=16384, snd_wnd=0xFFFF))
+    loop = CCLoop(ft=_ft(h), cc_table=cc_table(h), n_flows=h.n_flows, algorithm="cubic", interval_us=1000,
+                  loop=None, now_us=lambda: h.now, pacing=False)  # fmt: skip
+    loop.add(0, 536)
+    fl = loop.flows[0]
+    fl.alg.cwnd = 40 * 536
+    t = h.now
+    passes = 0
+    while t < h.now + 1_000_000:  # one idle second
+        if fl.next_due <= t:
+            loop.run_once(t)
+            passes += 1
+        t += 1000
+    assert fl.idle and passes < 300 and fl.next_due - t <= IDLE_INTERVAL_US
+    h.now = t
+    h.app_write(0, stream_bytes(0, 2000, 3))
+    h.poll(t)
+    loop.run_once(fl.next_due)
+    assert fl.alg.cwnd == 10 * 536 and loop.counters["cc_idle_restarts"] == 1

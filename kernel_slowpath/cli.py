@@ -184,9 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--app-syn-backlog", type=int, default=1024, metavar="N",
                    help="half-open connections per app over all its listeners, and the largest listen backlog "
                         "(beyond: SYN cookies); 0: no limit; default 1024")
-    s.add_argument("--cc", default="fp-newreno", choices=CC_CHOICES,
-                   help="congestion control: newreno, cubic, dctcp, const run by the slow path; fp-newreno (the "
-                        "default, see docs/CC.md): NewReno inside the fast path alone")
+    s.add_argument("--cc", default="cubic", choices=CC_CHOICES,
+                   help="congestion control: newreno, cubic (the default, RFC 9438 as Linux), dctcp, const run by "
+                        "the slow path; fp-newreno: NewReno inside the fast path alone (docs/CC.md)")
     s.add_argument("--cc-interval-us", type=int, default=1000, metavar="US",
                    help="control interval per flow (default 1000; 0: max(1 ms, srtt) of each flow)")
     s.add_argument("--cc-rate", metavar="RATE", help="--cc const: the fixed rate, e.g. 100M (bits/s)")

@@ -76,7 +76,7 @@ class StackConfig:
     app_syn_backlog: int = 1024
     # congestion control (issue 6, docs/CC.md): an algorithm the slow path
     # runs (kernel_slowpath/cc) or "fp-newreno" (the fast path alone)
-    cc: str = "fp-newreno"  # cubic is not the default yet: docs/CC.md "Default"
+    cc: str = "cubic"  # docs/CC.md "Default"
     cc_interval_us: int = 1000  # 0: per flow every max(1 ms, srtt)
     cc_rate_bps: int = 0  # --cc const: the fixed rate
     cc_pacing: bool = True

@@ -1574,14 +1574,13 @@ class PyFastPath:
                 c.in_turn = True
                 c.deficit += FP_TX_QUANTUM
             owed = c.deficit <= 0
-            turn = 0
             stuck = 0
             fifo = c.fifo
             while fifo and c.deficit > 0 and stuck < len(fifo) and segs < budget and nbytes < FP_TX_POLL_BYTES:
                 fid = fifo.popleft()
                 self.txq_slot[fid] = 0
                 f = self.flows + fid
-                sent = w = 0
+                sent = w = due = 0
                 lib.tas_flow_lock(f)
                 f.flags &= ~TAS_FF_IN_TXQ & M32
                 if f.status == TAS_FLOW_ACTIVE:
@@ -1595,12 +1594,11 @@ class PyFastPath:
                 lib.tas_flow_unlock(f)
                 segs += sent
                 nbytes += w
-                turn += w
                 c.deficit -= w
-                if w:
+                if self.txq_slot[fid] == s + 1 and (due or not w):
+                    stuck += 1  # waiting (paced), back in this FIFO
+                elif w:
                     stuck = 0
-                elif self.txq_slot[fid] == s + 1:
-                    stuck += 1  # waiting (paced): back in this FIFO
             if fifo and c.deficit > 0 and stuck < len(fifo):
                 break  # the poll's budget ran out mid-turn: resume it next poll
             c.in_turn = False
@@ -1608,12 +1606,12 @@ class PyFastPath:
             if not fifo:
                 c.deficit = 0
                 c.in_ring = False
-                if turn:
-                    idle = 0
                 continue
-            idle = 0 if (turn or owed) else idle + 1
-            if c.deficit > 0:
-                c.deficit = 0
+            if c.deficit > 0 and not owed:
+                c.deficit = 0  # what is left only waits (paced): no credit kept
+                idle += 1
+            else:
+                idle = 0
             ring.append(s)
         self.st.pace_due_us = first_due
         return segs

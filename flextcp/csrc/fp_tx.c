@@ -516,7 +516,8 @@ static uint32_t txq_pop(struct tas_fp *fp, struct fp_txctx *c)
  * credit and serves its flows round robin (each visit at most
  * FP_TX_VISIT_BYTES and its remaining credit; a requeued flow goes to the
  * back of its context's FIFO) until its credit is spent, its FIFO is empty
- * or every flow left in it made no progress (paced, not due); then it goes
+ * or every flow left in it waits for its pacing time (now_us does not move
+ * within a poll, so a waiting flow is not visited again); then it goes
  * to the back of the ring, or leaves it with no credit when it has no
  * flows queued.  A turn cut short by the poll's budget (budget segments,
  * FP_TX_POLL_BYTES) resumes at the next poll without a new quantum.  So a
@@ -527,7 +528,7 @@ uint32_t fp_tx_run(struct tas_fp *fp, uint32_t budget)
     uint32_t segs = 0;
     uint64_t bytes = 0;
     uint64_t first_due = 0;
-    uint32_t idle = 0; /* consecutive turns that sent nothing (all waiting) */
+    uint32_t idle = 0; /* consecutive turns that ended with every flow waiting */
     while (fp->ring_n && idle < fp->ring_n && segs < budget && bytes < FP_TX_POLL_BYTES) {
         uint32_t s = fp->ring_head;
         struct fp_txctx *c = &fp->txc[s];
@@ -536,18 +537,16 @@ uint32_t fp_tx_run(struct tas_fp *fp, uint32_t budget)
             c->deficit += FP_TX_QUANTUM;
         }
         int owed = c->deficit <= 0; /* still paying a past overshoot */
-        uint64_t turn = 0;
-        uint32_t stuck = 0; /* consecutive visits that sent nothing and requeued here */
+        uint32_t stuck = 0; /* consecutive visits that left the flow waiting (paced) here */
         while (c->n && c->deficit > 0 && stuck < c->n && segs < budget && bytes < FP_TX_POLL_BYTES) {
             uint32_t id = txq_pop(fp, c);
             struct tas_flow *f = &fp->ft.flows[id];
             uint32_t sent = 0;
-            uint64_t w = 0;
+            uint64_t w = 0, due = 0;
             tas_flow_lock(f);
             f->flags &= ~TAS_FF_IN_TXQ;
             if (f->status == TAS_FLOW_ACTIVE) {
                 int more = 0;
-                uint64_t due = 0;
                 uint32_t b = budget - segs;
                 if (b > FP_SEGS_PER_VISIT)
                     b = FP_SEGS_PER_VISIT;
@@ -565,12 +564,11 @@ uint32_t fp_tx_run(struct tas_fp *fp, uint32_t budget)
             tas_flow_unlock(f);
             segs += sent;
             bytes += w;
-            turn += w;
             c->deficit -= (int64_t)w;
-            if (w)
+            if (fp->txq_slot[id] == s + 1 && (due || !w))
+                stuck++; /* waiting (paced), back in this FIFO */
+            else if (w)
                 stuck = 0;
-            else if (fp->txq_slot[id] == s + 1)
-                stuck++; /* waiting (paced): back in this FIFO */
         }
         if (c->n && c->deficit > 0 && stuck < c->n)
             break; /* the poll's budget ran out mid-turn: resume it next poll */
@@ -581,13 +579,14 @@ uint32_t fp_tx_run(struct tas_fp *fp, uint32_t budget)
         if (c->n == 0) {
             c->deficit = 0; /* nothing queued: no credit kept */
             c->in_ring = 0;
-            if (turn)
-                idle = 0;
             continue;
         }
-        idle = (turn || owed) ? 0 : idle + 1;
-        if (c->deficit > 0)
+        if (c->deficit > 0 && !owed) {
             c->deficit = 0; /* what is left only waits (paced): no credit kept */
+            idle++;
+        } else {
+            idle = 0;
+        }
         /* to the back of the ring */
         c->ring_next = FP_NIL;
         if (fp->ring_n++)

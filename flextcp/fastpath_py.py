@@ -945,7 +945,7 @@ class PyFastPath:
                     if (
                         c > 0
                         and f.srtt_us
-                        and ((self.now_us - f.rto_start_us) & M32) >= (2 * f.srtt_us + 1000) & M32
+                        and sack_py.timer_age(f, self.now_us) >= (2 * f.srtt_us + 1000) & M32
                     ):
                         f.rto_start_us = self.now_us & M32
                         f.flags |= TAS_FF_REXMIT_HEAD

@@ -133,6 +133,13 @@ def sb_next_hole(v: SbView, off: int, limit: int) -> tuple[int, int] | None:
     return None
 
 
+def timer_age(f, now_us: int) -> int:
+    """flow_timer_age (tcp_common.h): us since the retransmission timer
+    restarted; a start up to 1 s ahead of now_us counts as 0."""
+    d = (now_us - f.rto_start_us) & M32
+    return 0 if d > 4293967295 else d
+
+
 def sb_lost_limit(now_us: int, f, cc, v: SbView) -> int:
     """Offset below which holes count as lost (fp_sb_lost_limit): the
     DupThresh rule, early retransmit, and the time rule for the head."""
@@ -155,6 +162,6 @@ def sb_lost_limit(now_us: int, f, cc, v: SbView) -> int:
         mult = cc.reo_mult or 1
         reo = (f.srtt_us // 4) * mult
         wait = (f.srtt_us + min(reo, f.srtt_us)) & M32
-        if ((now_us - f.rto_start_us) & M32) >= wait:
+        if timer_age(f, now_us) >= wait:
             limit = v.s[0]
     return limit

@@ -156,7 +156,8 @@ def test_app_death_resets_open_flows_finishes_closed_ones_frees_everything(fs, m
     st = _settled(fs)
     assert st["control"]["apps_gone"] >= base["control"]["apps_gone"] + 2
     assert st["slowpath"]["rst_sent"] > base["slowpath"]["rst_sent"]
-    wait_for(lambda: fd_count(fs.pid) == sp_fds and fd_count(fp) == fp_fds, 5,
+    # bounded, not timed: the closed flow's FIN exchange may still be finishing on a loaded machine
+    wait_for(lambda: fd_count(fs.pid) == sp_fds and fd_count(fp) == fp_fds, 30,
              f"fds back to {sp_fds} (slow path) and {fp_fds} (fast path)")
     assert memfds(fs.pid) == sp_memfds
     assert [m for m in memfds(fp) if "ctx" in m] == []

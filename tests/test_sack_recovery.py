@@ -311,3 +311,20 @@ def test_duplicates_are_reported_as_dsack_once(h):
     _, out = h.poll(1_005_000)
     assert sack_blocks(out[-1], rx0)[0] == (900, 1100)
     assert h.flow(0).rx_head == 1300 and h.app_read(0, 1300) == stream_bytes(0, 1300)
+
+
+def test_timer_started_by_the_slow_path_just_ahead_is_not_ancient(h):
+    """The slow path restarts the retransmission timer from its own clock,
+    which may read a little later than the fast path's: a start slightly
+    "in the future" must count as now, not as 2^32 us ago (which would mark
+    the head lost by the time rule at the first SACK)."""
+    t0 = 1_000_000
+    _, una, _ = start(h, t0=t0)
+    f = h.flow(0)
+    f.srtt_us, f.rto_start_us = 1000, (t0 + 5000 + 300) & M32
+    out = ack(h, una, [(una + SEG, una + 2 * SEG)], now=t0 + 5000)
+    assert not h.flow(0).flags & lib.TAS_FF_RECOVERY and seqs(out) == []
+    # ... while a start well in the past still does
+    h.flow(0).rto_start_us = t0 & M32
+    out = ack(h, una, [(una + SEG, una + 2 * SEG)], now=t0 + 5000)
+    assert h.flow(0).flags & lib.TAS_FF_RECOVERY and seqs(out) == [una & M32]

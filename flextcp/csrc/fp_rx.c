@@ -408,7 +408,7 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
                  * copies may still be on their way, their turn comes when
                  * the head is through */
                 if (c > 0 && f->srtt_us &&
-                    (uint32_t)fp->now_us - f->rto_start_us >= 2u * f->srtt_us + 1000u) {
+                    flow_timer_age(f, fp->now_us) >= 2u * f->srtt_us + 1000u) {
                     f->rto_start_us = (uint32_t)fp->now_us;
                     f->flags |= TAS_FF_REXMIT_HEAD;
                 }

@@ -176,7 +176,7 @@ uint32_t fp_sb_lost_limit(const struct tas_fp *fp, const struct tas_flow *f,
         uint32_t mult = cc->reo_mult ? cc->reo_mult : 1u;
         uint32_t reo = (f->srtt_us / 4u) * mult;
         uint32_t wait = f->srtt_us + (reo < f->srtt_us ? reo : f->srtt_us);
-        if ((uint32_t)fp->now_us - f->rto_start_us >= wait)
+        if (flow_timer_age(f, fp->now_us) >= wait)
             limit = v->s[0];
     }
     return limit;

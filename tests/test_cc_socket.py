@@ -36,6 +36,7 @@ def test_tcp_congestion_through_the_shim(tas):
         assert got["listener"] == "dctcp"
         assert got["bad_before"] and got["bad_after"]  # ENOENT, as Linux
         assert got["int_form"] == struct.unpack("i", b"cubi")[0]  # no buflen: the first 4 bytes, as Linux
+        assert got["ssl"] == "newreno" and got["bad_ssl"]  # an ssl-wrapped socket too
         # the slow path runs those algorithms for those flows only
         deadline = time.monotonic() + 10
         while True:

@@ -160,6 +160,26 @@ def _cc_value(name: str, buflen):
     return raw[: min(buflen, _CA_NAME_MAX)]
 
 
+def _apply_cc(st: ShimState, name: str) -> None:
+    """Switch a stack socket's congestion control (listeners: for the
+    connections they accept from now on)."""
+    if st.kind == "listen" and st.listen is not None:
+        st.opts[_TCP_CC] = st.listen.lst.set_congestion_control(name)
+    elif st.kind == "conn" and st.link is not None:
+        st.opts[_TCP_CC] = st.link.conn.set_congestion_control(name)
+    else:
+        st.opts[_TCP_CC] = name
+
+
+def _cc_of(st: ShimState) -> str:
+    """The algorithm in force for a stack socket."""
+    if st.kind == "conn" and st.link is not None:
+        return st.link.conn.congestion_control
+    if st.kind == "listen" and st.listen is not None:
+        return st.listen.lst.congestion_control
+    return st.opts.get(_TCP_CC) or st.rt.stack.default_cc
+
+
 def _int_value(value) -> int:
     if isinstance(value, (bytes, bytearray)):
         return struct.unpack("i", bytes(value[:4]).ljust(4, b"\0"))[0]
@@ -473,12 +493,7 @@ class ShimSocket(socket.socket):
                 _sup.setsockopt(self, *_TCP_CC, name.encode())
             self._pre_opts[_TCP_CC] = name
             return None
-        if st.kind == "listen" and st.listen is not None:
-            st.opts[_TCP_CC] = st.listen.lst.set_congestion_control(name)
-        elif st.kind == "conn" and st.link is not None:
-            st.opts[_TCP_CC] = st.link.conn.set_congestion_control(name)
-        else:
-            st.opts[_TCP_CC] = name
+        _apply_cc(st, name)
         return None
 
     def getsockopt(self, level, optname, buflen=None):
@@ -521,13 +536,7 @@ class ShimSocket(socket.socket):
         return raw[:buflen].ljust(min(buflen, len(raw)), b"\0")
 
     def _cc_in_force(self, st: ShimState | None) -> str:
-        if st is None:
-            return self._pre_opts[_TCP_CC]
-        if st.kind == "conn" and st.link is not None:
-            return st.link.conn.congestion_control
-        if st.kind == "listen" and st.listen is not None:
-            return st.listen.lst.congestion_control
-        return st.opts.get(_TCP_CC) or st.rt.stack.default_cc
+        return self._pre_opts[_TCP_CC] if st is None else _cc_of(st)
 
     # -- data ------------------------------------------------------------------------------
     def _check_reset(self) -> None:
@@ -721,6 +730,9 @@ def _install_ssl() -> None:
             st = self._shim()
             if st is None:
                 return super().setsockopt(level, optname, value, *(() if optlen is None else (optlen,)))
+            if (level, optname) == _TCP_CC:
+                _apply_cc(st, _cc_name(value))
+                return None
             st.opts[(level, optname)] = value
             return None
 
@@ -730,6 +742,8 @@ def _install_ssl() -> None:
                 return super().getsockopt(level, optname, *(() if buflen is None else (buflen,)))
             if level == socket.SOL_SOCKET and optname == socket.SO_ERROR:
                 return st.pending_error()
+            if (level, optname) == _TCP_CC:
+                return _cc_value(_cc_of(st), buflen)
             v = st.opts.get((level, optname), 0)
             return v if isinstance(v, int) else struct.unpack("i", bytes(v[:4]))[0]
 

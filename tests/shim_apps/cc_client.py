@@ -7,6 +7,7 @@ that an accepted socket inherits it.  Prints what it saw as JSON lines."""
 import errno
 import json
 import socket
+import ssl
 import sys
 import time
 
@@ -34,6 +35,13 @@ b = socket.create_connection((host, port))
 c = socket.create_connection((host, port))
 c.setsockopt(socket.IPPROTO_TCP, CC, b"reno")
 bad_after = enoent(c, b"vegas")
+# an ssl-wrapped stack socket (the shim's SSLSocket class) takes it too
+tctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+tctx.check_hostname = False
+tctx.verify_mode = ssl.CERT_NONE
+w = tctx.wrap_socket(socket.create_connection((host, port)), do_handshake_on_connect=False)
+w.setsockopt(socket.IPPROTO_TCP, CC, b"reno")
+bad_ssl = enoent(w, b"vegas")
 ls = socket.socket()
 ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 ls.setsockopt(socket.IPPROTO_TCP, CC, b"dctcp")
@@ -48,6 +56,8 @@ out = {
     "bad_after": bad_after,
     "ports": [a.getsockname()[1], b.getsockname()[1], c.getsockname()[1]],
     "int_form": a.getsockopt(socket.IPPROTO_TCP, CC),
+    "ssl": name(w),
+    "bad_ssl": bad_ssl,
 }
 print("conns " + json.dumps(out), flush=True)
 ls.settimeout(20)

@@ -136,6 +136,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--fp-cores", type=int, default=1, help="fast-path cores of the stack (default 1)")
     p.add_argument("--poll-us", type=int, default=None, help="pass --poll-us to tas start")
+    p.add_argument("--cc", default=None, help="pass --cc to tas start (default: its default, cubic)")
     p.add_argument(
         "--tap-offload",
         choices=["on", "off"],
@@ -330,6 +331,8 @@ def _start_servers(b: Bench) -> None:
         ]
         if a.poll_us is not None:
             argv += ["--poll-us", str(a.poll_us)]
+        if a.cc is not None:
+            argv += ["--cc", a.cc]
         senv = dict(os.environ, TAS_TAP_OFFLOAD="1" if a.tap_offload == "on" else "0")
         b.stack = _spawn(
             b, "tas start", t.stack_ns, argv, None, senv

@@ -13,23 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import selectors
-import signal
 import socket
 import sys
 import time
 
+from bench_server import _stopper  # same directory: SIGINT/SIGTERM end the run early
+
 CHUNK = 256 << 10
-
-
-def _stopper() -> list[bool]:
-    stop = [False]
-
-    def on_sig(*_):
-        stop[0] = True
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_sig)
-    return stop
 
 
 def native(a: argparse.Namespace, stop: list[bool]) -> tuple[int, float]:

@@ -19,6 +19,17 @@ static inline uint32_t txq_slot_of(const struct tas_flow *f)
     return f->ctx_id < TAS_MAX_CTX ? f->ctx_id : TAS_MAX_CTX;
 }
 
+/* Context slot s to the back of the ring of contexts with queued flows. */
+static void ring_append(struct tas_fp *fp, uint32_t s)
+{
+    fp->txc[s].ring_next = FP_NIL;
+    if (fp->ring_n++)
+        fp->txc[fp->ring_tail].ring_next = s;
+    else
+        fp->ring_head = s;
+    fp->ring_tail = s;
+}
+
 /* Queue flow_id for transmission: at the tail of its context's FIFO, the
  * context at the tail of the ring if it was not on it.  O(1), no
  * allocation.  TAS_FF_IN_TXQ is the shared "queued" flag (the slow path
@@ -43,12 +54,7 @@ void fp_txq_push(struct tas_fp *fp, uint32_t flow_id, struct tas_flow *f)
     c->tail = flow_id;
     if (!c->in_ring) {
         c->in_ring = 1;
-        c->ring_next = FP_NIL;
-        if (fp->ring_n++)
-            fp->txc[fp->ring_tail].ring_next = s;
-        else
-            fp->ring_head = s;
-        fp->ring_tail = s;
+        ring_append(fp, s);
     }
 }
 
@@ -587,13 +593,7 @@ uint32_t fp_tx_run(struct tas_fp *fp, uint32_t budget)
         } else {
             idle = 0;
         }
-        /* to the back of the ring */
-        c->ring_next = FP_NIL;
-        if (fp->ring_n++)
-            fp->txc[fp->ring_tail].ring_next = s;
-        else
-            fp->ring_head = s;
-        fp->ring_tail = s;
+        ring_append(fp, s); /* to the back of the ring */
     }
     fp->st->pace_due_us = first_due;
     return segs;

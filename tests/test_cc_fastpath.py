@@ -219,15 +219,21 @@ def test_no_ecn_without_negotiation(h):
     assert not any(tcp(x).tcp_flags & ECE for x in frames)
 
 
-def test_loss_event_counted_with_sp_beta(h):
-    setup(h, sp=True, ecn=False, beta=700)
-    h.app_write(0, stream_bytes(0, 5360))
+def send_then_three_dupacks(h, nbytes: int = 5360):
+    """Send nbytes, then three duplicate ACKs for the head (no SACK blocks:
+    NewReno's fast retransmit).  Returns the flow and its side-table entry."""
+    h.app_write(0, stream_bytes(0, nbytes))
     h.poll()
     una = h.snd_una(0)
     for _ in range(3):
         h.inject(frame(h, 0, seq=h.rcv_nxt(0), ack=una))
     h.poll()
-    f, cc = h.flow(0), cc_table(h)[0]
+    return h.flow(0), cc_table(h)[0]
+
+
+def test_loss_event_counted_with_sp_beta(h):
+    setup(h, sp=True, ecn=False, beta=700)
+    f, cc = send_then_three_dupacks(h)
     assert cc.cnt_loss == 1
     assert f.ssthresh == 5360 * 700 // 1000
 
@@ -252,13 +258,7 @@ def test_pacing_spaces_segments(h):
 
 def test_sp_write_in_recovery_sets_exit_window(h):
     setup(h, sp=True, ecn=False, beta=500)
-    h.app_write(0, stream_bytes(0, 5360))
-    h.poll()
-    una = h.snd_una(0)
-    for _ in range(3):
-        h.inject(frame(h, 0, seq=h.rcv_nxt(0), ack=una))
-    h.poll()
-    f, cc = h.flow(0), cc_table(h)[0]
+    f, cc = send_then_three_dupacks(h)
     ft = _ft(h)
     ids = ffi.new("uint32_t[]", [0])
     # a stale decision (taken before this loss) is refused

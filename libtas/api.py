@@ -57,6 +57,9 @@ CALL_TIMEOUT = 30.0  # seconds to wait for a control reply
 # (tas_armed_set/get fence in C); this only bounds how long a sleeper takes
 # to notice its context was closed under it.
 MAX_SLEEP = 0.5
+# How long Context.wait() polls before it sleeps on the eventfd (TAS_APP_SPIN_US;
+# 0 = sleep at once).  Bounded: an idle app stops spinning after this.
+SPIN_US = int(os.environ.get("TAS_APP_SPIN_US", "0"))
 
 _ATX = struct.Struct("<IHHQQQ")
 _ARX = struct.Struct("<IHHQ")
@@ -358,10 +361,22 @@ class Context:
     def _flush(self) -> None:
         """Post the pending ATX updates (one per flow, latest positions) and
         ring the fast-path cores that sleep."""
-        if not self._updates:
+        updates = self._updates
+        if not updates:
             return
+        if len(updates) == 1:  # the common case (one request, one reply): no batching
+            (c,) = updates.values()
+            core = c.info.core
+            if core < self.n_cores and self._atx[core].enqueue_n(
+                _ATX.pack(c.flow_id, c.info.gen, TAS_ATX_UPDATE, c._rx_tail, c._tx_head, 0), 1
+            ):
+                c._rx_posted = c._rx_tail
+                self._updates = {}
+                if lib.tas_armed_get(self._fp_armed + core):
+                    self.stack.doorbells[core].ring()
+                return
         per_core: dict[int, list[Connection]] = {}
-        for conn in self._updates.values():
+        for conn in updates.values():
             per_core.setdefault(conn.info.core, []).append(conn)
         left: dict[int, Connection] = {}
         for core, conns in per_core.items():
@@ -443,27 +458,62 @@ class Context:
         return n
 
     def _wait_locked(self, timeout: float | None) -> int:
-        """One armed sleep on the eventfd (at most MAX_SLEEP), lock released."""
+        """One armed sleep on the eventfd (at most MAX_SLEEP), lock released.
+
+        The control socket is watched by the same select() instead of being
+        drained (a recvmsg) before and after every sleep: the stack sends an
+        event before it rings the eventfd, so a pending event makes the sleep
+        return at once, and the socket is read only when select() says so."""
         lib.tas_armed_set(self._app_armed, 1)
-        n = self._poll_locked()
+        self._flush()
+        n = self._process_events() + self._poll_arx()
         if n or self._events:
             self._hdr.app_armed = 0
+            self._flush()
             return n
         slice_ = MAX_SLEEP if self._waiters == 0 else 0.005
         t = slice_ if timeout is None else min(timeout, slice_)
+        stack = self.stack
+        fds = [self.evfd] if stack._closed else [self.evfd, stack._sock.fileno()]
         self._waiters += 1
         self._lock.release()
         try:
-            select.select([self.evfd], [], [], t)
+            ready = select.select(fds, [], [], t)[0]
         finally:
             self._lock.acquire()
             self._waiters -= 1
         self._hdr.app_armed = 0
-        try:
-            os.eventfd_read(self.evfd)
-        except BlockingIOError:
-            pass
-        return self._poll_locked()
+        if self.evfd in ready:
+            try:
+                os.eventfd_read(self.evfd)
+            except BlockingIOError:
+                pass
+        if len(ready) > 1 or (ready and ready[0] != self.evfd):
+            stack._drain_events()
+        n = self._process_events() + self._poll_arx()
+        self._flush()
+        return n
+
+    def _spin_locked(self, deadline: float | None) -> int:
+        """Poll the ARX rings for up to SPIN_US before sleeping, yielding the
+        CPU between polls: a reply that comes back within a few tens of us
+        (request/response traffic) then costs no eventfd wake-up on either
+        side, and a fast path sharing this CPU still runs (sched_yield)."""
+        end = time.monotonic() + SPIN_US / 1e6
+        if deadline is not None and deadline < end:
+            end = deadline
+        self._flush()
+        while True:
+            n = self._poll_arx()
+            if n or self._events:
+                return n + self._process_events()
+            if time.monotonic() >= end:
+                return 0
+            self._lock.release()
+            try:
+                os.sched_yield()
+            finally:
+                self._lock.acquire()
 
     def _block_until(self, cond: Callable[[], bool], timeout: float | None, what: str) -> None:
         """Poll/sleep until cond() (lock held); TimeoutError after timeout."""
@@ -502,6 +552,11 @@ class Context:
                 self._hints = 0
                 return n
             deadline = _deadline(timeout)
+            if SPIN_US and timeout != 0:
+                n = self._spin_locked(deadline)
+                if n:
+                    self._hints = 0
+                    return n
             while True:
                 n = self._wait_locked(_remaining(deadline))
                 if n or _remaining(deadline) == 0:
@@ -861,7 +916,12 @@ class Connection:
         freed = self._rx_tail - self._rx_posted
         if freed <= 0:
             return
-        if was_full or freed >= self.info.rx_len // 4 or self._rx_avail() == 0:
+        # Like a receiver's window update (RFC 1122 4.2.3.3): tell the fast
+        # path only when the window it advertises has shrunk to half the
+        # buffer or a quarter of the buffer was freed; small reads ride
+        # along with the next send's update instead of costing one each.
+        rx_len = self.info.rx_len
+        if was_full or freed >= rx_len // 4 or self._af.rx_head - self._rx_posted >= rx_len // 2:
             self.ctx._queue_update(self)
 
     # -- data ---------------------------------------------------------------------------
@@ -1038,6 +1098,53 @@ class Connection:
                 raise ValueError(f"consume({n}) with {avail} bytes readable")
             if n:
                 self._consume_locked(n, avail)
+
+    def splice_to(self, dst: Connection, nbytes: int | None = None) -> int:
+        """Zero-copy relay: move readable bytes of this connection straight
+        into dst's send buffer (dst may be this connection: an echo), as many
+        as dst has room for (at most nbytes).  Never blocks; returns the bytes
+        moved, 0 when nothing is readable (check at_eof) or dst is full (wait
+        for acknowledged data).  Both sides' positions go to the fast path in
+        one update per flow, which is what makes a relay or an echo cheap:
+        recv_view + send + consume cost three locked calls and two updates.
+        Errors as recv() for this side and send() for dst."""
+        ctx = self.ctx
+        if dst.ctx is not ctx:
+            raise ValueError("splice_to: both connections must belong to the same context")
+        with ctx._lock:
+            self._check_usable()
+            dst._check_usable()
+            if self._state == _STATE_CONNECTING or dst._state == _STATE_CONNECTING or self._shut_rd:
+                return 0
+            if self._is_reset():
+                raise _reset_error(self._reset)
+            if dst._shut_wr:
+                raise BrokenPipeError(errno.EPIPE, "send after shutdown")
+            if dst._is_reset():
+                dst._raise_reset_on_send()
+            avail = self._rx_avail()
+            n = min(avail, dst._tx_free())
+            if nbytes is not None:
+                n = min(n, max(nbytes, 0))
+            if not n:
+                return 0
+            rx, tx = self._rx, dst._tx
+            rx_len, tx_len = self.info.rx_len, dst.info.tx_len
+            src = self._rx_tail & self._rx_mask
+            out = dst._tx_head & dst._tx_mask
+            left = n
+            while left:  # at most three pieces: each buffer wraps at most once
+                k = min(left, rx_len - src, tx_len - out)
+                tx[out : out + k] = rx[src : src + k]
+                src = (src + k) & self._rx_mask
+                out = (out + k) & dst._tx_mask
+                left -= k
+            dst._tx_head += n
+            self._rx_tail += n
+            ctx._queue_update(dst)
+            self._after_consume(avail >= rx_len)
+            ctx._flush()
+            return n
 
     # -- teardown -------------------------------------------------------------------------
     def shutdown(self, how: int) -> None:

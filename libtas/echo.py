@@ -53,7 +53,7 @@ class EchoServer:
         """Echo what conn has; False when the connection is finished.
 
         Zero-copy on our side: the bytes go straight from the rx buffer into
-        the tx buffer (recv_view + send + consume); what does not fit stays
+        the tx buffer (Connection.splice_to); what does not fit stays
         in the rx buffer (so the window closes: a client that stops reading
         only stalls itself) until the fast path reports acknowledged data."""
         try:
@@ -66,27 +66,16 @@ class EchoServer:
                 if pending:
                     self._blocked.add(conn)
                     return True
-            while True:
-                v = conn.recv_view()
-                n = len(v)
-                if not n:
-                    v.release()
-                    if conn.at_eof:
-                        conn.close()
-                        return False
-                    self._blocked.discard(conn)
-                    return True
-                try:
-                    k = conn.send(v, timeout=0)
-                except BlockingIOError:
-                    k = 0
-                finally:
-                    v.release()
-                if k:
-                    conn.consume(k)
-                if k < n:
-                    self._blocked.add(conn)
-                    return True
+            while conn.splice_to(conn):  # rx buffer -> tx buffer, one update per call
+                pass
+            if conn.at_eof:
+                conn.close()
+                return False
+            if conn.readable():  # input left: it waits for acknowledged output
+                self._blocked.add(conn)
+            else:
+                self._blocked.discard(conn)
+            return True
         except (ConnectionResetError, BrokenPipeError, TimeoutError, OSError):
             conn.abort()
             return False

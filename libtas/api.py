@@ -342,6 +342,7 @@ class Context:
                 for c in range(self.n_cores)
             ]
             self._arxbuf = bytearray(_ARX_BATCH * layout.TAS_ARX_ENTRY_SIZE)
+            self._arxptr = ffi.from_buffer(self._arxbuf, require_writable=True)
             self._mv = self.region.view()
         except BaseException:
             self.region.close()
@@ -435,11 +436,14 @@ class Context:
 
     def _poll_arx(self) -> int:
         n = 0
-        buf = self._arxbuf
+        buf, ptr = self._arxbuf, self._arxptr
         ready = self._ready
         for ring in self._arx:
             while True:
-                k = ring.dequeue_into(buf)
+                # C rings: straight into the preallocated cffi buffer (no
+                # per-call from_buffer); the pure twin through its method
+                raw = getattr(ring, "raw", None)
+                k = lib.tas_ring_dequeue_n(raw, ptr, _ARX_BATCH) if raw is not None else ring.dequeue_into(buf)
                 if not k:
                     break
                 n += k

@@ -66,16 +66,18 @@ class EchoServer:
                 if pending:
                     self._blocked.add(conn)
                     return True
-            while conn.splice_to(conn):  # rx buffer -> tx buffer, one update per call
-                pass
-            if conn.at_eof:
-                conn.close()
-                return False
-            if conn.readable():  # input left: it waits for acknowledged output
-                self._blocked.add(conn)
-            else:
-                self._blocked.discard(conn)
-            return True
+            while True:
+                moved = conn.splice_to(conn)  # rx buffer -> tx buffer, one update
+                if not conn.readable():  # all echoed (the common case)
+                    self._blocked.discard(conn)
+                    return True
+                if moved:
+                    continue
+                if conn.at_eof:
+                    conn.close()
+                    return False
+                self._blocked.add(conn)  # input left: it waits for acknowledged output
+                return True
         except (ConnectionResetError, BrokenPipeError, TimeoutError, OSError):
             conn.abort()
             return False

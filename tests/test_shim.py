@@ -368,3 +368,15 @@ def test_threads_share_a_socket_and_close_then_exit_delivers(tas):
     want = bytes(range(256)) * (8 * 4096)
     assert got["rx_bytes"] == len(want) and got["rx_sha256"] == hashlib.sha256(want).hexdigest()
     assert peers(echo) == {STACK_IP}
+
+
+def test_direct_and_pair_sends_keep_their_order(tas):
+    """send() goes straight into the flow while the socketpair is empty and
+    through the pump otherwise (sendall larger than the send buffer); a
+    Linux receiver must get the bytes in the order the app wrote them."""
+    sink = tas.peer("server", PEER_IP, 7152, script="recv_eof,close", timeout=60, ready="listening")
+    res = tas_run(tas, "mixed-sends", PY, APPS / "mixed_sends.py", PEER_IP, 7152).result(60)
+    got = sink.result(30)
+    assert got["rx_bytes"] == res["bytes"], f"received {got['rx_bytes']} of {res['bytes']} bytes"
+    assert got["rx_sha256"] == res["sha256"], "bytes arrived in another order (or differ)"
+    assert res["epipe"] == "EPIPE"

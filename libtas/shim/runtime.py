@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import atexit
 import errno
+import fcntl
 import logging
 import os
 import select
 import socket
+import struct
+import termios
 import threading
 import time
 from collections import deque
@@ -162,6 +165,23 @@ class Runtime:
     def abort_link(self, link: Link) -> None:
         link.abort_req = True
         self.wake()
+
+    def send_direct(self, link: Link, data) -> int:
+        """The app's send() straight into the flow (see ShimSocket._send_direct):
+        allowed only while the pair holds nothing the app wrote before (its
+        bytes must reach the stack first).  The pump moves pair -> stack under
+        the context lock, so checking the pair and writing here under the same
+        lock keeps the app's byte order.  Returns bytes taken (0: use the pair)."""
+        if link.state != ESTABLISHED or link.app_eof or link.app_gone or link.junk:
+            return 0
+        ctx = self.ctx
+        with ctx._lock:
+            try:
+                if _unread(link.inner):
+                    return 0
+                return link.conn.send(data, timeout=0)
+            except (OSError, ValueError):
+                return 0  # full, reset, closed: the pair path reports it as the kernel would
 
     def take_accepted(self, token: str) -> Link | None:
         with self._lock:
@@ -394,36 +414,39 @@ class Runtime:
                     conn.consume(k)
             except OSError:
                 pass
-        # app -> stack
-        while not link.app_eof:
-            if conn._is_reset():
-                return self._on_reset(link, conn._reset)
-            space = conn.tx_space()
-            if space <= 0:
-                break
-            try:
-                n = link.inner.recv_into(self._bufmv, min(space, _BUF))
-            except BlockingIOError:
-                if self._exiting:
-                    n = 0
-                    link.app_gone = True
-                else:
+        # app -> stack, under the context lock: an app thread's direct send
+        # (send_direct) then never lands between bytes read from the pair and
+        # their send into the flow
+        with self.ctx._lock:
+            while not link.app_eof:
+                if conn._is_reset():
+                    return self._on_reset(link, conn._reset)
+                space = conn.tx_space()
+                if space <= 0:
                     break
-            except OSError:
-                n = 0
-            if n == 0:
-                link.app_eof = True
-                progress = True
                 try:
-                    conn.shutdown(socket.SHUT_WR)
+                    n = link.inner.recv_into(self._bufmv, min(space, _BUF))
+                except BlockingIOError:
+                    if self._exiting:
+                        n = 0
+                        link.app_gone = True
+                    else:
+                        break
                 except OSError:
-                    pass
-                break
-            try:
-                conn.send(self._bufmv[:n], timeout=0)
-            except (ConnectionResetError, BrokenPipeError) as e:
-                return self._on_reset(link, e.errno if e.errno != errno.EPIPE else errno.ECONNRESET)
-            progress = True
+                    n = 0
+                if n == 0:
+                    link.app_eof = True
+                    progress = True
+                    try:
+                        conn.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+                    break
+                try:
+                    conn.send(self._bufmv[:n], timeout=0)
+                except (ConnectionResetError, BrokenPipeError) as e:
+                    return self._on_reset(link, e.errno if e.errno != errno.EPIPE else errno.ECONNRESET)
+                progress = True
         if link.app_eof and (link.stack_eof or link.app_gone):
             self._finish(link)
             return True
@@ -471,6 +494,11 @@ def get() -> Runtime:
             raise OSError(errno.ENETDOWN, f"tas shim: no TAS stack running at {sd} ({e.strerror})") from None
         _runtime = rt
         return rt
+
+
+def _unread(sock: socket.socket) -> int:
+    """Bytes queued in sock for reading (FIONREAD, i.e. SIOCINQ)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
 def current() -> Runtime | None:

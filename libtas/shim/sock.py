@@ -77,6 +77,7 @@ class ShimState:
         self.error_reported = False
         self.reset_reported = False
         self.linger_abort = False
+        self.wr_shut = False  # the app shut down writing (no direct sends after it)
         self.ino: int | None = None
 
     def fmt(self, addr: tuple) -> tuple:
@@ -581,7 +582,24 @@ class ShimSocket(socket.socket):
             return _sup.recvfrom_into(self, buffer, nbytes, flags)
         return self.recv_into(buffer, nbytes, flags), None
 
+    def _send_direct(self, data, flags: int) -> int:
+        """Bytes written straight into the flow's send buffer, skipping the
+        socketpair and the pump thread (one thread wake-up and one copy per
+        send fewer); 0 when that is not possible now and the bytes must go
+        through the socketpair (the pump's order: only when nothing the app
+        wrote earlier is still in the pair, see Runtime.send_direct)."""
+        st = self._st
+        if flags or st is None or st.kind != "conn" or st.wr_shut or st.link is None:
+            return 0
+        rt = st.rt
+        if rt is not runtime.current():
+            return 0  # a forked child: the link belongs to the parent's pump
+        return rt.send_direct(st.link, data)
+
     def send(self, data, flags=0):
+        n = self._send_direct(data, flags)
+        if n:
+            return n
         try:
             return _sup.send(self, data, flags)
         except (BrokenPipeError, ConnectionResetError, BlockingIOError):
@@ -589,6 +607,12 @@ class ShimSocket(socket.socket):
             raise
 
     def sendall(self, data, flags=0):
+        n = self._send_direct(data, flags)
+        if n:
+            mv = memoryview(data).cast("B")
+            if n >= len(mv):
+                return None
+            data = mv[n:]
         try:
             return _sup.sendall(self, data, flags)
         except (BrokenPipeError, ConnectionResetError):
@@ -626,7 +650,9 @@ class ShimSocket(socket.socket):
         st = self._st
         if st is not None and st.kind == "listen":
             raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
-        return _sup.shutdown(self, how)
+        _sup.shutdown(self, how)
+        if st is not None and how in (socket.SHUT_WR, socket.SHUT_RDWR):
+            st.wr_shut = True  # sends go to the (shut) pair now: EPIPE as the kernel's
 
 
 def _accept_fd(obj, st: ShimState):

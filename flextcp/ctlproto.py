@@ -245,8 +245,11 @@ REQUESTS: dict[str, dict[str, _F]] = {
     # setsockopt(TCP_CONGESTION) on an open flow or a listener (exactly one of them)
     "set_cc": {"flow": _F(int, U32, default=None), "listener": _F(int, U32, default=None), "cc": _F(str)},
     "shutdown": {"flow": _F(int, U32), "tx_head": _F(int, U64)},
-    "close": {"flow": _F(int, U32), "tx_head": _F(int, U64), "rx_tail": _F(int, U64)},
-    "abort": {"flow": _F(int, U32)},
+    # noreply: the app does not wait (close(2) does not either); the stack
+    # sends no reply when the request succeeds, an error reply otherwise
+    "close": {"flow": _F(int, U32), "tx_head": _F(int, U64), "rx_tail": _F(int, U64),
+              "noreply": _F(bool, default=False)},
+    "abort": {"flow": _F(int, U32), "noreply": _F(bool, default=False)},
     "stats": {},
     "flows": {},
 }

@@ -344,6 +344,9 @@ class Context:
         return f"<Context {self.ctx_id} app={self.app.app_id}>"
 
 
+_DEFERRABLE = frozenset({"close", "abort"})
+
+
 class App:
     """One connected application: ``app_id``, ``pid``, ``uid``, ``gid``,
     ``contexts`` (ctx_id -> Context)."""
@@ -509,6 +512,12 @@ class ControlServer:
                          "apps_gone": 0, "hostile_disconnects": 0, "privileged_port_denied": 0,
                          "app_limit_flows": 0, "app_limit_buf": 0, "app_limit_syn": 0}
         self.strikes: dict[int, int] = {}  # ctx_id -> invalid queue entries reported by the FPs
+        # close/abort requests nobody waits for (noreply), run after the I/O
+        # callbacks of this loop iteration: connection set-up the fast path
+        # reported at the same time (a SYN, the handshake's ACK) goes first.
+        # Any other request of any app runs them first (request order holds).
+        self._teardown: deque[tuple[App, ctlproto.Request]] = deque()
+        self._teardown_handle = None
         self._handlers = {
             "hello": self._op_hello,
             "ctx_create": self._op_ctx_create,
@@ -639,6 +648,8 @@ class ControlServer:
     def _app_gone(self, app: App, why: str) -> None:
         if self.apps.get(app.app_id) is not app:
             return
+        if self._teardown:  # its last closes: FINs, not resets
+            self._run_teardown()
         app.dead = True
         try:
             self._loop.remove_reader(app.sock.fileno())
@@ -724,6 +735,24 @@ class ControlServer:
             self._bad_request(app, e, fds)
             return
         req.fds = fds
+        if req.op in _DEFERRABLE and req.args.get("noreply") and app.hello and self._loop is not None:
+            self._teardown.append((app, req))
+            if self._teardown_handle is None:
+                self._teardown_handle = self._loop.call_soon(self._run_teardown)
+            return
+        if self._teardown:
+            self._run_teardown()
+        self._dispatch(app, req)
+
+    def _run_teardown(self) -> None:
+        """The close/abort requests deferred by _handle, in arrival order."""
+        self._teardown_handle = None
+        while self._teardown:
+            app, req = self._teardown.popleft()
+            if self.apps.get(app.app_id) is app:
+                self._dispatch(app, req)
+
+    def _dispatch(self, app: App, req: ctlproto.Request) -> None:
         app._deferred = []
         try:
             try:
@@ -742,8 +771,9 @@ class ControlServer:
                 self.counters["errors"] += 1
                 app.send(ctlproto.error_reply(req.id, errno.EIO, f"internal error: {e!r}"))
             else:
-                fields, out_fds = result if isinstance(result, tuple) else (result, ())
-                app.send(ctlproto.reply(req.id, **(fields or {})), out_fds)
+                if not req.args.get("noreply"):  # close/abort the app does not wait for
+                    fields, out_fds = result if isinstance(result, tuple) else (result, ())
+                    app.send(ctlproto.reply(req.id, **(fields or {})), out_fds)
         finally:
             for fd in req.fds:  # fds not taken over by a handler
                 _close_quiet(fd)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import array
 import errno as _errno
+import functools
 import ipaddress
 import json
 import os
@@ -82,6 +83,7 @@ class _F:
 
 
 def _check_value(name: str, spec: _F, value: Any) -> Any:
+    """The checked value (a FlowInfo dict becomes a FlowInfo)."""
     typ = spec.typ
     if typ is int:
         # bool is a subclass of int; JSON true must not pass as 1
@@ -101,7 +103,7 @@ def _check_value(name: str, spec: _F, value: Any) -> Any:
     elif typ is _FlowDict:
         if not isinstance(value, dict):
             raise ProtocolError(f"field {name!r} must be a FlowInfo object")
-        FlowInfo.from_dict(value)  # validates
+        return FlowInfo.from_dict(value)  # validates
     elif typ is list:
         if not isinstance(value, list):
             raise ProtocolError(f"field {name!r} must be a list")
@@ -121,6 +123,7 @@ class _FlowDict:
     """Marker type: a FlowInfo dict."""
 
 
+@functools.lru_cache(maxsize=1024)  # the same few addresses, message after message
 def _is_ipv4(s: str) -> bool:
     try:
         ipaddress.IPv4Address(s)
@@ -132,12 +135,18 @@ def _is_ipv4(s: str) -> bool:
 def _check_fields(where: str, spec: dict[str, _F], msg: dict, skip: tuple[str, ...], strict: bool) -> dict:
     out: dict[str, Any] = {}
     if strict:
-        unknown = set(msg) - set(spec) - set(skip)
-        if unknown:
-            raise ProtocolError(f"{where}: unknown field(s) {sorted(unknown)}")
+        for k in msg:
+            if k not in spec and k not in skip:
+                unknown = set(msg) - set(spec) - set(skip)
+                raise ProtocolError(f"{where}: unknown field(s) {sorted(unknown, key=str)}")
     for name, f in spec.items():
         if name in msg:
-            out[name] = _check_value(name, f, msg[name])
+            v = msg[name]
+            # the common case inline: an integer in range (bool is not int)
+            if f.typ is int and type(v) is int and (f.rng is None or f.rng[0] <= v <= f.rng[1]):
+                out[name] = v
+            else:
+                out[name] = _check_value(name, f, v)
         elif f.required:
             raise ProtocolError(f"{where}: missing field {name!r}")
         else:
@@ -309,9 +318,13 @@ class Request:
 # Encoding
 
 
+# one encoder and one decoder (json.dumps/loads with options build new ones per call)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode(msg: dict) -> bytes:
     """Compact JSON; raises ProtocolError(EMSGSIZE) above MAX_MSG bytes."""
-    data = json.dumps(msg, separators=(",", ":"), allow_nan=False).encode()
+    data = _ENCODER.encode(msg).encode()
     if len(data) > MAX_MSG:
         raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MSG}", msg.get("id"), _errno.EMSGSIZE)
     return data
@@ -321,12 +334,15 @@ def _reject_constant(c: str) -> Any:
     raise ValueError(f"non-standard JSON constant {c}")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def decode(data: bytes) -> dict:
     """One JSON object; raises ProtocolError."""
     if len(data) > MAX_MSG:
         raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MSG}")
     try:
-        obj = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        obj = _DECODER.decode(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ProtocolError(f"bad JSON: {e}") from None
     if not isinstance(obj, dict):
@@ -386,9 +402,9 @@ def parse_message(data: bytes) -> dict:
         ctx = obj.get("ctx")
         if not isinstance(ctx, int) or isinstance(ctx, bool):
             raise ProtocolError("event without ctx")
-        _check_fields(ev, EVENTS[ev], obj, (), strict=False)
-        if isinstance(obj.get("flow"), dict):
-            obj["flow"] = FlowInfo.from_dict(obj["flow"])
+        vals = _check_fields(ev, EVENTS[ev], obj, (), strict=False)
+        if isinstance(vals.get("flow"), FlowInfo):  # checked once, converted there
+            obj["flow"] = vals["flow"]
         return obj
     rid = obj.get("id")
     ok = obj.get("ok")
@@ -404,9 +420,9 @@ def parse_message(data: bytes) -> dict:
 def check_reply(op: str, msg: dict) -> dict:
     """Validate the fields of a successful reply to ``op``; FlowInfo dicts
     become :class:`FlowInfo`.  Raises ProtocolError."""
-    _check_fields(f"{op} reply", REPLIES[op], msg, (), strict=False)
+    vals = _check_fields(f"{op} reply", REPLIES[op], msg, (), strict=False)
     if op == "connect":
-        msg["flow"] = FlowInfo.from_dict(msg["flow"])
+        msg["flow"] = vals["flow"]  # a FlowInfo (checked and converted once)
     return msg
 
 

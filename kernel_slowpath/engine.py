@@ -14,10 +14,13 @@ fast-path core), time comes from `now_us`, timers from the asyncio loop.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import ipaddress
 import logging
+import os
 import secrets
+import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +65,9 @@ CLOSING_SYNC_MIN_US = 100_000
 SCAN_INTERVAL_S = 0.01
 IDLE_SCAN_INTERVAL_S = 0.1  # < the 200 ms RTO floor, see Engine._scan
 U32 = 0xFFFFFFFF
+_KQ_HDR = struct.Struct("<HHII")
+_FLOW_ZERO = bytes(ffi.sizeof("struct tas_flow"))
+_AF_ZERO = bytes(64)  # struct tas_krx / tas_ktx head: kind, len, flow_id, events
 # SYN cookies (RFC 4987), used while a listener's SYN queue is full.  The ISN
 # carries: bits 31-29 a 64 s tick (mod 8), 28-27 an MSS index, 26-23 the
 # peer's window scale + 1 (0: none), 22 SACK permitted, 21 timestamps, 20-0
@@ -81,7 +87,7 @@ def ip2int(ip: str) -> int:
 
 
 def int2ip(v: int) -> str:
-    return str(ipaddress.IPv4Address(v))
+    return socket.inet_ntoa((v & U32).to_bytes(4, "big"))
 
 
 def seq_lt(a: int, b: int) -> bool:
@@ -120,7 +126,7 @@ class Listener:
         return self.ctx
 
 
-@dataclass
+@dataclass(slots=True)
 class HalfOpen:
     """A SYN we answered (SYN-RECEIVED): no flow record or buffers yet."""
 
@@ -139,7 +145,7 @@ class HalfOpen:
     ecn: bool = False  # ECN setup SYN (ECE|CWR) and we do ECN (RFC 3168 6.1.1)
 
 
-@dataclass
+@dataclass(slots=True)
 class Conn:
     fid: int
     gen: int
@@ -230,6 +236,12 @@ class Engine:
         self._scan_cursor = ffi.new("uint32_t *")
         self._snap = ffi.new("struct tas_flow *")
         self._ktx_slot = ffi.new("uint8_t[]", lib.TAS_KQ_ENTRY_SIZE)
+        self._ktx_buf = ffi.buffer(self._ktx_slot)
+        self._seg = ffi.new("struct tas_seg *")  # _send_seg's: our MAC and address set once
+        ffi.memmove(self._seg.src_mac, mac, 6)
+        self._seg.src_ip = self.local_ip_int
+        self._rand = b""  # urandom bytes for ISNs, drawn 4 at a time (one getrandom per 256)
+        self._rand_off = 0
         self._scan_handle = None
         self._hi_water = 0  # 1 + highest flow id handed out since the table was last empty
         self._scan_more = False
@@ -250,14 +262,45 @@ class Engine:
             self._scan_handle.cancel()
 
     def _ktx(self, core: int, kind: int, data: bytes = b"", flow_id: int = 0) -> bool:
-        slot = self._ktx_slot
-        hdr = struct.pack("<HHI", kind, len(data), flow_id)
-        ffi.memmove(slot, hdr, len(hdr))
+        buf = self._ktx_buf
+        _KQ_HDR.pack_into(buf, 0, kind, len(data), flow_id, 0)
         if data:
-            ffi.memmove(slot + 32, data, len(data))
-        ok = self.ktx[core].enqueue_n(ffi.buffer(slot, lib.TAS_KQ_ENTRY_SIZE), 1) == 1
+            buf[32 : 32 + len(data)] = data
+        ok = self.ktx[core].enqueue_n(self._ktx_slot, 1) == 1
         self.fpm.kick(core)
         return ok
+
+    def _send_seg(self, core: int, *, dst_mac: bytes, dst_ip: int, sport: int, dport: int, seq: int, ack: int,
+                  flags: int, win: int = 0, mss: int | None = None, wscale: int | None = None,
+                  sack_perm: bool = False, ts: tuple[int, int] | None = None) -> None:
+        """send_frame(self.segs.build(...)) for a control segment, built by the
+        same C kernel straight into the KTX slot (no frame object, no copy)."""
+        s = self._seg
+        ffi.memmove(s.dst_mac, dst_mac, 6)
+        s.dst_ip = dst_ip
+        s.src_port, s.dst_port = sport, dport
+        s.seq, s.ack = seq & U32, ack & U32
+        s.win = min(win, 0xFFFF)
+        s.flags = flags
+        opts = 0
+        if mss is not None:
+            opts |= lib.TAS_OPT_MSS
+            s.mss = mss
+        if wscale is not None:
+            opts |= lib.TAS_OPT_WS
+            s.wscale = wscale
+        if sack_perm:
+            opts |= lib.TAS_OPT_SACKPERM
+        if ts is not None:
+            opts |= lib.TAS_OPT_TS
+            s.tsval, s.tsecr = ts[0] & U32, ts[1] & U32
+        s.opts = opts
+        n = lib.tas_build_tcp(self._ktx_slot + 32, lib.TAS_KQ_ENTRY_SIZE - 32, s, ffi.NULL, 0, ffi.NULL, 0)
+        _KQ_HDR.pack_into(self._ktx_buf, 0, lib.TAS_KTX_FRAME, n, 0, 0)
+        ok = self.ktx[core].enqueue_n(self._ktx_slot, 1) == 1
+        self.fpm.kick(core)
+        if not ok:
+            log.warning("KTX ring full: dropped a %d-byte frame", n)
 
     def send_frame(self, frame: bytes, core: int = 0) -> None:
         if not self._ktx(core, lib.TAS_KTX_FRAME, frame):
@@ -272,6 +315,14 @@ class Engine:
 
     def ts_now(self) -> int:
         return (self.now_us() // 1000) & U32
+
+    def _isn(self) -> int:
+        """A random 32-bit initial sequence number (RFC 9293 3.4.1, RFC 6528)."""
+        off = self._rand_off
+        if off + 4 > len(self._rand):
+            self._rand, off = os.urandom(1024), 0
+        self._rand_off = off + 4
+        return int.from_bytes(self._rand[off : off + 4], "little")
 
     # ------------------------------------------------------------------
     # ARP (RFC 826)
@@ -327,9 +378,10 @@ class Engine:
     # exceptions from the fast path
     def on_krx(self, buf: bytes, n: int) -> None:
         size = lib.TAS_KQ_ENTRY_SIZE
+        unpack = _KQ_HDR.unpack_from
         for i in range(n):
             off = i * size
-            kind, length, flow_id, events = struct.unpack_from("<HHII", buf, off)
+            kind, length, flow_id, events = unpack(buf, off)
             if kind == lib.TAS_KRX_PACKET:
                 self.counters["exceptions"] += 1
                 try:
@@ -487,7 +539,8 @@ class Engine:
         if heap is None:
             return False
         need = 64 + _pow2(self.rx_buf) + _pow2(self.tx_buf)
-        if heap.free_bytes < need * (len(lst.half_open) + 1):
+        free = getattr(lst.ctx, "free_bytes", None)  # the context's view (its spare blocks count as free)
+        if (heap.free_bytes if free is None else free) < need * (len(lst.half_open) + 1):
             return True
         admit = getattr(lst.ctx, "admit_passive", None)  # the app's own flow/buffer limits (issue 6)
         rx, tx = self._accept_bufs(lst, lst.ctx)
@@ -519,7 +572,7 @@ class Engine:
             return
         ho = HalfOpen(
             listener=lst, remote_ip=p.src_ip, remote_port=p.src_port, remote_mac=bytes(p.src_mac),
-            iss=secrets.randbits(32), irs=p.seq,
+            iss=self._isn(), irs=p.seq,
             peer_mss=p.mss if p.opts & lib.TAS_OPT_MSS else 536,
             peer_ws=p.wscale if p.opts & lib.TAS_OPT_WS else None,
             sack=bool(p.opts & lib.TAS_OPT_SACKPERM),
@@ -589,10 +642,10 @@ class Engine:
         # the shift we announce is the one the flow will use (rcv_wscale)
         ws = wscale_for(self._accept_bufs(ho.listener, ho.listener.ctx)[0]) if ho.peer_ws is not None else None
         ts = (self.ts_now(), ho.ts_recent) if ho.ts_recent is not None else None
-        self.send_frame(self.segs.build(
-            dst_mac=ho.remote_mac, dst_ip=ho.remote_ip, sport=ho.listener.port, dport=ho.remote_port,
+        self._send_seg(
+            0, dst_mac=ho.remote_mac, dst_ip=ho.remote_ip, sport=ho.listener.port, dport=ho.remote_port,
             seq=ho.iss, ack=ho.irs + 1, flags=SYN | ACK | (ECE if ho.ecn else 0), win=min(self.rx_buf, 0xFFFF), mss=OUR_MSS,
-            wscale=ws, sack_perm=ho.sack, ts=ts))
+            wscale=ws, sack_perm=ho.sack, ts=ts)
         self.counters["synack_sent"] += 1
         ho.timer = self.loop.call_later(SYN_RTO_US / 1e6 * (1 << ho.tries), self._synack_timeout, ho)
 
@@ -761,7 +814,7 @@ class Engine:
                     remote_ip=rip, remote_port=rport, appflow_off=offs[0], rx_off=offs[1], rx_len=rx_len,
                     tx_off=offs[2], tx_len=tx_len, state=state)
         af = ctx.region.cast("struct tas_appflow", conn.appflow_off)
-        ffi.memmove(af, b"\0" * 64, 64)
+        ffi.memmove(af, _AF_ZERO, 64)
         af.flow_id, af.gen = fid, gen
         af.rx_off, af.rx_len, af.tx_off, af.tx_len = conn.rx_off, rx_len, conn.tx_off, tx_len
         self.conns[fid] = conn
@@ -771,8 +824,7 @@ class Engine:
     def _install(self, conn: Conn, *, peer_mss: int, snd_wscale: int, rcv_wscale: int, sack: bool, ecn: bool = False,
                  ts_recent: int | None, snd_wnd: int, wl1: int, wl2: int, rtt_us: int) -> None:
         f = self.ft.flow(conn.fid)
-        size = ffi.sizeof("struct tas_flow")
-        ffi.memmove(f, b"\0" * size, size)
+        ffi.memmove(f, _FLOW_ZERO, len(_FLOW_ZERO))
         f.gen = conn.gen
         f.status = lib.TAS_FLOW_FREE
         flags = lib.TAS_FF_NODELAY
@@ -816,8 +868,9 @@ class Engine:
         conn.installed = True
         conn.state = transition(conn.state, Event.ESTABLISH)
         self.counters["conns_established"] += 1
-        log.debug("flow %d established %s:%d <-> %s:%d", conn.fid, self.local_ip, conn.local_port,
-                  int2ip(conn.remote_ip), conn.remote_port)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("flow %d established %s:%d <-> %s:%d", conn.fid, self.local_ip, conn.local_port,
+                      int2ip(conn.remote_ip), conn.remote_port)
 
     def _free(self, conn: Conn) -> None:
         """Forget a connection: flow record, index entry, buffers, id."""
@@ -835,8 +888,9 @@ class Engine:
         if self.cc is not None:
             self.cc.remove(conn.fid)
         self.free_ids.append(conn.fid)
-        log.debug("flow %d closed (%s) %s:%d <-> %s:%d", conn.fid, conn.state.value, self.local_ip, conn.local_port,
-                  int2ip(conn.remote_ip), conn.remote_port)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("flow %d closed (%s) %s:%d <-> %s:%d", conn.fid, conn.state.value, self.local_ip,
+                      conn.local_port, int2ip(conn.remote_ip), conn.remote_port)
         if getattr(conn.ctx, "orphaned", False) and not any(c.ctx is conn.ctx for c in self.conns.values()):
             conn.ctx.on_drained()
         n = self.ports_in_use.get(conn.local_port, 0) - 1
@@ -1192,7 +1246,7 @@ class Engine:
         conn = self._new_conn(ctx, local_port, rip, port, rx_len, tx_len, State.SYN_SENT)
         if conn is None:
             raise OSError(errno.ENOBUFS, "no flow slot or buffer memory left")
-        conn.iss = secrets.randbits(32)
+        conn.iss = self._isn()
         conn.keepalive = keepalive
         self.connecting[conn.key()] = conn
 
@@ -1348,9 +1402,7 @@ class _NoTimer:
         pass
 
 
+@functools.lru_cache(maxsize=64)  # a few sizes, asked for several times per connection
 def _pow2(n: int) -> int:
     n = max(4096, min(int(n), 16 << 20))
-    p = 4096
-    while p < n:
-        p <<= 1
-    return p
+    return 1 << (n - 1).bit_length()

@@ -775,6 +775,8 @@ class Listener:
             if self._closed:
                 raise _oserror(errno.EBADF, "listener closed")
             ctx._check_open()
+            if self._queue:  # the oldest first, as a poll would only queue more behind it
+                return self._queue.popleft()
             if timeout == 0:
                 ctx._poll_locked()
                 if not self._queue:

@@ -36,18 +36,17 @@ class EchoServer:
 
     def _accept_all(self) -> list[Connection]:
         new = []
-        # wait() has just drained the control events: skip accept()'s own
-        # poll (a control-socket recvmsg) when nothing is queued
-        if not self.listener._queue:
-            return new
-        while True:
+        # wait() has just drained the control events: take what is queued
+        # (accept() does not poll while its queue is not empty)
+        while self.listener._queue:
             try:
                 conn = self.listener.accept(timeout=0)
             except BlockingIOError:
-                return new
+                break
             self.conns[conn] = bytearray()
             self.served += 1
             new.append(conn)
+        return new
 
     def _service(self, conn: Connection, pending: bytearray) -> bool:
         """Echo what conn has; False when the connection is finished.

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flextcp.flowtab import FlowTable
-from flextcp.native import lib
+from flextcp.native import ffi, lib
 from flextcp.ring import Ring
 from flextcp.shm import Region
 from flextcp.stackmem import stack_layout
@@ -38,6 +38,7 @@ DEFAULT_STATE_DIR = "/run/tas/default"
 FP_RESTART_WINDOW_S = 60.0
 # a flow lock still held after this many 1 ms samples belongs to a dead process
 STALE_LOCK_SAMPLES = 20
+KRX_BATCH = 32  # KRX entries the slow path takes per dequeue
 
 
 class StartError(Exception):
@@ -162,6 +163,8 @@ class Stack:
         self.sp_evfd = -1
         self.lock_fd = -1
         self.krx: list[Ring] = []
+        self._krx_mem = None
+        self._krx_view = None
         self.ktx: list[Ring] = []
         self._stop = asyncio.Event()
         self._pidfds: dict[int, int] = {}
@@ -271,13 +274,16 @@ class Stack:
             os.eventfd_read(self.sp_evfd)
         except BlockingIOError:
             pass
+        if self._krx_mem is None:  # one buffer for every wake-up (dequeue_n allocates 64 KiB a call)
+            self._krx_mem = ffi.new("uint8_t[]", KRX_BATCH * lib.TAS_KQ_ENTRY_SIZE)
+            self._krx_view = ffi.buffer(self._krx_mem)
         for ring in self.krx:
             while True:
-                data = ring.dequeue_n(32)
-                n = len(data) // lib.TAS_KQ_ENTRY_SIZE
-                if n == 0:
+                n = ring.dequeue_into(self._krx_mem, KRX_BATCH)
+                if n:
+                    self.engine.on_krx(self._krx_view, n)
+                if n < KRX_BATCH:  # drained; later entries come with a new doorbell
                     break
-                self.engine.on_krx(data, n)
 
     def fp_stats(self) -> list[dict]:
         out = []

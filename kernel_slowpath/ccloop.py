@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,10 @@ FP_NEWRENO = "fp-newreno"
 CHOICES = (*sorted(ccmod.ALGORITHMS), FP_NEWRENO)
 # per-socket names (TCP_CONGESTION) Linux apps use for the same algorithm
 ALIASES = {"reno": "newreno"}
+# Algorithms that leave their initial slow start with HyStart++ (RFC 9406,
+# kernel_slowpath/cc/hystart.py); TAS_CC_HYSTART=0 in the environment of
+# `tas start` turns it off (standard slow start, for comparisons).
+HYSTART_ALGORITHMS = ("newreno", "cubic")
 
 
 def resolve(name: str) -> str:
@@ -68,12 +73,6 @@ class FlowCC:
     next_due: int = 0
     last_active: int = 0
     idle: bool = False
-    # HyStart++ (RFC 9406) round state, in bytes acknowledged
-    round_end: int = 0
-    last_round_min: int = 0
-    cur_round_min: int = 0
-    round_samples: int = 0
-    hystart: bool = False
 
 
 class CCLoop:
@@ -114,9 +113,13 @@ class CCLoop:
         self.names: dict[int, str] = {}  # every installed flow's algorithm
         self.chosen: dict[int, str] = {}  # per-socket choices (TCP_CONGESTION) by flow id
         self._running = False
+        self.hystart = os.environ.get("TAS_CC_HYSTART", "1") != "0"
+        # cc_hystart_css: CSS entered (delay rise); cc_hystart_resumes: back to
+        # slow start from CSS (RTT fell); cc_hystart_exits: CSS_ROUNDS done,
+        # congestion avoidance without a loss
         self.counters = {"cc_passes": 0, "cc_flow_updates": 0, "cc_loss_events": 0, "cc_ecn_bytes": 0,
-                         "cc_rto": 0, "cc_idle_restarts": 0, "cc_hystart_exits": 0, "cc_undo": 0,
-                         "cc_undo_restored": 0}  # fmt: skip
+                         "cc_rto": 0, "cc_idle_restarts": 0, "cc_hystart_css": 0, "cc_hystart_resumes": 0,
+                         "cc_hystart_exits": 0, "cc_undo": 0, "cc_undo_restored": 0}  # fmt: skip
         self._handle = None
         self._cap = 0
         self._grow(64)
@@ -156,9 +159,11 @@ class CCLoop:
         params = self.params if name == self.algorithm else {}
         if name == "const":
             params = {"rate_bps": self.rate_bps, **params}
+        if name in HYSTART_ALGORITHMS:
+            # HyStart++ for the loss-based ones; DCTCP leaves slow start on marks
+            params = {"hystart": self.hystart, **params}
         alg = ccmod.make(name, mss, now, **params)
-        # HyStart++ for the loss-based ones; DCTCP leaves slow start on marks
-        return FlowCC(-1, alg, next_due=now, last_active=now, hystart=name in ("newreno", "cubic"))
+        return FlowCC(-1, alg, next_due=now, last_active=now)
 
     def add(self, fid: int, mss: int) -> None:
         """A flow is being installed (its record not ACTIVE yet): it gets the
@@ -307,11 +312,19 @@ class CCLoop:
             limited = peak * 2 >= cwnd
         else:
             limited = peak + 3 * int(s.mss) >= cwnd
-        if fl.hystart and alg.in_slow_start() and not (loss or rto):
-            self._hystart(fl, s, srtt)
         iv = ccmod.Interval(now_us=now, acked_bytes=acked, ecn_bytes=ecn, loss_events=loss, rto=bool(rto),
                             rtt_us=srtt, in_flight=int(s.in_flight) or peak, app_limited=not limited)  # fmt: skip
-        alg.on_interval(iv)
+        hs = alg.hystart
+        if hs is not None and hs.active:
+            before = (hs.css_entries, hs.ss_resumes, hs.exits)
+            alg.on_interval(iv)
+            hs = alg.hystart  # (an undo may have put a saved copy back)
+            if hs is not None:
+                for key, a, b in zip(("cc_hystart_css", "cc_hystart_resumes", "cc_hystart_exits"), before,
+                                     (hs.css_entries, hs.ss_resumes, hs.exits), strict=True):  # fmt: skip
+                    self.counters[key] += max(0, b - a)
+        else:
+            alg.on_interval(iv)
         # never beyond what the peer's window and our buffer allow to be useful
         cap = max(int(s.snd_wnd), INITIAL_WINDOW_SEGMENTS * int(s.mss)) * 2
         if alg.cwnd > cap and not alg.pacing_rate:
@@ -330,32 +343,6 @@ class CCLoop:
         if undo > fresh and fl.alg.on_undo(now):
             self.counters["cc_undo_restored"] += 1
         return loss - fresh
-
-    def _hystart(self, fl: FlowCC, s, rtt: int) -> None:
-        """HyStart++ (RFC 9406 4.2, without the conservative phase): leave
-        slow start once a round has N_RTT_SAMPLE (8) RTT samples and its
-        minimum exceeds the previous round's by eta = clamp(min/8, 4 ms,
-        16 ms).  The samples are the flow's srtt at each interval
-        (timestamps tick in ms)."""
-        alg = fl.alg
-        if not rtt:
-            return
-        if fl.round_samples == 0 or rtt < fl.cur_round_min:
-            fl.cur_round_min = rtt
-        fl.round_samples += 1
-        if (
-            fl.last_round_min
-            and fl.round_samples >= 8
-            and alg.cwnd >= 16 * alg.mss
-            and fl.cur_round_min >= fl.last_round_min + min(max(fl.last_round_min // 8, 4000), 16000)
-        ):
-            alg.ssthresh = int(alg.cwnd)
-            self.counters["cc_hystart_exits"] += 1
-        if s.acked >= fl.round_end:
-            # a round (one window of data) ended
-            fl.last_round_min = fl.cur_round_min
-            fl.round_end = int(s.acked) + int(alg.cwnd)
-            fl.round_samples = 0
 
     def _rate_of(self, fl: FlowCC, s) -> int:
         alg = fl.alg

@@ -245,3 +245,231 @@ def test_const_has_nothing_to_undo():
     a = cc.make("const", MSS, 0, rate_bps=8_000_000)
     a.on_interval(Interval(now_us=1, loss_events=1, rtt_us=RTT))
     assert a.on_undo(2) is False
+
+
+# -- HyStart++ (RFC 9406) -----------------------------------------------------
+from kernel_slowpath.cc import hystart as hsmod  # noqa: E402
+from kernel_slowpath.cc.base import INITIAL_SSTHRESH  # noqa: E402
+from kernel_slowpath.cc.hystart import HyStartPP  # noqa: E402
+
+
+def hs_round(hs: HyStartPP, rtt_us: int, samples: int = 10, per: int = MSS, grow: bool = True) -> list[tuple]:
+    """One round of `samples` intervals of `per` bytes each, all with RTT
+    `rtt_us`: the round ends with the last of them (in flight = the bytes
+    still to come in the round when it starts)."""
+    out = []
+    for _ in range(samples):
+        first = hs.window_end is None
+        out.append(hs.on_ack(per, (samples - 1 if first else samples) * per, rtt_us, grow))
+    return out
+
+
+def test_hystart_constants_are_the_rfc_ones():
+    # RFC 9406 4.3
+    assert (hsmod.MIN_RTT_THRESH_US, hsmod.MAX_RTT_THRESH_US, hsmod.MIN_RTT_DIVISOR) == (4000, 16000, 8)
+    assert (hsmod.N_RTT_SAMPLE, hsmod.CSS_GROWTH_DIVISOR, hsmod.CSS_ROUNDS) == (8, 4, 5)
+
+
+def test_hystart_rtt_threshold_clamp():
+    # RttThresh = max(4 ms, min(lastRoundMinRTT / 8, 16 ms))
+    assert hsmod.rtt_thresh(20_000) == 4000  # 2.5 ms -> MIN_RTT_THRESH
+    assert hsmod.rtt_thresh(32_000) == 4000
+    assert hsmod.rtt_thresh(80_000) == 10_000  # in between: min / 8
+    assert hsmod.rtt_thresh(128_000) == 16_000
+    assert hsmod.rtt_thresh(400_000) == 16_000  # 50 ms -> MAX_RTT_THRESH
+    for base, thresh in ((20_000, 4000), (80_000, 10_000), (400_000, 16_000)):
+        for rise, css in ((thresh - 1, False), (thresh, True)):
+            hs = HyStartPP()
+            hs_round(hs, base)
+            hs_round(hs, base + rise)
+            assert hs.in_css is css, (base, rise)
+
+
+def test_hystart_rounds_end_at_snd_nxt():
+    """A round ends when the data in flight at its start (SND.NXT) is
+    acknowledged; the next one ends at SND.NXT as of then."""
+    hs = HyStartPP()
+    hs.on_ack(1000, 5000, RTT)  # round 1: ends once 1000 + 5000 bytes are acked
+    assert (hs.rounds, hs.window_end) == (1, 6000)
+    for _ in range(4):
+        hs.on_ack(1000, 5000, RTT)
+    assert hs.rounds == 1
+    hs.on_ack(1000, 12_000, RTT)  # acks up to 6000: round 2 ends at 6000 + 12000
+    assert (hs.rounds, hs.window_end) == (2, 18_000)
+    # the round's minimum moved to lastRoundMinRTT, a new minimum is collected
+    assert hs.last_round_min == RTT and hs.cur_round_min == hsmod.INF and hs.samples == 0
+
+
+def test_hystart_needs_n_rtt_samples():
+    hs = HyStartPP()
+    hs_round(hs, RTT)
+    for i in range(hsmod.N_RTT_SAMPLE):
+        hs.on_ack(MSS, 100 * MSS, RTT + 10_000)
+        assert hs.in_css is (i == hsmod.N_RTT_SAMPLE - 1), i
+    assert hs.css_baseline == RTT + 10_000
+    # one srtt reading stands for the ACKs of its interval (the algorithms
+    # pass acked / 2 MSS): 16 MSS acked in one interval are 8 samples
+    a = cc.make("cubic", MSS, 0)
+    hs_round(a.hystart, RTT, samples=20)  # the next round is 20 MSS long
+    a.on_interval(Interval(now_us=1, acked_bytes=16 * MSS, rtt_us=RTT + 10_000, in_flight=100 * MSS))
+    assert a.hystart.samples == 8 and a.hystart.in_css
+
+
+def test_hystart_the_round_minimum_decides():
+    """One low sample in the round keeps it in slow start (jitter on some
+    ACKs is not a queue)."""
+    hs = HyStartPP()
+    hs_round(hs, RTT)
+    hs.on_ack(MSS, 20 * MSS, RTT)
+    for _ in range(15):
+        hs.on_ack(MSS, 20 * MSS, RTT + 10_000)
+    assert hs.state == hsmod.SLOW_START
+
+
+def test_hystart_css_growth_rounds_and_exit_to_congestion_avoidance():
+    """CSS: cwnd grows by acked / CSS_GROWTH_DIVISOR; after CSS_ROUNDS rounds
+    (the one CSS began in is the first) slow start ends with ssthresh = cwnd."""
+    for name in ("newreno", "cubic"):
+        a = cc.make(name, MSS, 0)
+        t = 0
+
+        def iv(rtt, acked=MSS, flight=None, _a=a):
+            nonlocal t
+            t += 1000
+            _a.on_interval(Interval(now_us=t, acked_bytes=acked, rtt_us=rtt, in_flight=flight or _a.cwnd))
+
+        # round 1 (ends after the initial window): base RTT
+        for _ in range(10):
+            iv(RTT, flight=9 * MSS)
+        assert a.cwnd == 20 * MSS and a.hystart.rounds == 2
+        # round 2: the RTT rose by 4 ms -> CSS after 8 samples
+        for _ in range(8):
+            iv(RTT + 4000)
+        assert a.hystart.in_css and a.hystart.css_entries == 1, name
+        c0 = a.cwnd
+        iv(RTT + 4000, acked=4 * MSS)
+        assert a.cwnd == c0 + MSS, name  # 4 MSS acked / 4
+        assert a.in_slow_start() and a.ssthresh == INITIAL_SSTHRESH
+        rounds = []
+        while a.hystart.active and t < 10_000_000:
+            iv(RTT + 4000, acked=2 * MSS)
+            rounds.append(a.hystart.css_rounds)
+        assert a.hystart.exits == 1 and a.hystart.css_rounds == hsmod.CSS_ROUNDS, name
+        assert not a.in_slow_start() and a.ssthresh == a.cwnd, name
+        assert a.hystart.ss_resumes == 0
+        # congestion avoidance from there: CUBIC's epoch starts at W_max = cwnd, K = 0 (RFC 9438 4.10)
+        c1 = a.cwnd
+        iv(RTT + 4000, acked=10 * MSS)
+        assert c1 < a.cwnd < c1 + 2 * MSS, name
+        if name == "cubic":
+            assert a.w_max == pytest.approx(c1 / MSS) and a.k == 0.0
+
+
+def test_hystart_back_to_slow_start_when_the_rtt_falls():
+    """RFC 9406 4.2: in CSS, a round whose minimum RTT (N_RTT_SAMPLE
+    samples) is below cssBaselineMinRtt resumes slow start."""
+    hs = HyStartPP()
+    hs_round(hs, RTT)
+    hs_round(hs, RTT + 5000)
+    assert hs.in_css and hs.css_baseline == RTT + 5000
+    inc = hs_round(hs, RTT + 6000)  # still high: CSS growth
+    assert all(i == MSS // 4 for i, _ in inc) and hs.in_css
+    for _ in range(hsmod.N_RTT_SAMPLE - 1):
+        hs.on_ack(MSS, 20 * MSS, RTT + 1000)
+    assert hs.in_css
+    inc, done = hs.on_ack(MSS, 20 * MSS, RTT + 1000)  # the 8th sample below the baseline
+    assert hs.state == hsmod.SLOW_START and hs.ss_resumes == 1 and not done
+    assert hs.css_baseline == hsmod.INF
+    assert hs.on_ack(MSS, 20 * MSS, RTT + 1000) == (MSS, False)  # full slow-start growth again
+    # and CSS again when the delay rises again (the CSS round count starts over)
+    hs_round(hs, RTT + 1000)
+    hs_round(hs, RTT + 6000)
+    assert hs.in_css and hs.css_entries == 2 and hs.css_rounds <= 1
+
+
+def test_hystart_not_cwnd_limited_samples_but_does_not_grow():
+    hs = HyStartPP()
+    assert hs.on_ack(MSS, 10 * MSS, RTT, grow=False) == (0, False)
+    assert hs.samples == 1 and hs.rounds == 1
+
+
+def test_hystart_loss_or_ecn_in_css_and_only_the_initial_slow_start():
+    # a loss in CSS: the algorithm's loss response, HyStart++ is over
+    a = cc.make("cubic", MSS, 0)
+    a.hystart.state = hsmod.CSS
+    a.cwnd = 100 * MSS
+    a.on_interval(Interval(now_us=1, loss_events=1, in_flight=100 * MSS))
+    assert not a.hystart.active and a.cwnd == 70 * MSS and a.ssthresh == 70 * MSS
+    # ECN-Echo in slow start or CSS: congestion avoidance (RFC 9406 4.2)
+    r = cc.make("newreno", MSS, 0)
+    r.cwnd = 40 * MSS
+    r.on_interval(Interval(now_us=1, acked_bytes=10 * MSS, ecn_bytes=MSS, rtt_us=RTT, in_flight=40 * MSS))
+    assert not r.hystart.active and r.ssthresh == 40 * MSS and not r.in_slow_start()
+    # after an RTO, slow start up to the new ssthresh is standard (RFC 9406 4.3)
+    b = cc.make("newreno", MSS, 0)
+    b.on_interval(Interval(now_us=1, rto=True, in_flight=40 * MSS))
+    assert not b.hystart.active
+    run_rtts(b, 3)
+    assert b.cwnd == 8 * MSS  # 1 -> 2 -> 4 -> 8: doubling per round, no CSS
+    # a window chosen with a known ssthresh (TCP_CONGESTION switch) does not use it either
+    c = cc.make("cubic", MSS, 0)
+    c.ssthresh = 50 * MSS
+    run_rtts(c, 1)
+    assert not c.hystart.active and c.cwnd == 20 * MSS
+
+
+def test_hystart_undo_restores_its_state():
+    a = cc.make("newreno", MSS, 0)
+    hs_round(a.hystart, RTT)
+    a.cwnd = 30 * MSS
+    a.on_interval(Interval(now_us=1, loss_events=1, in_flight=30 * MSS))
+    assert not a.hystart.active
+    assert a.on_undo(2) is True
+    assert a.hystart.active and a.hystart.last_round_min == RTT and a.in_slow_start()
+
+
+def test_dctcp_has_no_hystart():
+    d = cc.make("dctcp", MSS, 0)
+    assert d.hystart is None and d._reno.hystart is None
+
+
+def _fluid_bottleneck(alg, rate_bps=50e6, base_us=20_000, queue_bytes=None, ms=3000):
+    """1 ms intervals through a fluid bottleneck: delivery min(cwnd / RTT,
+    rate), RTT = base + standing queue / rate, the queue being what cwnd
+    has beyond the BDP; a loss event when it exceeds `queue_bytes`.  Returns
+    (time of the first loss or None, cwnd trace)."""
+    rate = rate_bps / 8 / 1e6  # bytes per us
+    bdp = rate * base_us
+    trace = []
+    for t in range(1, ms + 1):
+        q = max(0.0, alg.cwnd - bdp)
+        if queue_bytes is not None and q > queue_bytes:
+            return t, trace
+        rtt = int(base_us + q / rate)
+        acked = int(min(alg.cwnd / rtt, rate) * 1000)
+        alg.on_interval(Interval(now_us=t * 1000, acked_bytes=acked, rtt_us=rtt, in_flight=int(alg.cwnd)))
+        trace.append(int(alg.cwnd))
+    return None, trace
+
+
+@pytest.mark.parametrize("name", ["cubic", "newreno"])
+def test_hystart_leaves_slow_start_before_the_queue_overflows(name):
+    """50 Mbit/s, 20 ms, a deep (8 BDP) queue, fluid model (srtt = the
+    current RTT): standard slow start overflows it; with HyStart++ the flow
+    enters CSS in the first round whose minimum RTT is 4 ms above the
+    previous round's, grows by a quarter from then on, and reaches
+    congestion avoidance without a loss.  (The round minimum lags one
+    round behind the window, so on the 1-BDP queue of the link tests the
+    detection comes when the queue is already half full: docs/CC.md.)"""
+    std = cc.make(name, 1448, 0, hystart=False)
+    loss_at, _ = _fluid_bottleneck(std, queue_bytes=1_000_000)
+    assert loss_at is not None
+    a = cc.make(name, 1448, 0)
+    loss_at, trace = _fluid_bottleneck(a, queue_bytes=1_000_000)
+    assert loss_at is None, trace[-1]
+    assert a.hystart.css_entries == 1 and a.hystart.exits == 1 and a.hystart.ss_resumes == 0
+    assert not a.in_slow_start() and a.ssthresh < 125_000 + 1_000_000
+    # the CSS entry: where the per-interval growth fell to a quarter
+    steps = [b - c for c, b in zip(trace, trace[1:], strict=False)]
+    i = next(i for i in range(1, len(steps)) if 0 < steps[i] <= steps[i - 1] // 3)
+    assert 150_000 < trace[i] < 400_000  # BDP + 4 ms of queue = 150 KB, one round late

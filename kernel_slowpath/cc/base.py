@@ -5,7 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from kernel_slowpath.cc.hystart import HyStartPP
+
 INITIAL_WINDOW_SEGMENTS = 10  # RFC 6928
+INITIAL_SSTHRESH = 1 << 31  # "arbitrarily high" (RFC 5681 3.1)
 
 
 @dataclass(frozen=True)
@@ -41,10 +44,11 @@ class CongestionControl(ABC):
             raise ValueError("mss must be positive")
         self.mss = mss
         self.cwnd = INITIAL_WINDOW_SEGMENTS * mss
-        self.ssthresh = 1 << 31
+        self.ssthresh = INITIAL_SSTHRESH
         self.pacing_rate: int | None = None
         self.last_send_us = now_us
         self._undo: dict[str, object] | None = None  # state before the last loss cut
+        self.hystart: HyStartPP | None = None  # HyStart++ in the initial slow start (RFC 9406)
 
     @abstractmethod
     def on_interval(self, iv: Interval) -> None:
@@ -57,7 +61,11 @@ class CongestionControl(ABC):
 
     def _save_undo(self) -> None:
         """Keep the state before a loss reduction, for ``on_undo``."""
-        self._undo = {k: getattr(self, k) for k in self.UNDO_FIELDS}
+        # (mutable state such as HyStart++'s is kept as a copy)
+        self._undo = {
+            k: (v.snapshot() if hasattr(v, "snapshot") else v)
+            for k, v in ((k, getattr(self, k)) for k in self.UNDO_FIELDS)
+        }
 
     def _drop_undo(self) -> None:
         """No undo past this point (an RTO: the fast path does not undo it)."""
@@ -77,6 +85,39 @@ class CongestionControl(ABC):
 
     def in_slow_start(self) -> bool:
         return self.cwnd < self.ssthresh
+
+    def _end_hystart(self) -> None:
+        """A loss or an RTO: HyStart++ is over (the loss response sets ssthresh)."""
+        if self.hystart is not None:
+            self.hystart.stop()
+
+    def _slow_start(self, iv: Interval) -> bool:
+        """Slow-start growth for one interval (RFC 5681 with byte counting,
+        up to ssthresh), through HyStart++ while it runs.  Returns True if
+        the interval was consumed (the caller stops there): HyStart++ sees
+        every interval with acknowledged data, also the not cwnd-limited
+        ones (RTT samples and rounds), and grows only when limited."""
+        hs = self.hystart
+        grow = not iv.app_limited and iv.acked_bytes > 0
+        if hs is not None and hs.active:
+            if self.ssthresh < INITIAL_SSTHRESH:
+                hs.stop()  # RFC 9406 4.3: only the initial slow start
+            elif iv.ecn_bytes:
+                # RFC 9406 4.2: ECN-Echo in slow start or CSS -> congestion avoidance
+                hs.stop()
+                self.ssthresh = max(int(self.cwnd), 2 * self.mss)
+                return True
+            else:
+                acks = -(-iv.acked_bytes // (2 * self.mss))  # ACKs the srtt reading summarises
+                inc, done = hs.on_ack(iv.acked_bytes, iv.in_flight, iv.rtt_us, grow, acks)
+                if inc:
+                    self.cwnd = min(self.cwnd + inc, max(self.ssthresh, self.cwnd + self.mss))
+                if done:
+                    self.ssthresh = max(int(self.cwnd), 2 * self.mss)  # CSS_ROUNDS over
+                return True
+        if grow:
+            self.cwnd = min(self.cwnd + iv.acked_bytes, max(self.ssthresh, self.cwnd + self.mss))
+        return True
 
     def _floor(self) -> None:
         self.cwnd = max(self.cwnd, self.mss)

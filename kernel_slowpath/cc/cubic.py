@@ -1,8 +1,10 @@
-"""CUBIC (RFC 9438) in the per-interval form, window in bytes."""
+"""CUBIC (RFC 9438) in the per-interval form, window in bytes, with
+HyStart++ (RFC 9406, RFC 9438 4.10) in the initial slow start."""
 
 from __future__ import annotations
 
 from kernel_slowpath.cc.base import CongestionControl, Interval
+from kernel_slowpath.cc.hystart import HyStartPP
 
 C = 0.4  # RFC 9438 4.2 (segments / s^3)
 BETA = 0.7  # RFC 9438 4.6 multiplicative decrease factor
@@ -12,11 +14,12 @@ ALPHA = 3 * (1 - BETA) / (1 + BETA)  # RFC 9438 4.3 Reno-friendly additive incre
 class Cubic(CongestionControl):
     name = "cubic"
     # RFC 9438 4.9: prior_cwnd, prior_ssthresh, prior_W_max, prior_K,
-    # prior_epoch_start, prior_W_est (and the epoch's starting window)
-    UNDO_FIELDS = ("cwnd", "ssthresh", "w_max", "k", "epoch_us", "w_est", "cwnd_epoch")
+    # prior_epoch_start, prior_W_est (and the epoch's starting window); HyStart++'s state
+    UNDO_FIELDS = ("cwnd", "ssthresh", "w_max", "k", "epoch_us", "w_est", "cwnd_epoch", "hystart")
 
-    def __init__(self, mss: int, now_us: int, fast_convergence: bool = True) -> None:
+    def __init__(self, mss: int, now_us: int, fast_convergence: bool = True, hystart: bool = True) -> None:
         super().__init__(mss, now_us)
+        self.hystart = HyStartPP() if hystart else None
         self.fast_convergence = fast_convergence
         self.w_max = 0.0  # segments, window before the last reduction
         self.k = 0.0  # seconds until W_cubic reaches w_max
@@ -41,18 +44,22 @@ class Cubic(CongestionControl):
     def on_interval(self, iv: Interval) -> None:
         if iv.rto:
             self._drop_undo()
+            self._end_hystart()
             self._reduce(iv.in_flight)
             self.cwnd = self.mss  # RFC 9438 4.8
             return
         if iv.loss_events:
             self._save_undo()
+            self._end_hystart()
             self._reduce(iv.in_flight)
             self.cwnd = self.ssthresh
             return
-        if iv.app_limited or not iv.acked_bytes:
+        if self.in_slow_start() and iv.acked_bytes:
+            # slow start (RFC 9438 4.10: HyStart++); leaving it without a
+            # loss, the first epoch starts with W_max = cwnd, K = 0 (below)
+            self._slow_start(iv)
             return
-        if self.in_slow_start():
-            self.cwnd = min(self.cwnd + iv.acked_bytes, max(self.ssthresh, self.cwnd + self.mss))
+        if iv.app_limited or not iv.acked_bytes:
             return
         cwnd_seg = self.cwnd / self.mss
         if self.epoch_us is None:

@@ -20,7 +20,7 @@ class Dctcp(CongestionControl):
         self._acked = 0
         self._marked = 0
         self._window_end_bytes = self.cwnd
-        self._reno = NewReno(mss, now_us)
+        self._reno = NewReno(mss, now_us, hystart=False)  # DCTCP leaves slow start on marks
 
     def on_interval(self, iv: Interval) -> None:
         if iv.rto or iv.loss_events:

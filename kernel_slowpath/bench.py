@@ -71,6 +71,14 @@ READY_TIMEOUT = 20.0
 CLIENT_CPU = 0
 SERVER_CPU = 1
 EXTRA_SRC_IPS = ["198.18.0.11", "198.18.0.12"]  # more client addresses for > 64k connections
+# conns: one process holds at most this many sockets (the hard RLIMIT_NOFILE may
+# be 20k and cannot be raised without CAP_SYS_RESOURCE); the load generator
+# splits N over ceil(N / 16,000) workers by itself, the Linux server gets
+# ceil(N / LINUX_CONNS_PER_WORKER) SO_REUSEPORT processes (the kernel's hash
+# spreads connections unevenly, hence the margin)
+LINUX_CONNS_PER_WORKER = 12000
+CONNS_BUF = 4096  # the native conns server's flow buffers (rx and tx)
+CONNS_DRAIN_S = 120.0  # after a conns run: wait at most this long for the stack to close its flows
 SHIM_BASE = 1007  # the shim server's echo port (discard +2, chargen +12)
 
 DEFAULT_MODES = ("rr", "bulk", "bulk-rx", "crr", "conns", "idle")
@@ -307,6 +315,30 @@ def _setup_network(b: Bench) -> None:
                     f.write(v)
 
 
+def _conns_stack_args(conns: int, n_flows: int) -> list[str]:
+    """`tas start` options that let the one app and context of the native
+    conns server hold --conns flows at once: the per-app flow limit (by
+    default half of --max-flows), the context region (default 256 MiB, i.e.
+    ~32k flows of 2 x 4 KiB buffers + a 64 B block) and the per-app buffer
+    limit (default 1 GiB).  Regions are sparse memfds: only what the flows
+    use is touched."""
+    args: list[str] = []
+    if conns > n_flows // 2:
+        args += ["--app-max-flows", str(n_flows)]
+    # buddy blocks per flow: a 64 B appflow block + rx + tx; plus what the
+    # engine keeps free before it admits a SYN (it checks room for the
+    # half-open ones, at most the load generator's window of 256, at the
+    # *stack's* default 2 x 256 KiB, not the listener's buffer size), plus
+    # the rings
+    need = conns * (64 + 2 * CONNS_BUF) + 257 * (64 + 2 * (256 << 10)) + (16 << 20)
+    need_mb = -(-need >> 20)
+    if need_mb > 256:
+        args += ["--ctx-region-mb", str(min(4095, 1 << (need_mb - 1).bit_length()))]
+    if need_mb > 1024:
+        args += ["--app-max-buf-mb", str(need_mb)]
+    return args
+
+
 def _start_servers(b: Bench) -> None:
     a, t = b.args, b.topo
     state = b.workdir / "state"
@@ -333,6 +365,8 @@ def _start_servers(b: Bench) -> None:
             argv += ["--poll-us", str(a.poll_us)]
         if a.cc is not None:
             argv += ["--cc", a.cc]
+        if "conns" in modes:
+            argv += _conns_stack_args(a.conns, n_flows)
         senv = dict(os.environ, TAS_TAP_OFFLOAD="1" if a.tap_offload == "on" else "0")
         b.stack = _spawn(
             b, "tas start", t.stack_ns, argv, None, senv
@@ -380,7 +414,7 @@ def _start_servers(b: Bench) -> None:
                     b,
                     "native echo 4k",
                     t.stack_ns,
-                    [py, str(SERVER_PY), "native", "echo", "--port", "8", "--buf", "4096"],
+                    [py, str(SERVER_PY), "native", "echo", "--port", "8", "--buf", str(CONNS_BUF)],
                     b.args.server_cpu,
                     env,
                 )
@@ -413,13 +447,10 @@ def _start_servers(b: Bench) -> None:
             b.pids["shim"] = [p]
             waits.append(p)
     if "linux" in b.servers:
-        p = _spawn(
-            b,
-            "linux server",
-            t.stack_ns,
-            [str(b.loadgen), "serve", "--host", t.linux_ip, "--port", "7"],
-            b.args.server_cpu,
-        )
+        argv = [str(b.loadgen), "serve", "--host", t.linux_ip, "--port", "7"]
+        if "conns" in modes and a.conns > LINUX_CONNS_PER_WORKER:
+            argv += ["--workers", str(-(-a.conns // LINUX_CONNS_PER_WORKER))]
+        p = _spawn(b, "linux server", t.stack_ns, argv, b.args.server_cpu)
         b.pids["linux"] = [p]
         waits.append(p)
     if "linux-py" in b.servers:
@@ -636,15 +667,56 @@ def _steps(b: Bench) -> list[tuple[str, dict, float]]:
         elif mode == "crr":
             steps.append(("crr", {"count": a.crr_count, "time": a.crr_time}, a.crr_time))
         elif mode == "conns":
-            opts = {"count": a.conns, "time": 120.0}
+            opts = {"count": a.conns, "time": _conns_time(a.conns)}
             if a.conns > 60000:
                 opts["src"] = ",".join(["198.18.0.1", *EXTRA_SRC_IPS])
-            steps.append(("conns", opts, 120.0))
+            steps.append(("conns", opts, opts["time"]))
         elif mode == "idle":
             steps.append(("idle", {}, a.idle_time + 4))
         elif mode == "isolation":
             steps.append(("isolation", {}, 2 * a.iso_time + 15))
     return steps
+
+
+def _conns_time(conns: int) -> float:
+    """loadgen conns --time: 120 s, longer for many connections (the stack's
+    slow path sets up a few hundred per second on the 2-CPU machine; a run
+    that stops making progress still ends after 5 s without any)."""
+    return max(120.0, conns / 200.0)
+
+
+def _stack_stats(b: Bench, timeout: float = 15.0) -> dict | None:
+    """`tas stats --json` of the bench's stack (None if it does not answer)."""
+    try:
+        r = subprocess.run(
+            [*_tas_argv(), "stats", "--state-dir", str(b.workdir / "state"), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        return json.loads(r.stdout) if r.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+
+
+def _open_flows(b: Bench) -> int | None:
+    st = _stack_stats(b)
+    return None if st is None else int(st.get("flows_open", 0)) + int(st.get("half_open", 0))
+
+
+def _drain_stack(b: Bench, base: int, limit: float) -> float | None:
+    """Wait (at most `limit` s) until the stack has no more open or
+    half-open flows than `base` (before the run); the seconds it took, None
+    if it did not get there."""
+    t0 = time.monotonic()
+    end = t0 + min(limit, max(0.0, b.deadline - t0 - 30))
+    while True:
+        n = _open_flows(b)
+        if n is not None and n <= base:
+            return round(time.monotonic() - t0, 3)
+        if time.monotonic() >= end:
+            return None
+        time.sleep(1.0)
 
 
 def _measure_all(b: Bench, progress=None) -> None:
@@ -658,6 +730,8 @@ def _measure_all(b: Bench, progress=None) -> None:
                 desc = f"{mode} {opts.get('conns', '')} {server} #{rep + 1}".replace("  ", " ")
                 if progress:
                     progress(desc)
+                drain = mode == "conns" and server in ("native", "shim") and b.stack is not None
+                base = (_open_flows(b) or 0) if drain else 0
                 try:
                     if b.deadline - time.monotonic() < expect + 5:
                         raise BenchError("skipped: the time budget (--budget) is used up")
@@ -671,9 +745,16 @@ def _measure_all(b: Bench, progress=None) -> None:
                 except BenchError as e:
                     b.failed.append(f"{desc}: {e}")
                     print(f"FAILED {desc}: {e}", file=sys.stderr, flush=True)
-                # a conns run leaves many flows closing: give the stacks a moment
+                # a conns run leaves many flows closing: give the stacks a moment,
+                # and the TAS stack (its slow path shares the client's CPU) the
+                # time to finish them, so they do not slow the next run
                 if mode == "conns":
                     time.sleep(1.0)
+                    if drain:
+                        drained = _drain_stack(b, base, CONNS_DRAIN_S)
+                        runs = b.raw.get(server, {}).get("conns", [])
+                        if runs and "drain_s" not in runs[-1]:
+                            runs[-1]["drain_s"] = drained
 
 
 # -- output ---------------------------------------------------------------------------------------

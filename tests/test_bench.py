@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from kernel_slowpath.bench import BENCH_PREFIX, FIGURES, build_loadgen
-from nicemu.topology import list_namespaces
+from kernel_slowpath.procs import descendants
+from nicemu.topology import Topology, list_namespaces
 
 pytestmark = [
     pytest.mark.interop,
@@ -35,6 +38,91 @@ def test_loadgen_builds_and_is_cached():
     assert build_loadgen() == a  # cached by source hash
     r = subprocess.run([str(a), "nosuchmode"], capture_output=True, text=True, timeout=10)
     assert r.returncode != 0 and json.loads(r.stdout)["ok"] is False
+
+
+def test_loadgen_workers(tmp_path):
+    """conns/idle split over worker processes (--per-worker), all held until
+    every worker finished; `loadgen serve --workers N` shares its ports over
+    N processes (SO_REUSEPORT) and stops them all on SIGTERM."""
+    lg = str(build_loadgen())
+    topo = Topology(BENCH_PREFIX + secrets.token_hex(2), linux_server=True).up()
+    log = tmp_path / "serve.log"
+    srv = None
+    try:
+        with open(log, "wb") as f:
+            srv = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    topo.stack_ns,
+                    lg,
+                    "serve",
+                    "--host",
+                    topo.linux_ip,
+                    "--port",
+                    "7",
+                    "--workers",
+                    "3",
+                ],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 10
+        while "listening" not in log.read_text() and time.monotonic() < deadline and srv.poll() is None:
+            time.sleep(0.05)
+        assert "(3 processes)" in log.read_text(), log.read_text()
+        assert len(descendants(srv.pid)) == 2
+
+        def run(*args: str) -> list[dict]:
+            r = subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    topo.peer_ns,
+                    lg,
+                    *args,
+                    "--host",
+                    topo.linux_ip,
+                    "--port",
+                    "7",
+                    "--per-worker",
+                    "100",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=40,
+            )
+            assert r.returncode == 0, r.stdout + r.stderr
+            return [json.loads(line) for line in r.stdout.splitlines()]
+
+        (res,) = run("conns", "--count", "300", "--time", "10")
+        assert res["ok"] and res["workers"] == 3, res
+        assert res["served"] == res["requested"] == 300 and res["failed"] == 0, res
+        assert res["seconds"] > 0
+        (opened,) = run("idle", "--conns", "250", "--time", "0.3")
+        assert opened["ok"] and opened["workers"] == 3 and opened["connections"] == 250, opened
+        (one,) = run("conns", "--count", "50", "--time", "10")  # fits one process: no fork
+        assert one["workers"] == 1 and one["served"] == 50, one
+    finally:
+        if srv is not None:
+            kids = descendants(srv.pid)
+            srv.terminate()
+            try:
+                srv.wait(10)
+            except subprocess.TimeoutExpired:
+                srv.kill()
+                srv.wait(5)
+            for pid in kids:
+                assert (
+                    not os.path.exists(f"/proc/{pid}")
+                    or "zombie" in open(f"/proc/{pid}/status").read().lower()
+                )
+        topo.down()
+    assert "loadgen serve: stopped" in log.read_text()
 
 
 def test_bench_quick(tmp_path):
@@ -87,15 +175,24 @@ def test_bench_isolation_quick(tmp_path):
     rate, for the stack and for Linux (the bound itself is not asserted)."""
     r = subprocess.run(
         [*_tas(), "bench", "--quick", "--modes", "isolation", "--servers", "native,linux"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=180,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr[-4000:]}"
     assert "p99 beside / alone" in r.stdout and "tas bench: ok" in r.stdout
     doc = json.loads((tmp_path / "out" / "bench" / "results.json").read_text())
     assert doc["ok"] is True and doc["params"]["iso_flows"] == 16
     figs = doc["figures"]
-    for key in ("iso_alone_p50", "iso_alone_p99", "iso_loaded_p50", "iso_loaded_p99", "iso_p99_ratio",
-                "iso_bulk_gbps"):
+    for key in (
+        "iso_alone_p50",
+        "iso_alone_p99",
+        "iso_loaded_p50",
+        "iso_loaded_p99",
+        "iso_p99_ratio",
+        "iso_bulk_gbps",
+    ):
         for server in ("native", "linux"):
             v = figs[key]["values"][server]
             assert v is not None and v["n"] == 1 and v["median"] > 0, (key, server, v)

@@ -127,7 +127,7 @@ TCP_MAX_WIN = 65535
 PAGE = 4096
 RING_HDR_BYTES = 192
 APPFLOW_BYTES = 64
-FLOW_BYTES = 256
+FLOW_BYTES = 128  # sizeof(struct tas_flow); the side records: struct tas_flow_cc
 FT_HDR_BYTES = 64
 
 BCAST = b"\xff" * 6
@@ -208,6 +208,7 @@ def flow_win_field(f) -> int:
 
 
 def flow_rtt_sample(f, r: int) -> None:
+    """RFC 6298 update (tcp_common.h); f: the flow's side record."""
     if f.srtt_us == 0:
         f.srtt_us = r if r else 1
         f.rttvar_us = r // 2
@@ -300,9 +301,12 @@ class PyFastPath:
         base = ffi.cast("char *", stack.addr)
         self.flows = ffi.cast("struct tas_flow *", base + cfg.ft_off + FT_HDR_BYTES)
         self._flows_addr = int(ffi.cast("uintptr_t", self.flows))
-        # the CC side table (spflow.h tas_cc_table), None without one
+        # the side records (struct tas_flow_cc, part of the flow-table region)
         cc = lib.tas_cc_table(base + cfg.ft_off, cfg.ft_len, cfg.n_flows)
-        self.cc = None if cc == ffi.NULL else cc
+        if cc == ffi.NULL:
+            self.ft.close()
+            raise ValueError("flow-table region without side records")
+        self.cc = cc
         self.st = ffi.cast("struct tas_fp_stats *", base + cfg.stats_off)
         self.ctx: dict[int, _Ctx] = {}
         self.active: list[int] = []
@@ -533,16 +537,17 @@ class PyFastPath:
                         bad = True
                 if e_rx_tail > f.rx_tail:
                     if e_rx_tail <= f.rx_head:
-                        old_wnd = (f.rx_adv - f.rx_head) & M32
+                        cc = self.fp_cc(f)
+                        old_wnd = (cc.rx_adv - f.rx_head) & M32
                         f.rx_tail = e_rx_tail
                         right = (f.rx_tail + f.rx_len) & M64
-                        grow = (right - f.rx_adv) & M64
+                        grow = (right - cc.rx_adv) & M64
                         thresh = f.rx_len // 2
                         if thresh > (2 * f.mss) & M32:
                             thresh = (2 * f.mss) & M32
                         # window update when it opens meaningfully from small
                         # (RFC 1122 4.2.3.3 receiver SWS avoidance)
-                        if right > f.rx_adv and grow >= thresh and old_wnd < f.rx_len // 2:
+                        if right > cc.rx_adv and grow >= thresh and old_wnd < f.rx_len // 2:
                             self.need_ack(e_flow, f)
                     else:
                         bad = True
@@ -727,6 +732,7 @@ class PyFastPath:
     def sack_parse(self, f, p, ack: int, out: int) -> tuple[list[tuple[int, int]], bool]:
         """The peer's usable SACK blocks as offsets above ack, and whether a
         D-SACK (counted) came with them."""
+        cc = self.fp_cc(f)
         blocks = []
         dsack = False
         ns = min(p.n_sack, 4)
@@ -741,7 +747,7 @@ class PyFastPath:
                     and seq_le(p.sack_end[0], p.sack_end[1])
                 )
             ):
-                f.cnt_dsack = (f.cnt_dsack + 1) & M32
+                cc.cnt_dsack = (cc.cnt_dsack + 1) & M32
                 self.st.rexmit_spurious += 1
                 dsack = True
                 continue
@@ -751,10 +757,8 @@ class PyFastPath:
         return blocks, dsack
 
     def fp_cc(self, f):
-        """fp_cc: the flow's CC side-table entry or None."""
-        if self.cc is None:
-            return None
-        return self.cc + (int(ffi.cast("uintptr_t", f)) - self._flows_addr) // 256
+        """fp_cc: the flow's side record (struct tas_flow_cc), never None."""
+        return self.cc + (int(ffi.cast("uintptr_t", f)) - self._flows_addr) // FLOW_BYTES
 
     def enter_recovery(self, fid: int, f, newreno: bool) -> None:
         flight = (f.tx_max - f.tx_una) & M64
@@ -768,15 +772,15 @@ class PyFastPath:
             cc.cwr_until = f.tx_max
             # undo marker
             cc.prior_cwnd = f.cwnd if f.cwnd > f.mss else f.mss
-            cc.prior_ssthresh = f.ssthresh
+            cc.prior_ssthresh = cc.ssthresh
             cc.rexmit_ts = 0
             cc.undo_retrans = 0
         two = (2 * f.mss) & M32
-        f.ssthresh = half if half > two else two
-        f.cwnd = (f.ssthresh + 3 * f.mss) & M32 if newreno else f.ssthresh
-        f.tx_recover = f.tx_max
+        cc.ssthresh = half if half > two else two
+        f.cwnd = (cc.ssthresh + 3 * f.mss) & M32 if newreno else cc.ssthresh
+        cc.tx_recover = f.tx_max
         f.flags |= TAS_FF_RECOVERY | TAS_FF_REXMIT_HEAD
-        f.rexmit_nxt = f.tx_una & M32
+        cc.rexmit_nxt = f.tx_una & M32
         self.st.rexmit_fast += 1
         self.txq_push(fid, f)
 
@@ -785,13 +789,13 @@ class PyFastPath:
         reordering (fp_rx.c recovery_undo)."""
         if cc.prior_cwnd > f.cwnd:
             f.cwnd = cc.prior_cwnd
-        if cc.prior_ssthresh > f.ssthresh:
-            f.ssthresh = cc.prior_ssthresh
+        if cc.prior_ssthresh > cc.ssthresh:
+            cc.ssthresh = cc.prior_ssthresh
         cc.prior_cwnd = 0
         cc.rexmit_ts = 0
         cc.undo_retrans = 0
         f.flags &= ~TAS_FF_RECOVERY & M32
-        f.tx_recover = f.tx_una  # not a loss episode: the next loss starts a recovery
+        cc.tx_recover = f.tx_una  # not a loss episode: the next loss starts a recovery
         mss = f.mss or 1
         segs = ((degree + mss - 1) // mss + 1) & M32
         cur = cc.reord or 3
@@ -845,11 +849,11 @@ class PyFastPath:
             f.tx_una = (f.tx_una + nbytes) & M64
             if f.tx_nxt < f.tx_una:
                 f.tx_nxt = f.tx_una
-            f.cnt_acked = (f.cnt_acked + nbytes) & M64
+            cc.cnt_acked = (cc.cnt_acked + nbytes) & M64
             if ece:
                 cc.cnt_ecn_bytes = (cc.cnt_ecn_bytes + nbytes) & M64
-            f.rto_backoff = 0
-            f.rto_start_us = self.now_us & M32
+            cc.rto_backoff = 0
+            cc.rto_start_us = self.now_us & M32
             f.flags &= ~TAS_FF_TLP_OUT & M32
             if sb:
                 sack_py.sb_prune(cc, f.tx_una & M32)
@@ -859,7 +863,7 @@ class PyFastPath:
                 now_ms = (self.now_us // 1000) & M32
                 r_ms = (now_ms - p.tsecr) & M32
                 if r_ms < 60000:
-                    flow_rtt_sample(f, (r_ms * 1000 + 500) & M32)
+                    flow_rtt_sample(cc, (r_ms * 1000 + 500) & M32)
 
             if cc is not None and cc.prior_cwnd and f.flags & TAS_FF_RECOVERY:
                 # first cumulative progress of a recovery: undo if nothing was
@@ -877,9 +881,9 @@ class PyFastPath:
             # window growth (NewReno, RFC 5681 / 6582)
             mss = f.mss
             if f.flags & TAS_FF_RECOVERY:
-                if f.tx_una >= f.tx_recover:
+                if f.tx_una >= cc.tx_recover:
                     f.flags &= ~TAS_FF_RECOVERY & M32
-                    f.cwnd = f.ssthresh
+                    f.cwnd = cc.ssthresh
                 elif not sb:
                     # partial ACK without a scoreboard: retransmit the head, deflate
                     f.flags |= TAS_FF_REXMIT_HEAD
@@ -889,13 +893,13 @@ class PyFastPath:
                     f.flags |= TAS_FF_REXMIT_HEAD
             elif sp_cc:
                 pass  # the slow path decides the window (kernel_slowpath/ccloop.py)
-            elif f.cwnd < f.ssthresh:
+            elif f.cwnd < cc.ssthresh:
                 f.cwnd = (f.cwnd + (min(nbytes, (2 * mss) & M32) & M32)) & M32
             else:
                 cwnd = f.cwnd
                 inc = ((mss * nbytes) & M64) // (cwnd if cwnd else 1) & M32
                 f.cwnd = (cwnd + (inc if inc else 1)) & M32
-            f.dupacks = 0
+            cc.dupacks = 0
             if not f.flags & TAS_FF_DETACHED:
                 af = self.appflow(f)
                 if af is not None:
@@ -913,15 +917,15 @@ class PyFastPath:
             and (win == f.snd_wnd or blocks)
         ):
             # duplicate ACK (with SACK blocks even if the window changed)
-            f.dupacks = (f.dupacks + 1) & M16
+            cc.dupacks = (cc.dupacks + 1) & M16
             if sb and (blocks or not sack_py.sb_empty(cc)):
                 pass  # the scoreboard's (below)
-            elif f.dupacks == 3 and not f.flags & TAS_FF_RECOVERY:
+            elif cc.dupacks == 3 and not f.flags & TAS_FF_RECOVERY:
                 self.enter_recovery(fid, f, True)
-            elif f.dupacks > 3 and f.flags & TAS_FF_RECOVERY:
+            elif cc.dupacks > 3 and f.flags & TAS_FF_RECOVERY:
                 f.cwnd = (f.cwnd + f.mss) & M32
                 self.txq_push(fid, f)
-            elif f.dupacks < 3 and f.tx_head > f.tx_nxt:
+            elif cc.dupacks < 3 and f.tx_head > f.tx_nxt:
                 self.txq_push(fid, f)  # limited transmit
 
         if sb and dsack and cc.prior_cwnd and cc.undo_retrans:
@@ -937,17 +941,17 @@ class PyFastPath:
                 # repairing: in recovery, or going back after an RTO
                 c = -1
                 if f.flags & TAS_FF_RECOVERY:
-                    c = seq_diff(f.rexmit_nxt, f.tx_una & M32)
-                elif f.tx_una < f.tx_recover:
+                    c = seq_diff(cc.rexmit_nxt, f.tx_una & M32)
+                elif f.tx_una < cc.tx_recover:
                     c = 1 if f.tx_nxt > f.tx_una else 0
                 if c >= 0:
                     # lost retransmission: resend the head
                     if (
                         c > 0
-                        and f.srtt_us
-                        and sack_py.timer_age(f, self.now_us) >= (2 * f.srtt_us + 1000) & M32
+                        and cc.srtt_us
+                        and sack_py.timer_age(cc, self.now_us) >= (2 * cc.srtt_us + 1000) & M32
                     ):
-                        f.rto_start_us = self.now_us & M32
+                        cc.rto_start_us = self.now_us & M32
                         f.flags |= TAS_FF_REXMIT_HEAD
                     self.txq_push(fid, f)
                 elif sack_py.sb_lost_limit(self.now_us, f, cc, v):
@@ -965,15 +969,15 @@ class PyFastPath:
                 if not sp_cc and not f.flags & TAS_FF_RECOVERY:
                     half = ((f.tx_max - f.tx_una) // 2) & M32
                     two = (2 * f.mss) & M32
-                    f.ssthresh = half if half > two else two
-                    f.cwnd = f.ssthresh
+                    cc.ssthresh = half if half > two else two
+                    f.cwnd = cc.ssthresh
 
         # send window update (RFC 9293 SND.WL1/WL2 rule)
-        if seq_lt(f.snd_wl1, p.seq) or (f.snd_wl1 == p.seq and seq_le(f.snd_wl2, ack)):
+        if seq_lt(cc.snd_wl1, p.seq) or (cc.snd_wl1 == p.seq and seq_le(cc.snd_wl2, ack)):
             old = f.snd_wnd
             f.snd_wnd = win
-            f.snd_wl1 = p.seq
-            f.snd_wl2 = ack
+            cc.snd_wl1 = p.seq
+            cc.snd_wl2 = ack
             if win > old and f.tx_head > f.tx_nxt:
                 self.txq_push(fid, f)
         if events:
@@ -1006,9 +1010,10 @@ class PyFastPath:
         rcv_nxt = flow_rcv_nxt(f)
         wnd = flow_rcv_wnd(f)
         seg_len = plen + (1 if fin else 0)
+        cc = self.fp_cc(f)
 
-        f.cnt_rx_segs += 1
-        f.last_rx_us = self.now_us & M32
+        cc.cnt_rx_segs += 1
+        cc.last_rx_us = self.now_us & M32
 
         # PAWS (RFC 7323 section 5)
         if f.flags & TAS_FF_TS and p.opts & TAS_OPT_TS and seq_lt(p.tsval, f.ts_recent):
@@ -1246,12 +1251,12 @@ class PyFastPath:
                 s.n_sack = n
         return s
 
-    @staticmethod
-    def after_send(f) -> None:
+    def after_send(self, f) -> None:
+        cc = self.fp_cc(f)
         f.flags &= ~TAS_FF_ACK_NOW & M32
         f.unacked_segs = 0
-        f.rx_adv = (f.rx_tail + f.rx_len) & M64
-        f.cnt_tx_segs += 1
+        cc.rx_adv = (f.rx_tail + f.rx_len) & M64
+        cc.cnt_tx_segs += 1
 
     def send_ack(self, f) -> None:
         s = self.seg_init(f)
@@ -1336,9 +1341,9 @@ class PyFastPath:
         fin = bool(f.flags & TAS_FF_FIN_SENT and f.flags & TAS_FF_TX_FIN and pos + ln == f.tx_head)
         if self.send_segment(f, pos, ln, fin) != 0:
             return -1
-        f.cnt_rexmit += 1
         cc = self.fp_cc(f)
-        if cc is not None and f.flags & TAS_FF_RECOVERY:
+        cc.cnt_rexmit += 1
+        if f.flags & TAS_FF_RECOVERY:
             if cc.undo_retrans == 0:
                 ms = (self.now_us // 1000) & M32
                 cc.rexmit_ts = ms if ms else M32
@@ -1356,7 +1361,7 @@ class PyFastPath:
             ln = min(avail, smss, f.snd_wnd - seq_flight)
             fin = bool(f.flags & TAS_FF_TX_FIN and f.tx_nxt + ln == f.tx_head)
             if f.tx_nxt == f.tx_una:
-                f.rto_start_us = self.now_us & M32
+                cc.rto_start_us = self.now_us & M32
             r = self.send_segment(f, f.tx_nxt, ln, fin)
             if r == 0:
                 f.tx_nxt = (f.tx_nxt + ln) & M64
@@ -1388,7 +1393,7 @@ class PyFastPath:
         limit = sack_py.sb_lost_limit(self.now_us, f, cc, v)
         force = bool(f.flags & TAS_FF_REXMIT_HEAD)
         f.flags &= ~TAS_FF_REXMIT_HEAD & M32
-        c = seq_diff(f.rexmit_nxt, f.tx_una & M32)
+        c = seq_diff(cc.rexmit_nxt, f.tx_una & M32)
         cur = c if c > 0 else 0
         if not v.n:
             if force and out > 0 and budget > 0 and self.resend(f, f.tx_una, min(out, smss)) == 0:
@@ -1415,7 +1420,7 @@ class PyFastPath:
                 break
             self.st.rexmit_sack += 1
             cur = hs + ln
-            f.rexmit_nxt = (f.tx_una + cur) & M32
+            cc.rexmit_nxt = (f.tx_una + cur) & M32
             force = False
             sent += 1
         return sent
@@ -1434,7 +1439,7 @@ class PyFastPath:
         sb = cc is not None and bool(f.flags & TAS_FF_SACK)
         v = None
         if sb:
-            if f.rto_backoff >= 2:
+            if cc.rto_backoff >= 2:
                 sack_py.sb_clear(cc)
             v = sack_py.sb_view(cc, f)
 
@@ -1460,8 +1465,8 @@ class PyFastPath:
                 ln = min(out, smss)
                 if self.resend(f, f.tx_una, ln) == 0:
                     sent += 1
-                    if f.flags & TAS_FF_RECOVERY and seq_lt(f.rexmit_nxt, (f.tx_una + ln) & M32):
-                        f.rexmit_nxt = (f.tx_una + ln) & M32
+                    if f.flags & TAS_FF_RECOVERY and seq_lt(cc.rexmit_nxt, (f.tx_una + ln) & M32):
+                        cc.rexmit_nxt = (f.tx_una + ln) & M32
             elif f.flags & TAS_FF_FIN_SENT and not f.flags & TAS_FF_FIN_ACKED:
                 if self.resend(f, f.tx_una, 0) == 0:
                     sent += 1
@@ -1489,13 +1494,13 @@ class PyFastPath:
                         continue
                 flight = nxt - sack_py.sb_sacked_below(v, nxt)
                 if f.flags & TAS_FF_RECOVERY:
-                    c = seq_diff(f.rexmit_nxt, f.tx_una & M32)
+                    c = seq_diff(cc.rexmit_nxt, f.tx_una & M32)
                     cur = c if c > 0 else 0
                     limit = min(sack_py.sb_lost_limit(self.now_us, f, cc, v), nxt)
                     flight -= sack_py.sb_holes(v, cur, limit)
             elif not f.flags & TAS_FF_RECOVERY:
                 # limited transmit (RFC 3042)
-                lt = min(f.dupacks, 2) * smss
+                lt = min(cc.dupacks, 2) * smss
             if f.tx_nxt < f.tx_max and cc is not None and cc.prior_cwnd and not f.flags & TAS_FF_RECOVERY:
                 cc.prior_cwnd = 0  # resending after an RTO: no undo
             cw = f.cwnd + lt
@@ -1520,10 +1525,10 @@ class PyFastPath:
                 )
                 if fin_due and (can > 0 or f.snd_wnd == 0 or flight == 0):
                     if f.tx_nxt == f.tx_una:
-                        f.rto_start_us = now32
+                        cc.rto_start_us = now32
                     if self.send_segment(f, f.tx_nxt, 0, True) == 0:
                         if f.flags & TAS_FF_FIN_SENT:
-                            f.cnt_rexmit += 1
+                            cc.cnt_rexmit += 1
                         f.flags |= TAS_FF_FIN_SENT | TAS_FF_FIN_OUT
                         sent += 1
                 break
@@ -1536,11 +1541,11 @@ class PyFastPath:
                 f.flags & TAS_FF_TX_FIN and f.tx_nxt + ln == f.tx_head and not f.flags & TAS_FF_FIN_ACKED
             )
             if f.tx_nxt == f.tx_una:
-                f.rto_start_us = now32
+                cc.rto_start_us = now32
             if self.send_segment(f, f.tx_nxt, ln, fin) != 0:
                 break
             if f.tx_nxt < f.tx_max:
-                f.cnt_rexmit += 1
+                cc.cnt_rexmit += 1
             f.tx_nxt = (f.tx_nxt + ln) & M64
             if f.tx_nxt > f.tx_max:
                 f.tx_max = f.tx_nxt

@@ -3,8 +3,10 @@
 the same memory).
 
 Region layout: ``struct tas_ft_hdr`` (64 B), ``n_flows`` records of
-``struct tas_flow`` (256 B), ``n_hash`` uint64 hash slots with ``n_hash`` the
-next power of two >= ``2 * n_flows``.  Slot values: 0 empty, all-ones
+``struct tas_flow`` (128 B, two cache lines), ``n_hash`` uint64 hash slots
+with ``n_hash`` the next power of two >= ``2 * n_flows``, then (64-byte
+aligned) ``n_flows`` side records ``struct tas_flow_cc`` (320 B: what does
+not fit the record, tas_abi.h).  Slot values: 0 empty, all-ones
 tombstone, else ``(hash << 32) | (flow_id + 1)``.  Linear probing; lookups
 stop at an empty slot and skip tombstones; insert reuses the first tombstone
 on the probe path after checking the tuple is not already indexed further
@@ -21,12 +23,13 @@ import struct
 from flextcp.native import ffi, lib, use_pure
 from flextcp.shm import Region
 
-__all__ = ["FlowTable", "PyFlowTable", "flow_hash", "ft_bytes", "make_flowtable"]
+__all__ = ["FlowTable", "PyFlowTable", "flow_hash", "ft_bytes", "flow_memory", "make_flowtable"]
 
 FT_MAGIC = 0x54414654
 ABI_VERSION = 1
 HDR_SIZE = 64
-FLOW_SIZE = 256
+FLOW_SIZE = 128  # sizeof(struct tas_flow)
+SIDE_SIZE = 320  # sizeof(struct tas_flow_cc), the per-flow side record
 MAX_FLOWS = 1 << 30
 EMPTY = 0
 TOMB = (1 << 64) - 1
@@ -53,11 +56,43 @@ def _n_hash(n_flows: int) -> int:
     return n
 
 
+def side_off(n_flows: int) -> int:
+    """Offset of the side records in the region (tas_cc_table_off)."""
+    end = HDR_SIZE + n_flows * FLOW_SIZE + 8 * _n_hash(n_flows)
+    return (end + 63) & ~63
+
+
 def ft_bytes(n_flows: int) -> int:
-    """Bytes of a table for ``n_flows`` flows (0 if n_flows is out of range)."""
+    """Bytes of a table for ``n_flows`` flows, side records included (0 if
+    n_flows is out of range); tas_ft_bytes."""
     if not 0 < n_flows <= MAX_FLOWS:
         return 0
-    return HDR_SIZE + n_flows * FLOW_SIZE + 8 * _n_hash(n_flows)
+    return side_off(n_flows) + n_flows * SIDE_SIZE
+
+
+APPFLOW_SIZE = 64  # sizeof(struct tas_appflow), one per flow in its context's heap
+
+
+def flow_memory(n_flows: int, buffers: list[tuple[int, int]]) -> dict[str, int]:
+    """Per-flow memory for ``tas stats`` (docs/STATS.md): the fixed cost of a
+    flow slot in the flow-table region -- its record, its side record and
+    its share of the hash index (rounded up) -- and the buffers of the flows
+    that hold some (``buffers``: (rx_len, tx_len) per flow; each also has a
+    64-byte appflow block in its context's heap)."""
+    n = max(n_flows, 1)
+    hash_share = -(-8 * _n_hash(n) // n)
+    buf = sum(rx + tx + APPFLOW_SIZE for rx, tx in buffers)
+    fixed = FLOW_SIZE + SIDE_SIZE + hash_share
+    return {
+        "flow_record_bytes": FLOW_SIZE,
+        "flow_side_bytes": SIDE_SIZE,
+        "flow_hash_bytes": hash_share,
+        "flow_fixed_bytes": fixed,
+        "flow_slots": n_flows,
+        "flow_table_bytes": ft_bytes(n_flows),
+        "flow_buffer_bytes": buf,
+        "flow_bytes_avg": (fixed + buf // len(buffers)) if buffers else fixed,
+    }
 
 
 def _rotl(x: int, r: int) -> int:
@@ -134,6 +169,20 @@ class FlowTable:
             raise IndexError(i)
         return self._ft.flows + i
 
+    def side(self, i: int):
+        """``struct tas_flow_cc *``: flow ``i``'s side record."""
+        if not 0 <= i < self.n_flows:
+            raise IndexError(i)
+        return self._ft.side + i
+
+    def snapshot(self, i: int, out=None):
+        """Consistent copy of flow ``i``'s record and side record (under its
+        lock) into ``out`` (a ``struct tas_flow_snap *``, new if None)."""
+        if out is None:
+            out = ffi.new("struct tas_flow_snap *")
+        lib.tas_sp_snapshot(self._ft, i, out)
+        return out
+
     def lookup(self, local_ip: int, local_port: int, remote_ip: int, remote_port: int) -> int:
         return lib.tas_ft_lookup(self._ft, local_ip, local_port, remote_ip, remote_port)
 
@@ -171,7 +220,7 @@ class PyFlowTable:
         self._mask = nh_exp - 1
         self._mv = mv
         self._flows = mv[HDR_SIZE:hoff_exp]
-        self._hash = mv[hoff_exp:].cast("Q")
+        self._hash = mv[hoff_exp : hoff_exp + 8 * nh_exp].cast("Q")
 
     @classmethod
     def create(cls, region: Region, offset: int, n_flows: int) -> PyFlowTable:
@@ -211,6 +260,26 @@ class PyFlowTable:
         if not 0 <= i < self.n_flows:
             raise IndexError(i)
         return self.region.cast("struct tas_flow", self.offset + HDR_SIZE + i * FLOW_SIZE)
+
+    def side(self, i: int):
+        """``struct tas_flow_cc *``: flow ``i``'s side record."""
+        if not 0 <= i < self.n_flows:
+            raise IndexError(i)
+        return self.region.cast("struct tas_flow_cc", self.offset + side_off(self.n_flows) + i * SIDE_SIZE)
+
+    def snapshot(self, i: int, out=None):
+        """Copy of flow ``i``'s record and side record (struct tas_flow_snap),
+        taken under the flow's lock."""
+        if out is None:
+            out = ffi.new("struct tas_flow_snap *")
+        self.lock(i)
+        try:
+            ffi.memmove(out, self.flow(i), FLOW_SIZE)
+            ffi.memmove(ffi.cast("uint8_t *", out) + FLOW_SIZE, self.side(i), SIDE_SIZE)
+        finally:
+            self.unlock(i)
+        out.lock = 0
+        return out
 
     def _tuple(self, fid: int) -> tuple[int, int, int, int]:
         lip, rip, lport, rport = _TUPLE.unpack_from(self._flows, fid * FLOW_SIZE + _OFF_LOCAL_IP)

@@ -133,10 +133,11 @@ def sb_next_hole(v: SbView, off: int, limit: int) -> tuple[int, int] | None:
     return None
 
 
-def timer_age(f, now_us: int) -> int:
+def timer_age(x, now_us: int) -> int:
     """flow_timer_age (tcp_common.h): us since the retransmission timer
-    restarted; a start up to 1 s ahead of now_us counts as 0."""
-    d = (now_us - f.rto_start_us) & M32
+    restarted (x: the side record); a start up to 1 s ahead of now_us
+    counts as 0."""
+    d = (now_us - x.rto_start_us) & M32
     return 0 if d > 4293967295 else d
 
 
@@ -158,10 +159,10 @@ def sb_lost_limit(now_us: int, f, cc, v: SbView) -> int:
         if above >= need:
             limit = v.s[k]
             break
-    if limit < v.s[0] and f.srtt_us:
+    if limit < v.s[0] and cc.srtt_us:
         mult = cc.reo_mult or 1
-        reo = (f.srtt_us // 4) * mult
-        wait = (f.srtt_us + min(reo, f.srtt_us)) & M32
-        if timer_age(f, now_us) >= wait:
+        reo = (cc.srtt_us // 4) * mult
+        wait = (cc.srtt_us + min(reo, cc.srtt_us)) & M32
+        if timer_age(cc, now_us) >= wait:
             limit = v.s[0]
     return limit

@@ -1,7 +1,9 @@
 """Pure-Python twin of flextcp/csrc/sp_flow.c (the slow path's operations
 on shared flow records).  Same arguments, same results; tests compare the
 two on random flow records.  Locking is the caller's business here: the
-twin is used single-threaded (tests, TAS_PURE runs)."""
+twin is used single-threaded (tests, TAS_PURE runs).  Functions that need
+the RTO timer, the RTT estimator or the recovery state take the flow's side
+record (``x``, a ``struct tas_flow_cc``) besides its record (``f``)."""
 
 from __future__ import annotations
 
@@ -16,14 +18,15 @@ TCP_TLP_DELACK_US = 40_000
 FF = {name: getattr(lib, name) for name in dir(lib) if name.startswith("TAS_FF_")}
 
 
-def _backed_off_rto(f) -> int:
-    rto = f.rto_us or RTO_INIT_US
-    rto <<= min(f.rto_backoff, 12)
+def _backed_off_rto(x) -> int:
+    rto = x.rto_us or RTO_INIT_US
+    rto <<= min(x.rto_backoff, 12)
     return min(rto, RTO_MAX_US)
 
 
-def scan_timeouts(flows, n_flows: int, now_us: int, budget: int, cursor: int, max_out: int):
-    """Returns (ids, reasons, new_cursor) like tas_sp_scan_timeouts."""
+def scan_timeouts(flows, sides, n_flows: int, now_us: int, budget: int, cursor: int, max_out: int):
+    """Returns (ids, reasons, new_cursor) like tas_sp_scan_timeouts
+    (``sides[i]``: flow i's side record)."""
     ids: list[int] = []
     why: list[int] = []
     i = cursor % n_flows
@@ -32,13 +35,14 @@ def scan_timeouts(flows, n_flows: int, now_us: int, budget: int, cursor: int, ma
     while k < budget and len(ids) < max_out:
         f = flows[i]
         if f.status == lib.TAS_FLOW_ACTIVE:
+            x = sides[i]
             outstanding = f.tx_max > f.tx_una or (
                 bool(f.flags & lib.TAS_FF_FIN_SENT) and not f.flags & lib.TAS_FF_FIN_ACKED
             )
-            elapsed = (now_us - f.rto_start_us) & U32
+            elapsed = (now_us - x.rto_start_us) & U32
             if elapsed > lib.TAS_SP_CLOCK_SKEW_MAX:
                 elapsed = 0  # restarted by the fast path after our clock reading
-            rto = _backed_off_rto(f)
+            rto = _backed_off_rto(x)
             if elapsed >= rto:
                 if outstanding and f.snd_wnd == 0 and f.tx_head > f.tx_una:
                     ids.append(i)
@@ -49,7 +53,7 @@ def scan_timeouts(flows, n_flows: int, now_us: int, budget: int, cursor: int, ma
                 elif f.snd_wnd < f.mss and f.tx_head > f.tx_nxt:
                     ids.append(i)
                     why.append(lib.TAS_TMO_PROBE)
-            elif outstanding and elapsed >= _tlp_timeout(f, rto):
+            elif outstanding and elapsed >= _tlp_timeout(f, x, rto):
                 ids.append(i)
                 why.append(lib.TAS_TMO_TLP)
         k += 1
@@ -57,17 +61,17 @@ def scan_timeouts(flows, n_flows: int, now_us: int, budget: int, cursor: int, ma
     return ids, why, i
 
 
-def _tlp_timeout(f, rto: int) -> int:
+def _tlp_timeout(f, x, rto: int) -> int:
     """tlp_timeout: 2 SRTT (+ delayed-ACK allowance for one segment), at
     least the scan resolution; U32 when no probe is due."""
     if (
-        not f.srtt_us
-        or f.rto_backoff
+        not x.srtt_us
+        or x.rto_backoff
         or f.snd_wnd == 0
         or f.flags & (lib.TAS_FF_TLP_OUT | lib.TAS_FF_TLP_SEND)
     ):
         return U32
-    pto = 2 * f.srtt_us
+    pto = 2 * x.srtt_us
     if f.tx_max - f.tx_una <= f.mss:
         pto += TCP_TLP_DELACK_US
     pto = max(pto, TCP_TLP_MIN_US)
@@ -82,36 +86,36 @@ def tlp(f) -> int:
     return 0
 
 
-def rto_fire(f, now_us: int) -> int:
+def rto_fire(f, x, now_us: int) -> int:
     if f.status != lib.TAS_FLOW_ACTIVE:
         return -1
     half = ((f.tx_max - f.tx_una) // 2) & U32
-    f.ssthresh = max(half, 2 * f.mss)
+    x.ssthresh = max(half, 2 * f.mss)
     f.cwnd = f.mss
     f.tx_nxt = f.tx_una
-    f.tx_recover = f.tx_max
+    x.tx_recover = f.tx_max
     f.flags &= (
         ~(lib.TAS_FF_FIN_OUT | lib.TAS_FF_RECOVERY | lib.TAS_FF_REXMIT_HEAD | lib.TAS_FF_TLP_SEND) & U32
     )
-    f.dupacks = 0
-    if f.rto_backoff < 15:
-        f.rto_backoff += 1
-    f.rto_start_us = now_us & U32
-    f.cnt_rexmit += 1
-    return f.rto_backoff
+    x.dupacks = 0
+    if x.rto_backoff < 15:
+        x.rto_backoff += 1
+    x.rto_start_us = now_us & U32
+    x.cnt_rexmit += 1
+    return x.rto_backoff
 
 
-def probe(f, now_us: int) -> int:
+def probe(f, x, now_us: int) -> int:
     if f.status != lib.TAS_FLOW_ACTIVE:
         return -1
     f.flags |= lib.TAS_FF_PROBE
     if f.snd_wnd == 0 and f.tx_nxt > f.tx_una:
         f.tx_nxt = f.tx_una
         f.flags &= ~lib.TAS_FF_FIN_OUT & U32
-    if f.rto_backoff < 15:
-        f.rto_backoff += 1
-    f.rto_start_us = now_us & U32
-    return f.rto_backoff
+    if x.rto_backoff < 15:
+        x.rto_backoff += 1
+    x.rto_start_us = now_us & U32
+    return x.rto_backoff
 
 
 def set_mss(f, mss: int) -> int:
@@ -142,11 +146,18 @@ def set_status(f, status: int, set_flags: int) -> int:
 # -- congestion control side table (issue 6, spflow.h) ---------------------
 CC_FIELDS = ("acked", "ecn_bytes", "rexmit", "in_flight", "backlog", "loss", "undo", "max_flight", "srtt_us",
              "cwnd", "snd_wnd", "mss", "flags", "status")  # fmt: skip
+# side-record fields tas_sp_cc_init keeps (the slow path sets them at install)
+INSTALL_FIELDS = ("ssthresh", "srtt_us", "rttvar_us", "rto_us", "rto_start_us", "snd_wl1", "snd_wl2", "rx_adv",
+                  "core")  # fmt: skip
 
 
 def cc_init(cc, mode: int, loss_beta: int) -> int:
-    """tas_sp_cc_init on one entry (cc: struct tas_flow_cc)."""
+    """tas_sp_cc_init on one entry (cc: struct tas_flow_cc); keeps what the
+    slow path wrote there at install (INSTALL_FIELDS)."""
+    keep = {k: getattr(cc, k) for k in INSTALL_FIELDS}
     ffi.memmove(ffi.addressof(cc), b"\0" * ffi.sizeof("struct tas_flow_cc"), ffi.sizeof("struct tas_flow_cc"))
+    for k, v in keep.items():
+        setattr(cc, k, v)
     cc.mode = mode & lib.TAS_CC_SP
     cc.loss_beta = min(loss_beta, 1000)
     return 0
@@ -167,10 +178,10 @@ def cc_read(f, cc) -> dict:
         return dict.fromkeys(CC_FIELDS, 0) | {"status": lib.TAS_FLOW_FREE}
     in_flight = (f.tx_nxt - f.tx_una) & U64
     out = {
-        "acked": f.cnt_acked, "ecn_bytes": cc.cnt_ecn_bytes, "rexmit": f.cnt_rexmit, "in_flight": in_flight,
+        "acked": cc.cnt_acked, "ecn_bytes": cc.cnt_ecn_bytes, "rexmit": cc.cnt_rexmit, "in_flight": in_flight,
         "backlog": (f.tx_head - f.tx_nxt) & U64, "loss": cc.cnt_loss, "undo": cc.cnt_undo,
         "max_flight": cc.max_flight,
-        "srtt_us": f.srtt_us, "cwnd": f.cwnd, "snd_wnd": f.snd_wnd, "mss": f.mss, "flags": f.flags,
+        "srtt_us": cc.srtt_us, "cwnd": f.cwnd, "snd_wnd": f.snd_wnd, "mss": f.mss, "flags": f.flags,
         "status": f.status,
     }  # fmt: skip
     cc.max_flight = min(in_flight, U32)
@@ -185,10 +196,10 @@ def cc_write(f, cc, cwnd: int, rate: int, loss_seen: int) -> int:
         return 0
     w = max(cwnd, f.mss)
     if f.flags & lib.TAS_FF_RECOVERY:
-        f.ssthresh = w
+        cc.ssthresh = w
     else:
         f.cwnd = w
-        f.ssthresh = w
+        cc.ssthresh = w
     cc.pace_rate = rate
     return 1
 

@@ -1,6 +1,6 @@
 """Layout of the stack-private shared region (slow path + fast path only).
 
-One memfd holds the flow table (with the per-flow CC side table), then per fast-path core its KRX ring
+One memfd holds the flow table (with the per-flow side records), then per fast-path core its KRX ring
 (FP -> SP), KTX ring (SP -> FP) and counters.  Apps never get this fd.
 """
 
@@ -31,8 +31,8 @@ class StackLayout:
 
 
 def stack_layout(n_flows: int, n_cores: int, kq_slots: int) -> StackLayout:
-    # the flow table, its hash, then the congestion-control side table
-    # (struct tas_flow_cc per flow, spflow.h tas_cc_table; docs/CC.md)
+    # the flow table, its hash, then the side records (struct tas_flow_cc
+    # per flow, counted by tas_ft_bytes; docs/ARCHITECTURE.md)
     ft_len = int(lib.tas_ft_cc_bytes(n_flows))
     off = _align(ft_len)
     kq = int(lib.tas_ring_bytes(kq_slots, lib.TAS_KQ_ENTRY_SIZE))

@@ -217,8 +217,9 @@ class CCLoop:
         fl.fid = fid
         fl.acked, fl.ecn_bytes, fl.loss, fl.undo = s[0].acked, s[0].ecn_bytes, s[0].loss, s[0].undo
         fl.alg.cwnd = max(int(s[0].cwnd), fl.alg.mss)
-        if int(f.ssthresh) < 0x7FFFFFFF:
-            fl.alg.ssthresh = max(int(f.ssthresh), 2 * fl.alg.mss)
+        ssthresh = int(self.table[fid].ssthresh)  # in the flow's side record (tas_abi.h)
+        if ssthresh < 0x7FFFFFFF:
+            fl.alg.ssthresh = max(ssthresh, 2 * fl.alg.mss)
         self.flows[fid] = fl
         lib.tas_sp_cc_set_mode(self.ft, self.table, fid, lib.TAS_CC_SP, LOSS_BETA.get(name, 500))
         self._kick(soon=True)

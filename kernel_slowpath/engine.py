@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from flextcp.flowtab import flow_memory
 from flextcp.native import ffi, lib
 from kernel_slowpath.frames import (
     BROADCAST,
@@ -67,6 +68,7 @@ IDLE_SCAN_INTERVAL_S = 0.1  # < the 200 ms RTO floor, see Engine._scan
 U32 = 0xFFFFFFFF
 _KQ_HDR = struct.Struct("<HHII")
 _FLOW_ZERO = bytes(ffi.sizeof("struct tas_flow"))
+_SIDE_ZERO = bytes(ffi.sizeof("struct tas_flow_cc"))
 _AF_ZERO = bytes(64)  # struct tas_krx / tas_ktx head: kind, len, flow_id, events
 # SYN cookies (RFC 4987), used while a listener's SYN queue is full.  The ISN
 # carries: bits 31-29 a 64 s tick (mod 8), 28-27 an MSS index, 26-23 the
@@ -234,7 +236,7 @@ class Engine:
         self._scan_ids = ffi.new("uint32_t[]", 256)
         self._scan_why = ffi.new("uint8_t[]", 256)
         self._scan_cursor = ffi.new("uint32_t *")
-        self._snap = ffi.new("struct tas_flow *")
+        self._snap = ffi.new("struct tas_flow_snap *")  # record + side record (spflow.h)
         self._ktx_slot = ffi.new("uint8_t[]", lib.TAS_KQ_ENTRY_SIZE)
         self._ktx_buf = ffi.buffer(self._ktx_slot)
         self._seg = ffi.new("struct tas_seg *")  # _send_seg's: our MAC and address set once
@@ -823,8 +825,9 @@ class Engine:
 
     def _install(self, conn: Conn, *, peer_mss: int, snd_wscale: int, rcv_wscale: int, sack: bool, ecn: bool = False,
                  ts_recent: int | None, snd_wnd: int, wl1: int, wl2: int, rtt_us: int) -> None:
-        f = self.ft.flow(conn.fid)
+        f, x = self.ft.flow(conn.fid), self.ft.side(conn.fid)  # record and side record (tas_abi.h)
         ffi.memmove(f, _FLOW_ZERO, len(_FLOW_ZERO))
+        ffi.memmove(x, _SIDE_ZERO, len(_SIDE_ZERO))
         f.gen = conn.gen
         f.status = lib.TAS_FLOW_FREE
         flags = lib.TAS_FF_NODELAY
@@ -842,22 +845,22 @@ class Engine:
         f.remote_mac = list(conn.remote_mac)
         f.snd_wscale, f.rcv_wscale = snd_wscale, rcv_wscale
         f.mss = max(64, min(peer_mss, OUR_MSS))
-        f.core = conn.core
+        x.core = conn.core
         f.rx_off, f.rx_len, f.tx_off, f.tx_len = conn.rx_off, conn.rx_len, conn.tx_off, conn.tx_len
         f.appflow_off = conn.appflow_off
         f.rx_seq0 = (conn.irs + 1) & U32
         f.tx_seq0 = (conn.iss + 1) & U32
-        f.rx_adv = conn.rx_len
+        x.rx_adv = conn.rx_len
         f.snd_wnd = snd_wnd
-        f.snd_wl1, f.snd_wl2 = wl1, wl2
+        x.snd_wl1, x.snd_wl2 = wl1, wl2
         f.cwnd = 10 * f.mss  # RFC 6928
-        f.ssthresh = 0x7FFFFFFF
-        f.rto_us = 1_000_000
+        x.ssthresh = 0x7FFFFFFF
+        x.rto_us = 1_000_000
         if rtt_us:
-            f.srtt_us = rtt_us
-            f.rttvar_us = rtt_us // 2
-            f.rto_us = max(200_000, rtt_us + 4 * (rtt_us // 2))
-        f.rto_start_us = self.now_us() & U32
+            x.srtt_us = rtt_us
+            x.rttvar_us = rtt_us // 2
+            x.rto_us = max(200_000, rtt_us + 4 * (rtt_us // 2))
+        x.rto_start_us = self.now_us() & U32
         if ecn:
             f.flags |= lib.TAS_FF_ECN
         if self.cc is not None:
@@ -1390,7 +1393,7 @@ class Engine:
                 "flows_connecting": len(self.connecting),
                 "half_open": sum(len(lst.half_open) for lst in self.listeners.values()),
                 "listeners": len(self.listeners), "time_wait": len(self.time_wait),
-                "arp_entries": len(self.arp), "flow_record_bytes": ffi.sizeof("struct tas_flow"),
+                "arp_entries": len(self.arp), **flow_memory(self.ft.n_flows, [(c.rx_len, c.tx_len) for c in self.conns.values()]),
                 "slowpath": dict(self.counters),
                 "cc": self.cc.stats() if self.cc is not None else {"cc_algorithm": "fp-newreno"}}
 

@@ -9,6 +9,14 @@ def render_stats(st: dict) -> str:
         f"half-open {st.get('half_open', 0)}  listeners {st.get('listeners', 0)}  "
         f"time-wait {st.get('time_wait', 0)}  flow record {st.get('flow_record_bytes', 0)} B"
     ]
+    if "flow_fixed_bytes" in st:
+        # per-flow memory (docs/STATS.md): the fixed slot, then the buffers
+        lines.append(
+            f"per flow: record {st['flow_record_bytes']} B + side record {st.get('flow_side_bytes', 0)} B + "
+            f"hash {st.get('flow_hash_bytes', 0)} B = {st['flow_fixed_bytes']} B fixed "
+            f"({st.get('flow_slots', 0)} slots, {st.get('flow_table_bytes', 0)} B); buffers "
+            f"{st.get('flow_buffer_bytes', 0)} B in use, {st.get('flow_bytes_avg', 0)} B per flow on average"
+        )
     for i, c in enumerate(st.get("cores", [])):
         lines.append(
             f"core {i}: rx {c['rx_frames']} frames / {c['rx_bytes']} B, tx {c['tx_frames']} frames / "

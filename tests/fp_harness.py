@@ -43,7 +43,7 @@ LOCAL_IP = 0xC6120001  # 198.18.0.1
 REMOTE_IP = 0xC6120002  # 198.18.0.2
 LOCAL_MAC = bytes.fromhex("020000000001")
 REMOTE_MAC = bytes.fromhex("020000000002")
-FLOW_SIZE = 256
+FLOW_SIZE = 128  # sizeof(struct tas_flow)
 
 
 def _align(v: int, a: int) -> int:
@@ -247,8 +247,9 @@ class FPHarness:
         af.flow_id, af.gen = fid, spec.gen
         af.rx_off, af.rx_len, af.tx_off, af.tx_len = rx_off, spec.rx_len, tx_off, spec.tx_len
         # engine._install: the flow record
-        f = self.ft.flow(fid)
+        f, x = self.ft.flow(fid), self.ft.side(fid)  # record and side record
         ffi.memmove(f, b"\0" * FLOW_SIZE, FLOW_SIZE)
+        ffi.memmove(x, b"\0" * ffi.sizeof("struct tas_flow_cc"), ffi.sizeof("struct tas_flow_cc"))
         f.gen = spec.gen
         f.status = lib.TAS_FLOW_FREE
         flags = lib.TAS_FF_NODELAY
@@ -266,18 +267,18 @@ class FPHarness:
         f.remote_mac = list(REMOTE_MAC)
         f.snd_wscale, f.rcv_wscale = spec.snd_wscale, spec.rcv_wscale
         f.mss = spec.mss
-        f.core = self.core
+        x.core = self.core
         f.rx_off, f.rx_len, f.tx_off, f.tx_len = rx_off, spec.rx_len, tx_off, spec.tx_len
         f.appflow_off = af_off
         f.rx_seq0 = spec.rx_seq0 & M32
         f.tx_seq0 = spec.tx_seq0 & M32
-        f.rx_adv = spec.rx_len
+        x.rx_adv = spec.rx_len
         f.snd_wnd = spec.snd_wnd
-        f.snd_wl1, f.snd_wl2 = (spec.rx_seq0 - 1) & M32, spec.tx_seq0 & M32
+        x.snd_wl1, x.snd_wl2 = (spec.rx_seq0 - 1) & M32, spec.tx_seq0 & M32
         f.cwnd = 10 * spec.mss
-        f.ssthresh = 0x7FFFFFFF
-        f.rto_us = 1_000_000
-        f.rto_start_us = self.now & M32
+        x.ssthresh = 0x7FFFFFFF
+        x.rto_us = 1_000_000
+        x.rto_start_us = self.now & M32
         f.status = lib.TAS_FLOW_ACTIVE
         assert self.ft.insert(fid) == 0
         fl = Flow(fid, ctx, spec, af_off, rx_off, tx_off)
@@ -288,6 +289,10 @@ class FPHarness:
     # -- views ---------------------------------------------------------------
     def flow(self, fid: int):
         return self.ft.flow(fid)
+
+    def side(self, fid: int):
+        """The flow's side record (struct tas_flow_cc)."""
+        return self.ft.side(fid)
 
     def appflow(self, fid: int):
         fl = self.flows[fid]

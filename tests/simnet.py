@@ -230,6 +230,11 @@ class Endpoint:
     def f(self):
         return self.h.flow(FID)
 
+    @property
+    def x(self):
+        """The flow's side record (struct tas_flow_cc)."""
+        return self.h.side(FID)
+
     def af(self):
         return self.h.appflow(FID)
 
@@ -291,7 +296,8 @@ class Endpoint:
     def _scan(self, now: int) -> list[tuple[int, int]]:
         if self.sp_py:
             flows = [self.h.ft.flow(i) for i in range(self.h.n_flows)]
-            ids, why, _ = spflow_py.scan_timeouts(flows, self.h.n_flows, now & M32, self.h.n_flows, 0, 16)
+            sides = [self.h.ft.side(i) for i in range(self.h.n_flows)]
+            ids, why, _ = spflow_py.scan_timeouts(flows, sides, self.h.n_flows, now & M32, self.h.n_flows, 0, 16)
             return list(zip(ids, why, strict=True))
         self._cursor[0] = 0
         n = lib.tas_sp_scan_timeouts(self.h.ft.raw, now & M32, self.h.n_flows, self._cursor, self._ids,
@@ -310,7 +316,7 @@ class Endpoint:
             if why == lib.TAS_TMO_RTO:
                 f = self.h.ft.flow(fid)
                 b = (
-                    spflow_py.rto_fire(f, now)
+                    spflow_py.rto_fire(f, self.h.ft.side(fid), now)
                     if self.sp_py
                     else lib.tas_sp_rto_fire(self.h.ft.raw, fid, now & M32)
                 )
@@ -327,7 +333,7 @@ class Endpoint:
             else:
                 f = self.h.ft.flow(fid)
                 if self.sp_py:
-                    spflow_py.probe(f, now)
+                    spflow_py.probe(f, self.h.ft.side(fid), now)
                 else:
                     lib.tas_sp_probe(self.h.ft.raw, fid, now & M32)
                 self.probes += 1
@@ -349,11 +355,12 @@ class Endpoint:
         out.append(f"  timers: rto_fired {self.rto_fired} tlp {self.tlps} probes {self.probes}"
                    f" gave_up {self.gave_up}")  # fmt: skip
         fields = []
-        for name, _ in ffi.typeof("struct tas_flow").fields:
-            v = getattr(f, name)
-            if isinstance(v, ffi.CData):
-                v = list(v)
-            fields.append(f"{name}={hex(v) if name == 'flags' else v}")
+        for rec, ctype in ((f, "struct tas_flow"), (self.x, "struct tas_flow_cc")):
+            for name, _ in ffi.typeof(ctype).fields:
+                v = getattr(rec, name)
+                if isinstance(v, ffi.CData):
+                    v = list(v)
+                fields.append(f"{name}={hex(v) if name == 'flags' else v}")
         out.append("  flow: " + " ".join(fields))
         st = ffi.typeof("struct tas_fp_stats")
         nz = [f"{n}={getattr(self.h.stats, n)}" for n, _ in st.fields if getattr(self.h.stats, n)]
@@ -545,8 +552,8 @@ class Sim:
                     ("rto", ep.rto_fired),
                     ("tlp", ep.tlps),
                     ("probe", ep.probes),
-                    ("rexmit", ep.f.cnt_rexmit),
-                    ("dsack", ep.f.cnt_dsack),
+                    ("rexmit", ep.x.cnt_rexmit),
+                    ("dsack", ep.x.cnt_dsack),
                 )  # fmt: skip
             },
         )

@@ -11,7 +11,9 @@ from flextcp.native import ffi
 @pytest.mark.parametrize(
     "ctype,size",
     [
-        ("struct tas_flow", 256),
+        ("struct tas_flow", 128),
+        ("struct tas_flow_cc", 320),
+        ("struct tas_flow_snap", 448),
         ("struct tas_ring_hdr", 192),
         ("struct tas_atx", 32),
         ("struct tas_arx", 16),
@@ -52,14 +54,54 @@ def test_flow_offsets():
     assert off("remote_ip") == 20 == flowtab._OFF_REMOTE_IP
     assert off("local_port") == 24 == flowtab._OFF_LOCAL_PORT
     assert off("remote_port") == 26 == flowtab._OFF_REMOTE_PORT
-    assert off("cwnd") == 192
-    assert off("cnt_rx_segs") == 240
-
-
-def test_flow_cache_line_groups():
-    off = lambda f: ffi.offsetof("struct tas_flow", f)  # noqa: E731
     assert off("rx_head") == 64
-    assert off("tx_head") == 128
+    assert off("cwnd") == 124
+    assert flowtab.FLOW_SIZE == ffi.sizeof("struct tas_flow")
+    assert flowtab.SIDE_SIZE == ffi.sizeof("struct tas_flow_cc")
+
+
+# Which cache line each field is on (tas_abi.h; docs/ARCHITECTURE.md "Shared
+# memory").  The record: what every segment needs; the side record: the rest.
+FLOW_LINES = {
+    0: ["lock", "gen", "status", "flags", "ctx_id", "local_ip", "remote_ip", "local_port", "remote_port",
+        "remote_mac", "snd_wscale", "rcv_wscale", "mss", "unacked_segs", "rx_off", "rx_len", "tx_off", "tx_len",
+        "appflow_off", "ts_recent"],
+    1: ["rx_head", "rx_tail", "tx_head", "tx_una", "tx_nxt", "tx_max", "rx_seq0", "tx_seq0", "snd_wnd", "cwnd"],
+}  # fmt: skip
+SIDE_LINES = {
+    0: ["mode", "max_flight", "ssthresh", "srtt_us", "rttvar_us", "rto_us", "rto_start_us", "snd_wl1", "snd_wl2",
+        "dupacks", "rto_backoff", "rexmit_nxt", "pace_rate", "pace_next_us"],
+    1: ["rx_adv", "tx_recover", "cnt_acked", "cnt_rexmit", "cnt_rx_segs", "cnt_tx_segs", "last_rx_us",
+        "dsack_start", "dsack_end", "cnt_dsack"],
+    2: ["cnt_ecn_bytes", "cwr_until", "loss_beta", "cnt_loss", "cnt_ecn_acks", "cnt_ce_rx", "core", "rsvd0",
+        "rsvd1"],
+    3: ["sb_start", "sb_end", "prior_cwnd", "prior_ssthresh", "rexmit_ts", "undo_retrans", "reord", "reo_mult",
+        "cnt_undo", "cnt_tlp"],
+    4: ["ooo_start", "ooo_end"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("ctype,lines", [("struct tas_flow", FLOW_LINES), ("struct tas_flow_cc", SIDE_LINES)])
+def test_flow_cache_line_groups(ctype, lines):
+    fields = dict(ffi.typeof(ctype).fields)
+    assert sorted(fields) == sorted(f for names in lines.values() for f in names)  # every field placed
+    for line, names in lines.items():
+        for name in names:
+            start = fields[name].offset
+            end = start + ffi.sizeof(fields[name].type)
+            assert start // 64 == line and (end - 1) // 64 == line, (ctype, name)
+
+
+def test_flow_snap_is_record_then_side():
+    """struct tas_flow_snap (spflow.h) is the two records back to back."""
+    snap = dict(ffi.typeof("struct tas_flow_snap").fields)
+    rec = ffi.typeof("struct tas_flow").fields
+    side = ffi.typeof("struct tas_flow_cc").fields
+    assert list(snap) == [n for n, _ in rec] + [n for n, _ in side]
+    for base, fields in ((0, rec), (ffi.sizeof("struct tas_flow"), side)):
+        for name, fld in fields:
+            assert snap[name].offset == base + fld.offset, name
+            assert snap[name].type == fld.type, name
 
 
 def test_queue_entry_offsets():

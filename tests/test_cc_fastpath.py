@@ -19,6 +19,7 @@ from nicemu.wire import TAS_OPT_TS, TAS_TCP_ACK, Segment, build_tcp, parse_frame
 
 ECE, CWR = lib.TAS_TCP_ECE, lib.TAS_TCP_CWR
 CC_SIZE = ffi.sizeof("struct tas_flow_cc")
+FLOW_SIZE = ffi.sizeof("struct tas_flow")
 
 
 def cc_table(h: FPHarness):
@@ -235,7 +236,7 @@ def test_loss_event_counted_with_sp_beta(h):
     setup(h, sp=True, ecn=False, beta=700)
     f, cc = send_then_three_dupacks(h)
     assert cc.cnt_loss == 1
-    assert f.ssthresh == 5360 * 700 // 1000
+    assert cc.ssthresh == 5360 * 700 // 1000
 
 
 def test_pacing_spaces_segments(h):
@@ -266,7 +267,7 @@ def test_sp_write_in_recovery_sets_exit_window(h):
                                ffi.new("uint32_t[]", [0])) == 0  # fmt: skip
     assert lib.tas_sp_cc_write(ft, cc_table(h), ids, 1, ffi.new("uint32_t[]", [3000]), ffi.new("uint64_t[]", [0]),
                                ffi.new("uint32_t[]", [1])) == 1  # fmt: skip
-    assert f.flags & lib.TAS_FF_RECOVERY and f.ssthresh == 3000
+    assert f.flags & lib.TAS_FF_RECOVERY and cc.ssthresh == 3000
     h.inject(frame(h, 0, seq=h.rcv_nxt(0), ack=h.snd_max(0)))
     h.poll()
     assert f.cwnd == 3000 and cc.cnt_loss == 1
@@ -291,7 +292,7 @@ def test_spflow_cc_twin_matches_c():
             f.tx_una = rnd.randrange(1 << 40)
             f.tx_nxt = f.tx_una + rnd.randrange(1 << 20)
             f.tx_head = f.tx_nxt + rnd.randrange(1 << 20)
-            f.cnt_acked, f.mss, f.cwnd = (
+            cc[i].cnt_acked, f.mss, f.cwnd = (
                 rnd.randrange(1 << 50),
                 rnd.choice([536, 1460]),
                 rnd.randrange(1 << 20),
@@ -300,12 +301,13 @@ def test_spflow_cc_twin_matches_c():
             cc[i].mode, cc[i].cnt_loss = rnd.choice([0, 1]), rnd.randrange(3)
             cc[i].cnt_undo = rnd.randrange(1 << 32)
             cc[i].max_flight = rnd.randrange(1 << 20)
-        before = [bytes(ffi.buffer(cc + i, CC_SIZE)) + bytes(ffi.buffer(ft.flows + i, 256)) for i in range(n)]
+            cc[i].srtt_us, cc[i].rto_us = rnd.randrange(1 << 24), rnd.randrange(1 << 24)
+        before = [bytes(ffi.buffer(cc + i, CC_SIZE)) + bytes(ffi.buffer(ft.flows + i, FLOW_SIZE)) for i in range(n)]
         # twin on copies
         copies = []
         for i in range(n):
             fc = ffi.new("struct tas_flow *")
-            ffi.memmove(fc, ft.flows + i, 256)
+            ffi.memmove(fc, ft.flows + i, FLOW_SIZE)
             ccc = ffi.new("struct tas_flow_cc *")
             ffi.memmove(ccc, cc + i, CC_SIZE)
             copies.append((fc, ccc))
@@ -325,7 +327,7 @@ def test_spflow_cc_twin_matches_c():
         assert done == done_py
         for i, (fc, ccc) in enumerate(copies):
             assert bytes(ffi.buffer(ccc, CC_SIZE)) == bytes(ffi.buffer(cc + i, CC_SIZE))
-            assert bytes(ffi.buffer(fc, 256))[4:] == bytes(ffi.buffer(ft.flows + i, 256))[4:]
+            assert bytes(ffi.buffer(fc, FLOW_SIZE))[4:] == bytes(ffi.buffer(ft.flows + i, FLOW_SIZE))[4:]
         assert before  # (kept for debugging)
         lib.tas_sp_cc_init(cc, n, 1, 1, 700)
         spflow_py.cc_init(copies[1][1][0], 1, 700)
@@ -364,7 +366,7 @@ def test_spurious_recovery_undo_reaches_the_algorithm(h):
     alg = loop.flows[0].alg
     alg.cwnd, alg.ssthresh = 20 * 536, 1  # congestion avoidance
     f = h.flow(0)
-    f.srtt_us = 20_000
+    h.side(0).srtt_us = 20_000
     assert loop.run_once(t0) == 1 and f.cwnd == 20 * 536
     h.app_write(0, stream_bytes(0, 8 * SEG, 3))
     _, frames = h.poll(t0)
@@ -389,7 +391,7 @@ def test_spurious_recovery_undo_reaches_the_algorithm(h):
     # the sample carries the count, C and twin alike
     sample = ffi.new("struct tas_cc_sample[]", 1)
     copy_f, copy_cc = ffi.new("struct tas_flow *"), ffi.new("struct tas_flow_cc *")
-    ffi.memmove(copy_f, ft.flows, 256)
+    ffi.memmove(copy_f, ft.flows, FLOW_SIZE)
     ffi.memmove(copy_cc, table, CC_SIZE)
     lib.tas_sp_cc_read(ft, table, ffi.new("uint32_t[]", [0]), 1, sample)
     assert sample[0].undo == 1 and spflow_py.cc_read(copy_f[0], copy_cc[0])["undo"] == 1
@@ -477,7 +479,7 @@ def test_ccloop_per_flow_algorithms(h):
     assert table[0].loss_beta == 500 and set(loop.flows) == {0}
     # switch the installed fp-newreno flow to cubic: keeps its window
     f1 = h.flow(1)
-    f1.cwnd, f1.ssthresh = 30 * 536, 20 * 536
+    f1.cwnd, h.side(1).ssthresh = 30 * 536, 20 * 536
     assert loop.choose(1, "cubic") == "cubic"
     alg = loop.flows[1].alg
     assert alg.name == "cubic" and alg.cwnd == 30 * 536 and alg.ssthresh == 20 * 536

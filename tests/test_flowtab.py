@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flextcp.flowtab import TOMB, FlowTable, PyFlowTable, flow_hash, ft_bytes
+from flextcp import flowtab
+from flextcp.flowtab import FLOW_SIZE, TOMB, FlowTable, PyFlowTable, flow_hash, ft_bytes
 from flextcp.native import ffi, lib
 from flextcp.shm import Region
 
@@ -68,13 +69,20 @@ def _set(t, fid: int, tup, status=ACTIVE):
 
 
 def _hash_slots(region, n_flows):
-    off = 64 + 256 * n_flows
-    return list(struct.unpack_from(f"<{(ft_bytes(n_flows) - off) // 8}Q", region.mm, off))
+    off = 64 + FLOW_SIZE * n_flows
+    return list(struct.unpack_from(f"<{flowtab._n_hash(n_flows)}Q", region.mm, off))
 
 
 def test_layout_and_header():
     region, c, py = _table(5)
-    assert ft_bytes(5) == 64 + 5 * 256 + 16 * 8
+    # header, 5 records of 128 B, 16 hash slots, then 5 side records of 320 B
+    assert ft_bytes(5) == 64 + 5 * 128 + 16 * 8 + 5 * 320 == lib.tas_ft_bytes(5)
+    assert FLOW_SIZE == ffi.sizeof("struct tas_flow") and flowtab.SIDE_SIZE == ffi.sizeof(
+        "struct tas_flow_cc"
+    )
+    assert lib.tas_cc_table_off(5) == flowtab.side_off(5) == 64 + 5 * 128 + 16 * 8
+    assert c.side(2) == py.side(2) == c.raw.side + 2
+    assert int(ffi.cast("uintptr_t", c.side(0))) % 64 == 0
     assert c.n_hash == py.n_hash == 16
     h = region.cast("struct tas_ft_hdr")
     assert (h.magic, h.abi_version, h.n_flows, h.n_hash, h.flows_off, h.hash_off) == (
@@ -83,9 +91,9 @@ def test_layout_and_header():
         5,
         16,
         64,
-        64 + 5 * 256,
+        64 + 5 * 128,
     )
-    assert int(ffi.cast("uintptr_t", c.flow(1))) - int(ffi.cast("uintptr_t", c.flow(0))) == 256
+    assert int(ffi.cast("uintptr_t", c.flow(1))) - int(ffi.cast("uintptr_t", c.flow(0))) == 128
     assert int(ffi.cast("uintptr_t", c.flow(0))) % 64 == 0
     assert c.flow(3) == py.flow(3)
     # Python-created table is byte-identical and attachable from C
@@ -93,6 +101,11 @@ def test_layout_and_header():
     py2 = PyFlowTable.create(region2, 0, 5)
     assert bytes(region2.mm) == bytes(region.mm)
     FlowTable.attach(region2, 0, 5)
+    # the slow path's snapshot: record then side record, C and twin alike
+    c.flow(2).cwnd, c.side(2).ssthresh, c.side(2).ooo_end[7] = 1000, 2000, 3000
+    sc, sp = c.snapshot(2), py.snapshot(2)
+    assert (sc.cwnd, sc.ssthresh, sc.ooo_end[7]) == (1000, 2000, 3000)
+    assert bytes(ffi.buffer(sc)) == bytes(ffi.buffer(sp))
     py.close()
     py2.close()
 
@@ -271,7 +284,7 @@ def test_full_index(impl):
     _set(c, 0, (1, 2, 3, 4))
     _set(c, 1, (9, 9, 9, 9))
     # fill every hash slot with entries for flow 1 under a foreign hash
-    off = 64 + n * 256
+    off = 64 + n * FLOW_SIZE
     for i in range(t.n_hash):
         struct.pack_into("<Q", region.mm, off + 8 * i, (0x12345678 << 32) | 2)
     assert t.insert(0) == -1
@@ -309,7 +322,7 @@ def _locker(fd: int, size: int, n: int) -> None:
     f = t.flow(1)
     for _ in range(n):
         t.lock(1)
-        f.cnt_rx_segs += 1
+        f.rx_head += 1
         t.unlock(1)
     os._exit(0)
 
@@ -325,6 +338,6 @@ def test_flow_lock_two_processes():
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    assert t.flow(1).cnt_rx_segs == 2 * n
+    assert t.flow(1).rx_head == 2 * n
     assert t.flow(1).lock == 0
     region.close()

@@ -167,15 +167,14 @@ def test_lost_retransmission_after_rto_is_resent_without_waiting(h):
     ack(h, una, [(una + 2 * SEG, una + 6 * SEG)], now=t0 + 3000)
     t_rto = t0 + 300_000
     lib.tas_sp_rto_fire(h.ft.raw, 0, t_rto & M32)
-    f = h.flow(0)
-    f.srtt_us, f.cwnd = 1000, 536
+    h.side(0).srtt_us, h.flow(0).cwnd = 1000, 536
     h.post_ktx(lib.TAS_KTX_KICK, 0)
     assert seqs(h.poll(t_rto)[1]) == [una & M32]
     # too early: nothing
     assert seqs(ack(h, una, [(una + 2 * SEG, una + 7 * SEG)], now=t_rto + 2000)) == []
     out = ack(h, una, [(una + 2 * SEG, una + 8 * SEG)], now=t_rto + 3500)
     assert seqs(out) == [una & M32]
-    assert h.flow(0).rto_backoff == 1
+    assert h.side(0).rto_backoff == 1
 
 
 def test_second_rto_forgets_the_scoreboard(h):
@@ -201,8 +200,8 @@ def test_scan_asks_for_a_probe_before_the_rto():
     h = FPHarness(False)
     try:
         start(h, t0=1_000_000)
-        f = h.flow(0)
-        f.srtt_us, f.rto_us, f.rto_start_us = 1000, 200_000, 1_000_000
+        x = h.side(0)
+        x.srtt_us, x.rto_us, x.rto_start_us = 1000, 200_000, 1_000_000
 
         def scan(now):
             ids = ffi.new("uint32_t[4]")
@@ -210,7 +209,7 @@ def test_scan_asks_for_a_probe_before_the_rto():
             cur = ffi.new("uint32_t *", 0)
             n = lib.tas_sp_scan_timeouts(h.ft.raw, now, 1, cur, ids, why, 4)
             c = [(ids[i], why[i]) for i in range(n)]
-            py = spflow_py.scan_timeouts([h.ft.flow(0)], 1, now, 1, 0, 4)
+            py = spflow_py.scan_timeouts([h.ft.flow(0)], [h.ft.side(0)], 1, now, 1, 0, 4)
             assert c == list(zip(py[0], py[1], strict=True))
             return c
 
@@ -320,11 +319,11 @@ def test_timer_started_by_the_slow_path_just_ahead_is_not_ancient(h):
     the head lost by the time rule at the first SACK)."""
     t0 = 1_000_000
     _, una, _ = start(h, t0=t0)
-    f = h.flow(0)
-    f.srtt_us, f.rto_start_us = 1000, (t0 + 5000 + 300) & M32
+    x = h.side(0)
+    x.srtt_us, x.rto_start_us = 1000, (t0 + 5000 + 300) & M32
     out = ack(h, una, [(una + SEG, una + 2 * SEG)], now=t0 + 5000)
     assert not h.flow(0).flags & lib.TAS_FF_RECOVERY and seqs(out) == []
     # ... while a start well in the past still does
-    h.flow(0).rto_start_us = t0 & M32
+    h.side(0).rto_start_us = t0 & M32
     out = ack(h, una, [(una + SEG, una + 2 * SEG)], now=t0 + 5000)
     assert h.flow(0).flags & lib.TAS_FF_RECOVERY and seqs(out) == [una & M32]

@@ -37,15 +37,17 @@ flow_st = st.fixed_dictionaries(
 )
 
 
-def fill(f, d) -> None:
+def fill(t, i, d) -> None:
+    """Flow i of table t (its record and side record) from d."""
+    f, x = t.flow(i), t.side(i)
     f.status, f.flags, f.mss, f.snd_wnd = d["status"], d["flags"], d["mss"], d["snd_wnd"]
     f.tx_una = d["tx_una"]
     f.tx_nxt = d["tx_una"] + d["d_nxt"]
     f.tx_max = f.tx_nxt + d["d_max"]
     f.tx_head = f.tx_max + d["d_head"]
-    f.rto_us, f.rto_backoff, f.rto_start_us = d["rto_us"], d["rto_backoff"], d["rto_start_us"]
-    f.srtt_us = d["srtt_us"]
-    f.tx_len, f.cwnd, f.ssthresh = d["tx_len"], d["cwnd"], d["ssthresh"]
+    x.rto_us, x.rto_backoff, x.rto_start_us = d["rto_us"], d["rto_backoff"], d["rto_start_us"]
+    x.srtt_us = d["srtt_us"]
+    f.tx_len, f.cwnd, x.ssthresh = d["tx_len"], d["cwnd"], d["ssthresh"]
 
 
 def tables():
@@ -54,9 +56,12 @@ def tables():
     return a, b, FlowTable.create(a, 0, N), FlowTable.create(b, 0, N)
 
 
-def same(fa, fb) -> None:
+def same(fa, fb, xa=None, xb=None) -> None:
     sz = ffi.sizeof("struct tas_flow")
     assert bytes(ffi.buffer(fa, sz))[4:] == bytes(ffi.buffer(fb, sz))[4:]  # all but the lock word
+    if xa is not None:
+        sz = ffi.sizeof("struct tas_flow_cc")
+        assert bytes(ffi.buffer(xa, sz)) == bytes(ffi.buffer(xb, sz))
 
 
 @settings(max_examples=200, deadline=None)
@@ -71,14 +76,14 @@ def test_scan_timeouts_matches(flows, now, cursor, budget, max_out):
     ra, rb, a, b = tables()
     try:
         for i, d in enumerate(flows):
-            fill(a.flow(i), d)
-            fill(b.flow(i), d)
+            fill(a, i, d)
+            fill(b, i, d)
         ids = ffi.new("uint32_t[]", N)
         why = ffi.new("uint8_t[]", N)
         cur = ffi.new("uint32_t *", cursor)
         n = lib.tas_sp_scan_timeouts(a.raw, now, budget, cur, ids, why, max_out)
         pids, pwhy, pcur = spflow_py.scan_timeouts(
-            [b.flow(i) for i in range(N)], N, now, budget, cursor, max_out
+            [b.flow(i) for i in range(N)], [b.side(i) for i in range(N)], N, now, budget, cursor, max_out
         )
         assert list(ids[0:n]) == pids and list(why[0:n]) == pwhy and cur[0] == pcur
     finally:
@@ -95,18 +100,18 @@ def test_timer_restarted_after_the_scan_read_the_clock_is_not_expired():
     try:
         now = 5_000_000
         for t in (a, b):
-            f = t.flow(0)
-            fill(f, {"status": lib.TAS_FLOW_ACTIVE, "flags": 0, "tx_una": 1000, "d_nxt": 50_000, "d_max": 0,
+            fill(t, 0, {"status": lib.TAS_FLOW_ACTIVE, "flags": 0, "tx_una": 1000, "d_nxt": 50_000, "d_max": 0,
                      "d_head": 10_000, "mss": 1448, "snd_wnd": 1 << 20, "rto_us": 200_000, "rto_backoff": 0,
                      "srtt_us": 20_000, "rto_start_us": 0, "tx_len": 1 << 18, "cwnd": 60_000,
                      "ssthresh": 1 << 30})  # fmt: skip
         ids, why = ffi.new("uint32_t[]", N), ffi.new("uint8_t[]", N)
         for start, expect in ((now + 3, []), (now + 900_000, []), (now - 50_000, [lib.TAS_TMO_TLP]),
                               (now - 250_000, [lib.TAS_TMO_RTO]), (now + 1_100_000, [lib.TAS_TMO_RTO])):  # fmt: skip
-            a.flow(0).rto_start_us = b.flow(0).rto_start_us = start & 0xFFFFFFFF
+            a.side(0).rto_start_us = b.side(0).rto_start_us = start & 0xFFFFFFFF
             cur = ffi.new("uint32_t *", 0)
             n = lib.tas_sp_scan_timeouts(a.raw, now, 1, cur, ids, why, N)
-            pids, pwhy, _ = spflow_py.scan_timeouts([b.flow(i) for i in range(N)], N, now, 1, 0, N)
+            pids, pwhy, _ = spflow_py.scan_timeouts([b.flow(i) for i in range(N)], [b.side(i) for i in range(N)],
+                                                    N, now, 1, 0, N)  # fmt: skip
             assert list(why[0:n]) == pwhy == expect, start - now
     finally:
         ra.close()
@@ -125,13 +130,13 @@ def test_timer_restarted_after_the_scan_read_the_clock_is_not_expired():
 def test_flow_ops_match(d, now, op, close_off, status, set_flags):
     ra, rb, a, b = tables()
     try:
-        fa, fb = a.flow(3), b.flow(3)
-        fill(fa, d)
-        fill(fb, d)
+        fa, fb, xa, xb = a.flow(3), b.flow(3), a.side(3), b.side(3)
+        fill(a, 3, d)
+        fill(b, 3, d)
         if op == "rto":
-            r1, r2 = lib.tas_sp_rto_fire(a.raw, 3, now), spflow_py.rto_fire(fb, now)
+            r1, r2 = lib.tas_sp_rto_fire(a.raw, 3, now), spflow_py.rto_fire(fb, xb, now)
         elif op == "probe":
-            r1, r2 = lib.tas_sp_probe(a.raw, 3, now), spflow_py.probe(fb, now)
+            r1, r2 = lib.tas_sp_probe(a.raw, 3, now), spflow_py.probe(fb, xb, now)
         elif op == "mss":
             mss = close_off % 10000
             r1, r2 = lib.tas_sp_set_mss(a.raw, 3, mss), spflow_py.set_mss(fb, mss)
@@ -144,10 +149,15 @@ def test_flow_ops_match(d, now, op, close_off, status, set_flags):
                 spflow_py.set_status(fb, status, set_flags),
             )
         assert r1 == r2
-        same(fa, fb)
-        snap = ffi.new("struct tas_flow *")
+        same(fa, fb, xa, xb)
+        snap = ffi.new("struct tas_flow_snap *")
         assert lib.tas_sp_snapshot(a.raw, 3, snap) == 0
         same(snap, fa)
+        sz = ffi.sizeof("struct tas_flow_cc")
+        assert bytes(ffi.buffer(snap))[ffi.sizeof("struct tas_flow") :] == bytes(ffi.buffer(xa, sz))
+        assert (snap.cwnd, snap.ssthresh, snap.rto_backoff, snap.cnt_rexmit) == (
+            fa.cwnd, xa.ssthresh, xa.rto_backoff, xa.cnt_rexmit)  # fmt: skip
+        assert bytes(ffi.buffer(b.snapshot(3))) == bytes(ffi.buffer(b.snapshot(3)))
     finally:
         ra.close()
         rb.close()
@@ -159,8 +169,8 @@ def test_count_busy_matches(flows, budget):
     ra, rb, a, b = tables()
     try:
         for i, d in enumerate(flows):
-            fill(a.flow(i), d)
-            fill(b.flow(i), d)
+            fill(a, i, d)
+            fill(b, i, d)
         assert lib.tas_sp_count_busy(a.raw, budget) == spflow_py.count_busy(
             [b.flow(i) for i in range(N)], N, budget)
     finally:

@@ -81,3 +81,30 @@ def test_stats_watch_smoke(tas):
     r = tas.run_stack_cmd("stats", "--watch", "--count", "3", "--interval", "0.3", timeout=20)
     assert r.returncode == 0, r.stderr
     assert "fast-path cores" in r.stdout and "drops by reason" in r.stdout and "flows open" in r.stdout
+
+
+def test_flow_memory_fields_and_text():
+    """Per-flow memory (docs/STATS.md): the fixed slot is record + side record
+    + hash share; buffers count rx + tx + the 64-byte appflow block."""
+    from flextcp.flowtab import flow_memory, ft_bytes
+    from flextcp.native import ffi
+    from kernel_slowpath.statsview import render_stats
+
+    m = flow_memory(1024, [(1 << 16, 1 << 17), (4096, 4096)])
+    assert m["flow_record_bytes"] == ffi.sizeof("struct tas_flow") == 128
+    assert m["flow_side_bytes"] == ffi.sizeof("struct tas_flow_cc") == 320
+    assert m["flow_hash_bytes"] == 16  # 2048 slots of 8 B over 1024 flows
+    assert m["flow_fixed_bytes"] == 128 + 320 + 16
+    assert m["flow_table_bytes"] == ft_bytes(1024) >= 1024 * m["flow_fixed_bytes"]
+    assert m["flow_buffer_bytes"] == (1 << 16) + (1 << 17) + 64 + 4096 + 4096 + 64
+    assert m["flow_bytes_avg"] == m["flow_fixed_bytes"] + m["flow_buffer_bytes"] // 2
+    assert flow_memory(1024, [])["flow_bytes_avg"] == m["flow_fixed_bytes"]
+    text = render_stats({**m, "flows_open": 2})
+    assert "flow record 128 B" in text and "side record 320 B" in text and "= 464 B fixed" in text
+
+
+def test_stats_json_reports_flow_memory(tas):
+    st = tas.stats()
+    assert st["flow_record_bytes"] == 128 and st["flow_side_bytes"] == 320
+    assert st["flow_fixed_bytes"] == 128 + 320 + st["flow_hash_bytes"]
+    assert st["flow_table_bytes"] >= st["flow_slots"] * st["flow_fixed_bytes"]

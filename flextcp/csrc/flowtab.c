@@ -18,7 +18,12 @@
 #define FT_MAX_FLOWS (1u << 30)
 
 _Static_assert(sizeof(struct tas_ft_hdr) == 64, "tas_ft_hdr size");
-_Static_assert(sizeof(struct tas_flow) == 256, "tas_flow size");
+_Static_assert(sizeof(struct tas_flow) == 128, "tas_flow size: two cache lines");
+_Static_assert(sizeof(struct tas_flow_cc) == 320, "tas_flow_cc size: five cache lines");
+_Static_assert(offsetof(struct tas_flow, rx_head) == 64, "tas_flow line 1");
+_Static_assert(offsetof(struct tas_flow_cc, rx_adv) == 64 && offsetof(struct tas_flow_cc, cnt_ecn_bytes) == 128 &&
+               offsetof(struct tas_flow_cc, sb_start) == 192 && offsetof(struct tas_flow_cc, ooo_start) == 256,
+               "tas_flow_cc lines");
 
 static uint32_t ft_n_hash(uint32_t n_flows)
 {
@@ -39,11 +44,17 @@ static uint64_t ft_hash_off(uint32_t n_flows)
     return ft_flows_off() + (uint64_t)n_flows * sizeof(struct tas_flow);
 }
 
+static uint64_t ft_side_off(uint32_t n_flows)
+{
+    uint64_t end = ft_hash_off(n_flows) + (uint64_t)ft_n_hash(n_flows) * sizeof(uint64_t);
+    return (end + 63u) & ~(uint64_t)63u;
+}
+
 uint64_t tas_ft_bytes(uint32_t n_flows)
 {
     if (n_flows == 0 || n_flows > FT_MAX_FLOWS)
         return 0;
-    return ft_hash_off(n_flows) + (uint64_t)ft_n_hash(n_flows) * sizeof(uint64_t);
+    return ft_side_off(n_flows) + (uint64_t)n_flows * sizeof(struct tas_flow_cc);
 }
 
 int tas_ft_init(void *mem, uint32_t n_flows)
@@ -78,6 +89,7 @@ int tas_ft_attach(struct tas_ft *ft, void *mem, uint64_t len, uint32_t n_flows)
     ft->hdr = h;
     ft->flows = (struct tas_flow *)((uint8_t *)mem + ft_flows_off());
     ft->hash = (uint64_t *)((uint8_t *)mem + ft_hash_off(n_flows));
+    ft->side = (struct tas_flow_cc *)((uint8_t *)mem + ft_side_off(n_flows));
     ft->n_flows = n_flows;
     ft->hash_mask = ft_n_hash(n_flows) - 1;
     return 0;

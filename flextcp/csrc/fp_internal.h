@@ -100,7 +100,7 @@ struct tas_fp {
 
     uint32_t krx_posted;
     uint64_t now_us;
-    struct tas_flow_cc *cc;     /* CC side table (NULL: region without one) */
+    struct tas_flow_cc *cc;     /* side records (= ft.side) */
     uint8_t rxbuf[FP_RX_BATCH_MAX][FP_FRAME_MAX];
     uint32_t vnet;              /* TAP fd has IFF_VNET_HDR */
     uint32_t tso;               /* send TSO4 super-segments (needs vnet) */
@@ -108,10 +108,11 @@ struct tas_fp {
     uint8_t ktxbuf[FP_KTX_BATCH][TAS_KQ_ENTRY_SIZE];
 };
 
-/* The flow's CC side-table entry, or NULL (docs/CC.md). */
-static inline struct tas_flow_cc *fp_cc(struct tas_fp *fp, const struct tas_flow *f)
+/* The flow's side record (tas_abi.h struct tas_flow_cc), never NULL: the
+ * flow-table region always holds them (tas_ft_bytes). */
+static inline struct tas_flow_cc *fp_cc(const struct tas_fp *fp, const struct tas_flow *f)
 {
-    return fp->cc ? &fp->cc[f - fp->ft.flows] : NULL;
+    return &fp->ft.side[f - fp->ft.flows];
 }
 
 /* fp_sack.c: the sender's SACK scoreboard, viewed as sorted offsets above
@@ -153,8 +154,9 @@ static inline uint32_t fp_seg_max(const struct tas_fp *fp, const struct tas_flow
      * so a slow path is not hit with 64 KB line-rate bursts that overflow
      * a small bottleneck queue */
     uint64_t lim = FP_TSO_MAX;
-    if (f->srtt_us) {
-        uint64_t per_ms = (uint64_t)f->cwnd * 1000u / f->srtt_us;
+    uint32_t srtt = fp_cc(fp, f)->srtt_us;
+    if (srtt) {
+        uint64_t per_ms = (uint64_t)f->cwnd * 1000u / srtt;
         if (per_ms < lim)
             lim = per_ms;
     }

@@ -46,7 +46,7 @@ struct tas_fp *tas_fp_create(const struct tas_fp_config *cfg)
     fp->st = cfg->stats;
     if (tas_ft_attach(&fp->ft, cfg->ft_mem, cfg->ft_len, cfg->n_flows) != 0)
         goto fail;
-    fp->cc = tas_cc_table(cfg->ft_mem, cfg->ft_len, cfg->n_flows); /* issue 6 */
+    fp->cc = fp->ft.side; /* side records (tas_abi.h), always in the region */
     if (tas_ring_attach(&fp->krx, cfg->krx_mem, cfg->kq_slots, TAS_KQ_ENTRY_SIZE, 1) != 0)
         goto fail;
     if (tas_ring_attach(&fp->ktx, cfg->ktx_mem, cfg->kq_slots, TAS_KQ_ENTRY_SIZE, 0) != 0)
@@ -374,16 +374,17 @@ static uint32_t poll_apps(struct tas_fp *fp)
             }
             if (e->rx_tail > f->rx_tail) {
                 if (e->rx_tail <= f->rx_head) {
-                    uint32_t old_wnd = (uint32_t)(f->rx_adv - f->rx_head);
+                    uint64_t adv = fp_cc(fp, f)->rx_adv;
+                    uint32_t old_wnd = (uint32_t)(adv - f->rx_head);
                     f->rx_tail = e->rx_tail;
                     uint64_t right = f->rx_tail + f->rx_len;
-                    uint64_t grow = right - f->rx_adv;
+                    uint64_t grow = right - adv;
                     uint32_t thresh = f->rx_len / 2;
                     if (thresh > 2u * f->mss)
                         thresh = 2u * f->mss;
                     /* window update when it opens meaningfully from small
                      * (RFC 1122 4.2.3.3 receiver SWS avoidance) */
-                    if (right > f->rx_adv && grow >= thresh && old_wnd < f->rx_len / 2)
+                    if (right > adv && grow >= thresh && old_wnd < f->rx_len / 2)
                         fp_need_ack(fp, e->flow_id, f);
                 } else {
                     bad = 1;

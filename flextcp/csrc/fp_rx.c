@@ -153,6 +153,7 @@ static int ooo_empty(const struct tas_flow_cc *o)
 static uint32_t sack_parse(struct tas_fp *fp, struct tas_flow *f, const struct tas_pkt *p,
                            uint32_t ack, uint32_t out, uint32_t *s, uint32_t *e, int *dsack)
 {
+    struct tas_flow_cc *cc = fp_cc(fp, f);
     uint32_t n = 0;
     uint32_t ns = p->n_sack < 4 ? p->n_sack : 4;
     for (uint32_t i = 0; i < ns; i++) {
@@ -160,7 +161,7 @@ static uint32_t sack_parse(struct tas_fp *fp, struct tas_flow *f, const struct t
         int32_t eo = seq_diff(p->sack_end[i], ack);
         if (i == 0 && (eo <= 0 || (ns > 1 && seq_ge(p->sack_start[0], p->sack_start[1]) &&
                                    seq_le(p->sack_end[0], p->sack_end[1])))) {
-            f->cnt_dsack++;
+            cc->cnt_dsack++;
             fp->st->rexmit_spurious++;
             *dsack = 1;
             continue;
@@ -194,15 +195,15 @@ static void enter_recovery(struct tas_fp *fp, uint32_t id, struct tas_flow *f, i
         cc->cwr_until = f->tx_max; /* one reduction per window (RFC 3168 6.1.2) */
         /* undo marker: the window to restore if this was reordering */
         cc->prior_cwnd = f->cwnd > f->mss ? f->cwnd : f->mss;
-        cc->prior_ssthresh = f->ssthresh;
+        cc->prior_ssthresh = cc->ssthresh;
         cc->rexmit_ts = 0;
         cc->undo_retrans = 0;
     }
-    f->ssthresh = half > 2u * f->mss ? half : 2u * f->mss;
-    f->cwnd = newreno ? f->ssthresh + 3u * f->mss : f->ssthresh;
-    f->tx_recover = f->tx_max;
+    cc->ssthresh = half > 2u * f->mss ? half : 2u * f->mss;
+    f->cwnd = newreno ? cc->ssthresh + 3u * f->mss : cc->ssthresh;
+    cc->tx_recover = f->tx_max;
     f->flags |= TAS_FF_RECOVERY | TAS_FF_REXMIT_HEAD;
-    f->rexmit_nxt = (uint32_t)f->tx_una;
+    cc->rexmit_nxt = (uint32_t)f->tx_una;
     fp->st->rexmit_fast++;
     fp_txq_push(fp, id, f);
 }
@@ -216,13 +217,13 @@ static void recovery_undo(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
 {
     if (cc->prior_cwnd > f->cwnd)
         f->cwnd = cc->prior_cwnd;
-    if (cc->prior_ssthresh > f->ssthresh)
-        f->ssthresh = cc->prior_ssthresh;
+    if (cc->prior_ssthresh > cc->ssthresh)
+        cc->ssthresh = cc->prior_ssthresh;
     cc->prior_cwnd = 0;
     cc->rexmit_ts = 0;
     cc->undo_retrans = 0;
     f->flags &= ~(uint32_t)TAS_FF_RECOVERY;
-    f->tx_recover = f->tx_una; /* not a loss episode: the next loss starts a recovery */
+    cc->tx_recover = f->tx_una; /* not a loss episode: the next loss starts a recovery */
     uint32_t mss = f->mss ? f->mss : 1u;
     uint32_t segs = (degree + mss - 1u) / mss + 1u; /* SACKed segments above it, plus one */
     uint32_t cur = cc->reord ? cc->reord : 3u;
@@ -285,11 +286,11 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
         f->tx_una += bytes;
         if (f->tx_nxt < f->tx_una)
             f->tx_nxt = f->tx_una;
-        f->cnt_acked += bytes;
+        cc->cnt_acked += bytes;
         if (ece)
             cc->cnt_ecn_bytes += bytes;
-        f->rto_backoff = 0;
-        f->rto_start_us = (uint32_t)fp->now_us;
+        cc->rto_backoff = 0;
+        cc->rto_start_us = (uint32_t)fp->now_us;
         f->flags &= ~(uint32_t)TAS_FF_TLP_OUT;
         if (sb)
             fp_sb_prune(cc, (uint32_t)f->tx_una);
@@ -299,7 +300,7 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
             uint32_t now_ms = (uint32_t)(fp->now_us / 1000);
             uint32_t r_ms = now_ms - p->tsecr;
             if (r_ms < 60000)
-                flow_rtt_sample(f, r_ms * 1000 + 500);
+                flow_rtt_sample(cc, r_ms * 1000 + 500);
         }
 
         if (cc && cc->prior_cwnd && (f->flags & TAS_FF_RECOVERY)) {
@@ -327,9 +328,9 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
         /* window growth (NewReno, RFC 5681 / 6582) */
         uint32_t mss = f->mss;
         if (f->flags & TAS_FF_RECOVERY) {
-            if (f->tx_una >= f->tx_recover) {
+            if (f->tx_una >= cc->tx_recover) {
                 f->flags &= ~TAS_FF_RECOVERY;
-                f->cwnd = f->ssthresh;
+                f->cwnd = cc->ssthresh;
             } else if (!sb) {
                 /* partial ACK without a scoreboard: retransmit the head,
                  * deflate (RFC 6582) */
@@ -343,13 +344,13 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
             }
         } else if (sp_cc) {
             /* the slow path decides the window (kernel_slowpath/ccloop.py) */
-        } else if (f->cwnd < f->ssthresh) {
+        } else if (f->cwnd < cc->ssthresh) {
             f->cwnd += (uint32_t)u64_min(bytes, 2u * mss);
         } else {
             uint32_t inc = (uint32_t)(((uint64_t)mss * bytes) / (f->cwnd ? f->cwnd : 1));
             f->cwnd += inc ? inc : 1;
         }
-        f->dupacks = 0;
+        cc->dupacks = 0;
         if (!(f->flags & TAS_FF_DETACHED)) {
             struct tas_appflow *af = fp_appflow(fp, f);
             if (af) {
@@ -365,15 +366,15 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
                f->tx_max > f->tx_una && (win == f->snd_wnd || nsack)) {
         /* duplicate ACK (one carrying SACK blocks counts even if the
          * window changed, RFC 6675) */
-        f->dupacks++;
+        cc->dupacks++;
         if (sb && (nsack || !fp_sb_empty(cc))) {
             /* loss detection and sending are the scoreboard's (below) */
-        } else if (f->dupacks == 3 && !(f->flags & TAS_FF_RECOVERY)) {
+        } else if (cc->dupacks == 3 && !(f->flags & TAS_FF_RECOVERY)) {
             enter_recovery(fp, id, f, 1);
-        } else if (f->dupacks > 3 && (f->flags & TAS_FF_RECOVERY)) {
+        } else if (cc->dupacks > 3 && (f->flags & TAS_FF_RECOVERY)) {
             f->cwnd += f->mss;
             fp_txq_push(fp, id, f);
-        } else if (f->dupacks < 3 && f->tx_head > f->tx_nxt) {
+        } else if (cc->dupacks < 3 && f->tx_head > f->tx_nxt) {
             fp_txq_push(fp, id, f); /* limited transmit (fp_tx.c) */
         }
     }
@@ -398,8 +399,8 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
              * c > 0 once the head has been resent */
             int32_t c = -1;
             if (f->flags & TAS_FF_RECOVERY)
-                c = seq_diff(f->rexmit_nxt, (uint32_t)f->tx_una);
-            else if (f->tx_una < f->tx_recover)
+                c = seq_diff(cc->rexmit_nxt, (uint32_t)f->tx_una);
+            else if (f->tx_una < cc->tx_recover)
                 c = f->tx_nxt > f->tx_una;
             if (c >= 0) {
                 /* lost retransmission: the head, resent, stays
@@ -407,9 +408,9 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
                  * resend it (RFC 8985 6.2 in spirit); the other holes'
                  * copies may still be on their way, their turn comes when
                  * the head is through */
-                if (c > 0 && f->srtt_us &&
-                    flow_timer_age(f, fp->now_us) >= 2u * f->srtt_us + 1000u) {
-                    f->rto_start_us = (uint32_t)fp->now_us;
+                if (c > 0 && cc->srtt_us &&
+                    flow_timer_age(cc, fp->now_us) >= 2u * cc->srtt_us + 1000u) {
+                    cc->rto_start_us = (uint32_t)fp->now_us;
                     f->flags |= TAS_FF_REXMIT_HEAD;
                 }
                 fp_txq_push(fp, id, f);
@@ -431,19 +432,19 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
             cc->mode |= TAS_CC_CWR;
             if (!sp_cc && !(f->flags & TAS_FF_RECOVERY)) {
                 uint32_t half = (uint32_t)((f->tx_max - f->tx_una) / 2);
-                f->ssthresh = half > 2u * f->mss ? half : 2u * f->mss;
-                f->cwnd = f->ssthresh;
+                cc->ssthresh = half > 2u * f->mss ? half : 2u * f->mss;
+                f->cwnd = cc->ssthresh;
             }
         }
     }
 
     /* send window update (RFC 9293 SND.WL1/WL2 rule) */
-    if (seq_lt(f->snd_wl1, p->seq) ||
-        (f->snd_wl1 == p->seq && seq_le(f->snd_wl2, ack))) {
+    if (seq_lt(cc->snd_wl1, p->seq) ||
+        (cc->snd_wl1 == p->seq && seq_le(cc->snd_wl2, ack))) {
         uint32_t old = f->snd_wnd;
         f->snd_wnd = win;
-        f->snd_wl1 = p->seq;
-        f->snd_wl2 = ack;
+        cc->snd_wl1 = p->seq;
+        cc->snd_wl2 = ack;
         if (win > old && f->tx_head > f->tx_nxt)
             fp_txq_push(fp, id, f);
     }
@@ -461,9 +462,10 @@ static void rx_segment(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
     uint32_t rcv_nxt = flow_rcv_nxt(f);
     uint32_t wnd = flow_rcv_wnd(f);
     uint32_t seg_len = plen + (fin ? 1 : 0);
+    struct tas_flow_cc *cc = fp_cc(fp, f);
 
-    f->cnt_rx_segs++;
-    f->last_rx_us = (uint32_t)fp->now_us;
+    cc->cnt_rx_segs++;
+    cc->last_rx_us = (uint32_t)fp->now_us;
 
     /* PAWS (RFC 7323 section 5) */
     if ((f->flags & TAS_FF_TS) && (p->opts & TAS_OPT_TS) &&
@@ -506,8 +508,7 @@ static void rx_segment(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
 
     if (seg_len == 0)
         return;
-    struct tas_flow_cc *cc = fp_cc(fp, f);
-    if (cc && (f->flags & TAS_FF_ECN)) {
+    if (f->flags & TAS_FF_ECN) {
         /* CE echo, one ACK state per data segment (RFC 8257 3.2): when the
          * CE state changes, what arrived before is ACKed at once with the
          * old state; ECE is set on ACKs while the state is CE */

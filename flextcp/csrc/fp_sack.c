@@ -172,11 +172,11 @@ uint32_t fp_sb_lost_limit(const struct tas_fp *fp, const struct tas_flow *f,
             break;
         }
     }
-    if (limit < v->s[0] && f->srtt_us) {
+    if (limit < v->s[0] && cc->srtt_us) {
         uint32_t mult = cc->reo_mult ? cc->reo_mult : 1u;
-        uint32_t reo = (f->srtt_us / 4u) * mult;
-        uint32_t wait = f->srtt_us + (reo < f->srtt_us ? reo : f->srtt_us);
-        if (flow_timer_age(f, fp->now_us) >= wait)
+        uint32_t reo = (cc->srtt_us / 4u) * mult;
+        uint32_t wait = cc->srtt_us + (reo < cc->srtt_us ? reo : cc->srtt_us);
+        if (flow_timer_age(cc, fp->now_us) >= wait)
             limit = v->s[0];
     }
     return limit;

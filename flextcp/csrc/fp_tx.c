@@ -114,12 +114,13 @@ static void seg_init(struct tas_fp *fp, struct tas_flow *f, struct tas_seg *s)
     }
 }
 
-static void after_send(struct tas_flow *f)
+static void after_send(struct tas_fp *fp, struct tas_flow *f)
 {
+    struct tas_flow_cc *cc = fp_cc(fp, f);
     f->flags &= ~TAS_FF_ACK_NOW;
     f->unacked_segs = 0;
-    f->rx_adv = f->rx_tail + f->rx_len;
-    f->cnt_tx_segs++;
+    cc->rx_adv = f->rx_tail + f->rx_len;
+    cc->cnt_tx_segs++;
 }
 
 void fp_send_ack(struct tas_fp *fp, struct tas_flow *f)
@@ -131,7 +132,7 @@ void fp_send_ack(struct tas_fp *fp, struct tas_flow *f)
     uint32_t n = tas_build_tcp(fp->txbuf, sizeof(fp->txbuf), &s, NULL, 0, NULL, 0);
     if (n && fp_write_frame(fp, fp->txbuf, n) == 0)
         fp->st->acks_sent++;
-    after_send(f);
+    after_send(fp, f);
 }
 
 void fp_flush_acks(struct tas_fp *fp)
@@ -189,7 +190,7 @@ static int send_segment(struct tas_fp *fp, struct tas_flow *f, uint64_t pos,
     if (pos < f->tx_max)
         fp->st->rexmit_segs++;
     fp->st->data_segs_sent++;
-    after_send(f);
+    after_send(fp, f);
     return 0;
 }
 
@@ -220,9 +221,9 @@ static int resend(struct tas_fp *fp, struct tas_flow *f, uint64_t pos, uint32_t 
               pos + len == f->tx_head;
     if (send_segment(fp, f, pos, len, fin) != 0)
         return -1;
-    f->cnt_rexmit++;
     struct tas_flow_cc *cc = fp_cc(fp, f);
-    if (cc && (f->flags & TAS_FF_RECOVERY)) {
+    cc->cnt_rexmit++;
+    if (f->flags & TAS_FF_RECOVERY) {
         /* what undoing this recovery needs (fp_rx.c recovery_undo) */
         if (cc->undo_retrans == 0) {
             /* 0 means none: at ms 0 store a value no echo is below */
@@ -250,7 +251,7 @@ static int send_tlp(struct tas_fp *fp, struct tas_flow *f, struct tas_flow_cc *c
         uint32_t len = (uint32_t)u64_min(u64_min(avail, smss), f->snd_wnd - seq_flight);
         int fin = (f->flags & TAS_FF_TX_FIN) && f->tx_nxt + len == f->tx_head;
         if (f->tx_nxt == f->tx_una)
-            f->rto_start_us = (uint32_t)fp->now_us;
+            cc->rto_start_us = (uint32_t)fp->now_us;
         r = send_segment(fp, f, f->tx_nxt, len, fin);
         if (r == 0) {
             f->tx_nxt += len;
@@ -294,7 +295,7 @@ static uint32_t tx_holes(struct tas_fp *fp, struct tas_flow *f, struct tas_flow_
     uint32_t limit = fp_sb_lost_limit(fp, f, cc, v);
     int force = (f->flags & TAS_FF_REXMIT_HEAD) != 0;
     f->flags &= ~(uint32_t)TAS_FF_REXMIT_HEAD;
-    int32_t c = seq_diff(f->rexmit_nxt, (uint32_t)f->tx_una);
+    int32_t c = seq_diff(cc->rexmit_nxt, (uint32_t)f->tx_una);
     uint32_t cur = c > 0 ? (uint32_t)c : 0;
     if (v->n == 0) {
         /* no SACK information (yet): NewReno, the head once when asked */
@@ -326,7 +327,7 @@ static uint32_t tx_holes(struct tas_fp *fp, struct tas_flow *f, struct tas_flow_
             break;
         fp->st->rexmit_sack++;
         cur = hs + len;
-        f->rexmit_nxt = (uint32_t)f->tx_una + cur;
+        cc->rexmit_nxt = (uint32_t)f->tx_una + cur;
         force = 0;
         sent++;
     }
@@ -353,7 +354,7 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
     int sb = cc && (f->flags & TAS_FF_SACK);
     struct fp_sb v;
     if (sb) {
-        if (f->rto_backoff >= 2)
+        if (cc->rto_backoff >= 2)
             fp_sb_clear(cc); /* repeated timeouts: trust no SACK (reneging, RFC 2018 8) */
         fp_sb_view(cc, f, &v);
     }
@@ -386,8 +387,8 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
             if (resend(fp, f, f->tx_una, len) == 0) {
                 sent++;
                 if ((f->flags & TAS_FF_RECOVERY) &&
-                    seq_lt(f->rexmit_nxt, (uint32_t)(f->tx_una + len)))
-                    f->rexmit_nxt = (uint32_t)(f->tx_una + len);
+                    seq_lt(cc->rexmit_nxt, (uint32_t)(f->tx_una + len)))
+                    cc->rexmit_nxt = (uint32_t)(f->tx_una + len);
             }
         } else if ((f->flags & TAS_FF_FIN_SENT) && !(f->flags & TAS_FF_FIN_ACKED)) {
             if (resend(fp, f, f->tx_una, 0) == 0)
@@ -424,7 +425,7 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
             }
             flight = nxt - fp_sb_sacked_below(&v, nxt);
             if (f->flags & TAS_FF_RECOVERY) {
-                int32_t c = seq_diff(f->rexmit_nxt, (uint32_t)f->tx_una);
+                int32_t c = seq_diff(cc->rexmit_nxt, (uint32_t)f->tx_una);
                 uint32_t cur = c > 0 ? (uint32_t)c : 0;
                 uint32_t limit = fp_sb_lost_limit(fp, f, cc, &v);
                 if (limit > nxt)
@@ -434,7 +435,7 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
         } else if (!(f->flags & TAS_FF_RECOVERY)) {
             /* limited transmit (RFC 3042): one new segment on each of the
              * first two duplicate ACKs */
-            lt = (uint64_t)(f->dupacks < 2 ? f->dupacks : 2) * smss;
+            lt = (uint64_t)(cc->dupacks < 2 ? cc->dupacks : 2) * smss;
         }
         if (f->tx_nxt < f->tx_max && cc && cc->prior_cwnd && !(f->flags & TAS_FF_RECOVERY))
             cc->prior_cwnd = 0; /* resending after an RTO: no undo of the last recovery */
@@ -457,10 +458,10 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
                           !(f->flags & TAS_FF_FIN_ACKED) && f->tx_nxt == f->tx_head;
             if (fin_due && (can > 0 || f->snd_wnd == 0 || flight == 0)) {
                 if (f->tx_nxt == f->tx_una)
-                    f->rto_start_us = (uint32_t)fp->now_us;
+                    cc->rto_start_us = (uint32_t)fp->now_us;
                 if (send_segment(fp, f, f->tx_nxt, 0, 1) == 0) {
                     if (f->flags & TAS_FF_FIN_SENT)
-                        f->cnt_rexmit++;
+                        cc->cnt_rexmit++;
                     f->flags |= TAS_FF_FIN_SENT | TAS_FF_FIN_OUT;
                     sent++;
                 }
@@ -476,11 +477,11 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
         int fin = (f->flags & TAS_FF_TX_FIN) && f->tx_nxt + len == f->tx_head &&
                   !(f->flags & TAS_FF_FIN_ACKED);
         if (f->tx_nxt == f->tx_una)
-            f->rto_start_us = (uint32_t)fp->now_us;
+            cc->rto_start_us = (uint32_t)fp->now_us;
         if (send_segment(fp, f, f->tx_nxt, len, fin) != 0)
             break;
         if (f->tx_nxt < f->tx_max)
-            f->cnt_rexmit++;
+            cc->cnt_rexmit++;
         f->tx_nxt += len;
         if (f->tx_nxt > f->tx_max)
             f->tx_max = f->tx_nxt;

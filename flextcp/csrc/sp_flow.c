@@ -1,6 +1,7 @@
 /*
  * sp_flow.c -- slow-path operations on shared flow records (spflow.h).
  */
+#include <stddef.h>
 #include <string.h>
 
 #include "tas_abi.h"
@@ -27,10 +28,16 @@ static struct tas_flow *lock_active(struct tas_ft *ft, uint32_t id)
     return f;
 }
 
-static uint32_t backed_off_rto(const struct tas_flow *f)
+/* The flow's side record (tas_abi.h struct tas_flow_cc). */
+static struct tas_flow_cc *side(struct tas_ft *ft, const struct tas_flow *f)
 {
-    uint64_t rto = f->rto_us ? f->rto_us : TCP_RTO_INIT_US;
-    rto <<= (f->rto_backoff > 12 ? 12 : f->rto_backoff);
+    return &ft->side[f - ft->flows];
+}
+
+static uint32_t backed_off_rto(const struct tas_flow_cc *x)
+{
+    uint64_t rto = x->rto_us ? x->rto_us : TCP_RTO_INIT_US;
+    rto <<= (x->rto_backoff > 12 ? 12 : x->rto_backoff);
     return rto > TCP_RTO_MAX_US ? TCP_RTO_MAX_US : (uint32_t)rto;
 }
 
@@ -40,12 +47,12 @@ static uint32_t backed_off_rto(const struct tas_flow *f)
  * closed window or once the RTO has backed off.  In recovery the fast
  * path turns the probe into another pass over the holes (a lost
  * retransmission, RACK's job in RFC 8985 6.2). */
-static uint32_t tlp_timeout(const struct tas_flow *f, uint32_t rto)
+static uint32_t tlp_timeout(const struct tas_flow *f, const struct tas_flow_cc *x, uint32_t rto)
 {
-    if (!f->srtt_us || f->rto_backoff || f->snd_wnd == 0 ||
+    if (!x->srtt_us || x->rto_backoff || f->snd_wnd == 0 ||
         (f->flags & (TAS_FF_TLP_OUT | TAS_FF_TLP_SEND)))
         return UINT32_MAX;
-    uint32_t pto = 2u * f->srtt_us;
+    uint32_t pto = 2u * x->srtt_us;
     if (f->tx_max - f->tx_una <= f->mss)
         pto += TCP_TLP_DELACK_US;
     if (pto < TCP_TLP_MIN_US)
@@ -64,10 +71,11 @@ uint32_t tas_sp_scan_timeouts(struct tas_ft *ft, uint32_t now_us, uint32_t budge
         struct tas_flow *f = &ft->flows[i];
         if (__atomic_load_n(&f->status, __ATOMIC_ACQUIRE) != TAS_FLOW_ACTIVE)
             continue;
+        struct tas_flow_cc *x = &ft->side[i];
         tas_flow_lock(f);
         int outstanding = f->tx_max > f->tx_una ||
                           ((f->flags & TAS_FF_FIN_SENT) && !(f->flags & TAS_FF_FIN_ACKED));
-        uint32_t elapsed = now_us - f->rto_start_us;
+        uint32_t elapsed = now_us - x->rto_start_us;
         /* the fast path restarts the timer with its own clock reading, which
          * may be later than ours (an ACK processed after we read the time,
          * the slow path preempted in between): a start in the near future
@@ -75,7 +83,7 @@ uint32_t tas_sp_scan_timeouts(struct tas_ft *ft, uint32_t now_us, uint32_t budge
          * probe fires while ACKs flow */
         if (elapsed > TAS_SP_CLOCK_SKEW_MAX)
             elapsed = 0;
-        uint32_t rto = backed_off_rto(f);
+        uint32_t rto = backed_off_rto(x);
         if (f->status == TAS_FLOW_ACTIVE && elapsed >= rto) {
             if (outstanding && f->snd_wnd == 0 && f->tx_head > f->tx_una) {
                 /* the peer's window is shut and our probe byte is out:
@@ -89,7 +97,7 @@ uint32_t tas_sp_scan_timeouts(struct tas_ft *ft, uint32_t now_us, uint32_t budge
                 ids[n] = i;
                 why[n++] = TAS_TMO_PROBE;
             }
-        } else if (f->status == TAS_FLOW_ACTIVE && outstanding && elapsed >= tlp_timeout(f, rto)) {
+        } else if (f->status == TAS_FLOW_ACTIVE && outstanding && elapsed >= tlp_timeout(f, x, rto)) {
             ids[n] = i;
             why[n++] = TAS_TMO_TLP;
         }
@@ -104,20 +112,21 @@ int tas_sp_rto_fire(struct tas_ft *ft, uint32_t id, uint32_t now_us)
     struct tas_flow *f = lock_active(ft, id);
     if (!f)
         return -1;
+    struct tas_flow_cc *x = side(ft, f);
     uint64_t flight = f->tx_max - f->tx_una;
     uint32_t half = (uint32_t)(flight / 2);
-    f->ssthresh = half > 2u * f->mss ? half : 2u * f->mss;
+    x->ssthresh = half > 2u * f->mss ? half : 2u * f->mss;
     f->cwnd = f->mss;
     f->tx_nxt = f->tx_una;
     /* no fast retransmit for what was in flight (RFC 6582 "recover") */
-    f->tx_recover = f->tx_max;
+    x->tx_recover = f->tx_max;
     f->flags &= ~(TAS_FF_FIN_OUT | TAS_FF_RECOVERY | TAS_FF_REXMIT_HEAD | TAS_FF_TLP_SEND);
-    f->dupacks = 0;
-    if (f->rto_backoff < 15)
-        f->rto_backoff++;
-    f->rto_start_us = now_us;
-    f->cnt_rexmit++;
-    int b = f->rto_backoff;
+    x->dupacks = 0;
+    if (x->rto_backoff < 15)
+        x->rto_backoff++;
+    x->rto_start_us = now_us;
+    x->cnt_rexmit++;
+    int b = x->rto_backoff;
     tas_flow_unlock(f);
     return b;
 }
@@ -137,16 +146,17 @@ int tas_sp_probe(struct tas_ft *ft, uint32_t id, uint32_t now_us)
     struct tas_flow *f = lock_active(ft, id);
     if (!f)
         return -1;
+    struct tas_flow_cc *x = side(ft, f);
     f->flags |= TAS_FF_PROBE;
     if (f->snd_wnd == 0 && f->tx_nxt > f->tx_una) {
         /* resend the probe byte at tx_una (it was beyond the window) */
         f->tx_nxt = f->tx_una;
         f->flags &= ~TAS_FF_FIN_OUT;
     }
-    if (f->rto_backoff < 15)
-        f->rto_backoff++;
-    f->rto_start_us = now_us;
-    int b = f->rto_backoff;
+    if (x->rto_backoff < 15)
+        x->rto_backoff++;
+    x->rto_start_us = now_us;
+    int b = x->rto_backoff;
     tas_flow_unlock(f);
     return b;
 }
@@ -170,13 +180,23 @@ int tas_sp_set_mss(struct tas_ft *ft, uint32_t id, uint32_t mss)
     return old;
 }
 
-int tas_sp_snapshot(struct tas_ft *ft, uint32_t id, struct tas_flow *out)
+/* struct tas_flow_snap is struct tas_flow followed by struct tas_flow_cc,
+ * field for field (spflow.h; tests/test_abi.py compares every offset). */
+_Static_assert(sizeof(struct tas_flow_snap) == sizeof(struct tas_flow) + sizeof(struct tas_flow_cc),
+               "tas_flow_snap size");
+_Static_assert(offsetof(struct tas_flow_snap, mode) == sizeof(struct tas_flow), "tas_flow_snap split");
+_Static_assert(offsetof(struct tas_flow_snap, cwnd) == offsetof(struct tas_flow, cwnd), "tas_flow_snap cwnd");
+_Static_assert(offsetof(struct tas_flow_snap, ooo_end) ==
+               sizeof(struct tas_flow) + offsetof(struct tas_flow_cc, ooo_end), "tas_flow_snap ooo_end");
+
+int tas_sp_snapshot(struct tas_ft *ft, uint32_t id, struct tas_flow_snap *out)
 {
     struct tas_flow *f = get(ft, id);
     if (!f)
         return -1;
     tas_flow_lock(f);
-    memcpy(out, f, sizeof(*out));
+    memcpy(out, f, sizeof(*f));
+    memcpy((uint8_t *)out + sizeof(*f), side(ft, f), sizeof(struct tas_flow_cc));
     tas_flow_unlock(f);
     out->lock = 0;
     return 0;
@@ -214,14 +234,17 @@ int tas_sp_set_status(struct tas_ft *ft, uint32_t id, uint16_t status, uint32_t 
 
 /* ---- congestion control side table (issue 6) ----------------------- */
 
+/* The side records are part of the flow-table region (tas_ft_bytes counts
+ * them): these two remain for callers that predate that. */
 uint64_t tas_cc_table_off(uint32_t n_flows)
 {
-    return (tas_ft_bytes(n_flows) + 63u) & ~(uint64_t)63u;
+    uint64_t all = tas_ft_bytes(n_flows);
+    return all ? all - (uint64_t)n_flows * sizeof(struct tas_flow_cc) : 0;
 }
 
 uint64_t tas_ft_cc_bytes(uint32_t n_flows)
 {
-    return tas_cc_table_off(n_flows) + (uint64_t)n_flows * sizeof(struct tas_flow_cc);
+    return tas_ft_bytes(n_flows);
 }
 
 struct tas_flow_cc *tas_cc_table(void *ft_mem, uint64_t ft_len, uint32_t n_flows)
@@ -236,7 +259,19 @@ int tas_sp_cc_init(struct tas_flow_cc *cc, uint32_t n_flows, uint32_t id, uint32
 {
     if (!cc || id >= n_flows)
         return -1;
-    memset(&cc[id], 0, sizeof(cc[id]));
+    /* a clean entry, except what the slow path wrote into the side record
+     * at install (engine.py _install: RTT/RTO, window update, rx_adv) */
+    struct tas_flow_cc *c = &cc[id], keep = *c;
+    memset(c, 0, sizeof(*c));
+    c->ssthresh = keep.ssthresh;
+    c->srtt_us = keep.srtt_us;
+    c->rttvar_us = keep.rttvar_us;
+    c->rto_us = keep.rto_us;
+    c->rto_start_us = keep.rto_start_us;
+    c->snd_wl1 = keep.snd_wl1;
+    c->snd_wl2 = keep.snd_wl2;
+    c->rx_adv = keep.rx_adv;
+    c->core = keep.core;
     cc[id].mode = mode & TAS_CC_SP;
     cc[id].loss_beta = loss_beta > 1000 ? 1000 : loss_beta;
     return 0;
@@ -271,16 +306,16 @@ uint32_t tas_sp_cc_read(struct tas_ft *ft, struct tas_flow_cc *cc, const uint32_
         }
         struct tas_flow_cc *c = &cc[ids[i]];
         tas_flow_lock(f);
-        o->acked = f->cnt_acked;
+        o->acked = c->cnt_acked;
         o->ecn_bytes = c->cnt_ecn_bytes;
-        o->rexmit = f->cnt_rexmit;
+        o->rexmit = c->cnt_rexmit;
         o->in_flight = f->tx_nxt - f->tx_una;
         o->backlog = f->tx_head - f->tx_nxt;
         o->loss = c->cnt_loss;
         o->undo = c->cnt_undo;
         o->max_flight = c->max_flight;
         c->max_flight = (uint32_t)(o->in_flight > 0xffffffffu ? 0xffffffffu : o->in_flight);
-        o->srtt_us = f->srtt_us;
+        o->srtt_us = c->srtt_us;
         o->cwnd = f->cwnd;
         o->snd_wnd = f->snd_wnd;
         o->mss = f->mss;
@@ -307,10 +342,10 @@ uint32_t tas_sp_cc_write(struct tas_ft *ft, struct tas_flow_cc *cc, const uint32
         if (f->status == TAS_FLOW_ACTIVE && (c->mode & TAS_CC_SP) && c->cnt_loss == loss_seen[i]) {
             uint32_t w = cwnd[i] < f->mss ? f->mss : cwnd[i];
             if (f->flags & TAS_FF_RECOVERY) {
-                f->ssthresh = w;
+                c->ssthresh = w;
             } else {
                 f->cwnd = w;
-                f->ssthresh = w;
+                c->ssthresh = w;
             }
             c->pace_rate = rate[i];
             done++;

@@ -74,14 +74,15 @@ static inline uint16_t flow_win_field(const struct tas_flow *f)
  * slow path also restarts it, from its own clock read a moment earlier or
  * later than ours: a start up to 1 s "in the future" counts as just now,
  * not as 2^32 us ago (TAS_SP_CLOCK_SKEW_MAX, spflow.h). */
-static inline uint32_t flow_timer_age(const struct tas_flow *f, uint64_t now_us)
+static inline uint32_t flow_timer_age(const struct tas_flow_cc *x, uint64_t now_us)
 {
-    uint32_t d = (uint32_t)now_us - f->rto_start_us;
+    uint32_t d = (uint32_t)now_us - x->rto_start_us;
     return d > 4293967295u ? 0 : d;
 }
 
-/* RFC 6298 update with one RTT sample in microseconds. */
-static inline void flow_rtt_sample(struct tas_flow *f, uint32_t r)
+/* RFC 6298 update with one RTT sample in microseconds (the estimator is in
+ * the flow's side record). */
+static inline void flow_rtt_sample(struct tas_flow_cc *f, uint32_t r)
 {
     if (f->srtt_us == 0) {
         f->srtt_us = r ? r : 1;

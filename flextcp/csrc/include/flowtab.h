@@ -4,7 +4,9 @@
  * The index has a single writer (SP); FP cores only read it.  A slot is
  * published with a release store after the record is complete, so a
  * reader that finds a slot sees a filled record (it still re-checks the
- * 4-tuple and status).  Python twin: flextcp/flowtab.py.
+ * 4-tuple and status).  The side records (struct tas_flow_cc, one per
+ * flow id) follow the hash in the same region.  Python twin:
+ * flextcp/flowtab.py.
  */
 #ifndef TAS_FLOWTAB_H
 #define TAS_FLOWTAB_H
@@ -20,10 +22,13 @@ struct tas_ft {
     struct tas_ft_hdr *hdr;
     struct tas_flow *flows;
     uint64_t *hash;
+    struct tas_flow_cc *side;   /* side records, one per flow id (tas_abi.h) */
     uint32_t n_flows;
     uint32_t hash_mask;
 };
 
+/* Region bytes for n_flows: header, records, hash, then (64-byte aligned)
+ * the side records; 0 if n_flows is out of range. */
 uint64_t tas_ft_bytes(uint32_t n_flows);
 int tas_ft_init(void *mem, uint32_t n_flows);
 /* n_flows is what the caller expects; fails if the region is too small. */

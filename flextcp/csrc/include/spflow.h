@@ -34,8 +34,89 @@ int tas_sp_probe(struct tas_ft *ft, uint32_t id, uint32_t now_us);
  * Returns the old MSS, -1 if nothing changed. */
 #define TAS_SP_MIN_MSS 536
 int tas_sp_set_mss(struct tas_ft *ft, uint32_t id, uint32_t mss);
-/* Consistent copy of a flow record. */
-int tas_sp_snapshot(struct tas_ft *ft, uint32_t id, struct tas_flow *out);
+/* A flow as the slow path reads it: struct tas_flow followed by struct
+ * tas_flow_cc, the same fields in the same order (process-local, never
+ * shared; tests/test_abi.py checks every offset against the two). */
+struct tas_flow_snap {
+    uint32_t lock;
+    uint16_t gen;
+    uint16_t status;
+    uint32_t flags;
+    uint32_t ctx_id;
+    uint32_t local_ip;
+    uint32_t remote_ip;
+    uint16_t local_port;
+    uint16_t remote_port;
+    uint8_t remote_mac[6];
+    uint8_t snd_wscale;
+    uint8_t rcv_wscale;
+    uint16_t mss;
+    uint16_t unacked_segs;
+    uint32_t rx_off;
+    uint32_t rx_len;
+    uint32_t tx_off;
+    uint32_t tx_len;
+    uint32_t appflow_off;
+    uint32_t ts_recent;
+    uint64_t rx_head;
+    uint64_t rx_tail;
+    uint64_t tx_head;
+    uint64_t tx_una;
+    uint64_t tx_nxt;
+    uint64_t tx_max;
+    uint32_t rx_seq0;
+    uint32_t tx_seq0;
+    uint32_t snd_wnd;
+    uint32_t cwnd;
+    /* struct tas_flow_cc */
+    uint32_t mode;
+    uint32_t max_flight;
+    uint32_t ssthresh;
+    uint32_t srtt_us;
+    uint32_t rttvar_us;
+    uint32_t rto_us;
+    uint32_t rto_start_us;
+    uint32_t snd_wl1;
+    uint32_t snd_wl2;
+    uint16_t dupacks;
+    uint16_t rto_backoff;
+    uint32_t rexmit_nxt;
+    uint64_t pace_rate;
+    uint64_t pace_next_us;
+    uint64_t rx_adv;
+    uint64_t tx_recover;
+    uint64_t cnt_acked;
+    uint64_t cnt_rexmit;
+    uint64_t cnt_rx_segs;
+    uint64_t cnt_tx_segs;
+    uint32_t last_rx_us;
+    uint32_t dsack_start;
+    uint32_t dsack_end;
+    uint32_t cnt_dsack;
+    uint64_t cnt_ecn_bytes;
+    uint64_t cwr_until;
+    uint32_t loss_beta;
+    uint32_t cnt_loss;
+    uint32_t cnt_ecn_acks;
+    uint32_t cnt_ce_rx;
+    uint16_t core;
+    uint16_t rsvd0;
+    uint32_t rsvd1[7];
+    uint32_t sb_start[5];
+    uint32_t sb_end[5];
+    uint32_t prior_cwnd;
+    uint32_t prior_ssthresh;
+    uint32_t rexmit_ts;
+    uint16_t undo_retrans;
+    uint8_t reord;
+    uint8_t reo_mult;
+    uint32_t cnt_undo;
+    uint32_t cnt_tlp;
+    uint32_t ooo_start[8];
+    uint32_t ooo_end[8];
+};
+/* Consistent copy of a flow record and its side record. */
+int tas_sp_snapshot(struct tas_ft *ft, uint32_t id, struct tas_flow_snap *out);
 /* The app closed its send side after tx_head bytes: FIN follows them.
  * -1 if tx_head is not a valid position for this flow. */
 int tas_sp_tx_close(struct tas_ft *ft, uint32_t id, uint64_t tx_head);
@@ -43,12 +124,13 @@ int tas_sp_tx_close(struct tas_ft *ft, uint32_t id, uint64_t tx_head);
 int tas_sp_set_status(struct tas_ft *ft, uint32_t id, uint16_t status, uint32_t set_flags);
 
 /* ---- congestion control (issue 6, docs/CC.md) ---------------------- */
-/* Byte offset of the CC side table from the start of the flow table
- * region, and the region length that holds both. */
+/* Byte offset of the side records (struct tas_flow_cc) from the start of
+ * the flow-table region, and the region length that holds them: the same as
+ * tas_ft_bytes(), which counts them (kept for older callers). */
 uint64_t tas_cc_table_off(uint32_t n_flows);
 uint64_t tas_ft_cc_bytes(uint32_t n_flows);
-/* The side table inside a flow-table region of ft_len bytes, or NULL if
- * the region is too small (then CC runs in the fast path, no ECN). */
+/* The side records inside a flow-table region of ft_len bytes, or NULL if
+ * the region is too small (tas_ft_attach refuses such a region anyway). */
 struct tas_flow_cc *tas_cc_table(void *ft_mem, uint64_t ft_len, uint32_t n_flows);
 
 /* One flow as the control loop sees it (tas_sp_cc_read). */
@@ -71,7 +153,9 @@ struct tas_cc_sample {
 };
 
 /* Reset a flow's side-table entry and set its mode (TAS_CC_SP) and loss
- * beta (per mille).  Call before the record becomes ACTIVE. */
+ * beta (per mille); the fields the slow path sets at install (ssthresh,
+ * srtt_us, rttvar_us, rto_us, rto_start_us, snd_wl1, snd_wl2, rx_adv,
+ * core) are kept.  Call before the record becomes ACTIVE. */
 int tas_sp_cc_init(struct tas_flow_cc *cc, uint32_t n_flows, uint32_t id, uint32_t mode,
                    uint32_t loss_beta);
 /* Change an installed flow's congestion-control mode under its lock (a

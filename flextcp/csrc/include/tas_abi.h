@@ -150,9 +150,17 @@ struct tas_ctx_hdr {
 #define TAS_OOO_RANGES 8       /* receiver out-of-order ranges (struct tas_flow_cc) */
 #define TAS_SB_RANGES 5       /* sender scoreboard ranges (struct tas_flow_cc) */
 
-/* 256 bytes, four cache lines grouped by writer. */
+/* The flow record: 128 bytes, two cache lines, what the fast path needs
+ * for every segment of an established flow -- classifying it (4-tuple,
+ * status, generation, context), building headers (MAC, window scales, MSS,
+ * sequence bases, TS echo), placing data and acknowledging it (buffer
+ * offsets, the absolute positions), the peer's window and cwnd.  Everything
+ * else a flow has -- RTT/RTO and the other sender state an ACK updates,
+ * counters, loss recovery, ECN, reassembly -- is in its side record
+ * (struct tas_flow_cc below, 320 bytes per flow id), under this record's
+ * lock.  tests/test_abi.py asserts the sizes and the line of every field. */
 struct tas_flow {
-    /* line 0: identity and setup, SP at install */
+    /* line 0: identity and setup (SP at install), receive-side scratch (FP) */
     uint32_t lock;          /* FP/SP: spinlock, 0 free */
     uint16_t gen;           /* SP: bumped on each install */
     uint16_t status;        /* SP: TAS_FLOW_* */
@@ -166,82 +174,96 @@ struct tas_flow {
     uint8_t snd_wscale;     /* SP: shift applied to the peer's windows */
     uint8_t rcv_wscale;     /* SP: shift applied to our windows */
     uint16_t mss;           /* SP: max payload per segment we send */
-    uint16_t core;          /* SP: home FP core (TX) */
+    uint16_t unacked_segs;  /* FP: segments received since our last ACK */
     uint32_t rx_off;        /* SP: rx buffer offset in context region */
     uint32_t rx_len;        /* SP: power of two */
     uint32_t tx_off;
     uint32_t tx_len;
     uint32_t appflow_off;   /* SP: tas_appflow offset in context region */
-    uint32_t rexmit_nxt;    /* FP: SACK recovery: low 32 bits of the absolute tx
-                               position below which holes were retransmitted */
+    uint32_t ts_recent;     /* FP: peer's TSval to echo */
 
-    /* line 1: receive side, FP */
+    /* line 1: positions (absolute), sequence bases, windows; FP, SP under
+     * lock for RTO/probes */
     uint64_t rx_head;       /* in-order bytes received */
     uint64_t rx_tail;       /* bytes the app consumed (validated) */
-    uint64_t rx_adv;        /* right edge of the window we advertised (abs) */
-    uint32_t ts_recent;     /* peer's TSval to echo */
-    uint16_t unacked_segs;  /* segments received since our last ACK */
-    uint16_t rsvd0;
-    uint32_t rsvd1[8];      /* free (the out-of-order ranges moved to struct tas_flow_cc) */
-
-    /* line 2: transmit side, FP (SP under lock for RTO) */
     uint64_t tx_head;       /* bytes the app wrote (validated) */
     uint64_t tx_una;        /* bytes acknowledged */
     uint64_t tx_nxt;        /* next byte to send */
     uint64_t tx_max;        /* highest byte ever sent + 1 */
-    uint64_t tx_recover;    /* NewReno recovery point */
-    uint32_t snd_wnd;       /* peer's window in bytes, scaled */
-    uint32_t snd_wl1;       /* seq of segment used for last window update */
-    uint32_t snd_wl2;       /* ack of that segment */
-    uint16_t dupacks;
-    uint16_t rto_backoff;   /* SP: consecutive RTO expirations */
     uint32_t rx_seq0;       /* SP: sequence number of rx byte 0 (IRS+1) */
     uint32_t tx_seq0;       /* SP: sequence number of tx byte 0 (ISS+1) */
-
-    /* line 3: timing, congestion, counters */
+    uint32_t snd_wnd;       /* peer's window in bytes, scaled */
     uint32_t cwnd;          /* bytes; FP grows it on ACK, SP cuts on RTO */
-    uint32_t ssthresh;
-    uint32_t srtt_us;       /* 0 until the first sample */
-    uint32_t rttvar_us;
-    uint32_t rto_us;
-    uint32_t rto_start_us;  /* FP: when the oldest unacked byte's timer began */
-    uint32_t last_rx_us;    /* FP: time of the last segment received */
-    uint32_t cnt_dsack;     /* FP: D-SACKs received (RFC 2883): spurious retransmissions */
-    uint64_t cnt_acked;     /* FP: bytes acknowledged (for CC) */
-    uint64_t cnt_rexmit;    /* FP/SP: segments retransmitted */
-    uint64_t cnt_rx_segs;
-    uint64_t cnt_tx_segs;
 };
 
-/* Per-flow side table: one 192-byte entry (three cache lines) per flow id,
- * right after the flow table (and its hash) in the stack region, found with
- * tas_cc_table() (spflow.h).  Guarded by the flow record's lock.  Line 0,
- * congestion control (issue 6): the fast path counts, the slow path
+/* The per-flow side record: one 320-byte entry (five cache lines) per flow
+ * id, right after the flow table (and its hash) in the flow-table region
+ * (tas_ft_bytes() counts it; struct tas_ft.side, tas_cc_table()), guarded
+ * by the flow record's lock.  The name is historical: it began as the
+ * congestion-control side table (issue 6) and now holds every per-flow field
+ * that does not fit the 128-byte record.  By line:
+ *   0  sender state an ACK updates (ssthresh, RTT estimator, RTO timer,
+ *      SND.WL1/WL2, dupacks), CC mode and pacing -- FP on every ACK, SP's
+ *      timer scan and RTO/probe helpers;
+ *   1  the advertised window edge, the recovery point and the per-flow
+ *      counters -- FP on every segment in or out;
+ *   2  ECN and loss-event state, SP-only setup (core) -- rare;
+ *   3  the sender's SACK scoreboard and undo state (issue 4) -- FP on ACKs
+ *      of SACK flows;
+ *   4  the receiver's out-of-order ranges (issue 4) -- FP on out-of-order
+ *      segments.
+ * Congestion control: the fast path counts, the slow path
  * (kernel_slowpath/ccloop.py) decides and writes cwnd and a pacing rate
- * back, see docs/CC.md; line 1, the sender's SACK scoreboard and undo state;
- * line 2, the receiver's out-of-order ranges (issue 4, docs/RELIABILITY.md). */
+ * back, see docs/CC.md. */
 #define TAS_CC_SP 1           /* SP: slow path runs CC; FP never grows cwnd */
 #define TAS_CC_CE 4           /* FP: receiver: the last data segment carried CE (ECE on ACKs) */
 #define TAS_CC_CWR 8          /* FP: sender: set CWR on the next new data segment */
 #define TAS_CC_PACE_SLACK_US 500 /* FP: pacing credit an idle/late flow may catch up */
 
 struct tas_flow_cc {
-    uint64_t cnt_ecn_bytes; /* FP: bytes newly acked by ACKs carrying ECE */
-    uint64_t cwr_until;     /* FP: no new ECN reaction/CWR until tx_una passes this */
-    uint64_t pace_next_us;  /* FP: earliest time the next new data segment may leave */
-    uint64_t pace_rate;     /* SP: pacing rate in bytes/s; 0 = no pacing */
+    /* line 0: sender state updated per ACK, timers, CC mode, pacing */
     uint32_t mode;          /* SP (CE, CWR bits: FP): TAS_CC_* */
-    uint32_t cnt_loss;      /* FP: loss events (fast-recovery entries) */
-    uint32_t cnt_ecn_acks;  /* FP: ACKs carrying ECE */
     uint32_t max_flight;    /* FP: highest in-flight bytes since SP last read (SP resets) */
-    uint32_t loss_beta;     /* SP: with TAS_CC_SP, window kept on entering recovery,
-                               per mille of in-flight (0: 500, NewReno) */
-    uint32_t cnt_ce_rx;     /* FP: data segments received with CE */
+    uint32_t ssthresh;
+    uint32_t srtt_us;       /* 0 until the first sample */
+    uint32_t rttvar_us;
+    uint32_t rto_us;
+    uint32_t rto_start_us;  /* FP: when the oldest unacked byte's timer began */
+    uint32_t snd_wl1;       /* seq of segment used for last window update */
+    uint32_t snd_wl2;       /* ack of that segment */
+    uint16_t dupacks;
+    uint16_t rto_backoff;   /* SP: consecutive RTO expirations */
+    uint32_t rexmit_nxt;    /* FP: SACK recovery: low 32 bits of the absolute tx
+                               position below which holes were retransmitted */
+    uint64_t pace_rate;     /* SP: pacing rate in bytes/s; 0 = no pacing */
+    uint64_t pace_next_us;  /* FP: earliest time the next new data segment may leave */
+
+    /* line 1: receive window edge, recovery point, counters (FP) */
+    uint64_t rx_adv;        /* right edge of the window we advertised (abs) */
+    uint64_t tx_recover;    /* NewReno recovery point (abs) */
+    uint64_t cnt_acked;     /* FP: bytes acknowledged (for CC) */
+    uint64_t cnt_rexmit;    /* FP/SP: segments retransmitted */
+    uint64_t cnt_rx_segs;
+    uint64_t cnt_tx_segs;
+    uint32_t last_rx_us;    /* FP: time of the last segment received */
     uint32_t dsack_start;   /* FP: receiver: a duplicate to report as the first SACK block */
     uint32_t dsack_end;     /* of our next segment (RFC 2883), low 32 bits of absolute rx
                                positions [start, end); start == end: none */
+    uint32_t cnt_dsack;     /* FP: D-SACKs received (RFC 2883): spurious retransmissions */
 
-    /* line 1: sender loss recovery (issue 4, docs/RELIABILITY.md), FP.
+    /* line 2: ECN and loss events, SP-only setup */
+    uint64_t cnt_ecn_bytes; /* FP: bytes newly acked by ACKs carrying ECE */
+    uint64_t cwr_until;     /* FP: no new ECN reaction/CWR until tx_una passes this */
+    uint32_t loss_beta;     /* SP: with TAS_CC_SP, window kept on entering recovery,
+                               per mille of in-flight (0: 500, NewReno) */
+    uint32_t cnt_loss;      /* FP: loss events (fast-recovery entries) */
+    uint32_t cnt_ecn_acks;  /* FP: ACKs carrying ECE */
+    uint32_t cnt_ce_rx;     /* FP: data segments received with CE */
+    uint16_t core;          /* SP: home FP core (TX); the fast path never reads it */
+    uint16_t rsvd0;
+    uint32_t rsvd1[7];      /* free */
+
+    /* line 3: sender loss recovery (issue 4, docs/RELIABILITY.md), FP.
      * The scoreboard holds what the peer SACKed above SND.UNA as up to 5
      * ranges [start, end) of low 32 bits of absolute tx positions
      * (start == end: empty); RFC 6675 pipe, loss marking and the
@@ -257,7 +279,7 @@ struct tas_flow_cc {
     uint32_t cnt_undo;      /* FP: recoveries found spurious and undone */
     uint32_t cnt_tlp;       /* FP: tail loss probes sent */
 
-    /* line 2: receiver reassembly (FP): out-of-order ranges [start, end) as
+    /* line 4: receiver reassembly (FP): out-of-order ranges [start, end) as
      * the low 32 bits of absolute rx positions (start == end: empty), most
      * recently updated first; their bytes sit in the rx buffer already */
     uint32_t ooo_start[8];

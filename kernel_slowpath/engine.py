@@ -66,10 +66,10 @@ CLOSING_SYNC_MIN_US = 100_000
 SCAN_INTERVAL_S = 0.01
 IDLE_SCAN_INTERVAL_S = 0.1  # < the 200 ms RTO floor, see Engine._scan
 U32 = 0xFFFFFFFF
-_KQ_HDR = struct.Struct("<HHII")
+_KQ_HDR = struct.Struct("<HHII")  # struct tas_krx / tas_ktx head: kind, len, flow_id, events
 _FLOW_ZERO = bytes(ffi.sizeof("struct tas_flow"))
 _SIDE_ZERO = bytes(ffi.sizeof("struct tas_flow_cc"))
-_AF_ZERO = bytes(64)  # struct tas_krx / tas_ktx head: kind, len, flow_id, events
+_AF_ZERO = bytes(64)  # an appflow block
 # SYN cookies (RFC 4987), used while a listener's SYN queue is full.  The ISN
 # carries: bits 31-29 a 64 s tick (mod 8), 28-27 an MSS index, 26-23 the
 # peer's window scale + 1 (0: none), 22 SACK permitted, 21 timestamps, 20-0

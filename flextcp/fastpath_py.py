@@ -102,6 +102,7 @@ TAS_KRX_CTX_BAD = 3
 FP_STRIKE_REPORT_US = 1000  # fp_internal.h
 TAS_EV_FIN_RCVD = 1
 TAS_EV_FIN_ACKED = 2
+TAS_EV_CC_NEWS = 8  # the slow path's CC loop was asleep: a flow has news (tas_abi.h)
 TAS_KTX_FRAME = 1
 TAS_KTX_KICK = 2
 TAS_KTX_RX = 4
@@ -760,6 +761,17 @@ class PyFastPath:
         """fp_cc: the flow's side record (struct tas_flow_cc), never None."""
         return self.cc + (int(ffi.cast("uintptr_t", f)) - self._flows_addr) // FLOW_BYTES
 
+    def cc_news(self, fid: int, cc) -> None:
+        """fp_rx.c cc_news: mark a TAS_CC_SP flow in the CC news bits; wake
+        the slow path's loop if it sleeps armed (re-arm if the queue was full)."""
+        if not cc.mode & TAS_CC_SP:
+            return
+        if self.ft.cc_news_set(fid):
+            full = self.st.krx_full
+            self.to_sp_event(fid, TAS_EV_CC_NEWS)
+            if self.st.krx_full != full:
+                lib.tas_ft_cc_news_rearm(self.ft.news_hdr())
+
     def enter_recovery(self, fid: int, f, newreno: bool) -> None:
         flight = (f.tx_max - f.tx_una) & M64
         half = (flight // 2) & M32
@@ -767,6 +779,7 @@ class PyFastPath:
         if cc is not None:
             # a loss event for the control loop; TAS_CC_SP: the algorithm's beta
             cc.cnt_loss = (cc.cnt_loss + 1) & M32
+            self.cc_news(fid, cc)
             if cc.mode & TAS_CC_SP and cc.loss_beta:
                 half = (flight * cc.loss_beta // 1000) & M32
             cc.cwr_until = f.tx_max
@@ -804,6 +817,7 @@ class PyFastPath:
         mult = cc.reo_mult or 1
         cc.reo_mult = mult + 1 if mult < 16 else 16
         cc.cnt_undo = (cc.cnt_undo + 1) & M32
+        self.cc_news(fid, cc)
         self.st.recovery_undo += 1
         self.txq_push(fid, f)
 
@@ -852,6 +866,8 @@ class PyFastPath:
             cc.cnt_acked = (cc.cnt_acked + nbytes) & M64
             if ece:
                 cc.cnt_ecn_bytes = (cc.cnt_ecn_bytes + nbytes) & M64
+            if sp_cc and nbytes:
+                self.cc_news(fid, cc)
             cc.rto_backoff = 0
             cc.rto_start_us = self.now_us & M32
             f.flags &= ~TAS_FF_TLP_OUT & M32

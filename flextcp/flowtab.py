@@ -6,7 +6,9 @@ Region layout: ``struct tas_ft_hdr`` (64 B), ``n_flows`` records of
 ``struct tas_flow`` (128 B, two cache lines), ``n_hash`` uint64 hash slots
 with ``n_hash`` the next power of two >= ``2 * n_flows``, then (64-byte
 aligned) ``n_flows`` side records ``struct tas_flow_cc`` (320 B: what does
-not fit the record, tas_abi.h).  Slot values: 0 empty, all-ones
+not fit the record, tas_abi.h), then the CC news: ``struct tas_cc_news_hdr``
+(64 B) and one bit per flow id in 64-bit words, the region rounded up to 64
+bytes (:func:`news_off`; docs/CC.md).  Slot values: 0 empty, all-ones
 tombstone, else ``(hash << 32) | (flow_id + 1)``.  Linear probing; lookups
 stop at an empty slot and skip tombstones; insert reuses the first tombstone
 on the probe path after checking the tuple is not already indexed further
@@ -23,13 +25,14 @@ import struct
 from flextcp.native import ffi, lib, use_pure
 from flextcp.shm import Region
 
-__all__ = ["FlowTable", "PyFlowTable", "flow_hash", "ft_bytes", "flow_memory", "make_flowtable"]
+__all__ = ["FlowTable", "PyFlowTable", "flow_hash", "ft_bytes", "news_off", "flow_memory", "make_flowtable"]
 
 FT_MAGIC = 0x54414654
 ABI_VERSION = 1
 HDR_SIZE = 64
 FLOW_SIZE = 128  # sizeof(struct tas_flow)
 SIDE_SIZE = 320  # sizeof(struct tas_flow_cc), the per-flow side record
+NEWS_HDR_SIZE = 64  # sizeof(struct tas_cc_news_hdr), before the CC news bits
 MAX_FLOWS = 1 << 30
 EMPTY = 0
 TOMB = (1 << 64) - 1
@@ -62,12 +65,20 @@ def side_off(n_flows: int) -> int:
     return (end + 63) & ~63
 
 
-def ft_bytes(n_flows: int) -> int:
-    """Bytes of a table for ``n_flows`` flows, side records included (0 if
-    n_flows is out of range); tas_ft_bytes."""
+def news_off(n_flows: int) -> int:
+    """Offset of the CC news header (the bits follow it); tas_ft_news_off."""
     if not 0 < n_flows <= MAX_FLOWS:
         return 0
     return side_off(n_flows) + n_flows * SIDE_SIZE
+
+
+def ft_bytes(n_flows: int) -> int:
+    """Bytes of a table for ``n_flows`` flows, side records and CC news bits
+    included (0 if n_flows is out of range); tas_ft_bytes."""
+    if not 0 < n_flows <= MAX_FLOWS:
+        return 0
+    end = news_off(n_flows) + NEWS_HDR_SIZE + 8 * ((n_flows + 63) // 64)
+    return (end + 63) & ~63
 
 
 APPFLOW_SIZE = 64  # sizeof(struct tas_appflow), one per flow in its context's heap
@@ -266,6 +277,20 @@ class PyFlowTable:
         if not 0 <= i < self.n_flows:
             raise IndexError(i)
         return self.region.cast("struct tas_flow_cc", self.offset + side_off(self.n_flows) + i * SIDE_SIZE)
+
+    def news_hdr(self):
+        """``struct tas_cc_news_hdr *``: the CC news header (the bits follow)."""
+        return self.region.cast("struct tas_cc_news_hdr", self.offset + news_off(self.n_flows))
+
+    def cc_news_set(self, i: int) -> bool:
+        """tas_ft_cc_news_set: mark flow ``i`` as having CC news; True if the
+        slow path's loop was armed and this call disarmed it (post
+        TAS_EV_CC_NEWS).  The relaxed first look is here; the atomic OR and
+        the armed exchange are C's (the twin has no atomics)."""
+        off = self.offset + news_off(self.n_flows) + NEWS_HDR_SIZE + 8 * (i // 64)
+        if _U64.unpack_from(self._mv, off - self.offset)[0] >> (i % 64) & 1:
+            return False
+        return bool(lib.tas_ft_cc_news_set(self.news_hdr(), i))
 
     def snapshot(self, i: int, out=None):
         """Copy of flow ``i``'s record and side record (struct tas_flow_snap),

@@ -215,3 +215,38 @@ def count_busy(flows, n_flows: int, budget: int) -> int:
                 or (f.flags & lib.TAS_FF_TX_FIN and not f.flags & lib.TAS_FF_FIN_ACKED)):
             busy += 1
     return busy
+
+
+def cc_news(bits, n_flows: int, max_out: int) -> list[int]:
+    """tas_sp_cc_news: take up to ``max_out`` marked flow ids from the CC
+    news words ``bits`` (a ``uint64_t *``), lowest first, clearing what is
+    taken."""
+    ids: list[int] = []
+    for i in range((n_flows + 63) // 64):
+        if len(ids) >= max_out:
+            break
+        v = int(bits[i])
+        if not v:
+            continue
+        room = max_out - len(ids)
+        if bin(v).count("1") > room:
+            keep, rest = 0, v
+            for _ in range(room):
+                keep |= rest & -rest
+                rest &= rest - 1
+            v = keep
+        bits[i] = int(bits[i]) & ~v & U64
+        while v:
+            low = v & -v
+            ids.append(i * 64 + low.bit_length() - 1)
+            v ^= low
+    return ids
+
+
+def cc_news_arm(hdr, bits, n_flows: int, armed: bool) -> int:
+    """tas_sp_cc_news_arm: set or clear the armed word; arming returns 1 if
+    some flow is already marked."""
+    hdr.armed = 1 if armed else 0
+    if not armed:
+        return 0
+    return int(any(bits[i] for i in range((n_flows + 63) // 64)))

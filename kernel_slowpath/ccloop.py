@@ -1,23 +1,32 @@
 """The slow path's congestion-control loop (issue 6; docs/CC.md).
 
 The fast path counts per flow (bytes acknowledged, ECN-echoed bytes, loss
-events = fast-recovery entries, in-flight high-water mark) in the flow record
-and its side-table entry (``struct tas_flow_cc``).  Every tick this loop reads
-the counters of the flows that are due in one C call
-(``tas_sp_cc_read``), feeds the deltas to each flow's sans-I/O algorithm
-(:mod:`kernel_slowpath.cc`), and writes the new windows and pacing rates back
+events = fast-recovery entries, undos, in-flight high-water mark) in the
+flow record and its side-table entry (``struct tas_flow_cc``), and marks a
+flow whose algorithm runs here in the CC news bits when one of those
+counters moves (``struct tas_cc_news_hdr``, issues 5/6).  The loop takes the
+marked ids in one C call (``tas_sp_cc_news``), and runs a flow when it has
+news (or an RTO the engine reported) and its own interval has passed since
+its last run: read the counters of those flows in one C call
+(``tas_sp_cc_read``), feed the deltas to each flow's sans-I/O algorithm
+(:mod:`kernel_slowpath.cc`), and write the new windows and pacing rates back
 in one C call (``tas_sp_cc_write``, under each flow's lock).  Per-flow work
-on shared memory is in C; the decisions are Python.
+on shared memory is in C; the decisions are Python.  The cost is
+proportional to the flows with news, never to the number of flows: a heap of
+due times, no scans; a flow without news costs nothing, an idle stack has no
+CC wake-ups at all (the loop sleeps "armed" and the fast path wakes it with
+a TAS_EV_CC_NEWS flow event on the first news, ``poke``).
 
-A flow is due every ``interval_us`` (fixed), or with ``interval_us = 0``
-every max(1 ms, srtt) of its own.  The fast path reacts to a loss at once
-(fast retransmit; the window kept is the algorithm's beta, given at install)
-and to ECN only by counting; everything else waits for the next interval.
+A flow's interval is ``interval_us`` (fixed), or with ``interval_us = 0``
+max(1 ms, srtt) of its own.  The fast path reacts to a loss at once (fast
+retransmit; the window kept is the algorithm's beta, given at install) and
+to ECN only by counting; everything else waits for the flow's next run.
 """
 
 from __future__ import annotations
 
 import errno
+import heapq
 import logging
 import os
 from collections.abc import Callable
@@ -32,10 +41,20 @@ log = logging.getLogger("tas.cc")
 
 U32 = 0xFFFFFFFF
 MIN_INTERVAL_US = 1000
-# An idle flow (nothing acked, in flight or queued for longer than the idle
-# restart threshold, max(4 srtt, 200 ms)) is looked at this often: enough to
-# notice its restart well within an RTO floor, cheap for many idle flows.
-IDLE_INTERVAL_US = 50_000
+# Idle restart (RFC 5681 4.1 / RFC 7661): a flow with nothing in flight or
+# queued at its last run and no news for longer than max(4 srtt, this) has
+# its window restarted when news comes again (decided then, lazily).
+IDLE_RESTART_MIN_US = 200_000
+# The loop sleeps until the next flow is due; when that is further away than
+# this it also arms the news wake-up (once per sleep), so a flow that had
+# been quiet is not left waiting for a long interval of another flow.
+ARM_GAP_US = 5000
+# Algorithms whose state an interval without loss, ECN-Echo, RTO or undo in
+# which the flow was not cwnd-limited (or nothing was acknowledged) cannot
+# change while HyStart++ is not running (cc/newreno.py, cc/cubic.py: such an
+# interval returns before touching anything; docs/CC.md).  DCTCP's alpha
+# moves with every acknowledged byte and const's window with the RTT.
+SKIP_QUIET = frozenset({"newreno", "cubic"})
 # Pacing gain over cwnd/srtt (Linux: tcp_pacing_ss_ratio 200, ca_ratio 120).
 PACING_GAIN_SS = 2.0
 PACING_GAIN_CA = 1.2
@@ -61,23 +80,30 @@ def resolve(name: str) -> str:
     return n
 
 
-@dataclass
+@dataclass(eq=False)
 class FlowCC:
     fid: int
     alg: ccmod.CongestionControl
+    name: str = ""
     acked: int = 0
     ecn_bytes: int = 0
     loss: int = 0
     undo: int = 0  # cnt_undo as last read
-    rto: int = 0  # RTOs the engine reported since the last pass
-    next_due: int = 0
-    last_active: int = 0
-    idle: bool = False
+    rto: int = 0  # RTOs the engine reported since the last run
+    last_run: int = 0  # when the loop last ran the flow
+    interval: int = 0  # the flow's interval as of that run
+    last_active: int = 0  # last run with something acked, in flight, queued, lost or timed out
+    drained: bool = True  # nothing in flight or queued at the last run
+    news: bool = False  # counters moved (or an RTO) since the last run
+    due: int | None = None  # time of its entry in the loop's heap; None: no entry
+    rate: int = -1  # pacing rate last written
 
 
 class CCLoop:
     """One per stack.  ``add``/``remove`` follow flow install/free;
-    ``on_rto`` is called by the engine's timer scan."""
+    ``on_rto`` is called by the engine's timer scan, ``poke`` by its flow
+    event handler (TAS_EV_CC_NEWS: the loop slept armed and a flow has
+    news)."""
 
     def __init__(
         self,
@@ -113,16 +139,27 @@ class CCLoop:
         self.names: dict[int, str] = {}  # every installed flow's algorithm
         self.chosen: dict[int, str] = {}  # per-socket choices (TCP_CONGESTION) by flow id
         self._running = False
+        self._heap: list[tuple[int, int, FlowCC]] = []  # (due, seq, flow): flows to run or to look at
+        self._seq = 0
+        self._handle = None
+        self._handle_at = 0
+        self._armed = False
         self.hystart = os.environ.get("TAS_CC_HYSTART", "1") != "0"
+        # cc_passes: runs of the loop that ran some flow; cc_flows_run: flows
+        # run (read); cc_flow_updates: windows written; cc_alg_skipped: runs
+        # whose interval could not change the algorithm (not called);
+        # cc_wakeups: news wake-ups from the fast path (the loop slept armed).
         # cc_hystart_css: CSS entered (delay rise); cc_hystart_resumes: back to
         # slow start from CSS (RTT fell); cc_hystart_exits: CSS_ROUNDS done,
         # congestion avoidance without a loss
-        self.counters = {"cc_passes": 0, "cc_flow_updates": 0, "cc_loss_events": 0, "cc_ecn_bytes": 0,
+        self.counters = {"cc_passes": 0, "cc_flows_run": 0, "cc_flow_updates": 0, "cc_alg_skipped": 0,
+                         "cc_wakeups": 0, "cc_loss_events": 0, "cc_ecn_bytes": 0,
                          "cc_rto": 0, "cc_idle_restarts": 0, "cc_hystart_css": 0, "cc_hystart_resumes": 0,
                          "cc_hystart_exits": 0, "cc_undo": 0, "cc_undo_restored": 0}  # fmt: skip
-        self._handle = None
         self._cap = 0
         self._grow(64)
+        self._ncap = max(1, min(n_flows, 4096))
+        self._nids = ffi.new("uint32_t[]", self._ncap)
 
     def _grow(self, n: int) -> None:
         self._cap = n
@@ -134,26 +171,78 @@ class CCLoop:
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
-        """The loop ticks while some flow has its algorithm in the slow path."""
+        """The loop runs when flows have news; until then it sleeps armed."""
         self._running = True
-        self._kick()
+        self._sleep(self.now_us(), arm_ok=True)
 
     def stop(self) -> None:
         self._running = False
         if self._handle:
             self._handle.cancel()
             self._handle = None
+        self._arm(False)
 
-    def _kick(self, soon: bool = False) -> None:
-        """Schedule the next pass; `soon`: a flow just became due, so a
-        pass asleep for idle flows is brought forward."""
-        if soon and self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        if self._running and self._handle is None and self.flows and self.loop is not None:
-            # sleep until the earliest flow is due (idle flows: IDLE_INTERVAL_US)
-            wait = min(fl.next_due for fl in self.flows.values()) - self.now_us()
-            self._handle = self.loop.call_later(max(self.tick_us, wait) / 1e6, self._tick)
+    def _arm(self, on: bool) -> bool:
+        """Arm (or disarm) the fast path's wake-up; arming returns True if a
+        flow is marked already (run rather than sleep)."""
+        if on == self._armed:
+            return False
+        self._armed = on
+        return bool(lib.tas_sp_cc_news_arm(self.ft, 1 if on else 0))
+
+    def _sleep(self, now: int, arm_ok: bool) -> None:
+        """Sleep until the first flow in the heap is due (at least a tick
+        from now, so that runs batch); with nothing in the heap, or far
+        away, arm the wake-up (``arm_ok``: not again after a wake-up by
+        news until a timer has fired)."""
+        if not self._running or self.loop is None:
+            return
+        heap = self._heap
+        at = max(heap[0][0], now + self.tick_us) if heap else None
+        if at is not None and (self._handle is None or at < self._handle_at):
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle_at = at
+            self._handle = self.loop.call_later((at - now) / 1e6, self._tick)
+        if at is None or (arm_ok and at - now > ARM_GAP_US):
+            if self._arm(True):
+                # marked between our last look and the arming: look now
+                self._arm(False)
+                self.loop.call_soon(self.poke)
+        elif self._armed:
+            self._arm(False)
+
+    def _tick(self) -> None:
+        self._handle = None
+        now = self.now_us()
+        try:
+            self.run_once(now)
+        except Exception:
+            log.exception("congestion control pass failed")
+        self._sleep(self.now_us(), arm_ok=True)
+
+    def poke(self) -> None:
+        """The fast path found the loop armed and a flow with news
+        (TAS_EV_CC_NEWS), or news was seen on arming: run what is due now,
+        sleep until the next due without arming again."""
+        if self._armed:
+            self._armed = False  # the fast path cleared it
+            lib.tas_sp_cc_news_arm(self.ft, 0)
+        self.counters["cc_wakeups"] += 1
+        now = self.now_us()
+        try:
+            self.run_once(now)
+        except Exception:
+            log.exception("congestion control pass failed")
+        self._sleep(self.now_us(), arm_ok=False)
+
+    def _queue(self, fl: FlowCC, now: int) -> None:
+        """Give a flow with news an entry in the heap: due when its
+        interval since its last run has passed."""
+        if fl.due is None:
+            fl.due = max(now, fl.last_run + fl.interval)
+            self._seq += 1
+            heapq.heappush(self._heap, (fl.due, self._seq, fl))
 
     def _make(self, name: str, mss: int, now: int) -> FlowCC:
         params = self.params if name == self.algorithm else {}
@@ -163,11 +252,13 @@ class CCLoop:
             # HyStart++ for the loss-based ones; DCTCP leaves slow start on marks
             params = {"hystart": self.hystart, **params}
         alg = ccmod.make(name, mss, now, **params)
-        return FlowCC(-1, alg, next_due=now, last_active=now)
+        # no run yet: the first news is due at once
+        return FlowCC(-1, alg, name=name, last_run=now - (1 << 40), last_active=now)
 
     def add(self, fid: int, mss: int) -> None:
         """A flow is being installed (its record not ACTIVE yet): it gets the
-        algorithm chosen for it (``choose``), else the stack's."""
+        algorithm chosen for it (``choose``), else the stack's.  O(1): the
+        flow is run when the fast path reports its first news."""
         name = self.chosen.pop(fid, self.algorithm)
         self.names[fid] = name
         if name == FP_NEWRENO:
@@ -178,9 +269,9 @@ class CCLoop:
         fl = self._make(name, mss, self.now_us())
         fl.fid = fid
         self.flows[fid] = fl
-        self._kick(soon=True)
 
     def remove(self, fid: int) -> None:
+        # (its heap entry, if any, is dropped when it comes up)
         self.flows.pop(fid, None)
         self.names.pop(fid, None)
         self.chosen.pop(fid, None)
@@ -222,61 +313,99 @@ class CCLoop:
             fl.alg.ssthresh = max(ssthresh, 2 * fl.alg.mss)
         self.flows[fid] = fl
         lib.tas_sp_cc_set_mode(self.ft, self.table, fid, lib.TAS_CC_SP, LOSS_BETA.get(name, 500))
-        self._kick(soon=True)
+        self.mark(fid)  # its pacing rate, on the next run
         return name
+
+    def mark(self, fid: int) -> None:
+        """Flow `fid` has news the fast path does not report (an RTO, an
+        algorithm switch): run it when its interval has passed."""
+        fl = self.flows.get(fid)
+        if fl is None:
+            return
+        fl.news = True
+        now = self.now_us()
+        self._queue(fl, now)
+        self._sleep(now, arm_ok=False)
 
     def on_rto(self, fid: int) -> None:
         fl = self.flows.get(fid)
         if fl is not None:
             fl.rto += 1
+            self.mark(fid)
 
     def window_of(self, fid: int) -> int | None:
         fl = self.flows.get(fid)
         return fl.alg.cwnd if fl else None
 
     # -- the control loop ----------------------------------------------------
-    def _tick(self) -> None:
-        self._handle = None
-        try:
-            self.run_once()
-        except Exception:
-            log.exception("congestion control pass failed")
-        self._kick()
+    def _take_news(self, now: int) -> None:
+        """The fast path's marks: each marked flow has news and an entry."""
+        flows, ids, cap = self.flows, self._nids, self._ncap
+        while True:
+            n = lib.tas_sp_cc_news(self.ft, ids, cap)
+            for i in range(n):
+                fl = flows.get(ids[i])
+                if fl is not None:
+                    fl.news = True
+                    if fl.due is None:
+                        self._queue(fl, now)
+            if n < cap:
+                return
 
     def run_once(self, now: int | None = None) -> int:
-        """One pass over the flows that are due; returns how many were updated."""
+        """Take the fast path's news and run the flows that have news and
+        are due; returns how many windows were written."""
         now = self.now_us() if now is None else now
-        due = [fl for fl in self.flows.values() if fl.next_due <= now]
+        self._take_news(now)
+        heap, flows = self._heap, self.flows
+        due: list[FlowCC] = []
+        while heap and heap[0][0] <= now:
+            t, _, fl = heapq.heappop(heap)
+            if fl.due != t or flows.get(fl.fid) is not fl:
+                continue  # removed (or switched) since
+            fl.due = None
+            if fl.news:
+                due.append(fl)
+            # else: no news for a whole interval -- quiet, no entry until its next news
         if not due:
             return 0
-        if len(due) > self._cap:
-            self._grow(max(len(due), 2 * self._cap))
         n = len(due)
+        if n > self._cap:
+            self._grow(max(n, 2 * self._cap))
         for i, fl in enumerate(due):
             self._ids[i] = fl.fid
         lib.tas_sp_cc_read(self.ft, self.table, self._ids, n, self._samples)
         k = 0
         for i, fl in enumerate(due):
             s = self._samples[i]
+            fl.news = False
+            fl.last_run = now
             if s.status != lib.TAS_FLOW_ACTIVE:
-                fl.next_due = now + MIN_INTERVAL_US
+                fl.interval = MIN_INTERVAL_US
                 continue
-            self._decide(fl, s, now)
+            if not self._decide(fl, s, now):
+                continue
             self._ids[k] = fl.fid
             self._cwnd[k] = min(max(int(fl.alg.cwnd), int(s.mss)), U32)
-            self._rate[k] = self._rate_of(fl, s)
+            self._rate[k] = fl.rate
             self._seen[k] = s.loss
             k += 1
+        for fl in due:
+            # look again after one interval: news by then -> run, else quiet
+            self._queue(fl, now + fl.interval)
         done = (
             lib.tas_sp_cc_write(self.ft, self.table, self._ids, k, self._cwnd, self._rate, self._seen)
             if k
             else 0
         )
         self.counters["cc_passes"] += 1
+        self.counters["cc_flows_run"] += n
         self.counters["cc_flow_updates"] += done
         return done
 
-    def _decide(self, fl: FlowCC, s, now: int) -> None:
+    def _decide(self, fl: FlowCC, s, now: int) -> bool:
+        """Feed one flow's interval to its algorithm; True if its window or
+        pacing rate is to be written back."""
         acked = (s.acked - fl.acked) & ((1 << 64) - 1)
         ecn = (s.ecn_bytes - fl.ecn_bytes) & ((1 << 64) - 1)
         loss = (s.loss - fl.loss) & U32
@@ -285,8 +414,7 @@ class CCLoop:
         rto, fl.rto = fl.rto, 0
         alg = fl.alg
         srtt = int(s.srtt_us)
-        interval = self.interval_us or max(MIN_INTERVAL_US, srtt)
-        fl.next_due = now + interval
+        fl.interval = self.interval_us or max(MIN_INTERVAL_US, srtt)
         self.counters["cc_loss_events"] += loss
         self.counters["cc_ecn_bytes"] += ecn
         self.counters["cc_rto"] += rto
@@ -294,42 +422,56 @@ class CCLoop:
         if undo:
             loss = self._undo(fl, s, now, loss, undo)
 
-        busy = acked or s.in_flight or s.backlog or loss or rto
-        if busy:
-            if fl.idle or (now - fl.last_active > max(srtt * 4, 200_000) and not s.in_flight):
-                # restart after idle (RFC 5681 4.1 / RFC 7661)
-                alg.on_idle_restart(now, max(srtt * 4, 200_000))
+        in_flight, backlog = int(s.in_flight), int(s.backlog)
+        restart = False
+        if acked or in_flight or backlog or loss or rto:
+            idle_us = max(srtt * 4, IDLE_RESTART_MIN_US)
+            if fl.drained and now - fl.last_active > idle_us:
+                # restart after idle (RFC 5681 4.1 / RFC 7661): nothing was in
+                # flight or queued at the last run, and no news since
+                alg.on_idle_restart(now, idle_us)
                 self.counters["cc_idle_restarts"] += 1
-            fl.idle = False
+                restart = True
             fl.last_active = now
-        elif now - fl.last_active > max(srtt * 4, 200_000):
-            fl.idle = True
-        if fl.idle:
-            fl.next_due = now + IDLE_INTERVAL_US
+        fl.drained = not in_flight and not backlog
         # cwnd-limited (Linux tcp_is_cwnd_limited): only then may the window grow
         cwnd = max(int(alg.cwnd), 1)
-        peak = max(int(s.max_flight), int(s.in_flight))
+        peak = max(int(s.max_flight), in_flight)
         if alg.in_slow_start():
             limited = peak * 2 >= cwnd
         else:
             limited = peak + 3 * int(s.mss) >= cwnd
-        iv = ccmod.Interval(now_us=now, acked_bytes=acked, ecn_bytes=ecn, loss_events=loss, rto=bool(rto),
-                            rtt_us=srtt, in_flight=int(s.in_flight) or peak, app_limited=not limited)  # fmt: skip
         hs = alg.hystart
-        if hs is not None and hs.active:
-            before = (hs.css_entries, hs.ss_resumes, hs.exits)
-            alg.on_interval(iv)
-            hs = alg.hystart  # (an undo may have put a saved copy back)
-            if hs is not None:
-                for key, a, b in zip(("cc_hystart_css", "cc_hystart_resumes", "cc_hystart_exits"), before,
-                                     (hs.css_entries, hs.ss_resumes, hs.exits), strict=True):  # fmt: skip
-                    self.counters[key] += max(0, b - a)
+        quiet = not (loss or rto or undo or ecn or restart) and (not acked or not limited)
+        if quiet and fl.name in SKIP_QUIET and (hs is None or not hs.active or not acked):
+            # this interval cannot change the algorithm's state (SKIP_QUIET)
+            self.counters["cc_alg_skipped"] += 1
         else:
-            alg.on_interval(iv)
+            iv = ccmod.Interval(now_us=now, acked_bytes=acked, ecn_bytes=ecn, loss_events=loss, rto=bool(rto),
+                                rtt_us=srtt, in_flight=in_flight or peak, app_limited=not limited)  # fmt: skip
+            if hs is not None and hs.active:
+                before = (hs.css_entries, hs.ss_resumes, hs.exits)
+                alg.on_interval(iv)
+                hs = alg.hystart  # (an undo may have put a saved copy back)
+                if hs is not None:
+                    for key, a, b in zip(("cc_hystart_css", "cc_hystart_resumes", "cc_hystart_exits"), before,
+                                         (hs.css_entries, hs.ss_resumes, hs.exits), strict=True):  # fmt: skip
+                        self.counters[key] += max(0, b - a)
+            else:
+                alg.on_interval(iv)
+            quiet = False
         # never beyond what the peer's window and our buffer allow to be useful
         cap = max(int(s.snd_wnd), INITIAL_WINDOW_SEGMENTS * int(s.mss)) * 2
         if alg.cwnd > cap and not alg.pacing_rate:
             alg.cwnd = cap
+        rate = self._rate_of(fl, s)
+        if (quiet and rate == fl.rate and not s.flags & lib.TAS_FF_RECOVERY
+                and min(max(int(alg.cwnd), int(s.mss)), U32) == int(s.cwnd)):  # fmt: skip
+            # the fast path has this window and rate already (nothing since
+            # the last write could have changed them there: no loss, undo, RTO)
+            return False
+        fl.rate = rate
+        return True
 
     def _undo(self, fl: FlowCC, s, now: int, loss: int, undo: int) -> int:
         """The fast path undid `undo` recoveries since the last pass (it has
@@ -359,4 +501,4 @@ class CCLoop:
         for name in self.names.values():
             per_alg[name] = per_alg.get(name, 0) + 1
         return {"cc_algorithm": self.algorithm, "cc_interval_us": self.interval_us, "cc_flows": len(self.flows),
-                "cc_flows_by_algorithm": per_alg, **self.counters}  # fmt: skip
+                "cc_flows_by_algorithm": per_alg, "cc_flows_scheduled": len(self._heap), **self.counters}  # fmt: skip

@@ -367,6 +367,7 @@ def test_spurious_recovery_undo_reaches_the_algorithm(h):
     alg.cwnd, alg.ssthresh = 20 * 536, 1  # congestion avoidance
     f = h.flow(0)
     h.side(0).srtt_us = 20_000
+    loop.mark(0)  # (no news from the fast path yet: a new flow is not run)
     assert loop.run_once(t0) == 1 and f.cwnd == 20 * 536
     h.app_write(0, stream_bytes(0, 8 * SEG, 3))
     _, frames = h.poll(t0)
@@ -416,6 +417,7 @@ def test_recovery_begun_and_undone_within_one_interval_is_ignored(h):
     alg = loop.flows[0].alg
     alg.cwnd, alg.ssthresh = 20 * 536, 20 * 536
     f = h.flow(0)
+    loop.mark(0)
     loop.run_once(t0)
     h.app_write(0, stream_bytes(0, 8 * SEG, 3))
     _, frames = h.poll(t0)
@@ -495,12 +497,11 @@ def test_ccloop_per_flow_algorithms(h):
     assert loop.algorithm_of(0) is None
 
 
-def test_idle_flow_is_looked_at_less_often(h):
-    """A flow idle past the restart threshold is due every IDLE_INTERVAL_US
-    (cheap for many idle connections); when it sends again the idle
-    restart applies (window back to IW, RFC 5681 4.1)."""
-    from kernel_slowpath.ccloop import IDLE_INTERVAL_US
-
+def test_idle_flow_costs_nothing_and_restarts(h):
+    """A flow without news is never run (no passes in an idle second, no
+    scans: nothing in the loop's heap); when it sends again the fast path
+    marks it and the idle restart applies (window back to IW, RFC 5681
+    4.1), decided lazily on that run."""
     ctx = h.add_ctx(1)
     h.install_flow(0, ctx, FlowSpec(tx_len=16384, snd_wnd=0xFFFF))
     loop = CCLoop(ft=_ft(h), cc_table=cc_table(h), n_flows=h.n_flows, algorithm="cubic", interval_us=1000,
@@ -509,15 +510,97 @@ def test_idle_flow_is_looked_at_less_often(h):
     fl = loop.flows[0]
     fl.alg.cwnd = 40 * 536
     t = h.now
-    passes = 0
-    while t < h.now + 1_000_000:  # one idle second
-        if fl.next_due <= t:
-            loop.run_once(t)
-            passes += 1
-        t += 1000
-    assert fl.idle and passes < 300 and fl.next_due - t <= IDLE_INTERVAL_US
+    for k in range(1000):  # one idle second, looked at every ms
+        assert loop.run_once(t + 1000 * k) == 0
+    assert loop.counters["cc_passes"] == 0 and not loop._heap
+    t += 1_000_000
     h.now = t
     h.app_write(0, stream_bytes(0, 2000, 3))
-    h.poll(t)
-    loop.run_once(fl.next_due)
+    _, frames = h.poll(t)
+    h.inject(h.peer_frame(0, seq=h.rcv_nxt(0), ack=h.snd_una(0) + 1000, win=0xFFFF))
+    h.poll(t + 500)
+    assert table_news(h) == [0]  # marked by the fast path (C or twin)
+    assert loop.run_once(t + 500) == 1
     assert fl.alg.cwnd == 10 * 536 and loop.counters["cc_idle_restarts"] == 1
+    assert loop.counters["cc_flows_run"] == 1 and loop.counters["cc_passes"] == 1
+
+
+def table_news(h) -> list[int]:
+    """The flows marked in the CC news bits (without taking them)."""
+    bits = _ft(h).news_bits
+    return [i for i in range(h.n_flows) if bits[i // 64] >> (i % 64) & 1]
+
+
+def _news_events(h) -> list[tuple[int, int]]:
+    return [(hdr[2], hdr[3]) for hdr, _ in h.drain_krx()
+            if hdr[0] == lib.TAS_KRX_FLOW and hdr[3] & lib.TAS_EV_CC_NEWS]  # fmt: skip
+
+
+def test_news_marks_only_slow_path_flows_and_wakes_armed_loop(h):
+    """The fast path marks a flow when its acked bytes move, only with
+    TAS_CC_SP; with the loop armed the first mark posts one TAS_EV_CC_NEWS
+    flow event and disarms, later marks post nothing; the slow path's take
+    clears the bits (C call and twin agree)."""
+    ctx = h.add_ctx(1)
+    for fid in (0, 1):
+        h.install_flow(fid, ctx, FlowSpec(tx_len=16384, snd_wnd=0xFFFF, local_port=1000 + fid))
+    ft, table = _ft(h), cc_table(h)
+    lib.tas_sp_cc_init(table, h.n_flows, 0, lib.TAS_CC_SP, 700)
+    for fid in (0, 1):
+        h.app_write(fid, stream_bytes(0, 1000, 3))
+    h.poll(h.now)
+    h.drain_krx()
+    assert lib.tas_sp_cc_news_arm(ft, 1) == 0 and ft.news.armed == 1
+    for fid in (0, 1):
+        h.inject(h.peer_frame(fid, seq=h.rcv_nxt(fid), ack=h.snd_una(fid) + 500, win=0xFFFF))
+    h.poll(h.now + 100)
+    assert table_news(h) == [0] and ft.news.armed == 0
+    assert _news_events(h) == [(0, lib.TAS_EV_CC_NEWS)]
+    h.inject(h.peer_frame(0, seq=h.rcv_nxt(0), ack=h.snd_una(0) + 500, win=0xFFFF))
+    h.poll(h.now + 200)
+    assert _news_events(h) == []
+    # take: C and twin over copies of the same bits
+    words = (h.n_flows + 63) // 64
+    copy = ffi.new("uint64_t[]", words)
+    ffi.memmove(copy, ft.news_bits, 8 * words)
+    ids = ffi.new("uint32_t[]", h.n_flows)
+    assert lib.tas_sp_cc_news(ft, ids, h.n_flows) == 1 and ids[0] == 0 and table_news(h) == []
+    assert spflow_py.cc_news(copy, h.n_flows, h.n_flows) == [0] and copy[0] == 0
+    assert lib.tas_sp_cc_news_arm(ft, 0) == 0 and ft.news.armed == 0
+
+
+def test_cc_news_take_c_and_twin():
+    """tas_sp_cc_news against its twin on random bit patterns, with small
+    output buffers (bits that do not fit stay for the next call)."""
+    n = 300
+    region = bytearray(int(lib.tas_ft_bytes(n)))
+    buf = ffi.from_buffer(region)
+    assert lib.tas_ft_init(buf, n) == 0
+    ft = ffi.new("struct tas_ft *")
+    assert lib.tas_ft_attach(ft, buf, len(region), n) == 0
+    words = (n + 63) // 64
+    rnd = random.Random(5)
+    out = ffi.new("uint32_t[]", n)
+    for _ in range(200):
+        marked = set(rnd.sample(range(n), rnd.randrange(n)))
+        for fid in marked:
+            assert lib.tas_ft_cc_news_set(ft.news, fid) == 0
+        twin = ffi.new("uint64_t[]", words)
+        ffi.memmove(twin, ft.news_bits, 8 * words)
+        got: list[int] = []
+        got_py: list[int] = []
+        cap = rnd.choice([1, 3, 64, n])
+        while True:
+            k = lib.tas_sp_cc_news(ft, out, cap)
+            got += [out[i] for i in range(k)]
+            ids = spflow_py.cc_news(twin, n, cap)
+            got_py += ids
+            assert k == len(ids)
+            if k < cap:
+                break
+        assert got == got_py == sorted(marked)
+        assert all(ft.news_bits[i] == 0 for i in range(words))
+    # arming: reports a bit already set, clears nothing
+    assert lib.tas_sp_cc_news_arm(ft, 1) == 0
+    assert lib.tas_ft_cc_news_set(ft.news, 7) == 1 and ft.news.armed == 0  # disarmed by the setter
+    assert lib.tas_sp_cc_news_arm(ft, 1) == 1 and ft.news_bits[0] == 1 << 7

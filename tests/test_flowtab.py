@@ -75,8 +75,15 @@ def _hash_slots(region, n_flows):
 
 def test_layout_and_header():
     region, c, py = _table(5)
-    # header, 5 records of 128 B, 16 hash slots, then 5 side records of 320 B
-    assert ft_bytes(5) == 64 + 5 * 128 + 16 * 8 + 5 * 320 == lib.tas_ft_bytes(5)
+    # header, 5 records of 128 B, 16 hash slots, 5 side records of 320 B,
+    # then the CC news header (64 B) and one word of bits (rounded up to 64 B)
+    assert ft_bytes(5) == 64 + 5 * 128 + 16 * 8 + 5 * 320 + 64 + 64 == lib.tas_ft_bytes(5)
+    assert flowtab.news_off(5) == lib.tas_ft_news_off(5) == 64 + 5 * 128 + 16 * 8 + 5 * 320
+    assert ffi.sizeof("struct tas_cc_news_hdr") == flowtab.NEWS_HDR_SIZE
+    assert c.raw.news == py.news_hdr() and c.raw.news_bits == ffi.cast("uint64_t *", py.news_hdr() + 1)
+    for n in (1, 63, 64, 65, 1000, 65536):
+        assert ft_bytes(n) == lib.tas_ft_bytes(n) and ft_bytes(n) % 64 == 0
+        assert ft_bytes(n) >= flowtab.news_off(n) + 64 + 8 * ((n + 63) // 64)
     assert FLOW_SIZE == ffi.sizeof("struct tas_flow") and flowtab.SIDE_SIZE == ffi.sizeof(
         "struct tas_flow_cc"
     )

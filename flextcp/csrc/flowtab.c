@@ -2,9 +2,11 @@
  * flowtab.c -- shared flow table.  See include/flowtab.h.
  *
  * Region layout (all offsets computed here, never read back from the
- * header): struct tas_ft_hdr (64 B), n_flows struct tas_flow (256 B each,
+ * header): struct tas_ft_hdr (64 B), n_flows struct tas_flow (128 B each,
  * 64-B aligned), n_hash uint64_t hash slots, n_hash = next power of two
- * >= 2 * n_flows.  The index uses linear probing.  Slot values:
+ * >= 2 * n_flows, then (64-B aligned) n_flows side records (struct
+ * tas_flow_cc), struct tas_cc_news_hdr and the CC news bits, one per flow
+ * id.  The index uses linear probing.  Slot values:
  * 0 empty, UINT64_MAX tombstone, else (hash << 32) | (flow_id + 1).
  */
 #include <stdint.h>
@@ -18,6 +20,7 @@
 #define FT_MAX_FLOWS (1u << 30)
 
 _Static_assert(sizeof(struct tas_ft_hdr) == 64, "tas_ft_hdr size");
+_Static_assert(sizeof(struct tas_cc_news_hdr) == 64, "tas_cc_news_hdr: one cache line");
 _Static_assert(sizeof(struct tas_flow) == 128, "tas_flow size: two cache lines");
 _Static_assert(sizeof(struct tas_flow_cc) == 320, "tas_flow_cc size: five cache lines");
 _Static_assert(offsetof(struct tas_flow, rx_head) == 64, "tas_flow line 1");
@@ -50,11 +53,50 @@ static uint64_t ft_side_off(uint32_t n_flows)
     return (end + 63u) & ~(uint64_t)63u;
 }
 
+/* the side records are 320 B each from a 64-byte boundary: they end on one */
+static uint64_t ft_news_off(uint32_t n_flows)
+{
+    return ft_side_off(n_flows) + (uint64_t)n_flows * sizeof(struct tas_flow_cc);
+}
+
+static uint64_t ft_news_words(uint32_t n_flows)
+{
+    return ((uint64_t)n_flows + 63u) / 64u;
+}
+
+uint64_t tas_ft_news_off(uint32_t n_flows)
+{
+    if (n_flows == 0 || n_flows > FT_MAX_FLOWS)
+        return 0;
+    return ft_news_off(n_flows);
+}
+
 uint64_t tas_ft_bytes(uint32_t n_flows)
 {
     if (n_flows == 0 || n_flows > FT_MAX_FLOWS)
         return 0;
-    return ft_side_off(n_flows) + (uint64_t)n_flows * sizeof(struct tas_flow_cc);
+    uint64_t end = ft_news_off(n_flows) + sizeof(struct tas_cc_news_hdr) + 8u * ft_news_words(n_flows);
+    return (end + 63u) & ~(uint64_t)63u;
+}
+
+int tas_ft_cc_news_set(struct tas_cc_news_hdr *h, uint32_t id)
+{
+    uint64_t *w = (uint64_t *)(h + 1) + id / 64u;
+    uint64_t bit = (uint64_t)1 << (id % 64u);
+    if (!(__atomic_load_n(w, __ATOMIC_RELAXED) & bit))
+        __atomic_fetch_or(w, bit, __ATOMIC_SEQ_CST);
+    /* Dekker with the slow path's arm-then-look (tas_sp_cc_news_arm): one
+     * of the two sees the other; the armed word is rarely set, so a plain
+     * load keeps the line shared */
+    if (__atomic_load_n(&h->armed, __ATOMIC_SEQ_CST) &&
+        __atomic_exchange_n(&h->armed, 0u, __ATOMIC_SEQ_CST))
+        return 1;
+    return 0;
+}
+
+void tas_ft_cc_news_rearm(struct tas_cc_news_hdr *h)
+{
+    __atomic_store_n(&h->armed, 1u, __ATOMIC_SEQ_CST);
 }
 
 int tas_ft_init(void *mem, uint32_t n_flows)
@@ -90,6 +132,8 @@ int tas_ft_attach(struct tas_ft *ft, void *mem, uint64_t len, uint32_t n_flows)
     ft->flows = (struct tas_flow *)((uint8_t *)mem + ft_flows_off());
     ft->hash = (uint64_t *)((uint8_t *)mem + ft_hash_off(n_flows));
     ft->side = (struct tas_flow_cc *)((uint8_t *)mem + ft_side_off(n_flows));
+    ft->news = (struct tas_cc_news_hdr *)((uint8_t *)mem + ft_news_off(n_flows));
+    ft->news_bits = (uint64_t *)(ft->news + 1);
     ft->n_flows = n_flows;
     ft->hash_mask = ft_n_hash(n_flows) - 1;
     return 0;

@@ -175,6 +175,27 @@ static uint32_t sack_parse(struct tas_fp *fp, struct tas_flow *f, const struct t
     return n;
 }
 
+/* Something the slow path's control loop reads changed (cnt_acked,
+ * cnt_ecn_bytes, cnt_loss, cnt_undo): mark the flow in the CC news bits so
+ * the loop visits it (tas_abi.h struct tas_cc_news_hdr).  Only flows whose
+ * algorithm runs there (TAS_CC_SP); the common case -- the bit is already
+ * set, the loop has not taken it yet -- is one relaxed load. */
+static inline void cc_news(struct tas_fp *fp, uint32_t id, const struct tas_flow_cc *cc)
+{
+    if (!(cc->mode & TAS_CC_SP))
+        return;
+    uint64_t bit = (uint64_t)1 << (id % 64u);
+    if (__atomic_load_n(&fp->ft.news_bits[id / 64u], __ATOMIC_RELAXED) & bit)
+        return;
+    if (tas_ft_cc_news_set(fp->ft.news, id)) {
+        /* the loop sleeps with nothing scheduled: wake it, once */
+        uint64_t full = fp->st->krx_full;
+        fp_to_sp_event(fp, id, TAS_EV_CC_NEWS);
+        if (fp->st->krx_full != full)
+            tas_ft_cc_news_rearm(fp->ft.news); /* not posted: the next news tries again */
+    }
+}
+
 /* Fast retransmit: enter recovery (RFC 5681 / 6582).  From the scoreboard
  * (SACK, RFC 6675) the window is ssthresh and the transmit side sends lost
  * holes, then new data, while pipe < cwnd (fp_tx.c), starting with the
@@ -190,6 +211,7 @@ static void enter_recovery(struct tas_fp *fp, uint32_t id, struct tas_flow *f, i
         /* a loss event for the slow path's control loop; with TAS_CC_SP the
          * window kept is the algorithm's beta (docs/CC.md) */
         cc->cnt_loss++;
+        cc_news(fp, id, cc);
         if ((cc->mode & TAS_CC_SP) && cc->loss_beta)
             half = (uint32_t)(flight * cc->loss_beta / 1000u);
         cc->cwr_until = f->tx_max; /* one reduction per window (RFC 3168 6.1.2) */
@@ -232,6 +254,7 @@ static void recovery_undo(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
     uint32_t mult = cc->reo_mult ? cc->reo_mult : 1u;
     cc->reo_mult = (uint8_t)(mult < 16u ? mult + 1u : 16u);
     cc->cnt_undo++;
+    cc_news(fp, id, cc);
     fp->st->recovery_undo++;
     fp_txq_push(fp, id, f);
 }
@@ -289,6 +312,8 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
         cc->cnt_acked += bytes;
         if (ece)
             cc->cnt_ecn_bytes += bytes;
+        if (sp_cc && bytes)
+            cc_news(fp, id, cc);
         cc->rto_backoff = 0;
         cc->rto_start_us = (uint32_t)fp->now_us;
         f->flags &= ~(uint32_t)TAS_FF_TLP_OUT;

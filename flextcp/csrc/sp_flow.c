@@ -238,8 +238,8 @@ int tas_sp_set_status(struct tas_ft *ft, uint32_t id, uint16_t status, uint32_t 
  * them): these two remain for callers that predate that. */
 uint64_t tas_cc_table_off(uint32_t n_flows)
 {
-    uint64_t all = tas_ft_bytes(n_flows);
-    return all ? all - (uint64_t)n_flows * sizeof(struct tas_flow_cc) : 0;
+    uint64_t news = tas_ft_news_off(n_flows);
+    return news ? news - (uint64_t)n_flows * sizeof(struct tas_flow_cc) : 0;
 }
 
 uint64_t tas_ft_cc_bytes(uint32_t n_flows)
@@ -373,4 +373,48 @@ uint32_t tas_sp_count_busy(struct tas_ft *ft, uint32_t budget)
             busy++;
     }
     return busy;
+}
+
+/* ---- CC news (tas_abi.h struct tas_cc_news_hdr) --------------------- */
+
+uint32_t tas_sp_cc_news(struct tas_ft *ft, uint32_t *ids, uint32_t max)
+{
+    uint32_t n = 0;
+    uint32_t words = (ft->n_flows + 63u) / 64u;
+    for (uint32_t i = 0; i < words && n < max; i++) {
+        uint64_t *w = &ft->news_bits[i];
+        uint64_t v = __atomic_load_n(w, __ATOMIC_RELAXED);
+        if (!v)
+            continue;
+        /* take only the bits seen (and no more than fit): a bit set
+         * meanwhile stays for the next call */
+        uint32_t room = max - n;
+        if ((uint32_t)__builtin_popcountll(v) > room) {
+            uint64_t keep = 0, rest = v;
+            for (uint32_t k = 0; k < room; k++) {
+                keep |= rest & -rest;
+                rest &= rest - 1;
+            }
+            v = keep;
+        }
+        __atomic_fetch_and(w, ~v, __ATOMIC_ACQ_REL);
+        while (v) {
+            ids[n++] = i * 64u + (uint32_t)__builtin_ctzll(v);
+            v &= v - 1;
+        }
+    }
+    return n;
+}
+
+uint32_t tas_sp_cc_news_arm(struct tas_ft *ft, uint32_t armed)
+{
+    __atomic_store_n(&ft->news->armed, armed ? 1u : 0u, __ATOMIC_SEQ_CST);
+    if (!armed)
+        return 0;
+    /* Dekker with tas_ft_cc_news_set: after arming, is anything marked? */
+    uint32_t words = (ft->n_flows + 63u) / 64u;
+    for (uint32_t i = 0; i < words; i++)
+        if (__atomic_load_n(&ft->news_bits[i], __ATOMIC_SEQ_CST))
+            return 1;
+    return 0;
 }

@@ -23,13 +23,24 @@ struct tas_ft {
     struct tas_flow *flows;
     uint64_t *hash;
     struct tas_flow_cc *side;   /* side records, one per flow id (tas_abi.h) */
+    struct tas_cc_news_hdr *news; /* CC news: header, then the bits (tas_abi.h) */
+    uint64_t *news_bits;        /* (n_flows + 63) / 64 words */
     uint32_t n_flows;
     uint32_t hash_mask;
 };
 
 /* Region bytes for n_flows: header, records, hash, then (64-byte aligned)
- * the side records; 0 if n_flows is out of range. */
+ * the side records, then the CC news header and bits (rounded up to 64
+ * bytes); 0 if n_flows is out of range. */
 uint64_t tas_ft_bytes(uint32_t n_flows);
+/* Offset of struct tas_cc_news_hdr in the region (the bits follow it). */
+uint64_t tas_ft_news_off(uint32_t n_flows);
+/* Mark flow `id` as having CC news (FP; relaxed load, atomic OR only if the
+ * bit is clear).  Returns 1 if the slow path's loop was armed and this call
+ * disarmed it: the caller posts TAS_EV_CC_NEWS (and calls
+ * tas_ft_cc_news_rearm if it could not). */
+int tas_ft_cc_news_set(struct tas_cc_news_hdr *h, uint32_t id);
+void tas_ft_cc_news_rearm(struct tas_cc_news_hdr *h);
 int tas_ft_init(void *mem, uint32_t n_flows);
 /* n_flows is what the caller expects; fails if the region is too small. */
 int tas_ft_attach(struct tas_ft *ft, void *mem, uint64_t len, uint32_t n_flows);

@@ -178,6 +178,15 @@ uint32_t tas_sp_cc_write(struct tas_ft *ft, struct tas_flow_cc *cc, const uint32
                          uint32_t n, const uint32_t *cwnd, const uint64_t *rate,
                          const uint32_t *loss_seen);
 
+/* CC news (struct tas_cc_news_hdr): take up to max marked flow ids into
+ * ids (lowest first; each taken bit is cleared atomically, bits set
+ * meanwhile stay).  Returns how many. */
+uint32_t tas_sp_cc_news(struct tas_ft *ft, uint32_t *ids, uint32_t max);
+/* The CC loop is going to sleep with nothing scheduled (armed 1) or is
+ * awake again (0).  Arming returns 1 if some bit is already set (the loop
+ * should take it rather than sleep). */
+uint32_t tas_sp_cc_news_arm(struct tas_ft *ft, uint32_t armed);
+
 /* Active flows (among the first `budget`) with data or a FIN in flight or
  * unsent: the timer scan runs fast only while there are any. */
 uint32_t tas_sp_count_busy(struct tas_ft *ft, uint32_t budget);

@@ -286,6 +286,22 @@ struct tas_flow_cc {
     uint32_t ooo_end[8];
 };
 
+/* CC news (issues 5/6, docs/CC.md "Work proportional to news"): after the
+ * side records, 64-byte aligned, one header line and then one bit per flow
+ * id in 64-bit words ((n_flows + 63) / 64 of them, the region rounded up to
+ * 64 bytes).  The fast path sets a flow's bit when it counts something the
+ * control loop reads (cnt_acked, cnt_ecn_bytes, cnt_loss, cnt_undo) for a
+ * flow with TAS_CC_SP: a relaxed load first, an atomic OR only when the bit
+ * is clear (several cores may share a word).  The slow path takes the set
+ * bits atomically (tas_sp_cc_news) and runs the algorithm of those flows
+ * only.  `armed`: the slow path's loop sleeps with nothing scheduled; the
+ * fast path core that sets a bit and finds it armed clears it and posts one
+ * TAS_KRX_FLOW event with TAS_EV_CC_NEWS (re-arming if the queue was full). */
+struct tas_cc_news_hdr {
+    uint32_t armed;         /* SP sets (sleeping), FP clears (posting the wake-up) */
+    uint8_t pad[60];
+};
+
 /* Flow table region header.  Hash slots follow the flow records. */
 struct tas_ft_hdr {
     uint32_t magic;
@@ -310,6 +326,7 @@ struct tas_ft_hdr {
 #define TAS_EV_FIN_RCVD 1     /* in-order FIN received */
 #define TAS_EV_FIN_ACKED 2    /* our FIN was acknowledged */
 #define TAS_EV_APP_GONE 4
+#define TAS_EV_CC_NEWS 8      /* a flow has CC news and the slow path's CC loop was asleep (struct tas_cc_news_hdr) */
 
 /* FP -> SP */
 struct tas_krx {

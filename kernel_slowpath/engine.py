@@ -22,6 +22,7 @@ import os
 import secrets
 import socket
 import struct
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -246,6 +247,13 @@ class Engine:
         self._rand_off = 0
         self._scan_handle = None
         self._hi_water = 0  # 1 + highest flow id handed out since the table was last empty
+        # what the timer scan looks at, kept as the flows change instead of
+        # found by walking every connection on each scan (issue 5: 65k flows)
+        # (flow id -> Conn: a Conn is a dataclass, not hashable)
+        self._closing: dict[int, Conn] = {}  # installed, in CLOSING_STATES (_sync_closing)
+        self._orphans: dict[int, Conn] = {}  # FIN-WAIT-2 with an orphan deadline
+        self._ka_conns: dict[int, Conn] = {}  # SO_KEEPALIVE on (own or the listener's)
+        self._tw_order: deque[tuple[int, tuple]] = deque()  # (expiry, key) in expiry order
         self._scan_more = False
         # set by the stack: per-core counter structs (struct tas_fp_stats *)
         self.core_stats: Callable[[], list] = list
@@ -540,13 +548,16 @@ class Engine:
         heap = getattr(lst.ctx, "heap", None)
         if heap is None:
             return False
-        need = 64 + _pow2(self.rx_buf) + _pow2(self.tx_buf)
+        # what one more accepted flow of this listener takes: its appflow
+        # block and the context's buffer sizes (not the stack's defaults:
+        # a context of 4 KiB flows holds ~64x more flows than one of 256 KiB)
+        rx, tx = self._accept_bufs(lst, lst.ctx)
+        need = 64 + rx + tx
         free = getattr(lst.ctx, "free_bytes", None)  # the context's view (its spare blocks count as free)
         if (heap.free_bytes if free is None else free) < need * (len(lst.half_open) + 1):
             return True
         admit = getattr(lst.ctx, "admit_passive", None)  # the app's own flow/buffer limits (issue 6)
-        rx, tx = self._accept_bufs(lst, lst.ctx)
-        return admit is not None and not admit(64 + rx + tx, self._app_half_open(lst))
+        return admit is not None and not admit(need, self._app_half_open(lst))
 
     def _app_half_open(self, lst: Listener) -> int:
         """Half-open connections over all listeners of lst's app."""
@@ -608,10 +619,11 @@ class Engine:
         iss = (tick << 29) | (info << COOKIE_MAC_BITS) | self._cookie_mac(tick, p.src_ip, p.src_port, p.dst_port,
                                                                           p.seq, info)
         lst.cookies_until = self.now_us() + 2 * COOKIE_TICK_US
-        our_ws = wscale_for(self._accept_bufs(lst, lst.ctx)[0]) if ws else None
+        rx_len = self._accept_bufs(lst, lst.ctx)[0]
+        our_ws = wscale_for(rx_len) if ws else None
         self.send_frame(self.segs.build(
             dst_mac=bytes(p.src_mac), dst_ip=p.src_ip, sport=p.dst_port, dport=p.src_port, seq=iss,
-            ack=(p.seq + 1) & U32, flags=SYN | ACK, win=min(self.rx_buf, 0xFFFF), mss=OUR_MSS, wscale=our_ws,
+            ack=(p.seq + 1) & U32, flags=SYN | ACK, win=min(rx_len, 0xFFFF), mss=OUR_MSS, wscale=our_ws,
             sack_perm=bool(sack), ts=(self.ts_now(), p.tsval) if ts else None))
         self.counters["syncookies_sent"] += 1
 
@@ -642,11 +654,12 @@ class Engine:
 
     def _send_synack(self, ho: HalfOpen) -> None:
         # the shift we announce is the one the flow will use (rcv_wscale)
-        ws = wscale_for(self._accept_bufs(ho.listener, ho.listener.ctx)[0]) if ho.peer_ws is not None else None
+        rx_len = self._accept_bufs(ho.listener, ho.listener.ctx)[0]  # the window the flow will have
+        ws = wscale_for(rx_len) if ho.peer_ws is not None else None
         ts = (self.ts_now(), ho.ts_recent) if ho.ts_recent is not None else None
         self._send_seg(
             0, dst_mac=ho.remote_mac, dst_ip=ho.remote_ip, sport=ho.listener.port, dport=ho.remote_port,
-            seq=ho.iss, ack=ho.irs + 1, flags=SYN | ACK | (ECE if ho.ecn else 0), win=min(self.rx_buf, 0xFFFF), mss=OUR_MSS,
+            seq=ho.iss, ack=ho.irs + 1, flags=SYN | ACK | (ECE if ho.ecn else 0), win=min(rx_len, 0xFFFF), mss=OUR_MSS,
             wscale=ws, sack_perm=ho.sack, ts=ts)
         self.counters["synack_sent"] += 1
         ho.timer = self.loop.call_later(SYN_RTO_US / 1e6 * (1 << ho.tries), self._synack_timeout, ho)
@@ -870,6 +883,8 @@ class Engine:
             raise RuntimeError(f"flow table index refused flow {conn.fid}")
         conn.installed = True
         conn.state = transition(conn.state, Event.ESTABLISH)
+        if conn.keepalive or (conn.listener is not None and conn.listener.keepalive):
+            self._ka_conns[conn.fid] = conn
         self.counters["conns_established"] += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("flow %d established %s:%d <-> %s:%d", conn.fid, self.local_ip, conn.local_port,
@@ -888,6 +903,9 @@ class Engine:
         for off in (conn.appflow_off, conn.rx_off, conn.tx_off):
             conn.ctx.free(off)
         del self.conns[conn.fid]
+        self._closing.pop(conn.fid, None)
+        self._orphans.pop(conn.fid, None)
+        self._ka_conns.pop(conn.fid, None)
         if self.cc is not None:
             self.cc.remove(conn.fid)
         self.free_ids.append(conn.fid)
@@ -912,6 +930,7 @@ class Engine:
             lib.tas_sp_set_status(self.ft.raw, conn.fid, lib.TAS_FLOW_SLOWPATH, 0)
         was = conn.state
         conn.state = transition(conn.state, Event.RST)
+        self._closing.pop(conn.fid, None)
         log.debug("flow %d reset in %s (%s, %s) %s:%d <-> %s:%d", conn.fid, was.value, errno.errorcode.get(err, err),
                   "RST sent" if send_rst and conn.installed and was in SYNCHRONIZED else "no RST sent",
                   self.local_ip, conn.local_port, int2ip(conn.remote_ip), conn.remote_port)
@@ -941,19 +960,28 @@ class Engine:
             self.counters["protocol_errors"] += 1
             log.warning("flow %d: %s", fid, e)
             return
+        self._track_closing(conn)
         self._settle(conn)
+
+    def _track_closing(self, conn: Conn) -> None:
+        """Keep the set _sync_closing walks in step with conn's state."""
+        if conn.installed and conn.state in CLOSING_STATES:
+            self._closing[conn.fid] = conn
+        else:
+            self._closing.pop(conn.fid, None)
 
     def _settle(self, conn: Conn) -> None:
         """Free what a finished connection no longer needs."""
         if conn.state is State.TIME_WAIT and conn.detached:
             snd_nxt, rcv_nxt = self._seqs(conn)
-            self.time_wait[conn.key()] = (self.now_us() + TIME_WAIT_US, snd_nxt, rcv_nxt)
+            self._tw_put(conn.key(), snd_nxt, rcv_nxt)
             self.counters["time_wait"] += 1
             self._free(conn)
         elif conn.state is State.CLOSED and conn.detached:
             self._free(conn)
         elif conn.state is State.FIN_WAIT_2 and conn.detached:
             conn.orphan_deadline = self.now_us() + FIN_WAIT_2_ORPHAN_US
+            self._orphans[conn.fid] = conn
 
     def _catch_up(self, conn: Conn, snap=None) -> None:
         """Apply the FIN events the record's flags show but the slow path
@@ -985,7 +1013,7 @@ class Engine:
             return
         self._closing_sync_last = now
         self._closing_sync_next = now + CLOSING_SYNC_US
-        for conn in [c for c in self.conns.values() if c.installed and c.state in CLOSING_STATES]:
+        for conn in list(self._closing.values()):
             if self.conns.get(conn.fid) is not conn:
                 continue
             snap = self._snapshot(conn)
@@ -998,6 +1026,27 @@ class Engine:
                 self.counters["orphans_timed_out"] += 1
                 self._reset(conn, errno.ETIMEDOUT, send_rst=True)
 
+    def _tw_put(self, key: tuple, snd_nxt: int, rcv_nxt: int) -> None:
+        """(Re)start a TIME-WAIT entry; every entry lives TIME_WAIT_US, so
+        _tw_order stays in expiry order (a restarted one is found again
+        later, its older place is skipped)."""
+        expiry = self.now_us() + TIME_WAIT_US
+        self.time_wait[key] = (expiry, snd_nxt, rcv_nxt)
+        self._tw_order.append((expiry, key))
+
+    def _expire_time_wait(self, now: int) -> None:
+        """Drop the TIME-WAIT entries that expired: O(expired), not O(entries)."""
+        order, tw = self._tw_order, self.time_wait
+        while order and order[0][0] <= now:
+            _, key = order.popleft()
+            v = tw.get(key)
+            if v is not None and v[0] <= now:
+                del tw[key]
+        if not order and tw:  # entries not put by _tw_put: the slow way, once
+            for key in [k for k, v in tw.items() if v[0] <= now]:
+                del tw[key]
+            order.extend(sorted((v[0], k) for k, v in tw.items()))
+
     def _on_time_wait(self, key: tuple, tw: tuple[int, int, int], p) -> bool:
         """Segments for a TIME-WAIT connection.  True if consumed."""
         expiry, snd_nxt, rcv_nxt = tw
@@ -1008,7 +1057,7 @@ class Engine:
             del self.time_wait[key]  # a new incarnation (RFC 9293 3.6.1)
             return False
         if flags & FIN:
-            self.time_wait[key] = (self.now_us() + TIME_WAIT_US, snd_nxt, rcv_nxt)
+            self._tw_put(key, snd_nxt, rcv_nxt)
         self.send_frame(self.segs.build(dst_mac=bytes(p.src_mac), dst_ip=p.src_ip, sport=p.dst_port,
                                         dport=p.src_port, seq=snd_nxt, ack=rcv_nxt, flags=ACK))
         return True
@@ -1065,16 +1114,16 @@ class Engine:
                 self.counters["zero_window_probes"] += 1
             self.kick_flow(conn)
         if self.time_wait:
-            for key in [k for k, v in self.time_wait.items() if v[0] <= now]:
-                del self.time_wait[key]
-        if now >= self._ka_next_scan:
+            self._expire_time_wait(now)
+        if self._ka_conns and now >= self._ka_next_scan:
             self._ka_next_scan = now + KEEPALIVE_SCAN_US
-            for conn in [c for c in self.conns.values()
-                         if c.keepalive or (c.listener is not None and c.listener.keepalive)]:
+            for conn in list(self._ka_conns.values()):
                 self._keepalive(conn, now)
-        for conn in [c for c in self.conns.values() if c.orphan_deadline and c.orphan_deadline <= now]:
-            if conn.state is State.FIN_WAIT_2:
-                self._reset(conn, errno.ETIMEDOUT, send_rst=True)
+        if self._orphans:
+            for conn in [c for c in self._orphans.values() if c.orphan_deadline <= now]:
+                self._orphans.pop(conn.fid, None)  # past its deadline it cannot be in FIN-WAIT-2 again
+                if conn.state is State.FIN_WAIT_2 and self.conns.get(conn.fid) is conn:
+                    self._reset(conn, errno.ETIMEDOUT, send_rst=True)
         if self._kick_retry:
             retry, self._kick_retry = self._kick_retry, set()
             for fid in retry:
@@ -1158,6 +1207,10 @@ class Engine:
         conn = self._conn_of(ctx, flow)
         conn.keepalive = bool(on)
         conn.ka_seen = -1
+        if conn.keepalive or (conn.listener is not None and conn.listener.keepalive):
+            self._ka_conns[conn.fid] = conn
+        else:
+            self._ka_conns.pop(conn.fid, None)
 
     # ------------------------------------------------------------------
     # the Engine seam (called by the control server)
@@ -1283,6 +1336,7 @@ class Engine:
         if lib.tas_sp_tx_close(self.ft.raw, conn.fid, tx_head) != 0:
             raise OSError(errno.EINVAL, "bad send position for shutdown")
         conn.state = transition(conn.state, Event.APP_SHUTDOWN)
+        self._track_closing(conn)
         self.kick_flow(conn)
 
     def close(self, ctx, flow: int, tx_head: int, rx_tail: int) -> None:

@@ -943,6 +943,12 @@ class Engine:
             conn.ctx.event({"ev": "reset", "ctx": conn.ctx.ctx_id, "flow": conn.fid, "errno": err})
 
     def on_flow_event(self, fid: int, events: int) -> None:
+        if events & lib.TAS_EV_CC_NEWS:  # the CC loop slept armed (kernel_slowpath/ccloop.py)
+            if self.cc is not None:
+                self.cc.poke()
+            events &= ~lib.TAS_EV_CC_NEWS
+            if not events:
+                return
         conn = self.conns.get(fid)
         if conn is None or not conn.installed:
             return

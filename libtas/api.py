@@ -147,8 +147,15 @@ class Stack:
         self._closed = False
         self.doorbells: list[Doorbell] = []
         try:
-            asked = {k: v for k, v in (("max_flows", max_flows), ("max_buf_bytes", max_buf_bytes),
-                                       ("syn_backlog", syn_backlog)) if v}
+            asked = {
+                k: v
+                for k, v in (
+                    ("max_flows", max_flows),
+                    ("max_buf_bytes", max_buf_bytes),
+                    ("syn_backlog", syn_backlog),
+                )
+                if v
+            }
             rep, fds = self._call("hello", abi=TAS_ABI_VERSION, **asked)
             self.limits: dict = rep.get("limits") or {}
             self.app_id = rep["app_id"]
@@ -328,6 +335,11 @@ class Context:
         # their flow ids until ready_flows() hands them out
         self._hints = 0
         self._ready: set[int] = set()
+        # an ARX ring found full when drained: the fast path may have dropped
+        # notifications (it counts them in cores[i].arx_full), so the caller
+        # of ready_flows() cannot trust it to be complete (hints_lost())
+        self._hints_lost = False
+        self.arx_overflows = 0  # drains that found a full ARX ring
         self._closed = False
         self._waiters = 0
         self.evfd = evfd
@@ -435,6 +447,7 @@ class Context:
             conn = self._flows.get(msg["flow"])
             if conn is None:
                 continue
+            self._ready.add(conn.flow_id)  # its state changed: a hint for ready_flows()
             if ev == "connected":
                 if conn._state == _STATE_CONNECTING:
                     conn._state = _STATE_CONNECTED
@@ -455,19 +468,32 @@ class Context:
         buf, ptr = self._arxbuf, self._arxptr
         ready = self._ready
         for ring in self._arx:
+            got = 0
             while True:
                 # C rings: straight into the preallocated cffi buffer (no
                 # per-call from_buffer); the pure twin through its method
                 raw = getattr(ring, "raw", None)
-                k = lib.tas_ring_dequeue_n(raw, ptr, _ARX_BATCH) if raw is not None else ring.dequeue_into(buf)
+                k = (
+                    lib.tas_ring_dequeue_n(raw, ptr, _ARX_BATCH)
+                    if raw is not None
+                    else ring.dequeue_into(buf)
+                )
                 if not k:
                     break
-                n += k
+                got += k
                 # entries are wakeup hints: state is read from the appflow blocks
                 for e in _ARX.iter_unpack(memoryview(buf)[: k * _ARX.size]):
                     ready.add(e[0])
                 if k < _ARX_BATCH:
                     break
+            # The fast path drops a notification only while the ring is full,
+            # and a drain takes everything up to an empty ring: so a drop since
+            # the previous drain means this drain took a whole ring's worth
+            # (or more).  Fewer: nothing was lost.
+            if got >= self.arx_slots:
+                self._hints_lost = True
+                self.arx_overflows += 1
+            n += got
         self._hints += n
         return n
 
@@ -585,10 +611,27 @@ class Context:
 
     def ready_flows(self) -> set[int]:
         """Flow ids the fast path notified (data, acknowledged data, FIN)
-        since the last call; hints only: read the connection's state."""
+        or a control event concerned (connected, failed, reset, closed)
+        since the last call; hints only: read the connection's state.
+        Complete unless hints_lost() says otherwise."""
         with self._lock:
             r, self._ready = self._ready, set()
             return r
+
+    def hints_lost(self) -> bool:
+        """True (once) if notifications may have been lost since the last
+        call: an ARX ring was found full, so ready_flows() may miss flows;
+        look at every connection once.  Counted in ``arx_overflows``."""
+        with self._lock:
+            lost, self._hints_lost = self._hints_lost, False
+            return lost
+
+    def flush(self) -> None:
+        """Post the pending updates now (see Connection.splice_to's
+        ``flush``); poll() and wait() do it too."""
+        with self._lock:
+            if not self._closed:
+                self._flush()
 
     def connection(self, flow_id: int) -> Connection | None:
         """The open connection of a flow id (from ready_flows()), or None."""
@@ -1121,7 +1164,7 @@ class Connection:
             if n:
                 self._consume_locked(n, avail)
 
-    def splice_to(self, dst: Connection, nbytes: int | None = None) -> int:
+    def splice_to(self, dst: Connection, nbytes: int | None = None, flush: bool = True) -> int:
         """Zero-copy relay: move readable bytes of this connection straight
         into dst's send buffer (dst may be this connection: an echo), as many
         as dst has room for (at most nbytes).  Never blocks; returns the bytes
@@ -1129,6 +1172,9 @@ class Connection:
         for acknowledged data).  Both sides' positions go to the fast path in
         one update per flow, which is what makes a relay or an echo cheap:
         recv_view + send + consume cost three locked calls and two updates.
+        ``flush=False`` leaves the update queued for the next Context.flush(),
+        poll() or wait(): a server serving many flows in one pass then posts
+        them in one batch and rings each fast-path core once.
         Errors as recv() for this side and send() for dst."""
         ctx = self.ctx
         if dst.ctx is not ctx:
@@ -1165,7 +1211,8 @@ class Connection:
             self._rx_tail += n
             ctx._queue_update(dst)
             self._after_consume(avail >= rx_len)
-            ctx._flush()
+            if flush:
+                ctx._flush()
             return n
 
     # -- teardown -------------------------------------------------------------------------

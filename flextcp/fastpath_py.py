@@ -688,6 +688,12 @@ class PyFastPath:
         return 1
 
     @staticmethod
+    def ooo_extends_latest(o, start: int, end: int) -> bool:
+        """Does [start, end) overlap or touch the most recently updated range?"""
+        s, e = o.ooo_start[0], o.ooo_end[0]
+        return s != e and seq_le(start, e) and seq_ge(end, s)
+
+    @staticmethod
     def ooo_front(o, i: int) -> None:
         """Move range i to slot 0: most recently updated first (RFC 2018 4)."""
         os_, oe = o.ooo_start, o.ooo_end
@@ -1131,6 +1137,10 @@ class PyFastPath:
                 s = ((f.rx_head & M32) + off) & M32
                 if self.ooo_holds(cc, s, (s + plen) & M32):
                     self.dsack_note(f, s, (s + plen) & M32)
+                elif (f.flags & TAS_FF_ACK_NOW and cc is not None and f.flags & TAS_FF_SACK
+                      and not self.ooo_extends_latest(cc, s, (s + plen) & M32)):  # fmt: skip
+                    # a pending ACK reports the range it was for (fp_rx.c)
+                    self.send_ack(f)
                 if self.ooo_add(cc, s, (s + plen) & M32):
                     self.rx_copy(f, (f.rx_head + off) & M64, payload, plen)
                     st.ooo_segs += 1

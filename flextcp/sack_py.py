@@ -51,7 +51,7 @@ def sb_prune(cc, una: int) -> None:
 
 
 def sb_add(cc, una: int, s: int, e: int) -> None:
-    """Merge [s, e); when full, the range farthest above SND.UNA gives way."""
+    """Merge [s, e); when full, the lowest ranges and the highest stay."""
     s &= M32
     e &= M32
     slot = -1
@@ -75,13 +75,23 @@ def sb_add(cc, una: int, s: int, e: int) -> None:
             continue
         i += 1
     if slot < 0:
-        far = 0
-        for i in range(1, SB_RANGES):
-            if seq_gt(cc.sb_start[i], cc.sb_start[far]):
-                far = i
-        if seq_ge(s, cc.sb_start[far]) or seq_diff(s, una) < 0:
+        if seq_diff(s, una) < 0:
             return
-        slot = far
+        # full: keep the lowest ranges and the highest (fp_sb_add)
+        top = 0
+        for i in range(1, SB_RANGES):
+            if seq_gt(cc.sb_start[i], cc.sb_start[top]):
+                top = i
+        far = 1 if top == 0 else 0
+        for i in range(SB_RANGES):
+            if i != top and seq_gt(cc.sb_start[i], cc.sb_start[far]):
+                far = i
+        if seq_gt(s, cc.sb_start[top]):
+            slot = top
+        elif seq_lt(s, cc.sb_start[far]):
+            slot = far
+        else:
+            return
     cc.sb_start[slot] = s
     cc.sb_end[slot] = e
 
@@ -143,7 +153,8 @@ def timer_age(x, now_us: int) -> int:
 
 def sb_lost_limit(now_us: int, f, cc, v: SbView) -> int:
     """Offset below which holes count as lost (fp_sb_lost_limit): the
-    DupThresh rule, early retransmit, and the time rule for the head."""
+    DupThresh rule (FACK's distance with a full board), early retransmit,
+    and the time rule for the head."""
     if not v.n:
         return 0
     top = v.s[-1]
@@ -159,10 +170,13 @@ def sb_lost_limit(now_us: int, f, cc, v: SbView) -> int:
         if above >= need:
             limit = v.s[k]
             break
-    if limit < v.s[0] and cc.srtt_us:
+    fack = v.e[-1]  # full board: the distance to the highest SACKed byte (FACK)
+    if v.n == SB_RANGES and fack > need and fack - need > limit:
+        limit = fack - need
+    if limit < v.s[-1] and cc.srtt_us:
         mult = cc.reo_mult or 1
         reo = (cc.srtt_us // 4) * mult
         wait = (cc.srtt_us + min(reo, cc.srtt_us)) & M32
         if timer_age(cc, now_us) >= wait:
-            limit = v.s[0]
+            limit = v.s[-1]
     return limit

@@ -222,6 +222,81 @@ def test_scan_asks_for_a_probe_before_the_rto():
         h.close()
 
 
+# ---------------------------------------------------------------- burst loss
+
+
+def burst(h, nseg: int = 40, t0: int = 1_000_000):
+    """nseg segments out in one window (cwnd and the peer's window allow
+    them all); returns SND.UNA."""
+    ctx = h.add_ctx(CTX, 1 << 18)
+    h.install_flow(0, ctx, FlowSpec(tx_len=65536, snd_wnd=65535))
+    h.flow(0).cwnd = nseg * 536
+    h.side(0).srtt_us = 20_000
+    h.app_write(0, stream_bytes(0, nseg * SEG, 3))
+    _, frames = h.poll(t0)
+    assert len(frames) == nseg
+    return h.snd_una(0)
+
+
+def test_burst_loss_marks_the_whole_gap_lost(h):
+    """A slow-start overshoot drops every other segment of a window.  The
+    peer (Linux) sends a duplicate ACK per segment that arrives, each with
+    its newest three SACK blocks; the 5-range scoreboard overflows.  It
+    keeps the highest range, and everything up to DupThresh below the
+    highest SACKed byte counts as lost (FACK), so the recovery resends the
+    whole gap at once, as far as the window allows -- not three holes per
+    round trip (the start-up stall of docs/CC.md)."""
+    t0 = 1_000_000
+    una = burst(h, t0=t0)
+    got: list[tuple[int, int]] = []
+    out: list[bytes] = []
+    for k, seg in enumerate(range(1, 40, 2)):
+        got.insert(0, (una + seg * SEG, una + (seg + 1) * SEG))
+        out += ack(h, una, got[:3], now=t0 + 20_000 + 10 * k)
+    f = h.flow(0)
+    assert f.flags & lib.TAS_FF_RECOVERY
+    resent = sorted(((s - una) & M32) // SEG for s in seqs(out))
+    # the cut window (half of 40 segments) is spent on holes all over the gap
+    assert len(resent) >= 15, resent
+    assert max(resent) > 20, resent
+    assert all(r < 39 for r in resent)
+    assert sack_py.sb_view(cc_of(h), f).e[-1] == 40 * SEG
+
+
+def test_stalled_recovery_marks_everything_below_the_highest_sack_lost(h):
+    """The peer's ACKs stop (the rest of the window was lost): after SRTT
+    plus the reordering window without progress, every hole below the
+    highest SACKed byte is lost (RFC 8985's rule, with the send order of
+    the original transmissions), not only the head."""
+    t0 = 1_000_000
+    una = burst(h, nseg=30, t0=t0)
+    blocks = [(una + s * SEG, una + (s + 1) * SEG) for s in (24, 12, 10)]
+    out = ack(h, una, blocks, now=t0 + 20_000)
+    first = {((s - una) & M32) // SEG for s in seqs(out)}
+    assert h.flow(0).flags & lib.TAS_FF_RECOVERY and max(first) < 10
+    h.flow(0).cwnd = 30 * 536
+    # a late duplicate: 35 ms after the timer started (SRTT 20 ms + 5 ms
+    # reordering window < 35 ms < 2 SRTT + 1 ms, the lost-head rule)
+    later = set(((s - una) & M32) // SEG for s in seqs(ack(h, una, blocks, now=t0 + 35_000)))
+    assert set(range(13, 24)) <= later and not later & {10, 12, 24}, (first, later)
+
+
+def test_out_of_order_batch_reports_every_range(h):
+    """Segments that arrive out of order in one receive batch open several
+    ranges: each range gets reported (a duplicate ACK when the batch moves
+    on to another range, RFC 5681 4.2), not only the last three in one ACK
+    at the end of the batch."""
+    ctx = h.add_ctx(CTX)
+    h.install_flow(0, ctx, FlowSpec(rx_len=16384))
+    rx0 = h.flow(0).rx_seq0
+    for k in range(6):
+        h.inject(data(h, 1000 + 1000 * k, 500))
+    _, out = h.poll(1_000_000)
+    reported = {b for fr in out for b in sack_blocks(fr, rx0)}
+    assert reported == {(1000 + 1000 * k, 1500 + 1000 * k) for k in range(6)}
+    assert all(tcp(fr).ack == rx0 & M32 for fr in out)
+
+
 # ---------------------------------------------------------------- scoreboard model
 
 
@@ -257,6 +332,9 @@ def test_scoreboard_matches_a_byte_set(una, adds):
     assert have <= truth
     if not overflowed:
         assert have == truth
+    if truth:
+        # the forward-most SACKed byte is never given up (the loss rule's FACK)
+        assert max(have) == max(truth)
     assert v.sacked == 100 * len(have)
     assert sack_py.sb_sacked_below(v, 4000) == 100 * len([u for u in have if u < 40])
     assert sack_py.sb_holes(v, 1000, 5000) == 100 * len([u for u in range(10, 50) if u not in have])

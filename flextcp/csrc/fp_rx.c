@@ -88,6 +88,14 @@ static int ooo_add(struct tas_flow_cc *o, uint32_t start, uint32_t end)
     return 1;
 }
 
+/* Does [start, end) overlap or touch the most recently updated range
+ * (slot 0, the first SACK block of our next ACK)? */
+static int ooo_extends_latest(const struct tas_flow_cc *o, uint32_t start, uint32_t end)
+{
+    uint32_t s = o->ooo_start[0], e = o->ooo_end[0];
+    return s != e && seq_le(start, e) && seq_ge(end, s);
+}
+
 /* A duplicate arrived: report [start, end) (low 32 bits of absolute rx
  * positions) first in our next SACK option (D-SACK, RFC 2883), so a sender
  * can tell a spurious retransmission and undo. */
@@ -609,6 +617,15 @@ static void rx_segment(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
             uint32_t s = (uint32_t)f->rx_head + (uint32_t)off;
             if (ooo_holds(cc, s, s + plen))
                 dsack_note(fp, f, s, s + plen);
+            else if ((f->flags & TAS_FF_ACK_NOW) && cc && (f->flags & TAS_FF_SACK) &&
+                     !ooo_extends_latest(cc, s, s + plen))
+                /* an ACK of this batch is pending and this segment starts
+                 * or grows another range: send that ACK now, so each range
+                 * the batch touches is reported (3 blocks per ACK; one
+                 * ACK at batch end would hide all but the last three:
+                 * RFC 5681 4.2 wants a duplicate ACK per out-of-order
+                 * segment) */
+                fp_send_ack(fp, f);
             if (ooo_add(cc, s, s + plen)) {
                 rx_copy(fp, f, f->rx_head + (uint32_t)off, payload, plen);
                 fp->st->ooo_segs++;

@@ -37,9 +37,13 @@ void fp_sb_prune(struct tas_flow_cc *cc, uint32_t una)
     }
 }
 
-/* Merge [s, e) into the scoreboard.  With all ranges taken, the range
- * farthest above SND.UNA is given up (the peer repeats its newest blocks,
- * and retransmission reaches the far ones last). */
+/* Merge [s, e) into the scoreboard.  With all ranges taken the board
+ * keeps the lowest ranges (retransmission works upwards from SND.UNA) and
+ * the highest one (its end is the forward-most SACKed byte, which the loss
+ * rule measures from, fp_sb_lost_limit): a new range above the highest
+ * replaces it, one below replaces the farthest of the others if it is
+ * nearer, else it is dropped.  What a dropped range covered reads as a hole
+ * and may be resent once more (a duplicate, never a correctness matter). */
 void fp_sb_add(struct tas_flow_cc *cc, uint32_t una, uint32_t s, uint32_t e)
 {
     int slot = -1;
@@ -62,14 +66,23 @@ void fp_sb_add(struct tas_flow_cc *cc, uint32_t una, uint32_t s, uint32_t e)
         }
     }
     if (slot < 0) {
-        /* full: replace the farthest range if the new one is nearer */
-        int far = 0;
-        for (int i = 1; i < TAS_SB_RANGES; i++)
-            if (seq_gt(cc->sb_start[i], cc->sb_start[far]))
-                far = i;
-        if (seq_ge(s, cc->sb_start[far]) || seq_diff(s, una) < 0)
+        if (seq_diff(s, una) < 0)
             return;
-        slot = far;
+        /* full: top is the highest range, far the highest of the others */
+        int top = 0;
+        for (int i = 1; i < TAS_SB_RANGES; i++)
+            if (seq_gt(cc->sb_start[i], cc->sb_start[top]))
+                top = i;
+        int far = top == 0 ? 1 : 0;
+        for (int i = 0; i < TAS_SB_RANGES; i++)
+            if (i != top && seq_gt(cc->sb_start[i], cc->sb_start[far]))
+                far = i;
+        if (seq_gt(s, cc->sb_start[top]))
+            slot = top;
+        else if (seq_lt(s, cc->sb_start[far]))
+            slot = far;
+        else
+            return;
     }
     cc->sb_start[slot] = s;
     cc->sb_end[slot] = e;
@@ -145,7 +158,12 @@ int fp_sb_next_hole(const struct fp_sb *v, uint32_t off, uint32_t limit, uint32_
 
 /* Offset below which holes count as lost (RFC 6675 IsLost): enough
  * SACKed bytes above them ((DupThresh - 1) * SMSS + 1, DupThresh = the
- * reordering degree we learnt); or everything but one segment SACKed with
+ * reordering degree we learnt) -- with a full board, where ranges may have
+ * been dropped (fp_sb_add), enough bytes up to the highest SACKed byte
+ * instead (FACK, Mathis & Mahdavi 1996: after a burst loss, e.g. every
+ * other segment of a slow-start overshoot, five ranges would otherwise
+ * mark a few holes lost per round trip and the recovery would crawl for
+ * seconds); or everything but one segment SACKed with
  * nothing new to send (early retransmit, RFC 5827); and, RACK-like (RFC
  * 8985), the head hole once it has been outstanding for longer than SRTT +
  * the reordering window (SRTT/4 per spurious recovery seen, at most SRTT)
@@ -172,12 +190,15 @@ uint32_t fp_sb_lost_limit(const struct tas_fp *fp, const struct tas_flow *f,
             break;
         }
     }
-    if (limit < v->s[0] && cc->srtt_us) {
+    uint32_t fack = v->e[v->n - 1];
+    if (v->n == TAS_SB_RANGES && fack > need && fack - need > limit)
+        limit = fack - need;
+    if (limit < v->s[v->n - 1] && cc->srtt_us) {
         uint32_t mult = cc->reo_mult ? cc->reo_mult : 1u;
         uint32_t reo = (cc->srtt_us / 4u) * mult;
         uint32_t wait = cc->srtt_us + (reo < cc->srtt_us ? reo : cc->srtt_us);
         if (flow_timer_age(cc, fp->now_us) >= wait)
-            limit = v->s[0];
+            limit = v->s[v->n - 1];
     }
     return limit;
 }

@@ -80,6 +80,10 @@ LINUX_CONNS_PER_WORKER = 12000
 CONNS_BUF = 4096  # the native conns server's flow buffers (rx and tx)
 CONNS_DRAIN_S = 120.0  # after a conns run: wait at most this long for the stack to close its flows
 SHIM_BASE = 1007  # the shim server's echo port (discard +2, chargen +12)
+# conns: a second shim server whose context has CONNS_BUF flow buffers
+# (TAS_SHIM_BUF), as the native column's echo server; the shim's default
+# 2 x 256 KiB per flow fit ~511 flows in a 256 MiB context region
+SHIM_CONNS_BASE = 1107
 
 DEFAULT_MODES = ("rr", "bulk", "bulk-rx", "crr", "conns", "idle")
 MODES = (*DEFAULT_MODES, "isolation")  # isolation only when asked for (--modes isolation)
@@ -326,11 +330,10 @@ def _conns_stack_args(conns: int, n_flows: int) -> list[str]:
     if conns > n_flows // 2:
         args += ["--app-max-flows", str(n_flows)]
     # buddy blocks per flow: a 64 B appflow block + rx + tx; plus what the
-    # engine keeps free before it admits a SYN (it checks room for the
-    # half-open ones, at most the load generator's window of 256, at the
-    # *stack's* default 2 x 256 KiB, not the listener's buffer size), plus
-    # the rings
-    need = conns * (64 + 2 * CONNS_BUF) + 257 * (64 + 2 * (256 << 10)) + (16 << 20)
+    # engine keeps free before it admits a SYN (room for the half-open ones,
+    # at most the load generator's window of 256, at the listener context's
+    # buffer size), plus the rings
+    need = (conns + 257) * (64 + 2 * CONNS_BUF) + (16 << 20)
     need_mb = -(-need >> 20)
     if need_mb > 256:
         args += ["--ctx-region-mb", str(min(4095, 1 << (need_mb - 1).bit_length()))]
@@ -446,6 +449,18 @@ def _start_servers(b: Bench) -> None:
             )
             b.pids["shim"] = [p]
             waits.append(p)
+            if "conns" in modes:
+                p = _spawn(
+                    b,
+                    "shim conns server",
+                    t.stack_ns,
+                    [*tas, "run", "--", py, str(SERVER_PY), "socket", "--host", t.stack_ip,
+                     "--port", str(SHIM_CONNS_BASE)],
+                    b.args.server_cpu,
+                    dict(env, TAS_SHIM_BUF=str(CONNS_BUF)),
+                )
+                b.pids["shim"].append(p)
+                waits.append(p)
     if "linux" in b.servers:
         argv = [str(b.loadgen), "serve", "--host", t.linux_ip, "--port", "7"]
         if "conns" in modes and a.conns > LINUX_CONNS_PER_WORKER:
@@ -471,7 +486,7 @@ def _start_servers(b: Bench) -> None:
         try:
             _wait_for(p, "listening", READY_TIMEOUT)
         except BenchError as e:
-            if p.name == "shim server":
+            if p.name.startswith("shim"):
                 b.na["shim"] = f"n/a: the shim server did not start: {str(e).splitlines()[0]}"
                 b.pids.pop("shim", None)
             else:
@@ -486,7 +501,7 @@ def _target(b: Bench, server: str, mode: str) -> tuple[str, int]:
             return t.stack_ip, 8
         return t.stack_ip, 7 + port_of[mode]
     if server == "shim":
-        return t.stack_ip, SHIM_BASE + port_of[mode]
+        return t.stack_ip, SHIM_CONNS_BASE if mode == "conns" else SHIM_BASE + port_of[mode]
     if server == "linux":
         return t.linux_ip, 7 + port_of[mode]
     return t.linux_ip, SHIM_BASE + port_of[mode]

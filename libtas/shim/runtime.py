@@ -40,6 +40,25 @@ from collections import deque
 log = logging.getLogger("libtas.shim")
 
 _BUF = 256 << 10
+
+
+def _ctx_buf() -> int | None:
+    """The flow buffer size (rx and tx) of the shim's context: TAS_SHIM_BUF
+    bytes (the stack rounds it to a power of two in [4 KiB, 16 MiB]), else
+    the stack's default (`tas start --rx-buf`, 256 KiB).  Every connection
+    of the process, accepted ones included, takes 64 B + rx + tx of the
+    context's region (`tas start --ctx-region-mb`, 256 MiB): ~511 flows at
+    256 KiB, ~2,000 at 64 KiB, ~32,000 at 4 KiB.  A socket's SO_RCVBUF /
+    SO_SNDBUF set before connect() still sizes its own flow."""
+    v = os.environ.get("TAS_SHIM_BUF", "")
+    try:
+        n = int(v) if v else 0
+    except ValueError:
+        log.warning("TAS_SHIM_BUF=%r is not a number of bytes: ignored", v)
+        return None
+    return n if n > 0 else None
+
+
 _ANAME = "tas-shim"
 _EXIT_DRAIN = 10.0  # seconds the interpreter exit waits for app data to reach the stack
 
@@ -105,7 +124,8 @@ class Runtime:
         self.state_dir = state_dir
         self.stack = Stack(state_dir)
         try:
-            self.ctx = self.stack.context()
+            buf = _ctx_buf()
+            self.ctx = self.stack.context(rx_buf=buf, tx_buf=buf)
         except BaseException:
             self.stack.close()
             raise

@@ -975,6 +975,8 @@ class PyFastPath:
                     ):
                         cc.rto_start_us = self.now_us & M32
                         f.flags |= TAS_FF_REXMIT_HEAD
+                        if f.flags & TAS_FF_RECOVERY:
+                            cc.rexmit_nxt = f.tx_una & M32  # every hole again (fp_rx.c)
                     self.txq_push(fid, f)
                 elif sack_py.sb_lost_limit(self.now_us, f, cc, v):
                     self.enter_recovery(fid, f, False)
@@ -1473,6 +1475,7 @@ class PyFastPath:
             f.flags &= ~TAS_FF_TLP_SEND & M32
             if sb and f.flags & TAS_FF_RECOVERY:
                 f.flags |= TAS_FF_REXMIT_HEAD
+                cc.rexmit_nxt = f.tx_una & M32
                 cc.cnt_tlp = (cc.cnt_tlp + 1) & M32
                 self.st.tlp_probes += 1
             elif self.send_tlp(f, cc, v, smss) == 0:

@@ -281,6 +281,27 @@ def test_stalled_recovery_marks_everything_below_the_highest_sack_lost(h):
     assert set(range(13, 24)) <= later and not later & {10, 12, 24}, (first, later)
 
 
+def test_lost_retransmissions_are_all_resent_not_one_head_per_timeout(h):
+    """A burst of retransmissions into a full queue is lost too: 2 SRTT +
+    1 ms after the timer started, with SACKs still arriving and no
+    progress, every hole is resent again from SND.UNA (within the window),
+    not only the head (one hole per 2 SRTT was the crawl after a CUBIC
+    overshoot, docs/RELIABILITY.md)."""
+    t0 = 1_000_000
+    una = burst(h, nseg=30, t0=t0)
+    blocks = [(una + s * SEG, una + (s + 1) * SEG) for s in (24, 12, 10)]
+    ack(h, una, blocks, now=t0 + 20_000)
+    h.flow(0).cwnd = 30 * 536
+    first = set(((s - una) & M32) // SEG for s in seqs(ack(h, una, blocks, now=t0 + 35_000)))
+    assert set(range(1, 10)) <= first
+    again = set(((s - una) & M32) // SEG for s in seqs(ack(h, una, blocks, now=t0 + 42_000)))
+    assert set(range(0, 10)) <= again, again
+    # the holes above the DupThresh limit again once the time rule holds
+    later = set(((s - una) & M32) // SEG for s in seqs(ack(h, una, blocks, now=t0 + 68_000)))
+    assert set(range(13, 24)) <= later, later
+    assert h.side(0).rto_backoff == 0
+
+
 def test_out_of_order_batch_reports_every_range(h):
     """Segments that arrive out of order in one receive batch open several
     ranges: each range gets reported (a duplicate ACK when the batch moves

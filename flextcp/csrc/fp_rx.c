@@ -438,13 +438,19 @@ static int rx_ack(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
             if (c >= 0) {
                 /* lost retransmission: the head, resent, stays
                  * unacknowledged for 2 SRTT + 1 ms while SACKs arrive --
-                 * resend it (RFC 8985 6.2 in spirit); the other holes'
-                 * copies may still be on their way, their turn comes when
-                 * the head is through */
+                 * resend it (RFC 8985 6.2 in spirit), and in recovery the
+                 * other holes' copies, as old, with it (below) */
                 if (c > 0 && cc->srtt_us &&
                     flow_timer_age(cc, fp->now_us) >= 2u * cc->srtt_us + 1000u) {
                     cc->rto_start_us = (uint32_t)fp->now_us;
                     f->flags |= TAS_FF_REXMIT_HEAD;
+                    /* the other retransmissions are as old: those still
+                     * not SACKed are lost too (a burst of them into a
+                     * full queue) -- the cursor goes back to SND.UNA and
+                     * every hole is resent within the window, not one
+                     * head per 2 SRTT */
+                    if (f->flags & TAS_FF_RECOVERY)
+                        cc->rexmit_nxt = (uint32_t)f->tx_una;
                 }
                 fp_txq_push(fp, id, f);
             } else if (fp_sb_lost_limit(fp, f, cc, &v)) {

@@ -363,8 +363,11 @@ static uint32_t tx_flow(struct tas_fp *fp, struct tas_flow *f, uint32_t budget, 
         f->flags &= ~(uint32_t)TAS_FF_TLP_SEND;
         if (sb && (f->flags & TAS_FF_RECOVERY)) {
             /* recovery stalled (the head's copy lost with too few
-             * segments behind it to tell): the head again */
+             * segments behind it to tell): the head again, and every
+             * hole after it (their copies are older than the probe
+             * timeout: fp_rx.c, lost retransmissions) */
             f->flags |= TAS_FF_REXMIT_HEAD;
+            cc->rexmit_nxt = (uint32_t)f->tx_una;
             cc->cnt_tlp++;
             fp->st->tlp_probes++;
         } else if (send_tlp(fp, f, cc, sb ? &v : NULL, smss) == 0) {

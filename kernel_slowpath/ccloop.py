@@ -415,12 +415,14 @@ class CCLoop:
         alg = fl.alg
         srtt = int(s.srtt_us)
         fl.interval = self.interval_us or max(MIN_INTERVAL_US, srtt)
-        self.counters["cc_loss_events"] += loss
-        self.counters["cc_ecn_bytes"] += ecn
-        self.counters["cc_rto"] += rto
-        self.counters["cc_undo"] += undo
-        if undo:
-            loss = self._undo(fl, s, now, loss, undo)
+        if loss or ecn or rto or undo:
+            c = self.counters
+            c["cc_loss_events"] += loss
+            c["cc_ecn_bytes"] += ecn
+            c["cc_rto"] += rto
+            c["cc_undo"] += undo
+            if undo:
+                loss = self._undo(fl, s, now, loss, undo)
 
         in_flight, backlog = int(s.in_flight), int(s.backlog)
         restart = False
@@ -453,7 +455,7 @@ class CCLoop:
                 before = (hs.css_entries, hs.ss_resumes, hs.exits)
                 alg.on_interval(iv)
                 hs = alg.hystart  # (an undo may have put a saved copy back)
-                if hs is not None:
+                if hs is not None and (hs.css_entries, hs.ss_resumes, hs.exits) != before:
                     for key, a, b in zip(("cc_hystart_css", "cc_hystart_resumes", "cc_hystart_exits"), before,
                                          (hs.css_entries, hs.ss_resumes, hs.exits), strict=True):  # fmt: skip
                         self.counters[key] += max(0, b - a)

@@ -21,6 +21,7 @@ from flextcp.native import ffi
         ("struct tas_ktx", 2048),
         ("struct tas_appflow", 64),
         ("struct tas_ft_hdr", 64),
+        ("struct tas_cc_news_hdr", 64),
     ],
 )
 def test_sizes(ctype, size):
@@ -114,3 +115,18 @@ def test_queue_entry_offsets():
     assert ffi.offsetof("struct tas_ft_hdr", "flows_off") == 16
     assert ffi.offsetof("struct tas_ctx_hdr", "app_armed") == 64
     assert ffi.offsetof("struct tas_ctx_hdr", "fp_armed") == 128
+
+
+def test_cc_news_region():
+    """The CC news header and bits follow the side records in the flow-table
+    region, the header on its own cache line, the words 8-byte aligned, the
+    region a multiple of 64 bytes; C and the Python twin agree."""
+    from flextcp.native import lib
+
+    assert ffi.offsetof("struct tas_cc_news_hdr", "armed") == 0
+    assert lib.TAS_EV_CC_NEWS not in (lib.TAS_EV_FIN_RCVD, lib.TAS_EV_FIN_ACKED, lib.TAS_EV_APP_GONE)
+    for n in (1, 64, 65, 4096, 65536):
+        off = lib.tas_ft_news_off(n)
+        assert off == flowtab.news_off(n) == lib.tas_cc_table_off(n) + n * 320
+        assert off % 64 == 0
+        assert lib.tas_ft_bytes(n) == flowtab.ft_bytes(n) == -(-(off + 64 + 8 * -(-n // 64)) // 64) * 64

@@ -84,6 +84,9 @@ SHIM_BASE = 1007  # the shim server's echo port (discard +2, chargen +12)
 # (TAS_SHIM_BUF), as the native column's echo server; the shim's default
 # 2 x 256 KiB per flow fit ~511 flows in a 256 MiB context region
 SHIM_CONNS_BASE = 1107
+# idle with more connections than this: they go to those 4 KiB servers too
+# (the default servers' 2 x 256 KiB per flow fit ~511 in a context region)
+IDLE_SMALL_BUF_AT = 256
 
 DEFAULT_MODES = ("rr", "bulk", "bulk-rx", "crr", "conns", "idle")
 MODES = (*DEFAULT_MODES, "isolation")  # isolation only when asked for (--modes isolation)
@@ -342,14 +345,24 @@ def _conns_stack_args(conns: int, n_flows: int) -> list[str]:
     return args
 
 
+def _small_buf_conns(a: argparse.Namespace) -> int:
+    """Connections the 4 KiB-buffer servers hold at once (0: not started)."""
+    modes = set(a.modes_list)
+    n = a.conns if "conns" in modes else 0
+    if "idle" in modes and a.idle_conns > IDLE_SMALL_BUF_AT:
+        n = max(n, a.idle_conns)
+    return n
+
+
 def _start_servers(b: Bench) -> None:
     a, t = b.args, b.topo
     state = b.workdir / "state"
     state.mkdir()
     tas = _tas_argv()
     modes = set(a.modes_list)
+    small = _small_buf_conns(a)
     if {"native", "shim"} & set(b.servers):
-        n_flows = max(16384, a.conns + 2048)
+        n_flows = max(16384, small + 2048)
         argv = [
             *tas,
             "start",
@@ -368,8 +381,8 @@ def _start_servers(b: Bench) -> None:
             argv += ["--poll-us", str(a.poll_us)]
         if a.cc is not None:
             argv += ["--cc", a.cc]
-        if "conns" in modes:
-            argv += _conns_stack_args(a.conns, n_flows)
+        if small:
+            argv += _conns_stack_args(small, n_flows)
         senv = dict(os.environ, TAS_TAP_OFFLOAD="1" if a.tap_offload == "on" else "0")
         b.stack = _spawn(
             b, "tas start", t.stack_ns, argv, None, senv
@@ -411,7 +424,7 @@ def _start_servers(b: Bench) -> None:
                     env,
                 )
             )
-        if "conns" in modes:
+        if small:
             procs.append(
                 _spawn(
                     b,
@@ -449,7 +462,7 @@ def _start_servers(b: Bench) -> None:
             )
             b.pids["shim"] = [p]
             waits.append(p)
-            if "conns" in modes:
+            if small:
                 p = _spawn(
                     b,
                     "shim conns server",
@@ -495,6 +508,8 @@ def _start_servers(b: Bench) -> None:
 
 def _target(b: Bench, server: str, mode: str) -> tuple[str, int]:
     t = b.topo
+    if mode == "idle" and b.args.idle_conns > IDLE_SMALL_BUF_AT and server in ("native", "shim"):
+        mode = "conns"  # the 4 KiB-buffer servers
     port_of = {"rr": 0, "crr": 0, "idle": 0, "conns": 0, "bulk": 2, "bulk-rx": 12}
     if server == "native":
         if mode == "conns":
@@ -576,7 +591,10 @@ def _idle(b: Bench, server: str) -> dict:
         groups: dict[str, list[int]] = {}
         if server in ("native", "shim") and b.stack is not None:
             groups["stack"] = _tree(b.stack.popen.pid)
-        groups["app"] = [pid for pr in b.pids.get(server, [])[:1] for pid in _tree(pr.popen.pid)]
+        app = b.pids.get(server, [])[:1]
+        if a.idle_conns > IDLE_SMALL_BUF_AT:  # the 4 KiB-buffer server took them (_target)
+            app = [pr for pr in b.pids.get(server, []) if pr.name in ("native echo 4k", "shim conns server")] or app
+        groups["app"] = [pid for pr in app for pid in _tree(pr.popen.pid)]
         t0 = {g: {pid: _cpu_ticks(pid) for pid in pids} for g, pids in groups.items()}
         w0 = time.monotonic()
         time.sleep(a.idle_time)

@@ -51,9 +51,10 @@ IDLE_RESTART_MIN_US = 200_000
 ARM_GAP_US = 5000
 # Algorithms whose state an interval without loss, ECN-Echo, RTO or undo in
 # which the flow was not cwnd-limited (or nothing was acknowledged) cannot
-# change while HyStart++ is not running (cc/newreno.py, cc/cubic.py: such an
-# interval returns before touching anything; docs/CC.md).  DCTCP's alpha
-# moves with every acknowledged byte and const's window with the RTT.
+# change, unless HyStart++ runs in slow start (it samples the RTT and counts
+# rounds then): cc/newreno.py, cc/cubic.py return before touching anything
+# (docs/CC.md).  DCTCP's alpha moves with every acknowledged byte and
+# const's window with the RTT.
 SKIP_QUIET = frozenset({"newreno", "cubic"})
 # Pacing gain over cwnd/srtt (Linux: tcp_pacing_ss_ratio 200, ca_ratio 120).
 PACING_GAIN_SS = 2.0
@@ -445,7 +446,11 @@ class CCLoop:
             limited = peak + 3 * int(s.mss) >= cwnd
         hs = alg.hystart
         quiet = not (loss or rto or undo or ecn or restart) and (not acked or not limited)
-        if quiet and fl.name in SKIP_QUIET and (hs is None or not hs.active or not acked):
+        if (
+            quiet
+            and fl.name in SKIP_QUIET
+            and (not acked or hs is None or not hs.active or not alg.in_slow_start())
+        ):
             # this interval cannot change the algorithm's state (SKIP_QUIET)
             self.counters["cc_alg_skipped"] += 1
         else:

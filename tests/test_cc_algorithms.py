@@ -473,3 +473,50 @@ def test_hystart_leaves_slow_start_before_the_queue_overflows(name):
     steps = [b - c for c, b in zip(trace, trace[1:], strict=False)]
     i = next(i for i in range(1, len(steps)) if 0 < steps[i] <= steps[i - 1] // 3)
     assert 150_000 < trace[i] < 400_000  # BDP + 4 ms of queue = 150 KB, one round late
+
+
+@pytest.mark.parametrize("name", ["newreno", "cubic"])
+@pytest.mark.parametrize("hystart", [True, False])
+def test_quiet_interval_changes_nothing(name, hystart):
+    """What lets the control loop skip the algorithm (ccloop.SKIP_QUIET): for
+    NewReno and CUBIC an interval without loss, ECN-Echo or RTO in which the
+    flow was not cwnd-limited, or nothing was acknowledged, leaves every
+    attribute as it was -- unless HyStart++ runs in slow start.  Checked
+    from states reached by random intervals (losses, RTOs, growth)."""
+    import copy
+    import random
+
+    from kernel_slowpath.ccloop import SKIP_QUIET
+
+    assert name in SKIP_QUIET
+    rnd = random.Random(11)
+    mss = 1448
+    alg = cc.make(name, mss, 0, hystart=hystart)
+    now = 0
+    checked = 0
+    for _ in range(3000):
+        now += rnd.choice([1000, 5000, 20000])
+        kind = rnd.random()
+        iv = Interval(now_us=now, acked_bytes=rnd.randrange(0, 20 * mss), rtt_us=rnd.choice([0, 10_000, 30_000]),
+                      in_flight=rnd.randrange(0, 40 * mss), loss_events=int(kind < 0.03), rto=0.03 <= kind < 0.04,
+                      ecn_bytes=0, app_limited=rnd.random() < 0.3)  # fmt: skip
+        quiet = Interval(now_us=now + 1, acked_bytes=rnd.choice([0, rnd.randrange(1, 20 * mss)]),
+                         rtt_us=rnd.choice([0, 10_000, 30_000]), in_flight=rnd.randrange(0, 40 * mss),
+                         app_limited=True)  # fmt: skip
+        hs = alg.hystart
+        if not (quiet.acked_bytes and hs is not None and hs.active and alg.in_slow_start()):
+            before = copy.deepcopy(vars(alg))
+            alg.on_interval(quiet)
+            assert _plain(vars(alg)) == _plain(before)
+            checked += 1
+        alg.on_interval(iv)
+    assert checked > 500
+
+
+def _plain(v):
+    """Attributes as plain data (HyStart++ objects by their fields, nested)."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if hasattr(v, "__dict__"):
+        return _plain(vars(v))
+    return v

@@ -67,6 +67,15 @@ def test_wakeups_serve_only_the_flows_with_data(harness):
             c.sendall(MSG)
         for c in conns:
             assert _recv_exact(cctx, c, len(MSG), srv) == MSG
+        # late notifications of those echoes (the fast path reports the
+        # acknowledged replies too) are legitimate work: let them pass
+        quiet = 0
+        deadline = time.monotonic() + 20
+        while quiet < 10:
+            assert time.monotonic() < deadline, "the echo server never went quiet"
+            before = srv.serviced
+            srv.serve_once(0.01)
+            quiet = quiet + 1 if srv.serviced == before else 0
         # now only one connection talks; the other N - 1 are idle
         seen: list[int] = []
         real = srv._service

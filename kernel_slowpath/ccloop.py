@@ -224,18 +224,17 @@ class CCLoop:
 
     def poke(self) -> None:
         """The fast path found the loop armed and a flow with news
-        (TAS_EV_CC_NEWS), or news was seen on arming: run what is due now,
-        sleep until the next due without arming again."""
+        (TAS_EV_CC_NEWS), or news was seen on arming: take the news and
+        run it a tick from now (flows that start together share a run, a
+        connection that is gone by then costs none; a flow was run at most a
+        tick after its first ACK before, too), without arming again."""
         if self._armed:
             self._armed = False  # the fast path cleared it
             lib.tas_sp_cc_news_arm(self.ft, 0)
         self.counters["cc_wakeups"] += 1
         now = self.now_us()
-        try:
-            self.run_once(now)
-        except Exception:
-            log.exception("congestion control pass failed")
-        self._sleep(self.now_us(), arm_ok=False)
+        self._take_news(now)
+        self._sleep(now, arm_ok=False)
 
     def _queue(self, fl: FlowCC, now: int) -> None:
         """Give a flow with news an entry in the heap: due when its

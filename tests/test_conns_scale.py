@@ -29,6 +29,7 @@ from kernel_slowpath import engine as eng
 from kernel_slowpath.bufalloc import BuddyAllocator
 from kernel_slowpath.frames import SegmentBuilder
 from kernel_slowpath.tcpstate import State
+from tests.engine_fakes import Clock, FakeFPM
 
 N_FLOWS = 512
 KQ_SLOTS = 64
@@ -39,21 +40,6 @@ PEER_IP = "198.18.0.1"
 LOCAL_MAC = b"\x02\0\0\0\0\x02"
 PEER_MAC = b"\x02\0\0\0\0\x01"
 PORT = 8
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 5_000 * S
-
-    def __call__(self) -> int:
-        return self.t
-
-
-class FakeFPM:
-    n_cores = 1
-
-    def kick(self, core: int) -> None:
-        pass
 
 
 class Handle:

@@ -32,26 +32,12 @@ from flextcp.shm import Region
 from flextcp.stackmem import stack_layout
 from kernel_slowpath import engine as eng
 from kernel_slowpath.tcpstate import CLOSING_STATES, State
+from tests.engine_fakes import Clock, FakeFPM
 
 N_FLOWS = 8
 KQ_SLOTS = 8
 KQ_ENTRY = lib.TAS_KQ_ENTRY_SIZE
 S = 1_000_000  # µs
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 5_000 * S
-
-    def __call__(self) -> int:
-        return self.t
-
-
-class FakeFPM:
-    n_cores = 1
-
-    def kick(self, core: int) -> None:
-        pass
 
 
 class FakeCtx:

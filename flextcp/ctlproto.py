@@ -23,6 +23,7 @@ import ipaddress
 import json
 import os
 import socket
+import struct
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -45,6 +46,12 @@ __all__ = [
     "error_reply",
     "send_msg",
     "recv_msg",
+    "BIN_EVENTS",
+    "encode_event",
+    "decode_events",
+    "BIN_CLOSE",
+    "encode_close",
+    "parse_closes",
 ]
 
 MAX_MSG = 64 * 1024
@@ -226,7 +233,9 @@ CC_NAME_MAX = 15  # TCP_CA_NAME_MAX - 1
 REQUESTS: dict[str, dict[str, _F]] = {
     # per-app limits the app asks for (0: the stack's; never above them, EPERM), docs/CONTROL.md
     "hello": {"abi": _F(int, U32), "max_flows": _F(int, U32, default=0),
-              "max_buf_bytes": _F(int, U64, default=0), "syn_backlog": _F(int, U32, default=0)},
+              "max_buf_bytes": _F(int, U64, default=0), "syn_backlog": _F(int, U32, default=0),
+              # 1: events come as binary records, batched (see "Binary events" below)
+              "bin_events": _F(int, (0, 1), default=0)},
     "ctx_create": {"rx_buf": _F(int, BUF, default=0), "tx_buf": _F(int, BUF, default=0)},
     "ctx_close": {"ctx": _F(int, U32)},
     "listen": {
@@ -424,6 +433,99 @@ def check_reply(op: str, msg: dict) -> dict:
     if op == "connect":
         msg["flow"] = vals["flow"]  # a FlowInfo (checked and converted once)
     return msg
+
+
+# --------------------------------------------------------------------------
+# Binary events (docs/CONTROL.md "Binary events"): an app that says
+# ``bin_events: 1`` at hello gets its events as fixed-size records, many per
+# message: no JSON to build or parse per connection, one message and one
+# doorbell per slow-path pass instead of one per event.
+
+BIN_EVENTS = b"\0E"  # message prefix: a JSON message cannot start with NUL
+# kind, core, gen, ctx, flow, arg (newconn: listener; conn_failed/reset: errno),
+# appflow_off, rx_off, rx_len, tx_off, tx_len, local_ip, remote_ip, local_port, remote_port
+_EV_REC = struct.Struct("<BBHIIIQIIIIIIHH")
+EV_REC_SIZE = _EV_REC.size
+EV_BATCH_MAX = (MAX_MSG - len(BIN_EVENTS)) // EV_REC_SIZE  # records per message
+_EV_KINDS = ("newconn", "connected", "conn_failed", "reset", "closed")  # kind = index + 1
+_EV_KIND = {name: i + 1 for i, name in enumerate(_EV_KINDS)}
+_inet_aton, _inet_ntoa = socket.inet_aton, socket.inet_ntoa
+
+
+def encode_event(msg: dict) -> bytes:
+    """One event dict (as the JSON form has it: ``ev``, ``ctx``, fields) as a
+    binary record.  Raises ProtocolError for an unknown event or bad field."""
+    try:
+        kind = _EV_KIND[msg["ev"]]
+        if kind == 1:
+            f = msg["flow"]
+            return _EV_REC.pack(
+                1, f["core"], f["gen"], msg["ctx"], f["flow"], msg["listener"], f["appflow_off"],
+                f["rx_off"], f["rx_len"], f["tx_off"], f["tx_len"],
+                int.from_bytes(_inet_aton(f["local_ip"]), "big"), int.from_bytes(_inet_aton(f["remote_ip"]), "big"),
+                f["local_port"], f["remote_port"])
+        return _EV_REC.pack(kind, 0, 0, msg["ctx"], msg["flow"], msg.get("errno", 0), 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    except (KeyError, TypeError, struct.error, OSError) as e:
+        raise ProtocolError(f"event not encodable: {e}") from None
+
+
+def decode_events(data: bytes) -> list[dict]:
+    """The events of one binary message, as parse_message returns them
+    (``newconn``'s flow a :class:`FlowInfo`).  Strict: a bad record (unknown
+    kind, buffer length not a power of two, errno out of range) rejects the
+    whole message with ProtocolError."""
+    body = memoryview(data)[len(BIN_EVENTS):]
+    if data[: len(BIN_EVENTS)] != BIN_EVENTS or len(body) % EV_REC_SIZE:
+        raise ProtocolError("bad binary event message")
+    out = []
+    for (kind, core, gen, ctx, flow, arg, af_off, rx_off, rx_len, tx_off, tx_len, lip, rip, lport,
+         rport) in _EV_REC.iter_unpack(body):
+        if kind == 1:
+            if core > 15 or not rx_len or rx_len & (rx_len - 1) or not tx_len or tx_len & (tx_len - 1):
+                raise ProtocolError("newconn: bad FlowInfo")
+            info = FlowInfo(flow, gen, ctx, core, af_off, rx_off, rx_len, tx_off, tx_len,
+                            _inet_ntoa(lip.to_bytes(4, "big")), lport, _inet_ntoa(rip.to_bytes(4, "big")), rport)
+            out.append({"ev": "newconn", "ctx": ctx, "listener": arg, "flow": info})
+        elif 2 <= kind <= 5:
+            ev = _EV_KINDS[kind - 1]
+            msg = {"ev": ev, "ctx": ctx, "flow": flow}
+            if kind == 3 or kind == 4:
+                if not 1 <= arg <= 4095:
+                    raise ProtocolError(f"{ev}: bad errno {arg}")
+                msg["errno"] = arg
+            out.append(msg)
+        else:
+            raise ProtocolError(f"unknown binary event kind {kind}")
+    return out
+
+
+BIN_CLOSE = b"\0C"  # a binary `close` request with noreply, one or more records
+_CLOSE_REC = struct.Struct("<QIQQ")  # id, flow, tx_head, rx_tail
+
+
+def encode_close(req_id: int, flow: int, tx_head: int, rx_tail: int) -> bytes:
+    """`close` with noreply as one binary record (docs/CONTROL.md)."""
+    try:
+        return BIN_CLOSE + _CLOSE_REC.pack(req_id, flow, tx_head, rx_tail)
+    except struct.error as e:
+        raise ProtocolError(f"close not encodable: {e}", req_id) from None
+
+
+def parse_closes(data: bytes, nfds: int = 0) -> list[Request]:
+    """The `close` requests (noreply) of a binary close message, as
+    parse_request would return them.  Raises ProtocolError."""
+    body = memoryview(data)[len(BIN_CLOSE):]
+    if data[: len(BIN_CLOSE)] != BIN_CLOSE or not body or len(body) % _CLOSE_REC.size:
+        raise ProtocolError("bad binary close message")
+    out = []
+    for req_id, flow, tx_head, rx_tail in _CLOSE_REC.iter_unpack(body):
+        if req_id > ID[1]:
+            raise ProtocolError("missing or bad request id")
+        if nfds:
+            raise ProtocolError(f"close: expected 0 fd(s), got {nfds}", req_id)
+        out.append(Request("close", req_id, {"flow": flow, "tx_head": tx_head, "rx_tail": rx_tail,
+                                             "noreply": True}, []))
+    return out
 
 
 # --------------------------------------------------------------------------

@@ -372,7 +372,7 @@ class Context:
     def backlogged(self) -> bool:
         """True while the app is behind on its control socket: the engine
         then drops SYNs for this context's listeners."""
-        return len(self.app._outq) > ACCEPT_BACKPRESSURE
+        return self.app.backlog() > ACCEPT_BACKPRESSURE
 
     def ring(self) -> None:
         if self.closed:
@@ -418,6 +418,12 @@ class App:
         self.cap_eff = read_cap_eff(pid)
         self._outq: deque[tuple[bytes, list[int]]] = deque()
         self._writing = False
+        # binary events (hello bin_events=1): records gathered during one
+        # loop pass, sent as one message, then each context rung once
+        self.bin_events = False
+        self._evbuf: list[bytes] = []
+        self._ev_ctxs: dict[int, Context] = {}  # contexts to ring after the flush
+        self._outq_events = 0  # event records in _outq (backlog counts events, not messages)
         self._deferred: list[tuple[Context, dict]] | None = None
         self.limits: AppLimits = server.app_limits  # lowered at hello if the app asks
         self.buf_used = 0  # flow buffer bytes allocated in its contexts (orphaned ones included)
@@ -461,17 +467,26 @@ class App:
         """Linux's rule for ports below 1024: uid 0 or CAP_NET_BIND_SERVICE."""
         return self.uid == 0 or bool(self.cap_eff >> CAP_NET_BIND_SERVICE & 1)
 
+    def backlog(self) -> int:
+        """Messages (events counted one by one) not yet read by the app."""
+        return len(self._outq) + self._outq_events + len(self._evbuf)
+
     # -- output -------------------------------------------------------------
     def send(self, msg: dict, fds: list[int] | tuple[int, ...] = ()) -> None:
         if self.dead:
             return
+        if self._evbuf:  # events emitted before this message go first
+            self.flush_events()
         try:
             data = ctlproto.encode(msg)
         except ProtocolError as e:  # reply too large (e.g. huge flows list)
             data = ctlproto.encode(ctlproto.error_reply(msg.get("id"), e.errno, str(e)))
             fds = ()
-        self._outq.append((data, list(fds)))
-        if len(self._outq) > self.server.max_outq:
+        self._enqueue(data, list(fds))
+
+    def _enqueue(self, data: bytes, fds: list[int]) -> None:
+        self._outq.append((data, fds))
+        if self.backlog() > self.server.max_outq:
             log.warning(
                 "app %d (pid %d) does not read its control socket; dropping it", self.app_id, self.pid
             )
@@ -484,8 +499,39 @@ class App:
         if self._deferred is not None:  # inside a request: after its reply
             self._deferred.append((ctx, msg))
             return
+        if self.bin_events and self.server._loop is not None:
+            if self.dead:
+                return
+            try:
+                rec = ctlproto.encode_event(msg)
+            except ProtocolError:
+                log.exception("app %d: event not encodable: %r", self.app_id, msg)
+                return
+            self._evbuf.append(rec)
+            self._ev_ctxs[ctx.ctx_id] = ctx
+            self.server.events_pending(self)
+            return
         self.send(msg)
         ctx.ring()
+
+    def flush_events(self) -> None:
+        """Send the gathered event records (one message per EV_BATCH_MAX)
+        and ring each context that got one."""
+        buf, self._evbuf = self._evbuf, []
+        ctxs, self._ev_ctxs = self._ev_ctxs, {}
+        if self.dead or not buf:
+            return
+        step = ctlproto.EV_BATCH_MAX
+        for i in range(0, len(buf), step):
+            part = buf[i : i + step]
+            self._outq_events += len(part) - 1  # the message itself counts once in _outq
+            self._enqueue(ctlproto.BIN_EVENTS + b"".join(part), [])
+            if self.dead:
+                return
+        if not self._writing:
+            self._flush()
+        for ctx in ctxs.values():
+            ctx.ring()
 
     def _flush(self) -> None:
         while self._outq and not self.dead:
@@ -505,6 +551,8 @@ class App:
                 self.server._schedule_gone(self)
                 return
             self._outq.popleft()
+            if data[:2] == ctlproto.BIN_EVENTS:
+                self._outq_events -= len(data) // ctlproto.EV_REC_SIZE - 1
         if self._writing:
             self._writing = False
             try:
@@ -569,6 +617,9 @@ class ControlServer:
         # Any other request of any app runs them first (request order holds).
         self._teardown: deque[tuple[App, ctlproto.Request]] = deque()
         self._teardown_handle = None
+        # apps with binary event records waiting for the end of this loop pass
+        self._ev_apps: dict[int, App] = {}
+        self._ev_handle = None
         self._handlers = {
             "hello": self._op_hello,
             "ctx_create": self._op_ctx_create,
@@ -778,14 +829,30 @@ class ControlServer:
         app.send(ctlproto.error_reply(e.req_id, e.errno, str(e)))
 
     def _handle(self, app: App, data: bytes, fds: list[int]) -> None:
-        self.counters["requests"] += 1
-        app.requests += 1
+        if data[:2] == ctlproto.BIN_CLOSE:  # binary close (noreply) request(s): no JSON
+            try:
+                reqs = ctlproto.parse_closes(data, len(fds))
+            except ProtocolError as e:
+                self.counters["requests"] += 1
+                app.requests += 1
+                self._bad_request(app, e, fds)
+                return
+            for req in reqs:
+                self._handle_req(app, req)
+            return
         try:
             req = ctlproto.parse_request(data, len(fds))
         except ProtocolError as e:
+            self.counters["requests"] += 1
+            app.requests += 1
             self._bad_request(app, e, fds)
             return
         req.fds = fds
+        self._handle_req(app, req)
+
+    def _handle_req(self, app: App, req: ctlproto.Request) -> None:
+        self.counters["requests"] += 1
+        app.requests += 1
         if req.op in _DEFERRABLE and req.args.get("noreply") and app.hello and self._loop is not None:
             self._teardown.append((app, req))
             if self._teardown_handle is None:
@@ -794,6 +861,20 @@ class ControlServer:
         if self._teardown:
             self._run_teardown()
         self._dispatch(app, req)
+
+    def events_pending(self, app: App) -> None:
+        """app has event records to send: flush them once this loop pass is
+        done, so the events of one pass (SYNs, handshakes, teardowns of many
+        connections) reach each app as one message and one doorbell."""
+        self._ev_apps[app.app_id] = app
+        if self._ev_handle is None:
+            self._ev_handle = self._loop.call_soon(self._flush_events)
+
+    def _flush_events(self) -> None:
+        self._ev_handle = None
+        apps, self._ev_apps = self._ev_apps, {}
+        for app in apps.values():
+            app.flush_events()
 
     def _run_teardown(self) -> None:
         """The close/abort requests deferred by _handle, in arrival order."""
@@ -854,6 +935,7 @@ class ControlServer:
             )
         app.limits = self.app_limits.lowered(req.args)
         app.hello = True
+        app.bin_events = bool(req.args.get("bin_events"))
         fields = {
             "app_id": app.app_id,
             "n_cores": self.fpm.n_cores,

@@ -145,6 +145,9 @@ class Stack:
         self._next_id = 1
         self._contexts: dict[int, Context] = {}
         self._closed = False
+        # close requests held back (Connection.close(flush=False)): sent as
+        # one message before the next request, or by the next flush/poll/wait
+        self._closes: list[bytes] = []
         self.doorbells: list[Doorbell] = []
         try:
             asked = {
@@ -156,7 +159,8 @@ class Stack:
                 )
                 if v
             }
-            rep, fds = self._call("hello", abi=TAS_ABI_VERSION, **asked)
+            # bin_events: events as binary records, many per message (docs/CONTROL.md)
+            rep, fds = self._call("hello", abi=TAS_ABI_VERSION, bin_events=1, **asked)
             self.limits: dict = rep.get("limits") or {}
             self.app_id = rep["app_id"]
             self.n_cores = rep["n_cores"]
@@ -178,6 +182,8 @@ class Stack:
         with self._lock:
             if self._closed:
                 raise _oserror(errno.EBADF, "stack closed")
+            if self._closes:
+                self._send_closes()
             req_id = self._next_id
             self._next_id += 1
             try:
@@ -213,7 +219,22 @@ class Stack:
                         os.close(fd)
                     raise
 
-    def _post(self, op: str, **args) -> None:
+    def _send_closes(self) -> None:
+        """Send the held-back close requests (lock held), many per message."""
+        recs, self._closes = self._closes, []
+        step = (ctlproto.MAX_MSG - len(ctlproto.BIN_CLOSE)) // len(recs[0])
+        try:
+            for i in range(0, len(recs), step):
+                ctlproto.send_msg(self._sock, ctlproto.BIN_CLOSE + b"".join(recs[i : i + step]))
+        except (BrokenPipeError, ConnectionResetError):
+            raise ConnectionResetError(errno.ECONNRESET, "TAS stack went away") from None
+
+    def _flush_closes(self) -> None:
+        with self._lock:
+            if self._closes and not self._closed:
+                self._send_closes()
+
+    def _post(self, op: str, hold: bool = False, **args) -> None:
         """Send a request without waiting: the stack sends no reply when it
         succeeds (``noreply``), and an error reply is dropped like any reply
         nobody waits for.  For close, which, like close(2), needs no answer:
@@ -224,8 +245,17 @@ class Stack:
                 raise _oserror(errno.EBADF, "stack closed")
             req_id = self._next_id
             self._next_id += 1
+            if op == "close":  # the per-connection one: binary, no JSON, batched
+                msg = ctlproto.encode_close(req_id, args["flow"], args["tx_head"], args["rx_tail"])
+                self._closes.append(msg[len(ctlproto.BIN_CLOSE):])
+                if not hold:
+                    self._send_closes()
+                return
+            if self._closes:
+                self._send_closes()
+            msg = ctlproto.request(op, req_id, noreply=True, **args)
             try:
-                ctlproto.send_msg(self._sock, ctlproto.request(op, req_id, noreply=True, **args))
+                ctlproto.send_msg(self._sock, msg)
             except (BrokenPipeError, ConnectionResetError):
                 raise ConnectionResetError(errno.ECONNRESET, "TAS stack went away") from None
 
@@ -237,6 +267,16 @@ class Stack:
         if not data:
             self._closed = True
             raise ConnectionResetError(errno.ECONNRESET, "TAS stack went away")
+        if data[:2] == ctlproto.BIN_EVENTS:  # a batch of events: queued on their contexts here
+            for fd in fds:
+                os.close(fd)
+            try:
+                events = ctlproto.decode_events(data)
+            except ProtocolError:
+                return None, []
+            for msg in events:
+                self._dispatch_event(msg)
+            return None, []
         try:
             return ctlproto.parse_message(data), fds
         except ProtocolError:
@@ -301,6 +341,11 @@ class Stack:
             ctx._teardown()
         self._contexts.clear()
         with self._lock:
+            if self._closes and not self._closed:  # held-back closes: FINs, not resets
+                try:
+                    self._send_closes()
+                except OSError:
+                    pass
             self._closed = True
             self._sock.close()
         for db in self.doorbells:
@@ -389,7 +434,12 @@ class Context:
 
     def _flush(self) -> None:
         """Post the pending ATX updates (one per flow, latest positions) and
-        ring the fast-path cores that sleep."""
+        ring the fast-path cores that sleep; send held-back closes."""
+        if self.stack._closes:
+            self.stack._flush_closes()
+        self._flush_updates()
+
+    def _flush_updates(self) -> None:
         updates = self._updates
         if not updates:
             return
@@ -1234,23 +1284,26 @@ class Connection:
                 if not self._is_reset():
                     ctx.stack._call("shutdown", flow=self.flow_id, tx_head=self._tx_head)
 
-    def close(self) -> None:
+    def close(self, flush: bool = True) -> None:
         """Close the connection (FIN after pending data; the stack keeps
-        sending it).  Idempotent."""
+        sending it).  Idempotent.  ``flush=False``: the request is held back
+        until the context's next flush()/poll()/wait() or the next request
+        (a server closing many connections in one pass sends one message)."""
         with self.ctx._lock:
             if self._state == _STATE_CLOSED:
                 return
             if self.ctx._closed:
                 self._state = _STATE_CLOSED
                 return
-            self.ctx._flush()
+            self.ctx._flush_updates()  # (held closes stay held)
             gone = self._gone
             self._release()
             if gone:
                 return
             # no reply awaited: the stack queues the FIN after tx_head (or
             # resets if rx_tail left data unread) in request order
-            self.ctx.stack._post("close", flow=self.flow_id, tx_head=self._tx_head, rx_tail=self._rx_tail)
+            self.ctx.stack._post("close", hold=not flush, flow=self.flow_id, tx_head=self._tx_head,
+                                 rx_tail=self._rx_tail)
 
     @property
     def congestion_control(self) -> str:

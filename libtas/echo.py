@@ -84,7 +84,7 @@ class EchoServer:
                 if moved:
                     continue
                 if conn.at_eof:
-                    conn.close()
+                    conn.close(flush=False)  # sent with this pass's others (ctx.flush below)
                     return False
                 self._blocked[fid] = conn  # input left: it waits for acknowledged output
                 return True

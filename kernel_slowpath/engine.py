@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
+import heapq
 import ipaddress
 import logging
 import os
@@ -144,8 +145,9 @@ class HalfOpen:
     sack: bool
     ts_recent: int | None
     tries: int = 0
-    timer: Any = None
+    timer: Any = None  # unused: SYN-ACK retransmissions are deadlines (Engine._synack_heap)
     ecn: bool = False  # ECN setup SYN (ECE|CWR) and we do ECN (RFC 3168 6.1.1)
+    deadline: int = 0  # µs: retransmit the SYN-ACK then (0: none pending)
 
 
 @dataclass(slots=True)
@@ -255,6 +257,12 @@ class Engine:
         self._ka_conns: dict[int, Conn] = {}  # SO_KEEPALIVE on (own or the listener's)
         self._tw_order: deque[tuple[int, tuple]] = deque()  # (expiry, key) in expiry order
         self._scan_more = False
+        # SYN-ACK retransmission deadlines, (deadline, seq, HalfOpen): checked
+        # by the timer scan instead of one event-loop timer per half-open
+        # connection (set up and cancelled for every connection); an entry
+        # whose HalfOpen left its queue or got a new deadline is skipped
+        self._synack_heap: list[tuple[int, int, HalfOpen]] = []
+        self._synack_seq = 0
         # set by the stack: per-core counter structs (struct tas_fp_stats *)
         self.core_stats: Callable[[], list] = list
         # congestion control (issue 6, docs/CC.md): set by the stack
@@ -662,11 +670,22 @@ class Engine:
             seq=ho.iss, ack=ho.irs + 1, flags=SYN | ACK | (ECE if ho.ecn else 0), win=min(rx_len, 0xFFFF), mss=OUR_MSS,
             wscale=ws, sack_perm=ho.sack, ts=ts)
         self.counters["synack_sent"] += 1
-        ho.timer = self.loop.call_later(SYN_RTO_US / 1e6 * (1 << ho.tries), self._synack_timeout, ho)
+        ho.deadline = self.now_us() + (SYN_RTO_US << ho.tries)
+        self._synack_seq += 1
+        heapq.heappush(self._synack_heap, (ho.deadline, self._synack_seq, ho))
+
+    def _expire_synacks(self, now: int) -> None:
+        """Retransmit (or give up on) the SYN-ACKs whose deadline passed."""
+        heap = self._synack_heap
+        while heap and heap[0][0] <= now:
+            deadline, _, ho = heapq.heappop(heap)
+            if ho.deadline == deadline:
+                self._synack_timeout(ho)
 
     def _synack_timeout(self, ho: HalfOpen) -> None:
         key = (ho.listener.port, ho.remote_ip, ho.remote_port)
-        if ho.listener.half_open.get(key) is not ho:
+        ho.deadline = 0
+        if ho.listener.half_open.get(key) is not ho or self.listeners.get(ho.listener.port) is not ho.listener:
             return
         ho.tries += 1
         if ho.tries > SYNACK_RETRIES:
@@ -679,20 +698,19 @@ class Engine:
         key = (ho.listener.port, ho.remote_ip, ho.remote_port)
         if flags & RST:
             if p.seq == (ho.irs + 1) & U32:
-                ho.timer.cancel()
+                ho.deadline = 0
                 del ho.listener.half_open[key]
             return
         if flags & SYN:
             if p.seq == ho.irs:  # retransmitted SYN
-                ho.timer.cancel()
-                self._send_synack(ho)
+                self._send_synack(ho)  # its new deadline replaces the old one
             return
         if not flags & ACK:
             return
         if p.ack != (ho.iss + 1) & U32:
             self._reply_rst(p)
             return
-        ho.timer.cancel()
+        ho.deadline = 0
         del ho.listener.half_open[key]
         lst = ho.listener
         ctx = lst.pick()
@@ -1121,6 +1139,8 @@ class Engine:
             self.kick_flow(conn)
         if self.time_wait:
             self._expire_time_wait(now)
+        if self._synack_heap:
+            self._expire_synacks(now)
         if self._ka_conns and now >= self._ka_next_scan:
             self._ka_next_scan = now + KEEPALIVE_SCAN_US
             for conn in list(self._ka_conns.values()):
@@ -1276,7 +1296,8 @@ class Engine:
             lst.ctx = lst.group[0]
             return
         for ho in lst.half_open.values():
-            ho.timer.cancel()
+            ho.deadline = 0
+        lst.half_open.clear()
         del self.listeners[port]
 
     def connect(self, ctx, ip: str, port: int, local_port: int, rx_len: int, tx_len: int,

@@ -34,7 +34,12 @@ def scan_timeouts(flows, sides, n_flows: int, now_us: int, budget: int, cursor: 
     k = 0
     while k < budget and len(ids) < max_out:
         f = flows[i]
-        if f.status == lib.TAS_FLOW_ACTIVE:
+        # as the C scan: a flow with nothing in flight and nothing to send
+        # has no timer to fire (looked at without its lock there)
+        if f.status == lib.TAS_FLOW_ACTIVE and (
+            f.tx_max > f.tx_una or f.tx_head > f.tx_nxt
+            or (f.flags & lib.TAS_FF_FIN_SENT and not f.flags & lib.TAS_FF_FIN_ACKED)
+        ):
             x = sides[i]
             outstanding = f.tx_max > f.tx_una or (
                 bool(f.flags & lib.TAS_FF_FIN_SENT) and not f.flags & lib.TAS_FF_FIN_ACKED

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import struct
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -346,5 +348,43 @@ def test_flow_lock_two_processes():
         p.join(60)
         assert p.exitcode == 0
     assert t.flow(1).rx_head == 2 * n
+    assert t.flow(1).lock == 0
+    region.close()
+
+
+def test_flow_lock_of_a_dead_holder_is_taken_over():
+    """A process that dies holding a flow lock (a fast path killed mid-poll)
+    does not leave the others spinning for ever: a waiter that has spun for
+    long looks whether the holder (whose pid the lock holds) still runs and
+    takes the lock of a dead one -- here a zombie, as a dead fast path is
+    until its parent, the slow path, reaps it."""
+    region = Region.create(ft_bytes(2), "test-lock-dead")
+    t = FlowTable.create(region, 0, 2)
+    holder = os.fork()
+    if holder == 0:  # takes the lock and dies with it
+        t.lock(1)
+        os._exit(0)
+    deadline = time.monotonic() + 10
+    while t.flow(1).lock != holder and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert t.flow(1).lock == holder
+    waiter = os.fork()
+    if waiter == 0:
+        t.lock(1)
+        ok = t.flow(1).lock == os.getpid()
+        t.unlock(1)
+        os._exit(0 if ok else 1)
+    status = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pid, status = os.waitpid(waiter, os.WNOHANG)
+        if pid:
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(waiter, signal.SIGKILL)
+        os.waitpid(waiter, 0)
+    os.waitpid(holder, 0)  # reaped only now: the waiter saw a zombie
+    assert status is not None and os.waitstatus_to_exitcode(status) == 0
     assert t.flow(1).lock == 0
     region.close()

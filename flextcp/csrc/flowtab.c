@@ -9,9 +9,16 @@
  * id.  The index uses linear probing.  Slot values:
  * 0 empty, UINT64_MAX tombstone, else (hash << 32) | (flow_id + 1).
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 #include "tas_abi.h"
 #include "flowtab.h"
@@ -283,15 +290,78 @@ int tas_ft_remove(struct tas_ft *ft, uint32_t flow_id)
     return -1;
 }
 
+/* A flow lock holds its holder's pid (0: free).  Holders keep it for
+ * microseconds, but a holder can die holding it: a fast path killed mid-
+ * poll (the slow path restarts it, stack.py) would leave a slow-path call
+ * that waits for the same flow spinning for ever -- before the slow path
+ * ever got to restart the fast path.  So a waiter that has spun for a long
+ * while (~2^22 pauses, tens of ms; far beyond any live holder, even one
+ * the scheduler took the CPU from) looks whether the holder still runs, and
+ * takes a dead holder's lock (a zombie counts as dead: the dead fast path
+ * is the slow path's child and is reaped only after this). */
+static uint32_t lock_owner; /* this process's pid, read once (0 again in a forked child) */
+static pthread_once_t lock_once = PTHREAD_ONCE_INIT;
+
+static void lock_owner_forget(void)
+{
+    __atomic_store_n(&lock_owner, 0, __ATOMIC_RELAXED);
+}
+
+static void lock_owner_init(void)
+{
+    pthread_atfork(NULL, NULL, lock_owner_forget);
+}
+
+static uint32_t my_lock_value(void)
+{
+    uint32_t v = __atomic_load_n(&lock_owner, __ATOMIC_RELAXED);
+    if (!v) {
+        pthread_once(&lock_once, lock_owner_init);
+        v = (uint32_t)getpid();
+        __atomic_store_n(&lock_owner, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+static int holder_dead(uint32_t pid)
+{
+    if (kill((pid_t)pid, 0) != 0)
+        return errno == ESRCH;
+    char path[64], buf[256];
+    snprintf(path, sizeof(path), "/proc/%u/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')'); /* "pid (comm) S ..." */
+    return p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+}
+
 void tas_flow_lock(struct tas_flow *f)
 {
-    while (__atomic_exchange_n(&f->lock, 1, __ATOMIC_ACQUIRE) != 0) {
-        while (__atomic_load_n(&f->lock, __ATOMIC_RELAXED) != 0) {
+    uint32_t me = my_lock_value();
+    uint32_t spins = 0;
+    for (;;) {
+        uint32_t cur = 0;
+        if (__atomic_compare_exchange_n(&f->lock, &cur, me, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+            return;
+        while ((cur = __atomic_load_n(&f->lock, __ATOMIC_RELAXED)) != 0) {
 #if defined(__x86_64__) || defined(__i386__)
             __builtin_ia32_pause();
 #elif defined(__aarch64__) || defined(__arm__)
             __asm__ volatile("yield");
 #endif
+            if (++spins >= (1u << 22)) {
+                spins = 0;
+                if (cur != me && holder_dead(cur) &&
+                    __atomic_compare_exchange_n(&f->lock, &cur, me, 0, __ATOMIC_ACQUIRE,
+                                                __ATOMIC_RELAXED))
+                    return;
+            }
         }
     }
 }

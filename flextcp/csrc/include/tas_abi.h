@@ -161,7 +161,7 @@ struct tas_ctx_hdr {
  * lock.  tests/test_abi.py asserts the sizes and the line of every field. */
 struct tas_flow {
     /* line 0: identity and setup (SP at install), receive-side scratch (FP) */
-    uint32_t lock;          /* FP/SP: spinlock, 0 free */
+    uint32_t lock;          /* FP/SP: spinlock: 0 free, else the holder's pid (flowtab.c) */
     uint16_t gen;           /* SP: bumped on each install */
     uint16_t status;        /* SP: TAS_FLOW_* */
     uint32_t flags;         /* FP/SP under lock: TAS_FF_* */

@@ -549,19 +549,30 @@ def recv_msg(sock: socket.socket, maxfds: int = MAX_FDS, flags: int = 0) -> tupl
     a non-blocking call."""
     # socket.recv_fds() ignores its flags argument on Python 3.11, so a
     # MSG_DONTWAIT receive would block: call recvmsg ourselves.
-    fd_arr = array.array("i")
-    data, anc, msg_flags, _ = sock.recvmsg(MAX_MSG + 1, socket.CMSG_LEN(maxfds * fd_arr.itemsize), flags)
-    for level, typ, cdata in anc:
-        if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-            fd_arr.frombytes(cdata[: len(cdata) - (len(cdata) % fd_arr.itemsize)])
-    fds = list(fd_arr)
-    if msg_flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_MSG:
+    # (plain ints: or-ing the socket module's IntFlag members builds enum
+    # objects, microseconds per message on the slow path's close path)
+    anc_len = _ANC_LEN if maxfds == MAX_FDS else socket.CMSG_LEN(maxfds * 4)
+    data, anc, msg_flags, _ = sock.recvmsg(MAX_MSG + 1, anc_len, flags)
+    fds: list[int] = []
+    if anc:
+        fd_arr = array.array("i")
+        for level, typ, cdata in anc:
+            if level == _SOL_SOCKET and typ == _SCM_RIGHTS:
+                fd_arr.frombytes(cdata[: len(cdata) - (len(cdata) % fd_arr.itemsize)])
+        fds = list(fd_arr)
+    if msg_flags & _TRUNC or len(data) > MAX_MSG:
         for fd in fds:
             _close_quiet(fd)
-        if msg_flags & socket.MSG_CTRUNC:
+        if msg_flags & _CTRUNC:
             raise ProtocolError("too many file descriptors")
         raise ProtocolError(f"message exceeds {MAX_MSG} bytes")
-    return data, list(fds)
+    return data, fds
+
+
+_ANC_LEN = socket.CMSG_LEN(MAX_FDS * 4)
+_TRUNC = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
+_CTRUNC = int(socket.MSG_CTRUNC)
+_SOL_SOCKET, _SCM_RIGHTS = int(socket.SOL_SOCKET), int(socket.SCM_RIGHTS)
 
 
 def _close_quiet(fd: int) -> None:

@@ -547,9 +547,10 @@ class Engine:
         self.counters["rst_sent"] += 1
 
     # -- passive open ---------------------------------------------------
-    def _at_limit(self, lst: Listener) -> bool:
+    def _at_limit(self, lst: Listener, app_pending: int | None = None) -> bool:
         """No flow slot, or no buffer memory in the listener's context, for
-        one more connection on top of those already half open (issue 8)."""
+        one more connection on top of those already half open (issue 8).
+        app_pending: _app_half_open(lst) if the caller has it."""
         pending = sum(len(x.half_open) for x in self.listeners.values())
         if len(self.free_ids) <= pending:
             return True
@@ -565,29 +566,37 @@ class Engine:
         if (heap.free_bytes if free is None else free) < need * (len(lst.half_open) + 1):
             return True
         admit = getattr(lst.ctx, "admit_passive", None)  # the app's own flow/buffer limits (issue 6)
-        return admit is not None and not admit(need, self._app_half_open(lst))
+        if admit is None:
+            return False
+        return not admit(need, self._app_half_open(lst) if app_pending is None else app_pending)
 
     def _app_half_open(self, lst: Listener) -> int:
         """Half-open connections over all listeners of lst's app."""
+        if len(self.listeners) == 1 and self.listeners.get(lst.port) is lst:  # the common case
+            return len(lst.half_open)
         app = getattr(lst.ctx, "app", None)
         return sum(len(x.half_open) for x in self.listeners.values() if getattr(x.ctx, "app", None) is app)
 
-    def _syn_queue_full(self, lst: Listener) -> bool:
+    def _syn_queue_full(self, lst: Listener, app_pending: int | None = None) -> bool:
         if len(lst.half_open) >= lst.backlog:
             return True
         syn_full = getattr(lst.ctx, "syn_full", None)  # the app's SYN backlog over its listeners
-        return syn_full is not None and syn_full(self._app_half_open(lst))
+        if syn_full is None:
+            return False
+        return syn_full(self._app_half_open(lst) if app_pending is None else app_pending)
 
     def _on_syn(self, lst: Listener, p) -> None:
         self.counters["syn_rcvd"] += 1
         backlogged = getattr(lst.ctx, "backlogged", None)  # the app is behind on its events
-        if not (backlogged is not None and backlogged()) and self._syn_queue_full(lst):
+        behind = backlogged is not None and backlogged()
+        app_pending = self._app_half_open(lst)  # (asked for twice below)
+        if not behind and self._syn_queue_full(lst, app_pending):
             self._send_cookie_synack(lst, p)  # SYN queue full: stateless (RFC 4987)
             return
-        if len(lst.half_open) >= lst.backlog or (backlogged is not None and backlogged()):
+        if len(lst.half_open) >= lst.backlog or behind:
             self.counters["syn_dropped_backlog"] += 1
             return
-        if self._at_limit(lst):  # refuse at once: the peer's connect() fails cleanly
+        if self._at_limit(lst, app_pending):  # refuse at once: the peer's connect() fails cleanly
             self.counters["conns_refused_limit"] += 1
             self._reply_rst(p)
             return

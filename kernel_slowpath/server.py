@@ -468,8 +468,11 @@ class App:
         return self.uid == 0 or bool(self.cap_eff >> CAP_NET_BIND_SERVICE & 1)
 
     def backlog(self) -> int:
-        """Messages (events counted one by one) not yet read by the app."""
-        return len(self._outq) + self._outq_events + len(self._evbuf)
+        """Messages (events counted one by one) sent but waiting for room in
+        the app's socket.  Events gathered in this pass do not count: the
+        app cannot be behind on them (a pass taking thousands of handshakes
+        would otherwise drop the SYNs after them)."""
+        return len(self._outq) + self._outq_events
 
     # -- output -------------------------------------------------------------
     def send(self, msg: dict, fds: list[int] | tuple[int, ...] = ()) -> None:
@@ -509,7 +512,10 @@ class App:
                 return
             self._evbuf.append(rec)
             self._ev_ctxs[ctx.ctx_id] = ctx
-            self.server.events_pending(self)
+            if len(self._evbuf) >= ctlproto.EV_BATCH_MAX:  # a full message: send it now
+                self.flush_events()
+            else:
+                self.server.events_pending(self)
             return
         self.send(msg)
         ctx.ring()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 
 import pytest
 from test_control import ECHO_PORT, Harness, raw_call, raw_connect
@@ -23,6 +24,7 @@ from test_control import ECHO_PORT, Harness, raw_call, raw_connect
 import libtas
 from flextcp import ctlproto
 from flextcp.ctlproto import FlowInfo, ProtocolError
+from kernel_slowpath.server import ACCEPT_BACKPRESSURE
 
 INFO = {"flow": 5, "gen": 3, "ctx": 1, "core": 1, "appflow_off": 1 << 33, "rx_off": 69632, "rx_len": 4096,
         "tx_off": 73728, "tx_len": 8192, "local_ip": "198.18.0.2", "local_port": 7,
@@ -217,3 +219,32 @@ def test_libtas_held_closes_go_out_together(harness):
     finally:
         st.close()
     harness.until(lambda: any(c[0] == "close" and c[2] == c5.flow_id for c in harness.engine.calls))
+
+
+def test_a_big_pass_is_not_backlog(harness):
+    """Thousands of events in one pass (a burst of handshakes) go out in full
+    messages as they accumulate; they never count as the app being behind
+    (which would drop the SYNs behind them)."""
+    s = raw_connect(harness)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    ctx_id, evfd = _hello_ctx(s, binary=True)
+    ctx = harness.server.contexts[ctx_id]
+    n = ACCEPT_BACKPRESSURE + 100
+
+    def burst():
+        seen = []
+        for fid in range(n):
+            ctx.event({"ev": "closed", "flow": fid})
+            seen.append(ctx.backlogged())
+        return seen
+
+    assert not any(harness.call(burst))
+    got = []
+    while len(got) < n:
+        data, _ = ctlproto.recv_msg(s)
+        evs = ctlproto.decode_events(data)
+        assert len(evs) <= ctlproto.EV_BATCH_MAX
+        got += [e["flow"] for e in evs]
+    assert got == list(range(n))
+    os.close(evfd)
+    s.close()

@@ -34,6 +34,56 @@ CTL_CHECK_EVERY = 64
 # A paced flow due within this many us keeps the loop polling (docs/CC.md);
 # epoll's timeout has millisecond granularity.
 PACE_SPIN_US = 1000
+# Two idle polls further apart than this mean another task had this CPU in
+# between (SpinPolicy).  A spin iteration takes 1-3 us; a time slice or an
+# app's request takes >= 15 us.
+PREEMPT_GAP_US = 20
+
+
+class SpinPolicy:
+    """When the loop polls again and when it arms its doorbell and sleeps
+    (sans-I/O: fed each poll's time and result, in us).
+
+    After the last work it spins for ``poll_us``, so a packet or an app's
+    entry arriving meanwhile costs no wake-up (a fast path with a CPU of its
+    own).  The spin ends early when two consecutive idle polls are more
+    than ``gap_us`` apart: another task ran on this CPU in between while we
+    had nothing to do, so the spin is in its way; sleeping hands the CPU
+    over until the TAP or a doorbell wakes us.  sched_yield() between polls
+    cannot do that: it reorders only our own scheduling group, and an app
+    started in another session is in another autogroup.  A gap that starts
+    or ends at a poll with work does not count: an app woken by our
+    doorbell ran, answered and went back to sleep, and spinning on catches
+    the next request.  ``gap_us=None`` never ends the spin early (the loop
+    before this policy).  A paced flow due within ``PACE_SPIN_US`` keeps
+    the loop polling either way."""
+
+    def __init__(self, poll_us: int, gap_us: int | None = PREEMPT_GAP_US) -> None:
+        self.poll_us = poll_us
+        self.gap_us = gap_us
+        self.idle_since = 0
+        self.last_idle = 0  # time of the previous poll if it found nothing, else 0
+        self.preempted_sleeps = 0  # sleeps that ended a spin early
+
+    def woke(self, t: int) -> None:
+        """Back from a sleep (or the first poll) at t."""
+        self.idle_since = t
+        self.last_idle = 0
+
+    def spin(self, t: int, work: int, pace_due: int = 0) -> bool:
+        """After a poll at t that did ``work``: True to poll again, False
+        to arm the doorbell and sleep."""
+        if work:
+            self.idle_since = t
+            self.last_idle = 0
+            return True
+        last, self.last_idle = self.last_idle, t
+        if pace_due and pace_due - t < PACE_SPIN_US:
+            return True
+        if self.gap_us is not None and last and t - last > self.gap_us:
+            self.preempted_sleeps += 1
+            return False
+        return t - self.idle_since < self.poll_us
 
 
 def _die_with_parent() -> None:
@@ -55,6 +105,9 @@ class FastPath:
         self.tap_fd = a.tap_fd
         self.evfd = a.fp_evfd
         self.poll_us = a.poll_us
+        # TAS_FP_SPIN=always: spin the whole poll_us even when preempted (the loop before SpinPolicy)
+        always = os.environ.get("TAS_FP_SPIN", "auto") == "always"
+        self.policy = SpinPolicy(a.poll_us, None if always else PREEMPT_GAP_US)
         cfg = ffi.new("struct tas_fp_config *")
         cfg.core = a.core
         cfg.n_cores = a.n_cores
@@ -87,7 +140,9 @@ class FastPath:
             from nicemu.tap import has_vnet_hdr
 
             if has_vnet_hdr(a.tap_fd):
-                raise SystemExit("fast path: the pure-Python fast path does not do TAP offloads (IFF_VNET_HDR)")
+                raise SystemExit(
+                    "fast path: the pure-Python fast path does not do TAP offloads (IFF_VNET_HDR)"
+                )
             self._poll = self.fp.poll
             self._set_armed = self.fp.set_armed
         else:
@@ -177,7 +232,10 @@ class FastPath:
         ep.register(self.tap_fd, select.EPOLLIN)
         ep.register(self.evfd, select.EPOLLIN)
         ep.register(self.ctl.fileno(), select.EPOLLIN)
-        idle_since = now()
+        policy = self.policy
+        spin = policy.spin
+        stats = self.stats
+        policy.woke(now())
         it = 0
         sched_yield = os.sched_yield
         while self.running:
@@ -186,25 +244,17 @@ class FastPath:
             it += 1
             if it % CTL_CHECK_EVERY == 0:
                 self.handle_ctl()
-            if work:
-                idle_since = t
-                continue
-            if t - idle_since < self.poll_us:
-                # spinning for more work: let a task sharing this CPU (an app,
-                # on a small machine) run instead of waiting for our slice
-                sched_yield()
-                continue
-            due = self.stats.pace_due_us
-            if due and due - t < PACE_SPIN_US:
-                sched_yield()  # a paced flow is due soon: keep polling
+            if spin(t, work, 0 if work else stats.pace_due_us):
+                if not work:
+                    sched_yield()  # our group's other tasks first (SpinPolicy)
                 continue
             set_armed(1)
             if poll(now()):
                 set_armed(0)
-                idle_since = now()
+                policy.woke(now())
                 continue
-            self.stats.sleeps += 1
-            due = self.stats.pace_due_us
+            stats.sleeps += 1
+            due = stats.pace_due_us
             timeout = min(0.1, max(0, due - now() - PACE_SPIN_US) / 1e6) if due else 0.1
             for fd, _ev in ep.poll(timeout):
                 if fd == self.evfd:
@@ -215,8 +265,14 @@ class FastPath:
                 elif fd == self.ctl.fileno():
                     self.handle_ctl()
             set_armed(0)
-            idle_since = now()
+            policy.woke(now())
         ep.close()
+        log.info(
+            "fast path core %d: %d sleeps, %d of them ending a spin another task interrupted",
+            self.core,
+            stats.sleeps,
+            policy.preempted_sleeps,
+        )
 
     def close(self) -> None:
         for ctx_id in list(self.ctxs):
@@ -229,8 +285,21 @@ class FastPath:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="flextcp", description="TAS fast-path process (started by `tas start`).")
-    for name in ("core", "n-cores", "stack-fd", "stack-size", "n-flows", "kq-slots", "tap-fd",
-                 "sp-evfd", "fp-evfd", "ctl-fd", "ip", "cpu", "poll-us"):
+    for name in (
+        "core",
+        "n-cores",
+        "stack-fd",
+        "stack-size",
+        "n-flows",
+        "kq-slots",
+        "tap-fd",
+        "sp-evfd",
+        "fp-evfd",
+        "ctl-fd",
+        "ip",
+        "cpu",
+        "poll-us",
+    ):
         p.add_argument(f"--{name}", type=int, required=True)
     p.add_argument("--mac", required=True)
     a = p.parse_args(argv)

@@ -54,11 +54,11 @@ class SpinPolicy:
     started in another session is in another autogroup.  A gap that starts
     or ends at a poll with work does not count: an app woken by our
     doorbell ran, answered and went back to sleep, and spinning on catches
-    the next request.  ``gap_us=None`` never ends the spin early (the loop
-    before this policy).  A paced flow due within ``PACE_SPIN_US`` keeps
-    the loop polling either way."""
+    the next request.  ``gap_us=None`` (the default: the stack's loop
+    unless ``TAS_FP_SPIN=yield``) never ends the spin early.  A paced flow
+    due within ``PACE_SPIN_US`` keeps the loop polling either way."""
 
-    def __init__(self, poll_us: int, gap_us: int | None = PREEMPT_GAP_US) -> None:
+    def __init__(self, poll_us: int, gap_us: int | None = None) -> None:
         self.poll_us = poll_us
         self.gap_us = gap_us
         self.idle_since = 0
@@ -105,9 +105,10 @@ class FastPath:
         self.tap_fd = a.tap_fd
         self.evfd = a.fp_evfd
         self.poll_us = a.poll_us
-        # TAS_FP_SPIN=always: spin the whole poll_us even when preempted (the loop before SpinPolicy)
-        always = os.environ.get("TAS_FP_SPIN", "auto") == "always"
-        self.policy = SpinPolicy(a.poll_us, None if always else PREEMPT_GAP_US)
+        # TAS_FP_SPIN=yield: end a spin another task interrupted (off by default:
+        # measured no better on the shared 2-CPU machine, docs/ARCHITECTURE.md)
+        yield_ = os.environ.get("TAS_FP_SPIN", "always") == "yield"
+        self.policy = SpinPolicy(a.poll_us, PREEMPT_GAP_US if yield_ else None)
         cfg = ffi.new("struct tas_fp_config *")
         cfg.core = a.core
         cfg.n_cores = a.n_cores

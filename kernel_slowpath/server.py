@@ -838,26 +838,19 @@ class ControlServer:
         app.send(ctlproto.error_reply(e.req_id, e.errno, str(e)))
 
     def _handle(self, app: App, data: bytes, fds: list[int]) -> None:
-        if data[:2] == ctlproto.BIN_CLOSE:  # binary close (noreply) request(s): no JSON
-            try:
-                reqs = ctlproto.parse_closes(data, len(fds))
-            except ProtocolError as e:
-                self.counters["requests"] += 1
-                app.requests += 1
-                self._bad_request(app, e, fds)
-                return
-            for req in reqs:
-                self._handle_req(app, req)
-            return
         try:
-            req = ctlproto.parse_request(data, len(fds))
+            if data[:2] == ctlproto.BIN_CLOSE:  # binary close (noreply) request(s): no JSON
+                reqs = ctlproto.parse_closes(data, len(fds))
+            else:
+                reqs = [ctlproto.parse_request(data, len(fds))]
+                reqs[0].fds = fds
         except ProtocolError as e:
             self.counters["requests"] += 1
             app.requests += 1
             self._bad_request(app, e, fds)
             return
-        req.fds = fds
-        self._handle_req(app, req)
+        for req in reqs:
+            self._handle_req(app, req)
 
     def _handle_req(self, app: App, req: ctlproto.Request) -> None:
         self.counters["requests"] += 1

@@ -140,6 +140,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iso-time", type=float, default=5.0,
                    help="isolation: seconds of each rr measurement, alone and beside the bulk app (default 5)")
     p.add_argument("--iso-flows", type=int, default=16, help="isolation: flows of the bulk app (default 16)")
+    p.add_argument("--iso-nice", type=int, default=0,
+                   help="isolation: nice value of the bulk app, for the stack and Linux alike (default 0: the "
+                        "same priority as the echo server; e.g. 10 separates the stack's own interference "
+                        "from the CPU the neighbour takes)")
     p.add_argument(
         "--server-cpu",
         type=int,
@@ -634,6 +638,8 @@ def _isolation(b: Bench, server: str) -> dict:
     api = "native" if server == "native" else "socket"
     argv = [sys.executable, str(BULK_PY), api, "--host", t.peer_ip, "--port", "9", "--flows", str(a.iso_flows),
             "--time", str(a.iso_time + 5), "--state-dir", str(b.workdir / "state")]
+    if a.iso_nice:
+        argv = ["nice", "-n", str(a.iso_nice), *argv]
     env = dict(os.environ, TAS_STATE_DIR=str(b.workdir / "state"), PYTHONPATH=str(REPO))
     bulk = _spawn(b, f"bulk app {server}", t.stack_ns, argv, a.server_cpu, env)
     try:
@@ -651,7 +657,7 @@ def _isolation(b: Bench, server: str) -> dict:
     keep = ("rps", "p50_us", "p99_us", "p999_us")
     return {"alone": {k: alone[k] for k in keep}, "loaded": {k: loaded[k] for k in keep},
             "p99_ratio": loaded["p99_us"] / alone["p99_us"] if alone["p99_us"] else None,
-            "bulk": bres, "flows": a.iso_flows, "seconds": a.iso_time}
+            "bulk": bres, "flows": a.iso_flows, "seconds": a.iso_time, "bulk_nice": a.iso_nice}
 
 
 def _record(b: Bench, server: str, mode: str, res: dict) -> None:
@@ -964,6 +970,7 @@ def write_outputs(b: Bench, elapsed: float, interrupted: bool) -> list[Path]:
                 "idle_time",
                 "iso_time",
                 "iso_flows",
+                "iso_nice",
                 "fp_cores",
                 "poll_us",
                 "tap_offload",
@@ -1081,6 +1088,8 @@ def _normalize(a: argparse.Namespace) -> None:
         a.iso_time = min(a.iso_time, 1.0)
     if a.iso_time <= 0 or a.iso_flows < 1:
         raise BenchError("--iso-time and --iso-flows must be positive")
+    if not -20 <= a.iso_nice <= 19:
+        raise BenchError("--iso-nice must be within -20..19 (nice(1))")
     if a.repeat < 1 or a.rr_time <= 0 or a.bulk_mib < 1 or a.conns < 1 or a.idle_time <= 0:
         raise BenchError("--repeat, --rr-time, --bulk-mib, --conns and --idle-time must be positive")
 

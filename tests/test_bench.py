@@ -174,7 +174,7 @@ def test_bench_isolation_quick(tmp_path):
     app's p50/p99 alone and beside the bulk app, the ratio and the bulk
     rate, for the stack and for Linux (the bound itself is not asserted)."""
     r = subprocess.run(
-        [*_tas(), "bench", "--quick", "--modes", "isolation", "--servers", "native,linux"],
+        [*_tas(), "bench", "--quick", "--modes", "isolation", "--servers", "native,linux", "--iso-nice", "5"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -183,7 +183,7 @@ def test_bench_isolation_quick(tmp_path):
     assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr[-4000:]}"
     assert "p99 beside / alone" in r.stdout and "tas bench: ok" in r.stdout
     doc = json.loads((tmp_path / "out" / "bench" / "results.json").read_text())
-    assert doc["ok"] is True and doc["params"]["iso_flows"] == 16
+    assert doc["ok"] is True and doc["params"]["iso_flows"] == 16 and doc["params"]["iso_nice"] == 5
     figs = doc["figures"]
     for key in (
         "iso_alone_p50",
@@ -200,3 +200,10 @@ def test_bench_isolation_quick(tmp_path):
         (run,) = doc["raw"][server]["isolation"]
         assert run["bulk"]["ok"] and run["bulk"]["flows"] == 16 and run["bulk"]["bytes"] > 0
         assert run["p99_ratio"] == run["loaded"]["p99_us"] / run["alone"]["p99_us"]
+        assert run["bulk_nice"] == 5
+
+
+def test_bench_rejects_a_nice_value_out_of_range(tmp_path):
+    r = subprocess.run([*_tas(), "bench", "--modes", "isolation", "--iso-nice", "30"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode != 0 and "--iso-nice must be within -20..19" in r.stderr + r.stdout

@@ -273,16 +273,22 @@ def test_sp_write_in_recovery_sets_exit_window(h):
     assert f.cwnd == 3000 and cc.cnt_loss == 1
 
 
+def memory_ft(n: int):
+    """A flow table of n flows (records, side records, CC news) in ordinary
+    memory: (its buffer, the attached struct tas_ft *)."""
+    buf = ffi.from_buffer(bytearray(int(lib.tas_ft_bytes(n))))
+    assert lib.tas_ft_init(buf, n) == 0
+    ft = ffi.new("struct tas_ft *")
+    assert lib.tas_ft_attach(ft, buf, len(buf), n) == 0
+    return buf, ft
+
+
 def test_spflow_cc_twin_matches_c():
     rnd = random.Random(7)
     n = 4
-    region = bytearray(int(lib.tas_ft_cc_bytes(n)))
-    buf = ffi.from_buffer(region)
-    assert lib.tas_ft_init(buf, n) == 0
-    ft = ffi.new("struct tas_ft *")
-    assert lib.tas_ft_attach(ft, buf, len(region), n) == 0
-    cc = lib.tas_cc_table(buf, len(region), n)
-    assert cc != ffi.NULL and lib.tas_cc_table(buf, len(region) - 1, n) == ffi.NULL
+    buf, ft = memory_ft(n)
+    cc = lib.tas_cc_table(buf, len(buf), n)
+    assert cc != ffi.NULL and lib.tas_cc_table(buf, len(buf) - 1, n) == ffi.NULL
     sample = ffi.new("struct tas_cc_sample[]", n)
     ids = ffi.new("uint32_t[]", list(range(n)))
     for _ in range(200):
@@ -436,12 +442,8 @@ def test_cc_set_mode_c_and_twin():
     """tas_sp_cc_set_mode (per-socket algorithm switch) against its twin:
     keeps the fast path's mode bits, clears pacing when leaving TAS_CC_SP."""
     n = 2
-    region = bytearray(int(lib.tas_ft_cc_bytes(n)))
-    buf = ffi.from_buffer(region)
-    assert lib.tas_ft_init(buf, n) == 0
-    ft = ffi.new("struct tas_ft *")
-    assert lib.tas_ft_attach(ft, buf, len(region), n) == 0
-    cc = lib.tas_cc_table(buf, len(region), n)
+    buf, ft = memory_ft(n)
+    cc = lib.tas_cc_table(buf, len(buf), n)
     rnd = random.Random(3)
     for _ in range(50):
         cc[0].mode = rnd.randrange(16)
@@ -573,11 +575,7 @@ def test_cc_news_take_c_and_twin():
     """tas_sp_cc_news against its twin on random bit patterns, with small
     output buffers (bits that do not fit stay for the next call)."""
     n = 300
-    region = bytearray(int(lib.tas_ft_bytes(n)))
-    buf = ffi.from_buffer(region)
-    assert lib.tas_ft_init(buf, n) == 0
-    ft = ffi.new("struct tas_ft *")
-    assert lib.tas_ft_attach(ft, buf, len(region), n) == 0
+    _, ft = memory_ft(n)
     words = (n + 63) // 64
     rnd = random.Random(5)
     out = ffi.new("uint32_t[]", n)

@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import pytest
 
-from flextcp.flowtab import FlowTable
 from flextcp.native import ffi, lib
-from flextcp.ring import Ring
 from flextcp.shm import Region
-from flextcp.stackmem import stack_layout
 from kernel_slowpath import engine as eng
 from kernel_slowpath.bufalloc import BuddyAllocator
 from kernel_slowpath.frames import SegmentBuilder
 from kernel_slowpath.tcpstate import State
-from tests.engine_fakes import Clock, FakeFPM
+from tests.engine_fakes import EngineRig
 
 N_FLOWS = 512
 KQ_SLOTS = 64
@@ -80,28 +77,9 @@ class HeapCtx:
         self.events.append(ev)
 
 
-class Rig:
+class Rig(EngineRig):
     def __init__(self, ctx=None) -> None:
-        lay = stack_layout(N_FLOWS, 1, KQ_SLOTS)
-        self.stack = Region.create(lay.size, "conns-scale-stack")
-        self.ft = FlowTable.create(self.stack, lay.ft_off, N_FLOWS)
-        self.ktx = Ring.create(self.stack, lay.ktx_off[0], KQ_SLOTS, KQ_ENTRY, True)
-        self.fp_ktx = Ring.attach(self.stack, lay.ktx_off[0], KQ_SLOTS, KQ_ENTRY, False)
-        self.stats = self.stack.cast("struct tas_fp_stats", lay.stats_off[0])
-        self.clock = Clock()
-        self.engine = eng.Engine(
-            ft=self.ft,
-            n_flows=N_FLOWS,
-            fpm=FakeFPM(),
-            ktx=[self.ktx],
-            loop=FakeLoop(),
-            local_ip=LOCAL_IP,
-            prefix=24,
-            gateway=None,
-            mac=LOCAL_MAC,
-            now_us=self.clock,
-        )
-        self.engine.core_stats = lambda: [self.stats]
+        super().__init__("conns-scale-stack", N_FLOWS, KQ_SLOTS, loop=FakeLoop(), local_ip=LOCAL_IP, mac=LOCAL_MAC)
         self.engine.arp[eng.ip2int(PEER_IP)] = (PEER_MAC, 1 << 62)
         self.peer = SegmentBuilder(PEER_MAC, eng.ip2int(PEER_IP))
         self.ctx = ctx

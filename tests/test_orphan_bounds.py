@@ -25,14 +25,11 @@ from __future__ import annotations
 
 import pytest
 
-from flextcp.flowtab import FlowTable
 from flextcp.native import lib
-from flextcp.ring import Ring
 from flextcp.shm import Region
-from flextcp.stackmem import stack_layout
 from kernel_slowpath import engine as eng
 from kernel_slowpath.tcpstate import CLOSING_STATES, State
-from tests.engine_fakes import Clock, FakeFPM
+from tests.engine_fakes import EngineRig
 
 N_FLOWS = 8
 KQ_SLOTS = 8
@@ -67,30 +64,9 @@ class FakeCtx:
         self.events.append(ev)
 
 
-class Bench:
+class Bench(EngineRig):
     def __init__(self) -> None:
-        lay = stack_layout(N_FLOWS, 1, KQ_SLOTS)
-        self.stack = Region.create(lay.size, "orphan-test-stack")
-        self.ft = FlowTable.create(self.stack, lay.ft_off, N_FLOWS)
-        self.ktx = Ring.create(self.stack, lay.ktx_off[0], KQ_SLOTS, KQ_ENTRY, True)
-        self.fp_ktx = Ring.attach(
-            self.stack, lay.ktx_off[0], KQ_SLOTS, KQ_ENTRY, False
-        )  # the fast path's end
-        self.stats = self.stack.cast("struct tas_fp_stats", lay.stats_off[0])
-        self.clock = Clock()
-        self.engine = eng.Engine(
-            ft=self.ft,
-            n_flows=N_FLOWS,
-            fpm=FakeFPM(),
-            ktx=[self.ktx],
-            loop=None,
-            local_ip="198.18.0.2",
-            prefix=24,
-            gateway=None,
-            mac=b"\x02\0\0\0\0\x02",
-            now_us=self.clock,
-        )
-        self.engine.core_stats = lambda: [self.stats]
+        super().__init__("orphan-test-stack", N_FLOWS, KQ_SLOTS)
         self.ctx = FakeCtx()
         self.port = 40000
 

@@ -30,7 +30,6 @@ from tests.engine_fakes import EngineRig
 
 N_FLOWS = 512
 KQ_SLOTS = 64
-KQ_ENTRY = lib.TAS_KQ_ENTRY_SIZE
 S = 1_000_000  # µs
 LOCAL_IP = "198.18.0.2"
 PEER_IP = "198.18.0.1"
@@ -96,35 +95,16 @@ class Rig(EngineRig):
             if e.kind == lib.TAS_KTX_FRAME:
                 out.append(bytes(raw[32 : 32 + e.len]))
 
-    def syn(self, sport: int) -> None:
+    def _from_peer(self, sport: int, **fields) -> None:
         self.engine.on_frame(
-            self.peer.build(
-                dst_mac=LOCAL_MAC,
-                dst_ip=eng.ip2int(LOCAL_IP),
-                sport=sport,
-                dport=PORT,
-                seq=1000 + sport,
-                ack=0,
-                flags=eng.SYN,
-                win=65535,
-                mss=1460,
-                wscale=7,
-            )
+            self.peer.build(dst_mac=LOCAL_MAC, dst_ip=eng.ip2int(LOCAL_IP), sport=sport, dport=PORT, **fields)
         )
 
+    def syn(self, sport: int) -> None:
+        self._from_peer(sport, seq=1000 + sport, ack=0, flags=eng.SYN, win=65535, mss=1460, wscale=7)
+
     def ack(self, sport: int, iss: int) -> None:
-        self.engine.on_frame(
-            self.peer.build(
-                dst_mac=LOCAL_MAC,
-                dst_ip=eng.ip2int(LOCAL_IP),
-                sport=sport,
-                dport=PORT,
-                seq=1001 + sport,
-                ack=iss + 1,
-                flags=eng.ACK,
-                win=512,
-            )
-        )
+        self._from_peer(sport, seq=1001 + sport, ack=iss + 1, flags=eng.ACK, win=512)
 
     def connect(self) -> str:
         """One connection from the peer: "ok", "rst" (refused) or "dropped"."""

@@ -87,6 +87,7 @@ TAS_FF_REXMIT_HEAD = 32768
 TAS_FF_IN_ACKQ = 65536
 TAS_FF_TLP_SEND = 131072
 TAS_FF_TLP_OUT = 262144
+TAS_FF_IN_DELQ = 524288
 TAS_FF_ECN = 8
 TAS_CC_SP = 1
 TAS_CC_CE = 4
@@ -116,6 +117,7 @@ FP_SEGS_PER_VISIT = 16
 FP_TX_QUANTUM = 65536  # transmit scheduling (fp_tx.c fp_tx_run)
 FP_TX_VISIT_BYTES = 16384
 FP_TX_POLL_BYTES = 262144
+FP_DELACK_US = 500  # delayed ACK (fp_tx.c fp_delay_ack)
 FP_DROP_WRONG_DST_IP = 14
 FP_DROP_WRONG_DST_MAC = 15
 FP_DROP_NO_CTX = 0
@@ -318,6 +320,7 @@ class PyFastPath:
         self.ring: deque[int] = deque()
         self.ackq = [0] * cfg.n_flows
         self.n_ack = 0
+        self.delq: deque[tuple[int, int]] = deque()  # (flow id, deadline), n_flows at most
         self.notif_stamp = [0] * cfg.n_flows
         self.poll_stamp = 1
         self.krx_posted = 0
@@ -609,8 +612,9 @@ class PyFastPath:
         work += self.poll_apps()
         # 4. transmit
         work += self.tx_run(self.cfg.tx_batch)
-        # 5. ACKs not piggybacked on data
+        # 5. ACKs not piggybacked on data, delayed ACKs whose time is up
         self.flush_acks()
+        self.flush_delacks()
 
         # 6. doorbells: apps (only if they sleep) and the slow path
         for cid in self.active:
@@ -1084,6 +1088,7 @@ class PyFastPath:
                 if f.unacked_segs:
                     self.send_ack(f)
                 cc.mode ^= TAS_CC_CE
+                f.flags |= TAS_FF_ACK_NOW  # the new state's first ACK is not delayed
         if f.flags & TAS_FF_RX_FIN:
             # data or FIN after the peer's FIN: retransmission, re-ACK
             self.need_ack(fid, f)
@@ -1110,6 +1115,7 @@ class PyFastPath:
         payload = memoryview(frame)[poff : poff + plen]
         old_head = f.rx_head
         if off == 0:
+            filled = not self.ooo_empty(cc)  # this segment may fill a hole: ACK at once
             if plen > 0:
                 self.rx_copy(f, f.rx_head, payload, plen)
                 f.rx_head = (f.rx_head + plen) & M64
@@ -1129,10 +1135,12 @@ class PyFastPath:
                             af.flags |= TAS_AF_RX_FIN
                         af.rx_head = f.rx_head
                     self.notify_app(fid, f, TAS_ARX_RX)
-            if not self.ooo_empty(cc) or f.unacked_segs >= 2:
-                f.flags |= TAS_FF_ACK_NOW
             st.rx_fast += 1
-            self.need_ack(fid, f)
+            if (plen > 0 and not filled and self.ooo_empty(cc) and f.unacked_segs < 2
+                    and not f.flags & (TAS_FF_ACK_NOW | TAS_FF_DETACHED | TAS_FF_TX_FIN)):  # fmt: skip
+                self.delay_ack(fid, f)  # a lone segment: its ACK waits for our reply
+            else:
+                self.need_ack(fid, f)  # every second segment, FIN, holes filled
         else:
             # out of order: keep it if we have a range for it
             if plen > 0:
@@ -1236,6 +1244,40 @@ class PyFastPath:
         f.flags |= TAS_FF_IN_ACKQ
         self.ackq[self.n_ack] = flow_id
         self.n_ack += 1
+
+    def delay_ack(self, flow_id: int, f) -> None:
+        """fp_delay_ack: hold the ACK of a lone in-order segment for
+        FP_DELACK_US so our reply carries it."""
+        self.st.acks_delayed += 1
+        if f.flags & TAS_FF_IN_DELQ:
+            return
+        if len(self.delq) >= self.cfg.n_flows:
+            self.need_ack(flow_id, f)
+            return
+        f.flags |= TAS_FF_IN_DELQ
+        self.delq.append((flow_id, (self.now_us + FP_DELACK_US) & M64))
+
+    def flush_delacks(self) -> None:
+        """fp_flush_delacks: the delayed ACKs that are due and were not
+        carried by data meanwhile; the next deadline into pace_due_us."""
+        delq = self.delq
+        while delq:
+            fid, due = delq[0]
+            if due > self.now_us:
+                break
+            delq.popleft()
+            f = self.flows + fid
+            lib.tas_flow_lock(f)
+            if f.flags & TAS_FF_IN_DELQ:
+                f.flags &= ~TAS_FF_IN_DELQ & M32
+                if f.unacked_segs and f.status == TAS_FLOW_ACTIVE:
+                    self.send_ack(f)
+                    self.st.delacks_sent += 1
+            lib.tas_flow_unlock(f)
+        if delq:
+            due = delq[0][1]
+            if not self.st.pace_due_us or due < self.st.pace_due_us:
+                self.st.pace_due_us = due
 
     def seg_init(self, f) -> Segment:
         """Fill the header fields every segment of f shares."""

@@ -28,6 +28,12 @@
 #define FP_TX_QUANTUM 65536u        /* credit a context gets per round */
 #define FP_TX_VISIT_BYTES 16384u    /* at most this per flow visit (one segment may overshoot) */
 #define FP_TX_POLL_BYTES 262144u    /* at most this per poll (besides cfg.tx_batch segments) */
+/* Delayed ACK (RFC 1122 4.2.3.2, RFC 5681 4.2): the ACK of a lone in-order
+ * segment waits this long for data of ours to ride on (the app's reply to a
+ * request); a second segment, a FIN, a hole or a window update is ACKed at
+ * the end of the poll as before.  Far below the 200 ms the RFCs allow and
+ * Linux's 40 ms minimum, so a Nagle sender waiting for it loses little. */
+#define FP_DELACK_US 500u
 #define FP_TXQ_SLOTS (TAS_MAX_CTX + 1) /* one per context id, the last for ids out of range */
 #define FP_NIL 0xffffffffu
 /* TAP offloads (IFF_VNET_HDR): every frame on the TAP fd is preceded by a
@@ -93,6 +99,11 @@ struct tas_fp {
     /* flows that need an ACK at the end of this poll */
     uint32_t *ackq;
     uint32_t n_ack;
+    /* delayed ACKs: a FIFO (deadlines are now + FP_DELACK_US, so in
+     * order) of flow ids and their deadlines, n_flows slots */
+    uint32_t *delq;
+    uint64_t *delq_due;
+    uint32_t delq_head, delq_n;
 
     /* per-flow "notified in this poll" stamp to coalesce ARX entries */
     uint32_t *notif_stamp;
@@ -140,6 +151,8 @@ void fp_txq_push(struct tas_fp *fp, uint32_t flow_id, struct tas_flow *f);
 uint32_t fp_tx_run(struct tas_fp *fp, uint32_t budget);
 void fp_send_ack(struct tas_fp *fp, struct tas_flow *f);
 void fp_flush_acks(struct tas_fp *fp);
+void fp_delay_ack(struct tas_fp *fp, uint32_t flow_id, struct tas_flow *f);
+void fp_flush_delacks(struct tas_fp *fp);
 void fp_need_ack(struct tas_fp *fp, uint32_t flow_id, struct tas_flow *f);
 int fp_write_frame(struct tas_fp *fp, const uint8_t *frame, uint32_t len);
 /* fp_main.c: write one frame (gso_size > 0: a TSO4 super-segment built in

@@ -56,7 +56,10 @@ struct tas_fp *tas_fp_create(const struct tas_fp_config *cfg)
     fp->txc = calloc(FP_TXQ_SLOTS, sizeof(struct fp_txctx));
     fp->ackq = calloc(cfg->n_flows, sizeof(uint32_t));
     fp->notif_stamp = calloc(cfg->n_flows, sizeof(uint32_t));
-    if (!fp->txq_next || !fp->txq_slot || !fp->txc || !fp->ackq || !fp->notif_stamp)
+    fp->delq = calloc(cfg->n_flows, sizeof(uint32_t));
+    fp->delq_due = calloc(cfg->n_flows, sizeof(uint64_t));
+    if (!fp->txq_next || !fp->txq_slot || !fp->txc || !fp->ackq || !fp->notif_stamp ||
+        !fp->delq || !fp->delq_due)
         goto fail;
     fp->poll_stamp = 1;
     return fp;
@@ -76,6 +79,8 @@ void tas_fp_destroy(struct tas_fp *fp)
     free(fp->txc);
     free(fp->ackq);
     free(fp->notif_stamp);
+    free(fp->delq);
+    free(fp->delq_due);
     free(fp);
 }
 
@@ -459,8 +464,9 @@ uint32_t tas_fp_poll(struct tas_fp *fp, uint64_t now_us)
     work += poll_apps(fp);
     /* 4. transmit */
     work += fp_tx_run(fp, fp->cfg.tx_batch);
-    /* 5. ACKs not piggybacked on data */
+    /* 5. ACKs not piggybacked on data, delayed ACKs whose time is up */
     fp_flush_acks(fp);
+    fp_flush_delacks(fp);
 
     /* 6. doorbells: apps (only if they sleep) and the slow path.  The
      * fence orders our ring publication before reading the armed flags

@@ -558,6 +558,7 @@ static void rx_segment(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
             if (f->unacked_segs)
                 fp_send_ack(fp, f);
             cc->mode ^= TAS_CC_CE;
+            f->flags |= TAS_FF_ACK_NOW; /* the new state's first ACK is not delayed */
         }
     }
     if (f->flags & TAS_FF_RX_FIN) {
@@ -589,6 +590,7 @@ static void rx_segment(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
 
     uint64_t old_head = f->rx_head;
     if (off == 0) {
+        int filled = !ooo_empty(cc); /* this segment may fill a hole: ACK at once */
         if (plen > 0) {
             rx_copy(fp, f, f->rx_head, payload, plen);
             f->rx_head += plen;
@@ -613,10 +615,12 @@ static void rx_segment(struct tas_fp *fp, uint32_t id, struct tas_flow *f,
                 fp_notify_app(fp, id, f, TAS_ARX_RX);
             }
         }
-        if (!ooo_empty(cc) || f->unacked_segs >= 2)
-            f->flags |= TAS_FF_ACK_NOW;
         fp->st->rx_fast++;
-        fp_need_ack(fp, id, f);
+        if (plen > 0 && !filled && ooo_empty(cc) && f->unacked_segs < 2 &&
+            !(f->flags & (TAS_FF_ACK_NOW | TAS_FF_DETACHED | TAS_FF_TX_FIN)))
+            fp_delay_ack(fp, id, f); /* a lone segment: our reply may carry its ACK */
+        else
+            fp_need_ack(fp, id, f); /* every second segment, FIN, holes filled */
     } else {
         /* out of order: keep it if we have a range for it */
         if (plen > 0) {

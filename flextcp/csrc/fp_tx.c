@@ -69,6 +69,61 @@ void fp_need_ack(struct tas_fp *fp, uint32_t flow_id, struct tas_flow *f)
     fp->ackq[fp->n_ack++] = flow_id;
 }
 
+/* Hold the ACK of a lone in-order segment for FP_DELACK_US: the app's
+ * reply (or any data we send) carries it (after_send clears unacked_segs),
+ * and request/response traffic then costs one frame per message instead
+ * of two.  A flow already queued keeps its earlier deadline; with the
+ * queue full the ACK goes out at the end of this poll. */
+void fp_delay_ack(struct tas_fp *fp, uint32_t flow_id, struct tas_flow *f)
+{
+    fp->st->acks_delayed++;
+    if (f->flags & TAS_FF_IN_DELQ)
+        return;
+    uint32_t cap = fp->cfg.n_flows;
+    if (fp->delq_n >= cap) {
+        fp_need_ack(fp, flow_id, f);
+        return;
+    }
+    uint32_t i = fp->delq_head + fp->delq_n;
+    if (i >= cap)
+        i -= cap;
+    f->flags |= TAS_FF_IN_DELQ;
+    fp->delq[i] = flow_id;
+    fp->delq_due[i] = fp->now_us + FP_DELACK_US;
+    fp->delq_n++;
+}
+
+/* Send the delayed ACKs whose deadline passed and that no data segment
+ * carried meanwhile (unacked_segs still set); tell the poll loop when the
+ * next one is due (pace_due_us: it does not sleep past it).  An entry of a
+ * flow whose flag was cleared (a reinstalled flow id) is skipped. */
+void fp_flush_delacks(struct tas_fp *fp)
+{
+    uint32_t cap = fp->cfg.n_flows;
+    while (fp->delq_n) {
+        uint32_t i = fp->delq_head;
+        if ((int64_t)(fp->delq_due[i] - fp->now_us) > 0)
+            break;
+        fp->delq_head = i + 1 == cap ? 0 : i + 1;
+        fp->delq_n--;
+        struct tas_flow *f = &fp->ft.flows[fp->delq[i]];
+        tas_flow_lock(f);
+        if (f->flags & TAS_FF_IN_DELQ) {
+            f->flags &= ~TAS_FF_IN_DELQ;
+            if (f->unacked_segs && f->status == TAS_FLOW_ACTIVE) {
+                fp_send_ack(fp, f);
+                fp->st->delacks_sent++;
+            }
+        }
+        tas_flow_unlock(f);
+    }
+    if (fp->delq_n) {
+        uint64_t due = fp->delq_due[fp->delq_head];
+        if (!fp->st->pace_due_us || due < fp->st->pace_due_us)
+            fp->st->pace_due_us = due;
+    }
+}
+
 /* Fill the header fields every segment of f shares. */
 static void seg_init(struct tas_fp *fp, struct tas_flow *f, struct tas_seg *s)
 {

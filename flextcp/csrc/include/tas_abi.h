@@ -146,6 +146,7 @@ struct tas_ctx_hdr {
 #define TAS_FF_IN_ACKQ 65536  /* FP: on this poll's ACK queue */
 #define TAS_FF_TLP_SEND 131072 /* SP: send a tail loss probe (RFC 8985 7) */
 #define TAS_FF_TLP_OUT 262144  /* SP: a probe is out; no other until SND.UNA advances (FP clears) */
+#define TAS_FF_IN_DELQ 524288  /* FP: on the delayed-ACK queue (fp_tx.c fp_delay_ack) */
 
 #define TAS_OOO_RANGES 8       /* receiver out-of-order ranges (struct tas_flow_cc) */
 #define TAS_SB_RANGES 5       /* sender scoreboard ranges (struct tas_flow_cc) */
@@ -386,13 +387,16 @@ struct tas_fp_stats {
     uint64_t rexmit_sack;     /* holes retransmitted from the peer's SACK blocks (RFC 6675) */
     uint64_t rexmit_spurious; /* D-SACKs received (RFC 2883): retransmissions (or network
                                  duplicates) the peer already had */
-    uint64_t pace_due_us;     /* earliest time a paced flow waiting in the tx queue may send
-                                 (0: none waiting); the poll loop does not sleep past it */
+    uint64_t pace_due_us;     /* earliest timed work: a paced flow waiting in the tx queue may
+                                 send, or a delayed ACK is due (0: none); the poll loop does
+                                 not sleep past it */
     uint64_t paced_waits;     /* tx queue visits that found the flow not yet due (pacing) */
     uint64_t tlp_probes;      /* tail loss probes sent (RFC 8985 7) */
     uint64_t recovery_undo;   /* recoveries undone: the retransmissions were spurious
                                  (timestamps, Eifel RFC 3522, or D-SACKs) */
     uint64_t sack_skipped;    /* bytes not resent after an RTO because the peer SACKed them */
+    uint64_t acks_delayed;    /* lone in-order segments whose ACK was held for the app's reply */
+    uint64_t delacks_sent;    /* of those, ACKs sent alone when the delay ran out */
 };
 
 #endif /* TAS_ABI_H */

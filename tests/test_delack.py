@@ -5,13 +5,21 @@ else that needs an ACK gets it at the end of the poll as before."""
 
 from __future__ import annotations
 
-from fp_harness import M32
-from test_fastpath_twin import data_seg, h, setup_flow, tcp  # noqa: F401  (h: fixture)
+import pytest
+from fp_harness import M32, FPHarness
+from test_fastpath_twin import data_seg, setup_flow, tcp
 
 from flextcp.fastpath_py import FP_DELACK_US
 from nicemu.wire import TAS_TCP_ACK
 
 REPLY = b"r" * 64
+
+
+@pytest.fixture(params=["c", "py"])
+def h(request):
+    hs = FPHarness(request.param == "py")
+    yield hs
+    hs.close()
 
 
 def test_lone_segment_ack_rides_on_the_reply(h):

@@ -20,7 +20,8 @@ def render_stats(st: dict) -> str:
     for i, c in enumerate(st.get("cores", [])):
         lines.append(
             f"core {i}: rx {c['rx_frames']} frames / {c['rx_bytes']} B, tx {c['tx_frames']} frames / "
-            f"{c['tx_bytes']} B, to slow path {c['to_slowpath']}, acks {c['acks_sent']}, "
+            f"{c['tx_bytes']} B, to slow path {c['to_slowpath']}, acks {c['acks_sent']} "
+            f"(delayed {c.get('acks_delayed', 0)}, sent alone after the delay {c.get('delacks_sent', 0)}), "
             f"retransmits {c['rexmit_segs']} (fast {c['rexmit_fast']}), ooo {c['ooo_segs']}, "
             f"busy {c['busy_polls']}/{c['polls']} polls, sleeps {c['sleeps']}"
         )

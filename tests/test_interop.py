@@ -46,6 +46,7 @@ LOSS_IN_PORT = 5007
 LOSS_OUT_PORT = 5008
 LAST_ACK_PORT = 5009
 CLOSE_EXIT_PORT = 5010
+RR_PORT = 5011
 CLOSED_PORT = 5999
 LINUX_SRV_PORT = 6001
 LINUX_CLOSED_PORT = 6002
@@ -91,6 +92,26 @@ def test_echo_100_concurrent_connections(tas):
     assert res["mismatched"] == [], f"connections that got different bytes back: {res['mismatched']}"
     assert res["eofs"] == 100
     print(f"\necho, 100 concurrent connections x 64 KiB: {res['elapsed']:.2f} s")
+
+
+def test_request_response_acks_ride_on_the_replies(tas):
+    """300 closed-loop 64 B exchanges with the echo server: every request is
+    a lone segment, so the fast path holds its ACK (docs/ARCHITECTURE.md
+    "Delayed ACK") and the reply carries it; a pure ACK goes out only when
+    the delay ran out (``delacks_sent``) or for the handshake and close."""
+    tas.echo_server(RR_PORT)
+    before = tas.stats()["cores"][0]
+    n = 300
+    c = tas.peer("client", STACK_IP, RR_PORT, script=f"rr:{n}:64,close", seed=41, timeout=30).result(40)
+    assert c["ok"], c["error"]
+    assert c["tx_bytes"] == c["rx_bytes"] == n * 64
+    assert c["rx_sha256"] == c["tx_sha256"] == steps.pattern_sha256(n * 64, 41)
+    after = tas.stats()["cores"][0]
+    d = {k: after[k] - before[k] for k in ("acks_sent", "acks_delayed", "delacks_sent")}
+    assert d["acks_delayed"] >= n, d
+    # besides the ones sent after the delay: handshake and close only
+    assert d["acks_sent"] - d["delacks_sent"] <= 10, d
+    print(f"\nrr {n} x 64 B: pure ACKs {d['acks_sent']}, of them after the delay {d['delacks_sent']}")
 
 
 # -- bulk transfers ---------------------------------------------------------------------------------

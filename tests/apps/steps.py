@@ -123,6 +123,22 @@ class Runner:
             time.sleep(min(float(delay), self.remaining()))
         self.eof = True
 
+    def op_rr(self, arg: str) -> None:
+        """``rr:N:SIZE``: N closed-loop exchanges against an echo server:
+        send SIZE bytes of the pattern, read SIZE bytes back (the rx digest
+        then equals the tx digest)."""
+        n, _, size = arg.partition(":")
+        size = int(size)
+        stream = b"".join(pattern_chunks(int(n) * size, self.seed))
+        for i in range(int(n)):
+            req = memoryview(stream)[i * size : (i + 1) * size]
+            off = 0
+            while off < size:
+                off += self.conn.send(req[off:], self.remaining())
+            self.tx.update(req)
+            self.tx_bytes += size
+            self.op_recv(str(size))
+
     def op_shut_wr(self, _arg: str) -> None:
         self.conn.shut_wr()
 

@@ -247,7 +247,7 @@ class Stack:
             self._next_id += 1
             if op == "close":  # the per-connection one: binary, no JSON, batched
                 msg = ctlproto.encode_close(req_id, args["flow"], args["tx_head"], args["rx_tail"])
-                self._closes.append(msg[len(ctlproto.BIN_CLOSE):])
+                self._closes.append(msg[len(ctlproto.BIN_CLOSE) :])
                 if not hold:
                     self._send_closes()
                 return
@@ -1302,8 +1302,9 @@ class Connection:
                 return
             # no reply awaited: the stack queues the FIN after tx_head (or
             # resets if rx_tail left data unread) in request order
-            self.ctx.stack._post("close", hold=not flush, flow=self.flow_id, tx_head=self._tx_head,
-                                 rx_tail=self._rx_tail)
+            self.ctx.stack._post(
+                "close", hold=not flush, flow=self.flow_id, tx_head=self._tx_head, rx_tail=self._rx_tail
+            )
 
     @property
     def congestion_control(self) -> str:

@@ -482,10 +482,14 @@ class Context:
                 [pack(c.flow_id, c._gen, TAS_ATX_UPDATE, c._rx_tail, c._tx_head, 0) for c in conns]
             )
             n = self._enqueue_atx(core, data, len(conns))
-            for c in conns[:n]:
-                c._rx_posted = c._rx_tail
-            for c in conns[n:]:  # ring full: retry on the next call
-                left[c.flow_id] = c
+            if n == len(conns):
+                for c in conns:
+                    c._rx_posted = c._rx_tail
+            else:
+                for c in conns[:n]:
+                    c._rx_posted = c._rx_tail
+                for c in conns[n:]:  # ring full: retry on the next call
+                    left[c.flow_id] = c
             if n and lib.tas_armed_get(self._fp_armed + core):
                 self.stack.doorbells[core].ring()
         self._updates = left
@@ -672,8 +676,11 @@ class Context:
         """Block until something happens (or timeout); returns poll()'s count.
         Returns at once if notifications arrived since the last wait() (also
         those an internal poll of recv/send/accept consumed)."""
-        with self._lock:
-            self._check_open()
+        lock = self._lock
+        lock.acquire()  # (acquire/release: cheaper than ``with`` on the per-wake-up path)
+        try:
+            if self._closed:
+                raise _oserror(errno.EBADF, "context closed")
             if self._hints or self._events:
                 n = self._poll_locked() + self._hints
                 self._hints = 0
@@ -684,35 +691,51 @@ class Context:
                 if n:
                     self._hints = 0
                     return n
-            while True:
+            # the first sleep gets the whole timeout (the deadline was just
+            # computed from it): one clock read less per wake-up
+            n = self._wait_locked(None if timeout is None else max(0.0, timeout))
+            while not n and _remaining(deadline) != 0:
                 n = self._wait_locked(_remaining(deadline))
-                if n or _remaining(deadline) == 0:
-                    self._hints = 0
-                    return n
+            self._hints = 0
+            return n
+        finally:
+            lock.release()
 
     def ready_flows(self) -> set[int]:
         """Flow ids the fast path notified (data, acknowledged data, FIN)
         or a control event concerned (connected, failed, reset, closed)
         since the last call; hints only: read the connection's state.
         Complete unless hints_lost() says otherwise."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             r, self._ready = self._ready, set()
-            return r
+        finally:
+            lock.release()
+        return r
 
     def hints_lost(self) -> bool:
         """True (once) if notifications may have been lost since the last
         call: an ARX ring was found full, so ready_flows() may miss flows;
         look at every connection once.  Counted in ``arx_overflows``."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             lost, self._hints_lost = self._hints_lost, False
-            return lost
+        finally:
+            lock.release()
+        return lost
 
     def flush(self) -> None:
         """Post the pending updates now (see Connection.splice_to's
         ``flush``); poll() and wait() do it too."""
-        with self._lock:
-            if not self._closed:
+        lock = self._lock
+        lock.acquire()
+        try:
+            if not self._closed and (self._updates or self.stack._closes):
                 self._flush()
+        finally:
+            lock.release()
 
     def connection(self, flow_id: int) -> Connection | None:
         """The open connection of a flow id (from ready_flows()), or None."""

@@ -103,9 +103,13 @@ class EchoServer:
         n = ctx.wait(timeout)
         new = self._accept_all() if self.listener._queue else None
         ready = ctx.ready_flows()
-        now = time.monotonic()
         lost = ctx.hints_lost()
-        if not (new or lost or self._blocked or (not n and now - self._last_sweep > self.SAFETY_SWEEP_S)):
+        if not (
+            new
+            or lost
+            or self._blocked
+            or (not n and time.monotonic() - self._last_sweep > self.SAFETY_SWEEP_S)
+        ):
             # the common case: only flows the fast path named, each once
             # (a set), no dict of them to build
             conns, service = self.conns, self._service
@@ -120,6 +124,7 @@ class EchoServer:
             if any_:
                 ctx.flush()
             return
+        now = time.monotonic()
         todo: dict[int, Connection] = {c.flow_id: c for c in new or ()}
         if lost:
             self.sweeps += 1

@@ -428,6 +428,7 @@ class Context:
             self._atx_raw = [getattr(r, "raw", None) for r in self._atx]
             self._arx_pairs = [(r, getattr(r, "raw", None)) for r in self._arx]
             self._arx_ids = memoryview(self._arxbuf).cast("I") if _ARX_IDS_SLICE else None
+            self._sleep_fds = [evfd, stack._sock.fileno()]  # what _wait_locked watches
             self._mv = self.region.view()
         except BaseException:
             self.region.close()
@@ -604,7 +605,7 @@ class Context:
             return n
         slice_ = MAX_SLEEP if self._waiters == 0 else 0.005
         t = slice_ if timeout is None else min(timeout, slice_)
-        fds = [self.evfd] if stack._closed else [self.evfd, stack._sock.fileno()]
+        fds = [self.evfd] if stack._closed else self._sleep_fds
         self._waiters += 1
         self._lock.release()
         try:

@@ -76,7 +76,7 @@ class EchoServer:
         self.serviced += 1
         fid = conn.flow_id
         try:
-            if not conn.echo(flush=False):  # all echoed (the common case): splice + readable in one
+            if not conn.echo(False):  # (flush=False) all echoed (the common case): splice + readable in one
                 if self._blocked:
                     self._blocked.pop(fid, None)
                 return True

@@ -31,6 +31,7 @@ import os
 import select
 import socket
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -64,6 +65,11 @@ SPIN_US = int(os.environ.get("TAS_APP_SPIN_US", "0"))
 _ATX = struct.Struct("<IHHQQQ")
 _ARX = struct.Struct("<IHHQ")
 _ARX_BATCH = 64
+_M64 = 0xFFFFFFFFFFFFFFFF
+# ARX entries start with the flow id (uint32): on a little-endian host the
+# ids of a drained batch are every 4th uint32 of the buffer, one slice
+_ARX_IDS_SLICE = sys.byteorder == "little" and _ARX.size % 4 == 0
+_ARX_WORDS = _ARX.size // 4
 
 _STATE_CONNECTING = "connecting"
 _STATE_CONNECTED = "connected"
@@ -247,7 +253,7 @@ class Stack:
             self._next_id += 1
             if op == "close":  # the per-connection one: binary, no JSON, batched
                 msg = ctlproto.encode_close(req_id, args["flow"], args["tx_head"], args["rx_tail"])
-                self._closes.append(msg[len(ctlproto.BIN_CLOSE):])
+                self._closes.append(msg[len(ctlproto.BIN_CLOSE) :])
                 if not hold:
                     self._send_closes()
                 return
@@ -416,6 +422,13 @@ class Context:
             ]
             self._arxbuf = bytearray(_ARX_BATCH * layout.TAS_ARX_ENTRY_SIZE)
             self._arxptr = ffi.from_buffer(self._arxbuf, require_writable=True)
+            # per-call lookups hoisted out of the hot paths: the C rings'
+            # ``struct tas_ring *`` (None for the pure twin, TAS_PURE=1) and
+            # the flow ids of a drained ARX batch as one strided view
+            self._atx_raw = [getattr(r, "raw", None) for r in self._atx]
+            self._arx_pairs = [(r, getattr(r, "raw", None)) for r in self._arx]
+            self._arx_ids = memoryview(self._arxbuf).cast("I") if _ARX_IDS_SLICE else None
+            self._sleep_fds = [evfd, stack._sock.fileno()]  # what _wait_locked watches
             self._mv = self.region.view()
         except BaseException:
             self.region.close()
@@ -443,35 +456,52 @@ class Context:
         updates = self._updates
         if not updates:
             return
+        n_cores = self.n_cores
         if len(updates) == 1:  # the common case (one request, one reply): no batching
             (c,) = updates.values()
-            core = c.info.core
-            if core < self.n_cores and self._atx[core].enqueue_n(
-                _ATX.pack(c.flow_id, c.info.gen, TAS_ATX_UPDATE, c._rx_tail, c._tx_head, 0), 1
+            core = c._core
+            if core < n_cores and self._enqueue_atx(
+                core, _ATX.pack(c.flow_id, c._gen, TAS_ATX_UPDATE, c._rx_tail, c._tx_head, 0), 1
             ):
                 c._rx_posted = c._rx_tail
                 self._updates = {}
                 if lib.tas_armed_get(self._fp_armed + core):
                     self.stack.doorbells[core].ring()
                 return
-        per_core: dict[int, list[Connection]] = {}
-        for conn in updates.values():
-            per_core.setdefault(conn.info.core, []).append(conn)
+        if n_cores == 1:  # one fast-path core: no grouping
+            per_core = {0: [c for c in updates.values() if not c._core]}
+        else:
+            per_core = {}
+            for conn in updates.values():
+                per_core.setdefault(conn._core, []).append(conn)
         left: dict[int, Connection] = {}
+        pack = _ATX.pack
         for core, conns in per_core.items():
-            if core >= self.n_cores:
+            if core >= n_cores or not conns:
                 continue
             data = b"".join(
-                _ATX.pack(c.flow_id, c.info.gen, TAS_ATX_UPDATE, c._rx_tail, c._tx_head, 0) for c in conns
+                [pack(c.flow_id, c._gen, TAS_ATX_UPDATE, c._rx_tail, c._tx_head, 0) for c in conns]
             )
-            n = self._atx[core].enqueue_n(data, len(conns))
-            for c in conns[:n]:
-                c._rx_posted = c._rx_tail
-            for c in conns[n:]:  # ring full: retry on the next call
-                left[c.flow_id] = c
+            n = self._enqueue_atx(core, data, len(conns))
+            if n == len(conns):
+                for c in conns:
+                    c._rx_posted = c._rx_tail
+            else:
+                for c in conns[:n]:
+                    c._rx_posted = c._rx_tail
+                for c in conns[n:]:  # ring full: retry on the next call
+                    left[c.flow_id] = c
             if n and lib.tas_armed_get(self._fp_armed + core):
                 self.stack.doorbells[core].ring()
         self._updates = left
+
+    def _enqueue_atx(self, core: int, data: bytes, n: int) -> int:
+        """Enqueue n packed ATX entries on a core's ring (the C ring
+        directly: data is exactly n entries); returns how many fit."""
+        raw = self._atx_raw[core]
+        if raw is not None:
+            return lib.tas_ring_enqueue_n(raw, data, n)
+        return self._atx[core].enqueue_n(data, n)
 
     def _process_events(self) -> int:
         n = 0
@@ -515,14 +545,13 @@ class Context:
 
     def _poll_arx(self) -> int:
         n = 0
-        buf, ptr = self._arxbuf, self._arxptr
+        buf, ptr, ids = self._arxbuf, self._arxptr, self._arx_ids
         ready = self._ready
-        for ring in self._arx:
+        for ring, raw in self._arx_pairs:
             got = 0
             while True:
                 # C rings: straight into the preallocated cffi buffer (no
                 # per-call from_buffer); the pure twin through its method
-                raw = getattr(ring, "raw", None)
                 k = (
                     lib.tas_ring_dequeue_n(raw, ptr, _ARX_BATCH)
                     if raw is not None
@@ -532,8 +561,11 @@ class Context:
                     break
                 got += k
                 # entries are wakeup hints: state is read from the appflow blocks
-                for e in _ARX.iter_unpack(memoryview(buf)[: k * _ARX.size]):
-                    ready.add(e[0])
+                if ids is not None:  # the flow ids: the first uint32 of each entry
+                    ready.update(ids[0 : k * _ARX_WORDS : _ARX_WORDS])
+                else:
+                    for e in _ARX.iter_unpack(memoryview(buf)[: k * _ARX.size]):
+                        ready.add(e[0])
                 if k < _ARX_BATCH:
                     break
             # The fast path drops a notification only while the ring is full,
@@ -544,7 +576,8 @@ class Context:
                 self._hints_lost = True
                 self.arx_overflows += 1
             n += got
-        self._hints += n
+        if n:
+            self._hints += n
         return n
 
     def _poll_locked(self) -> int:
@@ -560,17 +593,19 @@ class Context:
         drained (a recvmsg) before and after every sleep: the stack sends an
         event before it rings the eventfd, so a pending event makes the sleep
         return at once, and the socket is read only when select() says so."""
+        stack = self.stack
         lib.tas_armed_set(self._app_armed, 1)
-        self._flush()
-        n = self._process_events() + self._poll_arx()
+        if self._updates or stack._closes:  # (what _flush() would do, without the call)
+            self._flush()
+        n = (self._process_events() if self._events else 0) + self._poll_arx()
         if n or self._events:
             self._hdr.app_armed = 0
-            self._flush()
+            if self._updates or stack._closes:
+                self._flush()
             return n
         slice_ = MAX_SLEEP if self._waiters == 0 else 0.005
         t = slice_ if timeout is None else min(timeout, slice_)
-        stack = self.stack
-        fds = [self.evfd] if stack._closed else [self.evfd, stack._sock.fileno()]
+        fds = [self.evfd] if stack._closed else self._sleep_fds
         self._waiters += 1
         self._lock.release()
         try:
@@ -586,8 +621,9 @@ class Context:
                 pass
         if len(ready) > 1 or (ready and ready[0] != self.evfd):
             stack._drain_events()
-        n = self._process_events() + self._poll_arx()
-        self._flush()
+        n = (self._process_events() if self._events else 0) + self._poll_arx()
+        if self._updates or stack._closes:
+            self._flush()
         return n
 
     def _spin_locked(self, deadline: float | None) -> int:
@@ -641,8 +677,11 @@ class Context:
         """Block until something happens (or timeout); returns poll()'s count.
         Returns at once if notifications arrived since the last wait() (also
         those an internal poll of recv/send/accept consumed)."""
-        with self._lock:
-            self._check_open()
+        lock = self._lock
+        lock.acquire()  # (acquire/release: cheaper than ``with`` on the per-wake-up path)
+        try:
+            if self._closed:
+                raise _oserror(errno.EBADF, "context closed")
             if self._hints or self._events:
                 n = self._poll_locked() + self._hints
                 self._hints = 0
@@ -653,35 +692,51 @@ class Context:
                 if n:
                     self._hints = 0
                     return n
-            while True:
+            # the first sleep gets the whole timeout (the deadline was just
+            # computed from it): one clock read less per wake-up
+            n = self._wait_locked(None if timeout is None else max(0.0, timeout))
+            while not n and _remaining(deadline) != 0:
                 n = self._wait_locked(_remaining(deadline))
-                if n or _remaining(deadline) == 0:
-                    self._hints = 0
-                    return n
+            self._hints = 0
+            return n
+        finally:
+            lock.release()
 
     def ready_flows(self) -> set[int]:
         """Flow ids the fast path notified (data, acknowledged data, FIN)
         or a control event concerned (connected, failed, reset, closed)
         since the last call; hints only: read the connection's state.
         Complete unless hints_lost() says otherwise."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             r, self._ready = self._ready, set()
-            return r
+        finally:
+            lock.release()
+        return r
 
     def hints_lost(self) -> bool:
         """True (once) if notifications may have been lost since the last
         call: an ARX ring was found full, so ready_flows() may miss flows;
         look at every connection once.  Counted in ``arx_overflows``."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             lost, self._hints_lost = self._hints_lost, False
-            return lost
+        finally:
+            lock.release()
+        return lost
 
     def flush(self) -> None:
         """Post the pending updates now (see Connection.splice_to's
         ``flush``); poll() and wait() do it too."""
-        with self._lock:
-            if not self._closed:
+        lock = self._lock
+        lock.acquire()
+        try:
+            if not self._closed and (self._updates or self.stack._closes):
                 self._flush()
+        finally:
+            lock.release()
 
     def connection(self, flow_id: int) -> Connection | None:
         """The open connection of a flow id (from ready_flows()), or None."""
@@ -947,6 +1002,11 @@ class Connection:
         self._tx = ctx._mv[info.tx_off : info.tx_off + info.tx_len]
         self._rx_mask = info.rx_len - 1
         self._tx_mask = info.tx_len - 1
+        # FlowInfo is frozen: its hot fields as plain attributes
+        self._rx_len = info.rx_len
+        self._tx_len = info.tx_len
+        self._core = info.core
+        self._gen = info.gen
         ctx._conns.add(self)
 
     def __repr__(self) -> str:
@@ -1227,6 +1287,11 @@ class Connection:
         them in one batch and rings each fast-path core once.
         Errors as recv() for this side and send() for dst."""
         ctx = self.ctx
+        if dst is self and nbytes is None:  # an echo: the common case first
+            with ctx._lock:
+                n = self._echo_locked(flush)
+                if n >= 0:
+                    return n
         if dst.ctx is not ctx:
             raise ValueError("splice_to: both connections must belong to the same context")
         with ctx._lock:
@@ -1265,6 +1330,109 @@ class Connection:
                 ctx._flush()
             return n
 
+    def _echo_locked(self, flush: bool) -> int:
+        """splice_to(self) for a connection in the plain state (connected,
+        no reset, FIN or shutdown seen, context open): the bytes moved, or -1
+        if the state is not plain (the caller then takes the general path,
+        which raises or returns what splice_to always did).  Lock held."""
+        ctx = self.ctx
+        if (
+            self._state != _STATE_CONNECTED
+            or self._reset
+            or self._gone
+            or self._shut_rd
+            or self._shut_wr
+            or ctx._closed
+        ):
+            return -1
+        af = self._af
+        if af.flags & TAS_AF_RESET:
+            return -1
+        rx_len = self._rx_len
+        tail = self._rx_tail
+        avail = (af.rx_head - tail) & _M64
+        if avail > rx_len:  # never trust a bogus head
+            return 0
+        tx_len = self._tx_len
+        head = self._tx_head
+        used = (head - af.tx_acked) & _M64
+        if used > tx_len:
+            return 0
+        n = min(avail, tx_len - used)
+        if not n:
+            return 0
+        rx, tx = self._rx, self._tx
+        rx_mask, tx_mask = self._rx_mask, self._tx_mask
+        src = tail & rx_mask
+        out = head & tx_mask
+        if src + n <= rx_len and out + n <= tx_len:  # neither buffer wraps
+            tx[out : out + n] = rx[src : src + n]
+        else:
+            left = n
+            while left:  # at most three pieces: each buffer wraps at most once
+                k = min(left, rx_len - src, tx_len - out)
+                tx[out : out + k] = rx[src : src + k]
+                src = (src + k) & rx_mask
+                out = (out + k) & tx_mask
+                left -= k
+        self._tx_head = head + n
+        self._rx_tail = tail + n
+        # one update carries both positions (what _after_consume would queue
+        # for the rx side is this same flow's update)
+        ctx._updates[self.flow_id] = self
+        if flush:
+            ctx._flush()
+        return n
+
+    def echo(self, flush: bool = True) -> bool:
+        """``splice_to(self)`` followed by ``readable()``, in one call: move
+        what is readable into this connection's own send buffer and return
+        True if input is still there to look at (bytes that did not fit,
+        EOF or an error: then use splice_to/at_eof as usual), False when
+        everything was echoed.  Errors as splice_to."""
+        ctx = self.ctx
+        lock = ctx._lock
+        lock.acquire()  # (cheaper than ``with`` on this path)
+        try:
+            if not (
+                self._state != _STATE_CONNECTED
+                or self._reset
+                or self._gone
+                or self._shut_rd
+                or self._shut_wr
+                or ctx._closed
+            ):
+                # _echo_locked inlined (the echo server's per-request call)
+                af = self._af
+                flags = af.flags
+                if not flags & TAS_AF_RESET:
+                    rx_len = self._rx_len
+                    tail = self._rx_tail
+                    avail = (af.rx_head - tail) & _M64
+                    if not 0 < avail <= rx_len:  # nothing (or a bogus head: nothing readable)
+                        return bool(flags & TAS_AF_RX_FIN)
+                    tx_len = self._tx_len
+                    head = self._tx_head
+                    used = (head - af.tx_acked) & _M64
+                    if used >= tx_len:  # no room: the input stays
+                        return True
+                    n = min(avail, tx_len - used)
+                    src = tail & self._rx_mask
+                    out = head & self._tx_mask
+                    if src + n <= rx_len and out + n <= tx_len:  # neither buffer wraps
+                        self._tx[out : out + n] = self._rx[src : src + n]
+                        self._tx_head = head + n
+                        self._rx_tail = tail = tail + n
+                        ctx._updates[self.flow_id] = self
+                        if flush:
+                            ctx._flush()
+                        avail = (af.rx_head - tail) & _M64
+                        return 0 < avail <= rx_len or bool(af.flags & (TAS_AF_RX_FIN | TAS_AF_RESET))
+            self.splice_to(self, flush=flush)
+            return self.readable()
+        finally:
+            lock.release()
+
     # -- teardown -------------------------------------------------------------------------
     def shutdown(self, how: int) -> None:
         """SHUT_WR: send FIN after the bytes written so far.  SHUT_RD: recv()
@@ -1302,8 +1470,9 @@ class Connection:
                 return
             # no reply awaited: the stack queues the FIN after tx_head (or
             # resets if rx_tail left data unread) in request order
-            self.ctx.stack._post("close", hold=not flush, flow=self.flow_id, tx_head=self._tx_head,
-                                 rx_tail=self._rx_tail)
+            self.ctx.stack._post(
+                "close", hold=not flush, flow=self.flow_id, tx_head=self._tx_head, rx_tail=self._rx_tail
+            )
 
     @property
     def congestion_control(self) -> str:

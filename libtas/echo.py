@@ -76,6 +76,10 @@ class EchoServer:
         self.serviced += 1
         fid = conn.flow_id
         try:
+            if not conn.echo(False):  # (flush=False) all echoed (the common case): splice + readable in one
+                if self._blocked:
+                    self._blocked.pop(fid, None)
+                return True
             while True:
                 moved = conn.splice_to(conn, flush=False)  # rx buffer -> tx buffer, one update
                 if not conn.readable():  # all echoed (the common case)
@@ -95,12 +99,34 @@ class EchoServer:
     def serve_once(self, timeout: float = 0.2) -> None:
         """Wait for the doorbell (at most timeout), then serve the flows
         that have something (see the class docstring)."""
-        n = self.ctx.wait(timeout)
         ctx = self.ctx
-        todo: dict[int, Connection] = {c.flow_id: c for c in self._accept_all()}
+        n = ctx.wait(timeout)
+        new = self._accept_all() if self.listener._queue else None
         ready = ctx.ready_flows()
+        lost = ctx.hints_lost()
+        if not (
+            new
+            or lost
+            or self._blocked
+            or (not n and time.monotonic() - self._last_sweep > self.SAFETY_SWEEP_S)
+        ):
+            # the common case: only flows the fast path named, each once
+            # (a set), no dict of them to build
+            conns, service = self.conns, self._service
+            any_ = False
+            for fid in ready:
+                conn = conns.get(fid)
+                if conn is not None:
+                    any_ = True
+                    if not service(conn):
+                        conns.pop(fid, None)
+                        self._blocked.pop(fid, None)
+            if any_:
+                ctx.flush()
+            return
         now = time.monotonic()
-        if ctx.hints_lost():
+        todo: dict[int, Connection] = {c.flow_id: c for c in new or ()}
+        if lost:
             self.sweeps += 1
             self._last_sweep = now
             todo = dict(self.conns)

@@ -1,0 +1,181 @@
+"""Connection.echo() and splice_to(self)'s fast path (libtas) against the
+general path they shortcut: the same result, error, positions, update and
+bytes in the send buffer, over seeded random states (buffer wraps, full
+send buffers, FIN, reset, closed, shutdown, bogus positions).  No stack:
+a connection over plain buffers and a minimal context."""
+
+from __future__ import annotations
+
+import errno
+import random
+import threading
+import types
+
+import pytest
+
+import libtas.api as api
+from flextcp.native import ffi
+
+BIG = 1 << 62  # splice_to(conn, BIG): the general path, same limit as none
+STATES = [api._STATE_CONNECTED] * 6 + [api._STATE_CONNECTING, api._STATE_CLOSED, api._STATE_FAILED]
+
+
+class _Ctx:
+    """What a Connection's data path uses of its Context."""
+
+    def __init__(self, closed: bool) -> None:
+        self._lock = threading.RLock()
+        self._updates: dict[int, api.Connection] = {}
+        self._closed = closed
+        self.flushes = 0
+
+    def _flush(self) -> None:
+        self.flushes += 1
+        for c in self._updates.values():
+            c._rx_posted = c._rx_tail
+        self._updates = {}
+
+    def _queue_update(self, conn) -> None:
+        self._updates[conn.flow_id] = conn
+
+    def _poll_locked(self) -> int:
+        return 0
+
+
+def _conn(st: dict) -> api.Connection:
+    """A connection in state st (fresh buffers and appflow block)."""
+    c = object.__new__(api.Connection)
+    ctx = _Ctx(st["ctx_closed"])
+    af = ffi.new("struct tas_appflow *")
+    af.rx_head = st["rx_head"] & api._M64
+    af.tx_acked = st["tx_acked"] & api._M64
+    af.flags = st["flags"]
+    rx = bytearray(st["rx_data"])
+    tx = bytearray(st["tx_data"])
+    rx_len, tx_len = len(rx), len(tx)
+    c.__dict__.update(
+        ctx=ctx,
+        info=types.SimpleNamespace(rx_len=rx_len, tx_len=tx_len, core=0, gen=1, flow=7),
+        flow_id=7,
+        _state=st["state"],
+        _error=errno.ECONNREFUSED,
+        _reset=st["reset"],
+        _reset_reported=st["reset_reported"],
+        _gone=st["gone"],
+        _shut_rd=st["shut_rd"],
+        _shut_wr=st["shut_wr"],
+        _rx_tail=st["rx_tail"],
+        _tx_head=st["tx_head"],
+        _rx_posted=st["rx_posted"],
+        _af=af,
+        _afkeep=af,
+        _rx=memoryview(rx),
+        _tx=memoryview(tx),
+        _rxbuf=rx,
+        _txbuf=tx,
+        _rx_mask=rx_len - 1,
+        _tx_mask=tx_len - 1,
+        _rx_len=rx_len,
+        _tx_len=tx_len,
+        _core=0,
+        _gen=1,
+    )
+    return c
+
+
+def _random_state(rng: random.Random) -> dict:
+    rx_len = rng.choice([8, 16, 64])
+    tx_len = rng.choice([8, 16, 64])
+    rx_tail = rng.randrange(0, 1 << 20)
+    kind = rng.random()
+    if kind < 0.05:  # a bogus head (beyond the buffer, or behind the tail)
+        rx_head = rx_tail + rx_len + rng.randrange(1, 100)
+    else:
+        rx_head = rx_tail + rng.randrange(0, rx_len + 1)
+    tx_head = rng.randrange(0, 1 << 20)
+    used = rng.randrange(0, tx_len + 1) if rng.random() > 0.05 else tx_len + rng.randrange(1, 50)
+    plain = rng.random() < 0.6  # most states plain: the fast path's
+    return {
+        "state": api._STATE_CONNECTED if plain else rng.choice(STATES),
+        "ctx_closed": False if plain else rng.random() < 0.1,
+        "reset": 0 if plain or rng.random() < 0.7 else errno.ECONNRESET,
+        "reset_reported": rng.random() < 0.3,
+        "gone": False if plain else rng.random() < 0.1,
+        "shut_rd": False if plain else rng.random() < 0.15,
+        "shut_wr": False if plain else rng.random() < 0.15,
+        "flags": rng.choice(
+            [0, 0, 0, api.TAS_AF_RX_FIN, api.TAS_AF_RESET, api.TAS_AF_RX_FIN | api.TAS_AF_RESET]
+        ),
+        "rx_tail": rx_tail,
+        "rx_head": rx_head,
+        "rx_posted": rx_tail - rng.randrange(0, rx_len + 1),
+        "tx_head": tx_head,
+        "tx_acked": tx_head - used,
+        "rx_data": bytes(rng.randrange(256) for _ in range(rx_len)),
+        "tx_data": bytes(rng.randrange(256) for _ in range(tx_len)),
+    }
+
+
+def _outcome(c: api.Connection, call) -> tuple:
+    try:
+        r = ("ok", call())
+    except OSError as e:
+        r = ("raise", type(e), e.errno)
+    return (
+        r,
+        c._rx_tail,
+        c._tx_head,
+        c._rx_posted,
+        bytes(c._txbuf),
+        c._reset,
+        c._reset_reported,
+        sorted(c.ctx._updates),
+    )
+
+
+@pytest.mark.parametrize("flush", [False, True])
+def test_echo_is_splice_then_readable(flush):
+    rng = random.Random(20261206 + flush)
+    fast = 0
+    for _ in range(4000):
+        st = _random_state(rng)
+        a, b = _conn(st), _conn(st)
+        got = _outcome(a, lambda a=a: a.echo(flush=flush))
+
+        def ref(b=b):
+            b.splice_to(b, BIG, flush=flush)
+            return b.readable()
+
+        want = _outcome(b, ref)
+        assert got == want, st
+        fast += got[0] == ("ok", False)
+    assert fast > 500  # the common case (all echoed) was exercised
+
+
+@pytest.mark.parametrize("flush", [False, True])
+def test_splice_to_self_fast_path_is_the_general_path(flush):
+    rng = random.Random(61 + flush)
+    moved = 0
+    for _ in range(4000):
+        st = _random_state(rng)
+        a, b = _conn(st), _conn(st)
+        got = _outcome(a, lambda a=a: a.splice_to(a, flush=flush))
+        want = _outcome(b, lambda b=b: b.splice_to(b, BIG, flush=flush))
+        assert got == want, st
+        moved += got[0][0] == "ok" and got[0][1] > 0
+    assert moved > 500
+
+
+def test_echo_wraps_both_buffers():
+    st = {
+        "state": api._STATE_CONNECTED, "ctx_closed": False, "reset": 0, "reset_reported": False,
+        "gone": False, "shut_rd": False, "shut_wr": False, "flags": 0,
+        "rx_tail": 12, "rx_head": 12 + 10, "rx_posted": 12, "tx_head": 30, "tx_acked": 30,
+        "rx_data": bytes(range(16)), "tx_data": bytes(16),
+    }  # fmt: skip
+    c = _conn(st)
+    assert c.echo(flush=False) is False
+    assert c._rx_tail == 22 and c._tx_head == 40
+    # rx bytes 12..15, 0..5 (the rx buffer wraps) land at tx 14, 15, 0..7 (so does tx)
+    assert bytes(c._txbuf) == bytes([14, 15, 0, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0, 0, 12, 13])
+    assert list(c.ctx._updates) == [7]

@@ -387,6 +387,11 @@ class ShimSocket(socket.socket):
         self._st = st
         _register(self.fileno(), st)
         rt.add_link(link)
+        if timeout == 0.0:
+            # like Linux: a non-blocking connect always starts with EINPROGRESS,
+            # even if the answer (a refusal) already came in; the outcome is
+            # then read from SO_ERROR or a second connect()
+            return errno.EINPROGRESS if ex else _raise(errno.EINPROGRESS, BlockingIOError)
         return self._wait_connect(st, ex, errno.EINPROGRESS)
 
     def _wait_connect(self, st: ShimState, ex: bool, busy: int) -> int:

@@ -117,6 +117,9 @@ FP_SEGS_PER_VISIT = 16
 FP_TX_QUANTUM = 65536  # transmit scheduling (fp_tx.c fp_tx_run)
 FP_TX_VISIT_BYTES = 16384
 FP_TX_POLL_BYTES = 262144
+FP_TX_POLL_BYTES_SHARED = 65536
+FP_TX_SHARED_US = 50000
+FP_TX_FRESH_BYTES = 16384
 FP_DELACK_US = 500  # delayed ACK (fp_tx.c fp_delay_ack)
 FP_DROP_WRONG_DST_IP = 14
 FP_DROP_WRONG_DST_MAC = 15
@@ -318,6 +321,7 @@ class PyFastPath:
         self.txq_slot = [0] * cfg.n_flows
         self.txc: dict[int, _TxCtx] = {}
         self.ring: deque[int] = deque()
+        self.tx_shared_until_us = 0  # transmit shared until then (FP_TX_POLL_BYTES_SHARED)
         self.ackq = [0] * cfg.n_flows
         self.n_ack = 0
         self.delq: deque[tuple[int, int]] = deque()  # (flow id, deadline), n_flows at most
@@ -1232,8 +1236,11 @@ class PyFastPath:
         self.txq_slot[flow_id] = s + 1
         c.fifo.append(flow_id)
         if not c.in_ring:
+            # to the head of the ring, first served for FP_TX_FRESH_BYTES
             c.in_ring = True
-            self.ring.append(s)
+            c.in_turn = True
+            c.deficit = FP_TX_FRESH_BYTES
+            self.ring.appendleft(s)
 
     def need_ack(self, flow_id: int, f) -> None:
         f.flags |= TAS_FF_ACK_NOW
@@ -1643,7 +1650,10 @@ class PyFastPath:
         first_due = 0
         idle = 0
         ring = self.ring
-        while ring and idle < len(ring) and segs < budget and nbytes < FP_TX_POLL_BYTES:
+        if len(ring) >= 2:
+            self.tx_shared_until_us = self.now_us + FP_TX_SHARED_US
+        poll_bytes = FP_TX_POLL_BYTES_SHARED if self.now_us < self.tx_shared_until_us else FP_TX_POLL_BYTES
+        while ring and idle < len(ring) and segs < budget and nbytes < poll_bytes:
             s = ring[0]
             c = self.txc[s]
             if not c.in_turn:
@@ -1652,7 +1662,7 @@ class PyFastPath:
             owed = c.deficit <= 0
             stuck = 0
             fifo = c.fifo
-            while fifo and c.deficit > 0 and stuck < len(fifo) and segs < budget and nbytes < FP_TX_POLL_BYTES:
+            while fifo and c.deficit > 0 and stuck < len(fifo) and segs < budget and nbytes < poll_bytes:
                 fid = fifo.popleft()
                 self.txq_slot[fid] = 0
                 f = self.flows + fid
@@ -1661,7 +1671,7 @@ class PyFastPath:
                 f.flags &= ~TAS_FF_IN_TXQ & M32
                 if f.status == TAS_FLOW_ACTIVE:
                     b = min(budget - segs, FP_SEGS_PER_VISIT)
-                    cap = min(c.deficit, FP_TX_VISIT_BYTES, FP_TX_POLL_BYTES - nbytes)
+                    cap = min(c.deficit, FP_TX_VISIT_BYTES, poll_bytes - nbytes)
                     sent, more, due, w = self.tx_flow(f, b, cap)
                     if due and (not first_due or due < first_due):
                         first_due = due

@@ -28,6 +28,15 @@
 #define FP_TX_QUANTUM 65536u        /* credit a context gets per round */
 #define FP_TX_VISIT_BYTES 16384u    /* at most this per flow visit (one segment may overshoot) */
 #define FP_TX_POLL_BYTES 262144u    /* at most this per poll (besides cfg.tx_batch segments) */
+/* ... and at most this while transmit is shared: two or more contexts had
+ * flows queued at once within the last FP_TX_SHARED_US (short polls, so a
+ * request in the TAP queue and a reply in the ring wait less; one busy
+ * context alone keeps the long polls) */
+#define FP_TX_POLL_BYTES_SHARED 65536u
+#define FP_TX_SHARED_US 50000u
+/* a context joining the ring (no flows queued before) is served first,
+ * with this much credit; what it has left then waits its DRR turn */
+#define FP_TX_FRESH_BYTES 16384u
 /* Delayed ACK (RFC 1122 4.2.3.2, RFC 5681 4.2): the ACK of a lone in-order
  * segment waits this long for data of ours to ride on (the app's reply to a
  * request); a second segment, a FIN, a hole or a window update is ACKed at
@@ -95,6 +104,7 @@ struct tas_fp {
     uint32_t *txq_slot;
     struct fp_txctx *txc;
     uint32_t ring_head, ring_tail, ring_n;
+    uint64_t tx_shared_until_us; /* transmit is shared until then (FP_TX_POLL_BYTES_SHARED) */
 
     /* flows that need an ACK at the end of this poll */
     uint32_t *ackq;

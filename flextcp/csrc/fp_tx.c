@@ -30,8 +30,21 @@ static void ring_append(struct tas_fp *fp, uint32_t s)
     fp->ring_tail = s;
 }
 
+/* Context slot s to the head of the ring: a context joining it is served
+ * first, for FP_TX_FRESH_BYTES (a turn in progress at the head resumes
+ * after it without a new quantum). */
+static void ring_prepend(struct tas_fp *fp, uint32_t s)
+{
+    fp->txc[s].ring_next = fp->ring_head;
+    if (!fp->ring_n++)
+        fp->ring_tail = s;
+    fp->ring_head = s;
+    fp->txc[s].in_turn = 1;
+    fp->txc[s].deficit = FP_TX_FRESH_BYTES;
+}
+
 /* Queue flow_id for transmission: at the tail of its context's FIFO, the
- * context at the tail of the ring if it was not on it.  O(1), no
+ * context at the head of the ring if it was not on it.  O(1), no
  * allocation.  TAS_FF_IN_TXQ is the shared "queued" flag (the slow path
  * clears it after a fast-path restart); txq_slot is the private truth
  * about the links, so a flag cleared behind our back never links a flow
@@ -54,7 +67,7 @@ void fp_txq_push(struct tas_fp *fp, uint32_t flow_id, struct tas_flow *f)
     c->tail = flow_id;
     if (!c->in_ring) {
         c->in_ring = 1;
-        ring_append(fp, s);
+        ring_prepend(fp, s);
     }
 }
 
@@ -587,14 +600,21 @@ static uint32_t txq_pop(struct tas_fp *fp, struct fp_txctx *c)
  * flows queued.  A turn cut short by the poll's budget (budget segments,
  * FP_TX_POLL_BYTES) resumes at the next poll without a new quantum.  So a
  * context waits at most one quantum (+ one segment) per other active
- * context, whatever their flow counts.  Returns segments sent. */
+ * context, whatever their flow counts.  A context joining the ring is
+ * served first, for FP_TX_FRESH_BYTES (ring_prepend).  While two or more
+ * contexts have had flows queued at once in the last FP_TX_SHARED_US, the
+ * poll's byte budget is FP_TX_POLL_BYTES_SHARED.  Returns segments sent. */
 uint32_t fp_tx_run(struct tas_fp *fp, uint32_t budget)
 {
     uint32_t segs = 0;
     uint64_t bytes = 0;
     uint64_t first_due = 0;
     uint32_t idle = 0; /* consecutive turns that ended with every flow waiting */
-    while (fp->ring_n && idle < fp->ring_n && segs < budget && bytes < FP_TX_POLL_BYTES) {
+    if (fp->ring_n >= 2)
+        fp->tx_shared_until_us = fp->now_us + FP_TX_SHARED_US;
+    const uint64_t poll_bytes =
+        fp->now_us < fp->tx_shared_until_us ? FP_TX_POLL_BYTES_SHARED : FP_TX_POLL_BYTES;
+    while (fp->ring_n && idle < fp->ring_n && segs < budget && bytes < poll_bytes) {
         uint32_t s = fp->ring_head;
         struct fp_txctx *c = &fp->txc[s];
         if (!c->in_turn) {
@@ -603,7 +623,7 @@ uint32_t fp_tx_run(struct tas_fp *fp, uint32_t budget)
         }
         int owed = c->deficit <= 0; /* still paying a past overshoot */
         uint32_t stuck = 0; /* consecutive visits that left the flow waiting (paced) here */
-        while (c->n && c->deficit > 0 && stuck < c->n && segs < budget && bytes < FP_TX_POLL_BYTES) {
+        while (c->n && c->deficit > 0 && stuck < c->n && segs < budget && bytes < poll_bytes) {
             uint32_t id = txq_pop(fp, c);
             struct tas_flow *f = &fp->ft.flows[id];
             uint32_t sent = 0;
@@ -618,8 +638,8 @@ uint32_t fp_tx_run(struct tas_fp *fp, uint32_t budget)
                 uint64_t cap = (uint64_t)c->deficit;
                 if (cap > FP_TX_VISIT_BYTES)
                     cap = FP_TX_VISIT_BYTES;
-                if (cap > FP_TX_POLL_BYTES - bytes)
-                    cap = FP_TX_POLL_BYTES - bytes;
+                if (cap > poll_bytes - bytes)
+                    cap = poll_bytes - bytes;
                 sent = tx_flow(fp, f, b, cap, &w, &more, &due);
                 if (due && (!first_due || due < first_due))
                     first_due = due;

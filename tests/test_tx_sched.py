@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 from fp_harness import FlowSpec, FPHarness, stream_bytes
 
-from flextcp.fastpath_py import FP_TX_POLL_BYTES, FP_TX_QUANTUM
+from flextcp.fastpath_py import FP_TX_POLL_BYTES, FP_TX_POLL_BYTES_SHARED, FP_TX_QUANTUM, FP_TX_SHARED_US
 from flextcp.native import lib
 from nicemu.wire import TAS_PK_TCP, parse_frame
 
@@ -126,6 +126,30 @@ def test_backlogged_contexts_share_bytes_equally(engine, tx_batch):
             assert abs(tot["A"] - tot["B"]) <= FP_TX_QUANTUM + MSS, (polls, tot)
         assert polls >= 3
         assert tot["A"] > 0 and tot["B"] > 0
+    finally:
+        h.close()
+
+
+def test_poll_budget_is_short_only_while_contexts_share(engine):
+    """One context alone keeps the long polls (FP_TX_POLL_BYTES); once B
+    has queued beside A, B's write goes out first and the polls stay short
+    (FP_TX_POLL_BYTES_SHARED) for FP_TX_SHARED_US after the last overlap."""
+    h = _harness(engine, 1000, 1 << 12)
+    try:
+        for fid in range(N_A):
+            _write(h, fid, 1 << 16)
+        long_poll = sum(len(fr) for fr in h.poll()[1])
+        assert FP_TX_POLL_BYTES_SHARED + FRAME_MAX < long_poll <= FP_TX_POLL_BYTES + FRAME_MAX
+        _write(h, FID_B, 64)
+        _, frames = h.poll()
+        wire, payload, before_b = _by_ctx(frames)
+        assert payload["B"] == 64 and before_b == 0  # a context joining the ring goes first
+        assert wire["A"] + wire["B"] <= FP_TX_POLL_BYTES_SHARED + FRAME_MAX
+        t0 = h.now
+        _, frames = h.poll(t0 + FP_TX_SHARED_US - 1)  # A alone again, shared recently
+        assert 0 < sum(len(fr) for fr in frames) <= FP_TX_POLL_BYTES_SHARED + FRAME_MAX
+        _, frames = h.poll(t0 + FP_TX_SHARED_US)
+        assert sum(len(fr) for fr in frames) > FP_TX_POLL_BYTES_SHARED + FRAME_MAX
     finally:
         h.close()
 

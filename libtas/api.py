@@ -31,7 +31,6 @@ import os
 import select
 import socket
 import struct
-import sys
 import threading
 import time
 import weakref
@@ -66,10 +65,54 @@ _ATX = struct.Struct("<IHHQQQ")
 _ARX = struct.Struct("<IHHQ")
 _ARX_BATCH = 64
 _M64 = 0xFFFFFFFFFFFFFFFF
-# ARX entries start with the flow id (uint32): on a little-endian host the
-# ids of a drained batch are every 4th uint32 of the buffer, one slice
-_ARX_IDS_SLICE = sys.byteorder == "little" and _ARX.size % 4 == 0
-_ARX_WORDS = _ARX.size // 4
+# the C kernels (flextcp/csrc/app_wait.c): flow ids taken per tas_app_drain call
+_IDS_CAP = 1024
+_CORE_BYTES = [bytes([c]) for c in range(256)]  # one entry's ``cores`` argument
+_POSTED, _FULL, _DROPPED = 1, 0, 2  # tas_app_post's done[] codes
+
+
+def _drain_arx_twin(rings, buf: bytearray, ready: set[int]) -> list[int]:
+    """Python twin of tas_app_drain: drain each ring (until a batch comes up
+    short) into ``ready``; returns the entries taken per ring."""
+    got = []
+    view = memoryview(buf)
+    for ring in rings:
+        g = 0
+        while True:
+            k = ring.dequeue_into(buf)
+            if not k:
+                break
+            g += k
+            for e in _ARX.iter_unpack(view[: k * _ARX.size]):
+                ready.add(e[0])
+            if k < _ARX_BATCH:
+                break
+        got.append(g)
+    return got
+
+
+def _post_atx_twin(rings, fp_armed, doorbells, data: bytes, cores: bytes) -> tuple[int, bytearray]:
+    """Python twin of tas_app_post: entry i (packed ATX) on core cores[i]'s
+    ring, in order within a core; ring the armed cores that got entries.
+    Returns (posted, done) with tas_app_post's done[] codes."""
+    n_cores = len(rings)
+    size = _ATX.size
+    done = bytearray(_FULL if c < n_cores else _DROPPED for c in cores)
+    per_core: dict[int, list[int]] = {}
+    for i, c in enumerate(cores):
+        if c < n_cores:
+            per_core.setdefault(c, []).append(i)
+    posted = 0
+    for core in sorted(per_core):
+        idx = per_core[core]
+        k = rings[core].enqueue_n(b"".join([data[i * size : (i + 1) * size] for i in idx]), len(idx))
+        for i in idx[:k]:
+            done[i] = _POSTED
+        posted += k
+        if k and lib.tas_armed_get(fp_armed + core):
+            doorbells[core].ring()
+    return posted, done
+
 
 _STATE_CONNECTING = "connecting"
 _STATE_CONNECTED = "connected"
@@ -421,14 +464,15 @@ class Context:
                 for c in range(self.n_cores)
             ]
             self._arxbuf = bytearray(_ARX_BATCH * layout.TAS_ARX_ENTRY_SIZE)
-            self._arxptr = ffi.from_buffer(self._arxbuf, require_writable=True)
-            # per-call lookups hoisted out of the hot paths: the C rings'
-            # ``struct tas_ring *`` (None for the pure twin, TAS_PURE=1) and
-            # the flow ids of a drained ARX batch as one strided view
+            # the C rings' ``struct tas_ring *`` (None for the pure twin, TAS_PURE=1)
             self._atx_raw = [getattr(r, "raw", None) for r in self._atx]
-            self._arx_pairs = [(r, getattr(r, "raw", None)) for r in self._arx]
-            self._arx_ids = memoryview(self._arxbuf).cast("I") if _ARX_IDS_SLICE else None
+            self._arx_raw = [getattr(r, "raw", None) for r in self._arx]
             self._sleep_fds = [evfd, stack._sock.fileno()]  # what _wait_locked watches
+            # the C wake-up kernels (app_wait.c) when every ring is a C ring;
+            # None: the pure twin (TAS_PURE=1)
+            self._actx = None
+            if all(r is not None for r in self._atx_raw + self._arx_raw):
+                self._actx = self._make_actx(stack)
             self._mv = self.region.view()
         except BaseException:
             self.region.close()
@@ -436,6 +480,23 @@ class Context:
 
     def __repr__(self) -> str:
         return f"<libtas.Context {self.ctx_id}>"
+
+    def _make_actx(self, stack: Stack):
+        """The ``struct tas_app_ctx`` the C kernels work on (it points into
+        the rings' ``struct tas_ring``s, which self._atx/_arx keep alive)."""
+        a = ffi.new("struct tas_app_ctx *")
+        a.app_armed = self._app_armed
+        a.fp_armed = self._fp_armed
+        for c in range(self.n_cores):
+            a.atx[c] = self._atx_raw[c]
+            a.arx[c] = self._arx_raw[c]
+            a.fp_evfd[c] = stack.doorbells[c].fd if c < len(stack.doorbells) else -1
+        a.evfd = self.evfd
+        a.n_cores = self.n_cores
+        a.arx_slots = self.arx_slots
+        self._ids = ffi.new("uint32_t[]", _IDS_CAP)
+        self._done = ffi.new("uint8_t[]", 64)
+        return a
 
     # -- plumbing ----------------------------------------------------------------
     def _check_open(self) -> None:
@@ -453,55 +514,53 @@ class Context:
         self._flush_updates()
 
     def _flush_updates(self) -> None:
+        """Post one ATX update per flow with a pending one (tas_app_post, or
+        its twin): entries that found their core's ring full stay pending."""
         updates = self._updates
         if not updates:
             return
-        n_cores = self.n_cores
-        if len(updates) == 1:  # the common case (one request, one reply): no batching
+        actx = self._actx
+        if len(updates) == 1:  # the common case (one request, one reply): no lists
             (c,) = updates.values()
-            core = c._core
-            if core < n_cores and self._enqueue_atx(
-                core, _ATX.pack(c.flow_id, c._gen, TAS_ATX_UPDATE, c._rx_tail, c._tx_head, 0), 1
-            ):
+            data = _ATX.pack(c.flow_id, c._gen, TAS_ATX_UPDATE, c._rx_tail, c._tx_head, 0)
+            if actx is not None:
+                done = self._done
+                posted = lib.tas_app_post(actx, data, _CORE_BYTES[c._core], 1, done)
+            else:
+                posted, done = _post_atx_twin(
+                    self._atx, self._fp_armed, self.stack.doorbells, data, _CORE_BYTES[c._core]
+                )
+            if posted:
                 c._rx_posted = c._rx_tail
                 self._updates = {}
-                if lib.tas_armed_get(self._fp_armed + core):
-                    self.stack.doorbells[core].ring()
-                return
-        if n_cores == 1:  # one fast-path core: no grouping
-            per_core = {0: [c for c in updates.values() if not c._core]}
-        else:
-            per_core = {}
-            for conn in updates.values():
-                per_core.setdefault(conn._core, []).append(conn)
-        left: dict[int, Connection] = {}
+            elif done[0] == _DROPPED:
+                self._updates = {}
+            return
+        conns = list(updates.values())
+        n = len(conns)
         pack = _ATX.pack
-        for core, conns in per_core.items():
-            if core >= n_cores or not conns:
-                continue
-            data = b"".join(
-                [pack(c.flow_id, c._gen, TAS_ATX_UPDATE, c._rx_tail, c._tx_head, 0) for c in conns]
-            )
-            n = self._enqueue_atx(core, data, len(conns))
-            if n == len(conns):
-                for c in conns:
-                    c._rx_posted = c._rx_tail
-            else:
-                for c in conns[:n]:
-                    c._rx_posted = c._rx_tail
-                for c in conns[n:]:  # ring full: retry on the next call
-                    left[c.flow_id] = c
-            if n and lib.tas_armed_get(self._fp_armed + core):
-                self.stack.doorbells[core].ring()
+        data = b"".join([pack(c.flow_id, c._gen, TAS_ATX_UPDATE, c._rx_tail, c._tx_head, 0) for c in conns])
+        cores = bytes([c._core for c in conns])
+        if actx is not None:
+            if len(self._done) < n:
+                self._done = ffi.new("uint8_t[]", n)
+            done = self._done
+            posted = lib.tas_app_post(actx, data, cores, n, done)
+        else:
+            posted, done = _post_atx_twin(self._atx, self._fp_armed, self.stack.doorbells, data, cores)
+        if posted == n:
+            for c in conns:
+                c._rx_posted = c._rx_tail
+            self._updates = {}
+            return
+        left: dict[int, Connection] = {}
+        for i, c in enumerate(conns):
+            d = done[i]
+            if d == _POSTED:
+                c._rx_posted = c._rx_tail
+            elif d == _FULL:  # ring full: retry on the next call
+                left[c.flow_id] = c
         self._updates = left
-
-    def _enqueue_atx(self, core: int, data: bytes, n: int) -> int:
-        """Enqueue n packed ATX entries on a core's ring (the C ring
-        directly: data is exactly n entries); returns how many fit."""
-        raw = self._atx_raw[core]
-        if raw is not None:
-            return lib.tas_ring_enqueue_n(raw, data, n)
-        return self._atx[core].enqueue_n(data, n)
 
     def _process_events(self) -> int:
         n = 0
@@ -543,39 +602,44 @@ class Context:
                 self._updates.pop(conn.flow_id, None)
         return n
 
-    def _poll_arx(self) -> int:
-        n = 0
-        buf, ptr, ids = self._arxbuf, self._arxptr, self._arx_ids
+    def _poll_arx(self, flags: int = 0) -> int:
+        """Drain the ARX rings into the ready set (tas_app_drain, or the
+        twin); ``flags`` (C only) may first disarm and clear the eventfd."""
+        actx = self._actx
+        if actx is None:
+            return self._poll_arx_py()
+        ids = self._ids
+        k = lib.tas_app_drain(actx, ids, _IDS_CAP, flags)
+        return self._take_ids(k) if k else 0
+
+    def _take_ids(self, k: int) -> int:
+        """Flow ids the C kernel drained (k of them, more if it stopped at
+        the cap) into the ready set; overflow accounting as the twin."""
+        actx, ids, ready = self._actx, self._ids, self._ready
+        ready.update(ffi.unpack(ids, k))
+        n = k
+        while k == _IDS_CAP:
+            k = lib.tas_app_drain(actx, ids, _IDS_CAP, lib.TAS_APP_DRAIN_MORE)
+            ready.update(ffi.unpack(ids, k))
+            n += k
+        # The fast path drops a notification only while the ring is full,
+        # and a drain takes everything up to an empty ring: so a drop since
+        # the previous drain means this drain took a whole ring's worth
+        # (or more) from some ring.  Fewer: nothing was lost.
+        if n >= self.arx_slots and actx.overflows:
+            self._hints_lost = True
+            self.arx_overflows += actx.overflows
+        self._hints += n
+        return n
+
+    def _poll_arx_py(self) -> int:
         ready = self._ready
-        for ring, raw in self._arx_pairs:
-            got = 0
-            while True:
-                # C rings: straight into the preallocated cffi buffer (no
-                # per-call from_buffer); the pure twin through its method
-                k = (
-                    lib.tas_ring_dequeue_n(raw, ptr, _ARX_BATCH)
-                    if raw is not None
-                    else ring.dequeue_into(buf)
-                )
-                if not k:
-                    break
-                got += k
-                # entries are wakeup hints: state is read from the appflow blocks
-                if ids is not None:  # the flow ids: the first uint32 of each entry
-                    ready.update(ids[0 : k * _ARX_WORDS : _ARX_WORDS])
-                else:
-                    for e in _ARX.iter_unpack(memoryview(buf)[: k * _ARX.size]):
-                        ready.add(e[0])
-                if k < _ARX_BATCH:
-                    break
-            # The fast path drops a notification only while the ring is full,
-            # and a drain takes everything up to an empty ring: so a drop since
-            # the previous drain means this drain took a whole ring's worth
-            # (or more).  Fewer: nothing was lost.
-            if got >= self.arx_slots:
+        n = 0
+        for g in _drain_arx_twin(self._arx, self._arxbuf, ready):
+            if g >= self.arx_slots:  # (see _take_ids)
                 self._hints_lost = True
                 self.arx_overflows += 1
-            n += got
+            n += g
         if n:
             self._hints += n
         return n
@@ -593,6 +657,8 @@ class Context:
         drained (a recvmsg) before and after every sleep: the stack sends an
         event before it rings the eventfd, so a pending event makes the sleep
         return at once, and the socket is read only when select() says so."""
+        if self._actx is not None:
+            return self._wait_locked_c(timeout)
         stack = self.stack
         lib.tas_armed_set(self._app_armed, 1)
         if self._updates or stack._closes:  # (what _flush() would do, without the call)
@@ -622,6 +688,52 @@ class Context:
         if len(ready) > 1 or (ready and ready[0] != self.evfd):
             stack._drain_events()
         n = (self._process_events() if self._events else 0) + self._poll_arx()
+        if self._updates or stack._closes:
+            self._flush()
+        return n
+
+    def _wait_locked_c(self, timeout: float | None) -> int:
+        """_wait_locked with the C kernels: flush, then arm + re-check
+        (tas_app_arm_drain), sleep in ppoll with the lock released
+        (tas_app_sleep), then disarm + clear the eventfd + drain
+        (tas_app_drain).  Flushing before arming is as lossless as after:
+        what the fast path answers before the doorbell is armed is in the
+        rings when the re-check drains them."""
+        stack = self.stack
+        if self._updates or stack._closes:
+            self._flush()
+        if self._events:  # no sleep: no need to arm
+            n = self._process_events() + self._poll_arx()
+            if self._updates or stack._closes:
+                self._flush()
+            return n
+        k = lib.tas_app_arm_drain(self._actx, self._ids, _IDS_CAP)
+        if k:
+            n = self._take_ids(k)
+            if self._updates or stack._closes:
+                self._flush()
+            return n
+        slice_ = MAX_SLEEP if self._waiters == 0 else 0.005
+        t = slice_ if timeout is None else min(timeout, slice_)
+        sock = -1 if stack._closed else self._sleep_fds[1]
+        evfd = self.evfd
+        self._waiters += 1
+        self._lock.release()
+        try:
+            ready = lib.tas_app_sleep(evfd, sock, int(t * 1e6))
+        finally:
+            self._lock.acquire()
+            self._waiters -= 1
+        if self._closed:
+            raise _oserror(errno.EBADF, "context closed")
+        if ready < 0:
+            self._hdr.app_armed = 0
+            raise _oserror(-ready)
+        if ready & 2:  # TAS_APP_READY_SOCK
+            stack._drain_events()
+        n = self._process_events() if self._events else 0
+        # disarm, clear the eventfd (if it rang), drain
+        n += self._poll_arx(3 if ready & 1 else 1)  # TAS_APP_WAKE_DISARM | TAS_APP_WAKE_CLEAR
         if self._updates or stack._closes:
             self._flush()
         return n
@@ -870,6 +982,7 @@ class Context:
         if self._closed:
             return
         self._closed = True
+        self._actx = None  # (it points into the rings closed below)
         self.stack._contexts.pop(self.ctx_id, None)
         for ring in self._atx + self._arx:
             close = getattr(ring, "close", None)

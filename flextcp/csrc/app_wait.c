@@ -1,0 +1,169 @@
+/*
+ * app_wait.c -- libtas's per-wake-up kernels.  See include/app_wait.h.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stddef.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tas_abi.h"
+#include "ring.h"
+#include "app_wait.h"
+
+#define ARX_BATCH 64
+
+static void evfd_clear(int32_t fd)
+{
+    uint64_t v;
+
+    if (fd >= 0 && read(fd, &v, sizeof(v)) < 0) {
+        /* EAGAIN: nothing pending (the wake-up was the socket or a timeout) */
+    }
+}
+
+static void evfd_ring(int32_t fd)
+{
+    uint64_t one = 1;
+
+    if (fd >= 0 && write(fd, &one, sizeof(one)) < 0) {
+        /* EAGAIN: counter saturated, the sleeper is already signalled */
+    }
+}
+
+uint32_t tas_app_drain(struct tas_app_ctx *c, uint32_t *ids, uint32_t cap, uint32_t flags)
+{
+    struct tas_arx batch[ARX_BATCH];
+    uint32_t n = 0, i, k, want;
+    uint32_t n_cores = c->n_cores > TAS_MAX_CORES ? TAS_MAX_CORES : c->n_cores;
+
+    if (flags & TAS_APP_WAKE_DISARM)
+        __atomic_store_n(c->app_armed, 0, __ATOMIC_RELAXED);
+    if (flags & TAS_APP_WAKE_CLEAR)
+        evfd_clear(c->evfd);
+    if (!(flags & TAS_APP_DRAIN_MORE))
+        memset(c->got, 0, sizeof(c->got));
+    for (i = 0; i < n_cores; i++) {
+        struct tas_ring *r = c->arx[i];
+
+        if (r == NULL)
+            continue;
+        for (;;) {
+            uint32_t j;
+
+            want = cap - n < ARX_BATCH ? cap - n : ARX_BATCH;
+            if (want == 0)
+                goto out;
+            k = tas_ring_dequeue_n(r, batch, want);
+            for (j = 0; j < k; j++)
+                ids[n + j] = batch[j].flow_id;
+            n += k;
+            c->got[i] += k;
+            if (k < want)
+                break;
+        }
+    }
+out:
+    c->overflows = 0;
+    for (i = 0; i < n_cores; i++)
+        if (c->got[i] >= c->arx_slots)
+            c->overflows++;
+    return n;
+}
+
+uint32_t tas_app_arm_drain(struct tas_app_ctx *c, uint32_t *ids, uint32_t cap)
+{
+    uint32_t n;
+
+    /* the sleeper half of the protocol: store armed before loading the
+     * rings' heads (tas_armed_set), so either this drain sees an entry
+     * the fast path published or the fast path sees armed == 1 */
+    __atomic_store_n(c->app_armed, 1, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    n = tas_app_drain(c, ids, cap, 0);
+    if (n)
+        __atomic_store_n(c->app_armed, 0, __ATOMIC_RELAXED);
+    return n;
+}
+
+int32_t tas_app_sleep(int32_t evfd, int32_t sockfd, int64_t timeout_us)
+{
+    struct pollfd fds[2];
+    struct timespec ts, *tp = NULL;
+    nfds_t nfds = 1;
+    int32_t ready = 0;
+    int rc;
+
+    fds[0].fd = evfd;
+    fds[0].events = POLLIN;
+    fds[0].revents = 0;
+    if (sockfd >= 0) {
+        fds[1].fd = sockfd;
+        fds[1].events = POLLIN;
+        fds[1].revents = 0;
+        nfds = 2;
+    }
+    if (timeout_us >= 0) {
+        ts.tv_sec = timeout_us / 1000000;
+        ts.tv_nsec = (timeout_us % 1000000) * 1000;
+        tp = &ts;
+    }
+    rc = ppoll(fds, nfds, tp, NULL);
+    if (rc < 0)
+        return errno == EINTR ? 0 : -errno;
+    if ((fds[0].revents | (nfds > 1 ? fds[1].revents : 0)) & POLLNVAL)
+        return -EBADF;
+    /* as select(): an error or hang-up makes a descriptor readable */
+    if (fds[0].revents & (POLLIN | POLLERR | POLLHUP))
+        ready |= TAS_APP_READY_EVFD;
+    if (nfds > 1 && (fds[1].revents & (POLLIN | POLLERR | POLLHUP)))
+        ready |= TAS_APP_READY_SOCK;
+    return ready;
+}
+
+uint32_t tas_app_post(struct tas_app_ctx *c, const void *src, const uint8_t *cores,
+                      uint32_t n, uint8_t *done)
+{
+    uint8_t batch[ARX_BATCH * TAS_ATX_ENTRY_SIZE];
+    uint32_t idx[ARX_BATCH];
+    const uint8_t *in = src;
+    uint32_t posted = 0, i, core, touched = 0;
+    uint32_t n_cores = c->n_cores > TAS_MAX_CORES ? TAS_MAX_CORES : c->n_cores;
+
+    for (i = 0; i < n; i++)
+        done[i] = cores[i] < n_cores && c->atx[cores[i]] != NULL ? 0 : 2;
+    for (core = 0; core < n_cores; core++) {
+        uint32_t k = 0, got, j, full = 0;
+
+        for (i = 0; i <= n; i++) {
+            if (i < n && done[i] == 0 && cores[i] == core && !full) {
+                memcpy(batch + k * TAS_ATX_ENTRY_SIZE, in + (size_t)i * TAS_ATX_ENTRY_SIZE,
+                       TAS_ATX_ENTRY_SIZE);
+                idx[k++] = i;
+            }
+            if (k == ARX_BATCH || (i == n && k)) {
+                got = tas_ring_enqueue_n(c->atx[core], batch, k);
+                for (j = 0; j < got; j++)
+                    done[idx[j]] = 1;
+                posted += got;
+                if (got)
+                    touched |= 1u << core;
+                if (got < k)
+                    full = 1;  /* the rest of this core's entries wait */
+                k = 0;
+            }
+        }
+    }
+    if (touched) {
+        /* the producer half: publish (release store of head, above), fence,
+         * then load armed (tas_armed_get) */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        for (core = 0; core < n_cores; core++)
+            if ((touched & (1u << core)) && __atomic_load_n(&c->fp_armed[core], __ATOMIC_SEQ_CST))
+                evfd_ring(c->fp_evfd[core]);
+    }
+    return posted;
+}

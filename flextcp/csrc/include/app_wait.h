@@ -1,0 +1,69 @@
+/*
+ * app_wait.h -- libtas's per-wake-up kernels (APP side of a context).
+ *
+ * The app's fixed cost per wake-up in C, one call per step instead of a
+ * dozen Python calls: drain the context's ARX rings into an array of flow
+ * ids, arm the doorbell and re-check (the sleeper half of the armed-flag
+ * protocol, docs/ARCHITECTURE.md "Doorbells"), block in ppoll(2) on the
+ * context eventfd and the control socket, and post ATX updates ringing
+ * the fast-path cores that sleep.  The sleep is its own call because
+ * libtas releases the context lock around it (rings are drained only with
+ * the lock held: they are single-consumer).  Python twin: the pure path of
+ * libtas/api.py (Context._poll_arx_py/_flush_updates_py, _drain_arx_twin,
+ * _post_atx_twin), compared by tests/test_app_wait.py.
+ */
+#ifndef TAS_APP_WAIT_H
+#define TAS_APP_WAIT_H
+#include <stdint.h>
+#include "tas_abi.h"
+
+#define TAS_APP_READY_EVFD 1   /* tas_app_sleep: the context eventfd */
+#define TAS_APP_READY_SOCK 2   /* tas_app_sleep: the control socket */
+#define TAS_APP_WAKE_DISARM 1  /* tas_app_drain: clear app_armed first */
+#define TAS_APP_WAKE_CLEAR 2   /* tas_app_drain: and read the eventfd */
+#define TAS_APP_DRAIN_MORE 4   /* tas_app_drain: continue a drain (keep got) */
+
+/* One context as libtas sees it (process-local; filled by libtas). */
+struct tas_app_ctx {
+    uint32_t *app_armed;          /* tas_ctx_hdr.app_armed */
+    uint32_t *fp_armed;           /* tas_ctx_hdr.fp_armed[0..n_cores) */
+    struct tas_ring *atx[16];     /* APP -> FP, producer side, per core */
+    struct tas_ring *arx[16];     /* FP -> APP, consumer side, per core */
+    int32_t fp_evfd[16];          /* the fast-path cores' doorbells */
+    int32_t evfd;                 /* this context's doorbell */
+    uint32_t n_cores;
+    uint32_t arx_slots;
+    uint32_t overflows;           /* out: rings whose got >= arx_slots */
+    uint32_t got[16];             /* out: entries drained per ring */
+};
+
+/* Drain every ARX ring (until a dequeue comes up short) and write the
+ * flow id of each entry into ids; stops early when cap ids are written
+ * (the caller takes them and calls again with TAS_APP_DRAIN_MORE).  got[]
+ * accumulates per ring over a drain (zeroed unless DRAIN_MORE) and
+ * overflows counts the rings that gave a whole ring's worth or more (the
+ * fast path may have dropped hints).  flags may first disarm the doorbell
+ * and clear the eventfd (after a sleep).  Returns the ids written. */
+uint32_t tas_app_drain(struct tas_app_ctx *c, uint32_t *ids, uint32_t cap, uint32_t flags);
+
+/* The sleeper's re-check: app_armed = 1, full fence, drain (as above).
+ * Found something: disarm and return the count (no sleep needed).
+ * Nothing: return 0 with the doorbell still armed; the caller then
+ * sleeps (tas_app_sleep) or disarms. */
+uint32_t tas_app_arm_drain(struct tas_app_ctx *c, uint32_t *ids, uint32_t cap);
+
+/* Block in ppoll(2) on the context eventfd and sockfd (if >= 0) for at
+ * most timeout_us (< 0: no limit).  Returns TAS_APP_READY_* bits (0 on
+ * timeout or EINTR) or -errno (-EBADF for a closed fd).  Touches no
+ * shared memory: the caller disarms and drains under its lock. */
+int32_t tas_app_sleep(int32_t evfd, int32_t sockfd, int64_t timeout_us);
+
+/* Post n ATX entries (TAS_ATX_ENTRY_SIZE bytes each, packed in src),
+ * entry i on core cores[i]'s ring, in order within a core.  done[i]: 1
+ * posted, 0 ring full (retry later), 2 core out of range (dropped).  Then,
+ * for every core that got entries: full fence, and if fp_armed[core]
+ * write its eventfd.  Returns the entries posted. */
+uint32_t tas_app_post(struct tas_app_ctx *c, const void *src, const uint8_t *cores,
+                      uint32_t n, uint8_t *done);
+
+#endif /* TAS_APP_WAIT_H */

@@ -89,7 +89,6 @@ SHIM_CONNS_BASE = 1107
 IDLE_SMALL_BUF_AT = 256
 
 DEFAULT_MODES = ("rr", "bulk", "bulk-rx", "crr", "conns", "idle")
-ISO_SINK_NICE = 19  # the isolation mode's bulk sink, beside the rr client (see _start_servers)
 MODES = (*DEFAULT_MODES, "isolation")  # isolation only when asked for (--modes isolation)
 BULK_PY = REPO / "scripts" / "bulk_sender.py"
 ISO_SERVERS = ("native", "linux")
@@ -498,11 +497,8 @@ def _start_servers(b: Bench) -> None:
         b.pids["linux-py"] = [p]
         waits.append(p)
     if "isolation" in modes:  # the bulk neighbours' sink: Linux discard in the peer namespace
-        # at nice 19: it shares CPU 0 with the measuring rr client, and at
-        # nice 0 its receive work set a ~4 ms p99 for every server alike
-        # (the client's, not the server's, latency); docs/CC.md isolation
-        sink = ["nice", "-n", str(ISO_SINK_NICE), str(b.loadgen), "serve", "--host", t.peer_ip]
-        waits.append(_spawn(b, "peer sink", t.peer_ns, sink, b.args.client_cpu))
+        waits.append(_spawn(b, "peer sink", t.peer_ns, [str(b.loadgen), "serve", "--host", t.peer_ip],
+                            b.args.client_cpu))
     for p in waits:
         try:
             _wait_for(p, "listening", READY_TIMEOUT)
@@ -980,7 +976,6 @@ def write_outputs(b: Bench, elapsed: float, interrupted: bool) -> list[Path]:
                 "tap_offload",
             )
         },
-        "iso_sink_nice": ISO_SINK_NICE,
         "prefix": b.topo.prefix if b.topo is not None else None,
         "modes": a.modes_list,
         "rr_conns": a.rr_conns_list,

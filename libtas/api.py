@@ -1503,44 +1503,13 @@ class Connection:
         True if input is still there to look at (bytes that did not fit,
         EOF or an error: then use splice_to/at_eof as usual), False when
         everything was echoed.  Errors as splice_to."""
-        ctx = self.ctx
-        lock = ctx._lock
+        lock = self.ctx._lock
         lock.acquire()  # (cheaper than ``with`` on this path)
         try:
-            if not (
-                self._state != _STATE_CONNECTED
-                or self._reset
-                or self._gone
-                or self._shut_rd
-                or self._shut_wr
-                or ctx._closed
-            ):
-                # _echo_locked inlined (the echo server's per-request call)
+            if self._echo_locked(flush) >= 0:  # the plain state: moved what fits
                 af = self._af
-                flags = af.flags
-                if not flags & TAS_AF_RESET:
-                    rx_len = self._rx_len
-                    tail = self._rx_tail
-                    avail = (af.rx_head - tail) & _M64
-                    if not 0 < avail <= rx_len:  # nothing (or a bogus head: nothing readable)
-                        return bool(flags & TAS_AF_RX_FIN)
-                    tx_len = self._tx_len
-                    head = self._tx_head
-                    used = (head - af.tx_acked) & _M64
-                    if used >= tx_len:  # no room: the input stays
-                        return True
-                    n = min(avail, tx_len - used)
-                    src = tail & self._rx_mask
-                    out = head & self._tx_mask
-                    if src + n <= rx_len and out + n <= tx_len:  # neither buffer wraps
-                        self._tx[out : out + n] = self._rx[src : src + n]
-                        self._tx_head = head + n
-                        self._rx_tail = tail = tail + n
-                        ctx._updates[self.flow_id] = self
-                        if flush:
-                            ctx._flush()
-                        avail = (af.rx_head - tail) & _M64
-                        return 0 < avail <= rx_len or bool(af.flags & (TAS_AF_RX_FIN | TAS_AF_RESET))
+                avail = (af.rx_head - self._rx_tail) & _M64
+                return 0 < avail <= self._rx_len or bool(af.flags & (TAS_AF_RX_FIN | TAS_AF_RESET))
             self.splice_to(self, flush=flush)
             return self.readable()
         finally:

@@ -387,6 +387,34 @@ def test_hystart_back_to_slow_start_when_the_rtt_falls():
     assert hs.in_css and hs.css_entries == 2 and hs.css_rounds <= 1
 
 
+@pytest.mark.parametrize("name,beta", [("newreno", 0.5), ("cubic", 0.7)])
+def test_ecn_echo_cuts_once_per_round_trip(name, beta):
+    """RFC 3168 6.1.2 (RFC 9438 4.6 for CUBIC): ECN-Echo is a congestion
+    event like a loss, without a retransmission, answered at most once per
+    round trip, and not undone."""
+    a = cc.make(name, MSS, 0)
+    a.cwnd, a.ssthresh = 100 * MSS, 50 * MSS  # congestion avoidance
+    a.on_interval(Interval(now_us=1000, acked_bytes=10 * MSS, ecn_bytes=MSS, rtt_us=RTT, in_flight=100 * MSS))
+    cut = a.cwnd
+    assert cut == int(100 * MSS * beta) and a.ssthresh == cut
+    # marks for data sent before the cut, within one RTT: no second cut
+    a.on_interval(Interval(now_us=1000 + RTT - 1, acked_bytes=10 * MSS, ecn_bytes=5 * MSS, rtt_us=RTT, in_flight=cut))
+    assert a.cwnd >= cut
+    assert a.on_undo(RTT) is False  # not a spurious loss: nothing to restore
+    # a round trip later the next marks cut again
+    a.on_interval(Interval(now_us=1000 + RTT, acked_bytes=10 * MSS, ecn_bytes=MSS, rtt_us=RTT, in_flight=a.cwnd))
+    assert a.cwnd < cut
+
+
+def test_ecn_echo_right_after_a_loss_cut_is_not_a_second_cut():
+    a = cc.make("cubic", MSS, 0)
+    a.cwnd, a.ssthresh = 100 * MSS, 50 * MSS
+    a.on_interval(Interval(now_us=1000, loss_events=1, rtt_us=RTT, in_flight=100 * MSS))
+    assert a.cwnd == 70 * MSS
+    a.on_interval(Interval(now_us=2000, acked_bytes=10 * MSS, ecn_bytes=10 * MSS, rtt_us=RTT, in_flight=70 * MSS))
+    assert a.cwnd >= 70 * MSS
+
+
 def test_hystart_not_cwnd_limited_samples_but_does_not_grow():
     hs = HyStartPP()
     assert hs.on_ack(MSS, 10 * MSS, RTT, grow=False) == (0, False)
@@ -400,11 +428,12 @@ def test_hystart_loss_or_ecn_in_css_and_only_the_initial_slow_start():
     a.cwnd = 100 * MSS
     a.on_interval(Interval(now_us=1, loss_events=1, in_flight=100 * MSS))
     assert not a.hystart.active and a.cwnd == 70 * MSS and a.ssthresh == 70 * MSS
-    # ECN-Echo in slow start or CSS: congestion avoidance (RFC 9406 4.2)
+    # ECN-Echo in slow start or CSS: the algorithm's congestion response
+    # (RFC 3168 6.1.2), which ends slow start and HyStart++ (RFC 9406 4.2)
     r = cc.make("newreno", MSS, 0)
     r.cwnd = 40 * MSS
     r.on_interval(Interval(now_us=1, acked_bytes=10 * MSS, ecn_bytes=MSS, rtt_us=RTT, in_flight=40 * MSS))
-    assert not r.hystart.active and r.ssthresh == 40 * MSS and not r.in_slow_start()
+    assert not r.hystart.active and r.ssthresh == r.cwnd == 20 * MSS and not r.in_slow_start()
     # after an RTO, slow start up to the new ssthresh is standard (RFC 9406 4.3)
     b = cc.make("newreno", MSS, 0)
     b.on_interval(Interval(now_us=1, rto=True, in_flight=40 * MSS))

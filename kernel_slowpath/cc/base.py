@@ -9,6 +9,7 @@ from kernel_slowpath.cc.hystart import HyStartPP
 
 INITIAL_WINDOW_SEGMENTS = 10  # RFC 6928
 INITIAL_SSTHRESH = 1 << 31  # "arbitrarily high" (RFC 5681 3.1)
+ECN_HOLD_NO_RTT_US = 100_000  # ECN-Echo ignored this long after a cut while no RTT is known
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class CongestionControl(ABC):
         self.pacing_rate: int | None = None
         self.last_send_us = now_us
         self._undo: dict[str, object] | None = None  # state before the last loss cut
+        self._ecn_hold_until_us = 0  # ECN-Echo before then was caused before the last cut
         self.hystart: HyStartPP | None = None  # HyStart++ in the initial slow start (RFC 9406)
 
     @abstractmethod
@@ -83,6 +85,18 @@ class CongestionControl(ABC):
             setattr(self, k, v)
         return True
 
+    def _ecn_due(self, iv: Interval) -> bool:
+        """True if the interval's ECN-Echo is a congestion event: at most
+        one per round trip (RFC 3168 6.1.2: once per window of data), counted
+        from the last reduction, loss or ECN alike (``_hold_ecn``).  Reads
+        no state a quiet interval could change (ccloop.SKIP_QUIET)."""
+        return bool(iv.ecn_bytes) and iv.now_us >= self._ecn_hold_until_us
+
+    def _hold_ecn(self, iv: Interval) -> None:
+        """A reduction just happened: ECN-Echo for what is in flight now
+        was caused before it and must not cut the window again."""
+        self._ecn_hold_until_us = iv.now_us + (iv.rtt_us or ECN_HOLD_NO_RTT_US)
+
     def in_slow_start(self) -> bool:
         return self.cwnd < self.ssthresh
 
@@ -102,12 +116,7 @@ class CongestionControl(ABC):
         if hs is not None and hs.active:
             if self.ssthresh < INITIAL_SSTHRESH:
                 hs.stop()  # RFC 9406 4.3: only the initial slow start
-            elif iv.ecn_bytes:
-                # RFC 9406 4.2: ECN-Echo in slow start or CSS -> congestion avoidance
-                hs.stop()
-                self.ssthresh = max(int(self.cwnd), 2 * self.mss)
-                return True
-            else:
+            else:  # (loss and ECN-Echo end it through the algorithm's response: _end_hystart)
                 acks = -(-iv.acked_bytes // (2 * self.mss))  # ACKs the srtt reading summarises
                 inc, done = hs.on_ack(iv.acked_bytes, iv.in_flight, iv.rtt_us, grow, acks)
                 if inc:

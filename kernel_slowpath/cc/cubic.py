@@ -42,17 +42,26 @@ class Cubic(CongestionControl):
         self.epoch_us = None
 
     def on_interval(self, iv: Interval) -> None:
+        ecn = self._ecn_due(iv)
         if iv.rto:
             self._drop_undo()
             self._end_hystart()
             self._reduce(iv.in_flight)
             self.cwnd = self.mss  # RFC 9438 4.8
+            self._hold_ecn(iv)
             return
-        if iv.loss_events:
-            self._save_undo()
+        if iv.loss_events or ecn:
+            # RFC 9438 4.6: a loss or ECN-Echo (RFC 3168 6.1.2) is a congestion
+            # event; HyStart++ ends with it (RFC 9406 4.2).  An ECN cut is not
+            # undone (no retransmission to find spurious; Linux tcp_enter_cwr)
+            if iv.loss_events:
+                self._save_undo()
+            else:
+                self._drop_undo()
             self._end_hystart()
             self._reduce(iv.in_flight)
             self.cwnd = self.ssthresh
+            self._hold_ecn(iv)
             return
         if self.in_slow_start() and iv.acked_bytes:
             # slow start (RFC 9438 4.10: HyStart++); leaving it without a

@@ -176,3 +176,63 @@ def test_count_busy_matches(flows, budget):
     finally:
         ra.close()
         rb.close()
+
+
+INSTALL_ARGS = ("gen", "flags", "ctx_id", "local_ip", "remote_ip", "local_port", "remote_port", "remote_mac",
+                "snd_wscale", "rcv_wscale", "mss", "ts_recent", "rx_off", "rx_len", "tx_off", "tx_len", "appflow_off",
+                "rx_seq0", "tx_seq0", "snd_wnd", "wl1", "wl2", "rtt_us", "now_us", "core")  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    flow_st,
+    st.fixed_dictionaries(
+        {
+            "gen": st.integers(0, 0xFFFF),
+            "flags": st.integers(0, (1 << 19) - 1),
+            "ctx_id": st.integers(0, 1023),
+            "local_ip": U32,
+            "remote_ip": U32,
+            "local_port": st.integers(0, 0xFFFF),
+            "remote_port": st.integers(0, 0xFFFF),
+            "remote_mac": st.binary(min_size=6, max_size=6),
+            "snd_wscale": st.integers(0, 14),
+            "rcv_wscale": st.integers(0, 14),
+            "mss": st.integers(64, 9000),
+            "ts_recent": U32,
+            "rx_off": U32,
+            "rx_len": st.sampled_from([4096, 1 << 16, 1 << 18]),
+            "tx_off": U32,
+            "tx_len": st.sampled_from([4096, 1 << 16, 1 << 18]),
+            "appflow_off": U32,
+            "rx_seq0": U32,
+            "tx_seq0": U32,
+            "snd_wnd": st.integers(0, 1 << 30),
+            "wl1": U32,
+            "wl2": U32,
+            "rtt_us": st.sampled_from([0, 1, 500, 20_000, 60_000_500]),
+            "now_us": U32,
+            "core": st.integers(0, 15),
+        }
+    ),
+)
+def test_install_matches(old, args):
+    """tas_sp_install (a record reused from an older flow: everything the
+    new flow does not set is zero) against spflow_py.install."""
+    ra, rb, a, b = tables()
+    try:
+        fill(a, 5, old)
+        fill(b, 5, old)
+        a.side(5).cnt_rexmit = b.side(5).cnt_rexmit = 7  # a counter of the old flow
+        keys = INSTALL_ARGS  # the C signature's order
+        assert lib.tas_sp_install(a.raw, 5, *(args[k] for k in keys)) == 0
+        assert spflow_py.install(b.flow(5), b.side(5), *(args[k] for k in keys)) == 0
+        same(a.flow(5), b.flow(5), a.side(5), b.side(5))
+        f, x = a.flow(5), a.side(5)
+        assert f.status == lib.TAS_FLOW_FREE and x.cnt_rexmit == 0
+        assert f.cwnd == 10 * args["mss"] and bytes(f.remote_mac) == args["remote_mac"]
+        assert x.rto_us == (max(200_000, args["rtt_us"] * 3) if args["rtt_us"] else 1_000_000)
+        assert lib.tas_sp_install(a.raw, N, *(args[k] for k in keys)) == -1  # bad id
+    finally:
+        ra.close()
+        rb.close()

@@ -34,6 +34,19 @@ int tas_sp_probe(struct tas_ft *ft, uint32_t id, uint32_t now_us);
  * Returns the old MSS, -1 if nothing changed. */
 #define TAS_SP_MIN_MSS 536
 int tas_sp_set_mss(struct tas_ft *ft, uint32_t id, uint32_t mss);
+/* Fill flow `id`'s record and side record for a connection being
+ * installed (engine.py _install): both zeroed, then the connection's
+ * addresses, buffers, sequence bases, options and initial window (10 MSS,
+ * RFC 6928), RTO 1 s or from the handshake's RTT sample (rtt_us, 0 for
+ * none; RFC 6298 2.2 with a 200 ms floor).  The status stays FREE: the
+ * caller sets up congestion control, then makes it ACTIVE and indexes it.
+ * remote_mac: 6 bytes.  -1 for a bad id. */
+int tas_sp_install(struct tas_ft *ft, uint32_t id, uint16_t gen, uint32_t flags, uint32_t ctx_id,
+                   uint32_t local_ip, uint32_t remote_ip, uint16_t local_port, uint16_t remote_port,
+                   const uint8_t *remote_mac, uint8_t snd_wscale, uint8_t rcv_wscale, uint16_t mss,
+                   uint32_t ts_recent, uint32_t rx_off, uint32_t rx_len, uint32_t tx_off, uint32_t tx_len,
+                   uint32_t appflow_off, uint32_t rx_seq0, uint32_t tx_seq0, uint32_t snd_wnd,
+                   uint32_t wl1, uint32_t wl2, uint32_t rtt_us, uint32_t now_us, uint32_t core);
 /* A flow as the slow path reads it: struct tas_flow followed by struct
  * tas_flow_cc, the same fields in the same order (process-local, never
  * shared; tests/test_abi.py checks every offset against the two). */

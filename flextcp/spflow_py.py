@@ -7,6 +7,8 @@ record (``x``, a ``struct tas_flow_cc``) besides its record (``f``)."""
 
 from __future__ import annotations
 
+import struct
+
 from flextcp.native import ffi, lib
 
 U32 = 0xFFFFFFFF
@@ -159,6 +161,33 @@ def install(f, x, gen: int, flags: int, ctx_id: int, local_ip: int, remote_ip: i
         x.rto_us = min(max(200_000, rtt_us + 4 * (rtt_us // 2)), U32)
     x.rto_start_us = now_us
     return 0
+
+
+def send_seg(ktx, s, dst_mac: bytes, dst_ip: int, sport: int, dport: int, seq: int, ack: int, flags: int,
+             win: int, opts: int, mss: int, wscale: int, tsval: int, tsecr: int) -> int:
+    """tas_sp_send_seg: ``ktx`` a flextcp.ring.Ring (producer), ``s`` the
+    ``struct tas_seg *`` template."""
+    from nicemu import wire
+
+    ffi.memmove(s.dst_mac, dst_mac, 6)
+    s.dst_ip, s.src_port, s.dst_port, s.seq, s.ack = dst_ip, sport, dport, seq, ack
+    s.win, s.flags, s.opts = win, flags, opts
+    if opts & lib.TAS_OPT_MSS:
+        s.mss = mss
+    if opts & lib.TAS_OPT_WS:
+        s.wscale = wscale
+    if opts & lib.TAS_OPT_TS:
+        s.tsval, s.tsecr = tsval, tsecr
+    seg = wire.Segment(src_mac=bytes(s.src_mac), dst_mac=bytes(s.dst_mac), sack_start=list(s.sack_start),
+                       sack_end=list(s.sack_end), **{k: getattr(s, k) for k in wire._SEG_SCALARS})
+    hdr = 32  # offsetof(struct tas_ktx, data)
+    frame = wire.build_tcp(seg, b"", lib.TAS_KQ_ENTRY_SIZE - hdr)
+    if not frame:
+        return 0
+    entry = bytearray(lib.TAS_KQ_ENTRY_SIZE)
+    struct.pack_into("<HH", entry, 0, lib.TAS_KTX_FRAME, len(frame))
+    entry[hdr : hdr + len(frame)] = frame
+    return len(frame) if ktx.enqueue_n(bytes(entry), 1) == 1 else 0
 
 
 def tx_close(f, tx_head: int) -> int:

@@ -293,32 +293,25 @@ class Engine:
                   sack_perm: bool = False, ts: tuple[int, int] | None = None) -> None:
         """send_frame(self.segs.build(...)) for a control segment, built by the
         same C kernel straight into the KTX slot (no frame object, no copy)."""
-        s = self._seg
-        ffi.memmove(s.dst_mac, dst_mac, 6)
-        s.dst_ip = dst_ip
-        s.src_port, s.dst_port = sport, dport
-        s.seq, s.ack = seq & U32, ack & U32
-        s.win = min(win, 0xFFFF)
-        s.flags = flags
         opts = 0
         if mss is not None:
             opts |= lib.TAS_OPT_MSS
-            s.mss = mss
         if wscale is not None:
             opts |= lib.TAS_OPT_WS
-            s.wscale = wscale
         if sack_perm:
             opts |= lib.TAS_OPT_SACKPERM
+        tsval = tsecr = 0
         if ts is not None:
             opts |= lib.TAS_OPT_TS
-            s.tsval, s.tsecr = ts[0] & U32, ts[1] & U32
-        s.opts = opts
-        n = lib.tas_build_tcp(self._ktx_slot + 32, lib.TAS_KQ_ENTRY_SIZE - 32, s, ffi.NULL, 0, ffi.NULL, 0)
-        _KQ_HDR.pack_into(self._ktx_buf, 0, lib.TAS_KTX_FRAME, n, 0, 0)
-        ok = self.ktx[core].enqueue_n(self._ktx_slot, 1) == 1
+            tsval, tsecr = ts[0] & U32, ts[1] & U32
+        if len(dst_mac) != 6:
+            dst_mac = bytes(dst_mac).ljust(6, b"\0")[:6]
+        # fill, build and queue in one C call (sp_flow.c; twin: spflow_py.send_seg)
+        n = lib.tas_sp_send_seg(self.ktx[core].raw, self._seg, dst_mac, dst_ip, sport, dport, seq & U32, ack & U32,
+                                flags, min(win, 0xFFFF), opts, mss or 0, wscale or 0, tsval, tsecr)
         self.fpm.kick(core)
-        if not ok:
-            log.warning("KTX ring full: dropped a %d-byte frame", n)
+        if not n:
+            log.warning("KTX ring full: dropped a control segment")
 
     def send_frame(self, frame: bytes, core: int = 0) -> None:
         if not self._ktx(core, lib.TAS_KTX_FRAME, frame):

@@ -236,3 +236,53 @@ def test_install_matches(old, args):
     finally:
         ra.close()
         rb.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.binary(min_size=6, max_size=6),
+    U32,
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFF),
+    U32,
+    U32,
+    st.integers(0, 0xFF),
+    st.integers(0, 0xFFFF),
+    st.integers(0, 15),
+    st.integers(0, 0xFFFF),
+    st.integers(0, 14),
+    U32,
+    U32,
+)
+def test_send_seg_matches(mac, ip, sport, dport, seq, ack, flags, win, opts, mss, ws, tsval, tsecr):
+    """tas_sp_send_seg against spflow_py.send_seg: the same KTX entry (header
+    and frame), the template keeping our MAC and address."""
+    from flextcp.ring import Ring
+    from flextcp.stackmem import stack_layout
+
+    lay = stack_layout(N, 1, 4)
+    ra, rb = Region.create(lay.size, "spsa"), Region.create(lay.size, "spsb")
+    try:
+        entry = lib.TAS_KQ_ENTRY_SIZE
+        rings = [(Ring.create(r, lay.ktx_off[0], 4, entry, True), Ring.attach(r, lay.ktx_off[0], 4, entry, False))
+                 for r in (ra, rb)]  # fmt: skip
+        segs = [ffi.new("struct tas_seg *") for _ in range(2)]
+        for s in segs:
+            s.src_mac = list(b"\x02\0\0\0\0\x02")
+            s.src_ip = 0xC6120002
+        args = (mac, ip, sport, dport, seq, ack, flags, win, opts, mss, ws, tsval, tsecr)
+        n1 = lib.tas_sp_send_seg(rings[0][0].raw, segs[0], *args)
+        n2 = spflow_py.send_seg(rings[1][0], segs[1], *args)
+        assert n1 == n2 > 0
+        e1, e2 = rings[0][1].dequeue_n(1), rings[1][1].dequeue_n(1)
+        assert e1[: 32 + n1] == e2[: 32 + n2]
+        assert bytes(ffi.buffer(segs[0])) == bytes(ffi.buffer(segs[1]))
+        p = ffi.new("struct tas_pkt *")
+        assert lib.tas_parse_frame(e1[32 : 32 + n1], n1, p) == lib.TAS_PK_TCP
+        assert (p.src_port, p.dst_port, p.seq, p.ack, p.tcp_flags, p.win) == (sport, dport, seq, ack, flags, win)
+        for _ in range(4):  # a full ring: nothing queued, 0
+            lib.tas_sp_send_seg(rings[0][0].raw, segs[0], *args)
+        assert lib.tas_sp_send_seg(rings[0][0].raw, segs[0], *args) == 0
+    finally:
+        ra.close()
+        rb.close()

@@ -7,6 +7,8 @@
 #include "tas_abi.h"
 #include "flowtab.h"
 #include "spflow.h"
+#include "ring.h"
+#include "wire.h"
 #include "tcp_common.h"
 
 static struct tas_flow *get(struct tas_ft *ft, uint32_t id)
@@ -261,6 +263,39 @@ int tas_sp_install(struct tas_ft *ft, uint32_t id, uint16_t gen, uint32_t flags,
     }
     x->rto_start_us = now_us;
     return 0;
+}
+
+uint32_t tas_sp_send_seg(struct tas_ring *ktx, struct tas_seg *s, const uint8_t *dst_mac, uint32_t dst_ip,
+                         uint16_t sport, uint16_t dport, uint32_t seq, uint32_t ack, uint8_t flags,
+                         uint16_t win, uint8_t opts, uint16_t mss, uint8_t wscale, uint32_t tsval,
+                         uint32_t tsecr)
+{
+    uint8_t e[TAS_KQ_ENTRY_SIZE];
+    struct tas_ktx *k = (struct tas_ktx *)e;
+    memcpy(s->dst_mac, dst_mac, 6);
+    s->dst_ip = dst_ip;
+    s->src_port = sport;
+    s->dst_port = dport;
+    s->seq = seq;
+    s->ack = ack;
+    s->win = win;
+    s->flags = flags;
+    s->opts = opts;
+    if (opts & TAS_OPT_MSS)
+        s->mss = mss;
+    if (opts & TAS_OPT_WS)
+        s->wscale = wscale;
+    if (opts & TAS_OPT_TS) {
+        s->tsval = tsval;
+        s->tsecr = tsecr;
+    }
+    memset(e, 0, offsetof(struct tas_ktx, data));
+    uint32_t n = tas_build_tcp(k->data, sizeof(e) - offsetof(struct tas_ktx, data), s, NULL, 0, NULL, 0);
+    if (!n)
+        return 0;
+    k->kind = TAS_KTX_FRAME;
+    k->len = (uint16_t)n;
+    return tas_ring_enqueue_n(ktx, e, 1) == 1 ? n : 0;
 }
 
 int tas_sp_tx_close(struct tas_ft *ft, uint32_t id, uint64_t tx_head)

@@ -289,7 +289,7 @@ uint32_t tas_sp_send_seg(struct tas_ring *ktx, struct tas_seg *s, const uint8_t 
         s->tsval = tsval;
         s->tsecr = tsecr;
     }
-    memset(e, 0, offsetof(struct tas_ktx, data));
+    memset(e, 0, sizeof(e)); /* no stale stack bytes in the shared ring */
     uint32_t n = tas_build_tcp(k->data, sizeof(e) - offsetof(struct tas_ktx, data), s, NULL, 0, NULL, 0);
     if (!n)
         return 0;

@@ -7,6 +7,8 @@ record (``x``, a ``struct tas_flow_cc``) besides its record (``f``)."""
 
 from __future__ import annotations
 
+import struct
+
 from flextcp.native import ffi, lib
 
 U32 = 0xFFFFFFFF
@@ -131,6 +133,61 @@ def set_mss(f, mss: int) -> int:
         f.flags &= ~(lib.TAS_FF_FIN_OUT | lib.TAS_FF_REXMIT_HEAD) & U32
         return old
     return -1
+
+
+def install(f, x, gen: int, flags: int, ctx_id: int, local_ip: int, remote_ip: int, local_port: int,
+            remote_port: int, remote_mac: bytes, snd_wscale: int, rcv_wscale: int, mss: int, ts_recent: int,
+            rx_off: int, rx_len: int, tx_off: int, tx_len: int, appflow_off: int, rx_seq0: int, tx_seq0: int,
+            snd_wnd: int, wl1: int, wl2: int, rtt_us: int, now_us: int, core: int) -> int:
+    """tas_sp_install: record ``f`` and side record ``x`` of a flow being
+    installed, status left FREE."""
+    ffi.memmove(f, bytes(ffi.sizeof("struct tas_flow")), ffi.sizeof("struct tas_flow"))
+    ffi.memmove(x, bytes(ffi.sizeof("struct tas_flow_cc")), ffi.sizeof("struct tas_flow_cc"))
+    f.gen, f.status, f.flags, f.ts_recent, f.ctx_id = gen, lib.TAS_FLOW_FREE, flags, ts_recent, ctx_id
+    f.local_ip, f.remote_ip, f.local_port, f.remote_port = local_ip, remote_ip, local_port, remote_port
+    f.remote_mac = list(remote_mac[:6])
+    f.snd_wscale, f.rcv_wscale, f.mss = snd_wscale, rcv_wscale, mss
+    x.core = core
+    f.rx_off, f.rx_len, f.tx_off, f.tx_len, f.appflow_off = rx_off, rx_len, tx_off, tx_len, appflow_off
+    f.rx_seq0, f.tx_seq0 = rx_seq0, tx_seq0
+    x.rx_adv = rx_len
+    f.snd_wnd = snd_wnd
+    x.snd_wl1, x.snd_wl2 = wl1, wl2
+    f.cwnd = (10 * mss) & U32  # RFC 6928
+    x.ssthresh = 0x7FFFFFFF
+    x.rto_us = 1_000_000
+    if rtt_us:
+        x.srtt_us, x.rttvar_us = rtt_us, rtt_us // 2
+        x.rto_us = min(max(200_000, rtt_us + 4 * (rtt_us // 2)), U32)
+    x.rto_start_us = now_us
+    return 0
+
+
+def send_seg(ktx, s, dst_mac: bytes, dst_ip: int, sport: int, dport: int, seq: int, ack: int, flags: int,
+             win: int, opts: int, mss: int, wscale: int, tsval: int, tsecr: int) -> int:
+    """tas_sp_send_seg: ``ktx`` a flextcp.ring.Ring (producer), ``s`` the
+    ``struct tas_seg *`` template."""
+    from nicemu import wire
+
+    ffi.memmove(s.dst_mac, dst_mac, 6)
+    s.dst_ip, s.src_port, s.dst_port, s.seq, s.ack = dst_ip, sport, dport, seq, ack
+    s.win, s.flags, s.opts = win, flags, opts
+    if opts & lib.TAS_OPT_MSS:
+        s.mss = mss
+    if opts & lib.TAS_OPT_WS:
+        s.wscale = wscale
+    if opts & lib.TAS_OPT_TS:
+        s.tsval, s.tsecr = tsval, tsecr
+    seg = wire.Segment(src_mac=bytes(s.src_mac), dst_mac=bytes(s.dst_mac), sack_start=list(s.sack_start),
+                       sack_end=list(s.sack_end), **{k: getattr(s, k) for k in wire._SEG_SCALARS})
+    hdr = 32  # offsetof(struct tas_ktx, data)
+    frame = wire.build_tcp(seg, b"", lib.TAS_KQ_ENTRY_SIZE - hdr)
+    if not frame:
+        return 0
+    entry = bytearray(lib.TAS_KQ_ENTRY_SIZE)
+    struct.pack_into("<HH", entry, 0, lib.TAS_KTX_FRAME, len(frame))
+    entry[hdr : hdr + len(frame)] = frame
+    return len(frame) if ktx.enqueue_n(bytes(entry), 1) == 1 else 0
 
 
 def tx_close(f, tx_head: int) -> int:

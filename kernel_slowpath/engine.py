@@ -293,32 +293,25 @@ class Engine:
                   sack_perm: bool = False, ts: tuple[int, int] | None = None) -> None:
         """send_frame(self.segs.build(...)) for a control segment, built by the
         same C kernel straight into the KTX slot (no frame object, no copy)."""
-        s = self._seg
-        ffi.memmove(s.dst_mac, dst_mac, 6)
-        s.dst_ip = dst_ip
-        s.src_port, s.dst_port = sport, dport
-        s.seq, s.ack = seq & U32, ack & U32
-        s.win = min(win, 0xFFFF)
-        s.flags = flags
         opts = 0
         if mss is not None:
             opts |= lib.TAS_OPT_MSS
-            s.mss = mss
         if wscale is not None:
             opts |= lib.TAS_OPT_WS
-            s.wscale = wscale
         if sack_perm:
             opts |= lib.TAS_OPT_SACKPERM
+        tsval = tsecr = 0
         if ts is not None:
             opts |= lib.TAS_OPT_TS
-            s.tsval, s.tsecr = ts[0] & U32, ts[1] & U32
-        s.opts = opts
-        n = lib.tas_build_tcp(self._ktx_slot + 32, lib.TAS_KQ_ENTRY_SIZE - 32, s, ffi.NULL, 0, ffi.NULL, 0)
-        _KQ_HDR.pack_into(self._ktx_buf, 0, lib.TAS_KTX_FRAME, n, 0, 0)
-        ok = self.ktx[core].enqueue_n(self._ktx_slot, 1) == 1
+            tsval, tsecr = ts[0] & U32, ts[1] & U32
+        if len(dst_mac) != 6:
+            dst_mac = bytes(dst_mac).ljust(6, b"\0")[:6]
+        # fill, build and queue in one C call (sp_flow.c; twin: spflow_py.send_seg)
+        n = lib.tas_sp_send_seg(self.ktx[core].raw, self._seg, dst_mac, dst_ip, sport, dport, seq & U32, ack & U32,
+                                flags, min(win, 0xFFFF), opts, mss or 0, wscale or 0, tsval, tsecr)
         self.fpm.kick(core)
-        if not ok:
-            log.warning("KTX ring full: dropped a %d-byte frame", n)
+        if not n:
+            log.warning("KTX ring full: dropped a control segment")
 
     def send_frame(self, frame: bytes, core: int = 0) -> None:
         if not self._ktx(core, lib.TAS_KTX_FRAME, frame):
@@ -865,47 +858,26 @@ class Engine:
 
     def _install(self, conn: Conn, *, peer_mss: int, snd_wscale: int, rcv_wscale: int, sack: bool, ecn: bool = False,
                  ts_recent: int | None, snd_wnd: int, wl1: int, wl2: int, rtt_us: int) -> None:
-        f, x = self.ft.flow(conn.fid), self.ft.side(conn.fid)  # record and side record (tas_abi.h)
-        ffi.memmove(f, _FLOW_ZERO, len(_FLOW_ZERO))
-        ffi.memmove(x, _SIDE_ZERO, len(_SIDE_ZERO))
-        f.gen = conn.gen
-        f.status = lib.TAS_FLOW_FREE
         flags = lib.TAS_FF_NODELAY
         if ts_recent is not None:
             flags |= lib.TAS_FF_TS
-            f.ts_recent = ts_recent
         if sack:
             flags |= lib.TAS_FF_SACK
         if snd_wscale or rcv_wscale:
             flags |= lib.TAS_FF_WSCALE
-        f.flags = flags
-        f.ctx_id = conn.ctx.ctx_id
-        f.local_ip, f.remote_ip = self.local_ip_int, conn.remote_ip
-        f.local_port, f.remote_port = conn.local_port, conn.remote_port
-        f.remote_mac = list(conn.remote_mac)
-        f.snd_wscale, f.rcv_wscale = snd_wscale, rcv_wscale
-        f.mss = max(64, min(peer_mss, OUR_MSS))
-        x.core = conn.core
-        f.rx_off, f.rx_len, f.tx_off, f.tx_len = conn.rx_off, conn.rx_len, conn.tx_off, conn.tx_len
-        f.appflow_off = conn.appflow_off
-        f.rx_seq0 = (conn.irs + 1) & U32
-        f.tx_seq0 = (conn.iss + 1) & U32
-        x.rx_adv = conn.rx_len
-        f.snd_wnd = snd_wnd
-        x.snd_wl1, x.snd_wl2 = wl1, wl2
-        f.cwnd = 10 * f.mss  # RFC 6928
-        x.ssthresh = 0x7FFFFFFF
-        x.rto_us = 1_000_000
-        if rtt_us:
-            x.srtt_us = rtt_us
-            x.rttvar_us = rtt_us // 2
-            x.rto_us = max(200_000, rtt_us + 4 * (rtt_us // 2))
-        x.rto_start_us = self.now_us() & U32
         if ecn:
-            f.flags |= lib.TAS_FF_ECN
+            flags |= lib.TAS_FF_ECN
+        mss = max(64, min(peer_mss, OUR_MSS))
+        mac = conn.remote_mac if len(conn.remote_mac) == 6 else bytes(conn.remote_mac).ljust(6, b"\0")[:6]
+        # the record and side record (tas_abi.h) in one C call (sp_flow.c; twin: spflow_py.install)
+        lib.tas_sp_install(self.ft.raw, conn.fid, conn.gen, flags, conn.ctx.ctx_id, self.local_ip_int,
+                           conn.remote_ip, conn.local_port, conn.remote_port, mac, snd_wscale,
+                           rcv_wscale, mss, ts_recent or 0, conn.rx_off, conn.rx_len, conn.tx_off, conn.tx_len,
+                           conn.appflow_off, (conn.irs + 1) & U32, (conn.iss + 1) & U32, snd_wnd, wl1 & U32,
+                           wl2 & U32, rtt_us, self.now_us() & U32, conn.core)
         if self.cc is not None:
-            self.cc.add(conn.fid, f.mss)
-        f.status = lib.TAS_FLOW_ACTIVE
+            self.cc.add(conn.fid, mss)
+        lib.tas_sp_set_status(self.ft.raw, conn.fid, lib.TAS_FLOW_ACTIVE, 0)
         if self.ft.insert(conn.fid) != 0:
             raise RuntimeError(f"flow table index refused flow {conn.fid}")
         conn.installed = True

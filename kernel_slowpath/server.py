@@ -872,6 +872,17 @@ class ControlServer:
         if self._ev_handle is None:
             self._ev_handle = self._loop.call_soon(self._flush_events)
 
+    def flush_events_now(self) -> None:
+        """Send the events gathered so far without waiting for the end of
+        the loop pass: called after a drain of the fast path's exception
+        rings, so an app learns of a new connection before the other
+        callbacks of the pass (control requests, CC, timers) run.  Still one
+        message and one doorbell per app for all the drain's events."""
+        h = self._ev_handle
+        if h is not None:
+            h.cancel()
+            self._flush_events()
+
     def _flush_events(self) -> None:
         self._ev_handle = None
         apps, self._ev_apps = self._ev_apps, {}

@@ -297,6 +297,8 @@ class Stack:
                     self.engine.on_krx(self._krx_view, n)
                 if n < KRX_BATCH:  # drained; later entries come with a new doorbell
                     break
+        if self.server is not None:
+            self.server.flush_events_now()  # newconn out before the rest of the loop pass
 
     def fp_stats(self) -> list[dict]:
         out = []

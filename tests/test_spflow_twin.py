@@ -176,3 +176,113 @@ def test_count_busy_matches(flows, budget):
     finally:
         ra.close()
         rb.close()
+
+
+INSTALL_ARGS = ("gen", "flags", "ctx_id", "local_ip", "remote_ip", "local_port", "remote_port", "remote_mac",
+                "snd_wscale", "rcv_wscale", "mss", "ts_recent", "rx_off", "rx_len", "tx_off", "tx_len", "appflow_off",
+                "rx_seq0", "tx_seq0", "snd_wnd", "wl1", "wl2", "rtt_us", "now_us", "core")  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    flow_st,
+    st.fixed_dictionaries(
+        {
+            "gen": st.integers(0, 0xFFFF),
+            "flags": st.integers(0, (1 << 19) - 1),
+            "ctx_id": st.integers(0, 1023),
+            "local_ip": U32,
+            "remote_ip": U32,
+            "local_port": st.integers(0, 0xFFFF),
+            "remote_port": st.integers(0, 0xFFFF),
+            "remote_mac": st.binary(min_size=6, max_size=6),
+            "snd_wscale": st.integers(0, 14),
+            "rcv_wscale": st.integers(0, 14),
+            "mss": st.integers(64, 9000),
+            "ts_recent": U32,
+            "rx_off": U32,
+            "rx_len": st.sampled_from([4096, 1 << 16, 1 << 18]),
+            "tx_off": U32,
+            "tx_len": st.sampled_from([4096, 1 << 16, 1 << 18]),
+            "appflow_off": U32,
+            "rx_seq0": U32,
+            "tx_seq0": U32,
+            "snd_wnd": st.integers(0, 1 << 30),
+            "wl1": U32,
+            "wl2": U32,
+            "rtt_us": st.sampled_from([0, 1, 500, 20_000, 60_000_500]),
+            "now_us": U32,
+            "core": st.integers(0, 15),
+        }
+    ),
+)
+def test_install_matches(old, args):
+    """tas_sp_install (a record reused from an older flow: everything the
+    new flow does not set is zero) against spflow_py.install."""
+    ra, rb, a, b = tables()
+    try:
+        fill(a, 5, old)
+        fill(b, 5, old)
+        a.side(5).cnt_rexmit = b.side(5).cnt_rexmit = 7  # a counter of the old flow
+        keys = INSTALL_ARGS  # the C signature's order
+        assert lib.tas_sp_install(a.raw, 5, *(args[k] for k in keys)) == 0
+        assert spflow_py.install(b.flow(5), b.side(5), *(args[k] for k in keys)) == 0
+        same(a.flow(5), b.flow(5), a.side(5), b.side(5))
+        f, x = a.flow(5), a.side(5)
+        assert f.status == lib.TAS_FLOW_FREE and x.cnt_rexmit == 0
+        assert f.cwnd == 10 * args["mss"] and bytes(f.remote_mac) == args["remote_mac"]
+        assert x.rto_us == (max(200_000, args["rtt_us"] * 3) if args["rtt_us"] else 1_000_000)
+        assert lib.tas_sp_install(a.raw, N, *(args[k] for k in keys)) == -1  # bad id
+    finally:
+        ra.close()
+        rb.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.binary(min_size=6, max_size=6),
+    U32,
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFF),
+    U32,
+    U32,
+    st.integers(0, 0xFF),
+    st.integers(0, 0xFFFF),
+    st.integers(0, 15),
+    st.integers(0, 0xFFFF),
+    st.integers(0, 14),
+    U32,
+    U32,
+)
+def test_send_seg_matches(mac, ip, sport, dport, seq, ack, flags, win, opts, mss, ws, tsval, tsecr):
+    """tas_sp_send_seg against spflow_py.send_seg: the same KTX entry (header
+    and frame), the template keeping our MAC and address."""
+    from flextcp.ring import Ring
+    from flextcp.stackmem import stack_layout
+
+    lay = stack_layout(N, 1, 4)
+    ra, rb = Region.create(lay.size, "spsa"), Region.create(lay.size, "spsb")
+    try:
+        entry = lib.TAS_KQ_ENTRY_SIZE
+        rings = [(Ring.create(r, lay.ktx_off[0], 4, entry, True), Ring.attach(r, lay.ktx_off[0], 4, entry, False))
+                 for r in (ra, rb)]  # fmt: skip
+        segs = [ffi.new("struct tas_seg *") for _ in range(2)]
+        for s in segs:
+            s.src_mac = list(b"\x02\0\0\0\0\x02")
+            s.src_ip = 0xC6120002
+        args = (mac, ip, sport, dport, seq, ack, flags, win, opts, mss, ws, tsval, tsecr)
+        n1 = lib.tas_sp_send_seg(rings[0][0].raw, segs[0], *args)
+        n2 = spflow_py.send_seg(rings[1][0], segs[1], *args)
+        assert n1 == n2 > 0
+        e1, e2 = rings[0][1].dequeue_n(1), rings[1][1].dequeue_n(1)
+        assert e1[: 32 + n1] == e2[: 32 + n2]
+        assert bytes(ffi.buffer(segs[0])) == bytes(ffi.buffer(segs[1]))
+        p = ffi.new("struct tas_pkt *")
+        assert lib.tas_parse_frame(e1[32 : 32 + n1], n1, p) == lib.TAS_PK_TCP
+        assert (p.src_port, p.dst_port, p.seq, p.ack, p.tcp_flags, p.win) == (sport, dport, seq, ack, flags, win)
+        for _ in range(4):  # a full ring: nothing queued, 0
+            lib.tas_sp_send_seg(rings[0][0].raw, segs[0], *args)
+        assert lib.tas_sp_send_seg(rings[0][0].raw, segs[0], *args) == 0
+    finally:
+        ra.close()
+        rb.close()

@@ -7,6 +7,8 @@
 #include "tas_abi.h"
 #include "flowtab.h"
 #include "spflow.h"
+#include "ring.h"
+#include "wire.h"
 #include "tcp_common.h"
 
 static struct tas_flow *get(struct tas_ft *ft, uint32_t id)
@@ -209,6 +211,91 @@ int tas_sp_snapshot(struct tas_ft *ft, uint32_t id, struct tas_flow_snap *out)
     tas_flow_unlock(f);
     out->lock = 0;
     return 0;
+}
+
+int tas_sp_install(struct tas_ft *ft, uint32_t id, uint16_t gen, uint32_t flags, uint32_t ctx_id,
+                   uint32_t local_ip, uint32_t remote_ip, uint16_t local_port, uint16_t remote_port,
+                   const uint8_t *remote_mac, uint8_t snd_wscale, uint8_t rcv_wscale, uint16_t mss,
+                   uint32_t ts_recent, uint32_t rx_off, uint32_t rx_len, uint32_t tx_off, uint32_t tx_len,
+                   uint32_t appflow_off, uint32_t rx_seq0, uint32_t tx_seq0, uint32_t snd_wnd,
+                   uint32_t wl1, uint32_t wl2, uint32_t rtt_us, uint32_t now_us, uint32_t core)
+{
+    struct tas_flow *f = get(ft, id);
+    if (!f)
+        return -1;
+    struct tas_flow_cc *x = side(ft, f);
+    /* a FREE record outside the index: no fast path touches it */
+    memset(f, 0, sizeof(*f));
+    memset(x, 0, sizeof(*x));
+    f->gen = gen;
+    f->status = TAS_FLOW_FREE;
+    f->flags = flags;
+    f->ts_recent = ts_recent;
+    f->ctx_id = ctx_id;
+    f->local_ip = local_ip;
+    f->remote_ip = remote_ip;
+    f->local_port = local_port;
+    f->remote_port = remote_port;
+    memcpy(f->remote_mac, remote_mac, 6);
+    f->snd_wscale = snd_wscale;
+    f->rcv_wscale = rcv_wscale;
+    f->mss = mss;
+    x->core = core;
+    f->rx_off = rx_off;
+    f->rx_len = rx_len;
+    f->tx_off = tx_off;
+    f->tx_len = tx_len;
+    f->appflow_off = appflow_off;
+    f->rx_seq0 = rx_seq0;
+    f->tx_seq0 = tx_seq0;
+    x->rx_adv = rx_len;
+    f->snd_wnd = snd_wnd;
+    x->snd_wl1 = wl1;
+    x->snd_wl2 = wl2;
+    f->cwnd = 10u * mss; /* RFC 6928 */
+    x->ssthresh = 0x7FFFFFFF;
+    x->rto_us = 1000000;
+    if (rtt_us) {
+        uint64_t rto = (uint64_t)rtt_us + 4u * (rtt_us / 2);
+        x->srtt_us = rtt_us;
+        x->rttvar_us = rtt_us / 2;
+        x->rto_us = (uint32_t)(rto < 200000 ? 200000 : (rto > 0xFFFFFFFFu ? 0xFFFFFFFFu : rto));
+    }
+    x->rto_start_us = now_us;
+    return 0;
+}
+
+uint32_t tas_sp_send_seg(struct tas_ring *ktx, struct tas_seg *s, const uint8_t *dst_mac, uint32_t dst_ip,
+                         uint16_t sport, uint16_t dport, uint32_t seq, uint32_t ack, uint8_t flags,
+                         uint16_t win, uint8_t opts, uint16_t mss, uint8_t wscale, uint32_t tsval,
+                         uint32_t tsecr)
+{
+    uint8_t e[TAS_KQ_ENTRY_SIZE];
+    struct tas_ktx *k = (struct tas_ktx *)e;
+    memcpy(s->dst_mac, dst_mac, 6);
+    s->dst_ip = dst_ip;
+    s->src_port = sport;
+    s->dst_port = dport;
+    s->seq = seq;
+    s->ack = ack;
+    s->win = win;
+    s->flags = flags;
+    s->opts = opts;
+    if (opts & TAS_OPT_MSS)
+        s->mss = mss;
+    if (opts & TAS_OPT_WS)
+        s->wscale = wscale;
+    if (opts & TAS_OPT_TS) {
+        s->tsval = tsval;
+        s->tsecr = tsecr;
+    }
+    memset(e, 0, sizeof(e)); /* no stale stack bytes in the shared ring */
+    uint32_t n = tas_build_tcp(k->data, sizeof(e) - offsetof(struct tas_ktx, data), s, NULL, 0, NULL, 0);
+    if (!n)
+        return 0;
+    k->kind = TAS_KTX_FRAME;
+    k->len = (uint16_t)n;
+    return tas_ring_enqueue_n(ktx, e, 1) == 1 ? n : 0;
 }
 
 int tas_sp_tx_close(struct tas_ft *ft, uint32_t id, uint64_t tx_head)

@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include "tas_abi.h"
 #include "flowtab.h"
+#include "ring.h"
+#include "wire.h"
 
 
 #define TAS_TMO_RTO 1
@@ -34,6 +36,30 @@ int tas_sp_probe(struct tas_ft *ft, uint32_t id, uint32_t now_us);
  * Returns the old MSS, -1 if nothing changed. */
 #define TAS_SP_MIN_MSS 536
 int tas_sp_set_mss(struct tas_ft *ft, uint32_t id, uint32_t mss);
+/* Fill flow `id`'s record and side record for a connection being
+ * installed (engine.py _install): both zeroed, then the connection's
+ * addresses, buffers, sequence bases, options and initial window (10 MSS,
+ * RFC 6928), RTO 1 s or from the handshake's RTT sample (rtt_us, 0 for
+ * none; RFC 6298 2.2 with a 200 ms floor).  The status stays FREE: the
+ * caller sets up congestion control, then makes it ACTIVE and indexes it.
+ * remote_mac: 6 bytes.  -1 for a bad id. */
+int tas_sp_install(struct tas_ft *ft, uint32_t id, uint16_t gen, uint32_t flags, uint32_t ctx_id,
+                   uint32_t local_ip, uint32_t remote_ip, uint16_t local_port, uint16_t remote_port,
+                   const uint8_t *remote_mac, uint8_t snd_wscale, uint8_t rcv_wscale, uint16_t mss,
+                   uint32_t ts_recent, uint32_t rx_off, uint32_t rx_len, uint32_t tx_off, uint32_t tx_len,
+                   uint32_t appflow_off, uint32_t rx_seq0, uint32_t tx_seq0, uint32_t snd_wnd,
+                   uint32_t wl1, uint32_t wl2, uint32_t rtt_us, uint32_t now_us, uint32_t core);
+/* Send a control segment (no payload): fill `s` (the caller's template:
+ * source MAC/address, IP fields kept) with these fields and options
+ * (TAS_OPT_* in opts; mss, wscale, tsval/tsecr used only if named there),
+ * build the frame (tas_build_tcp) into a KTX "send this frame" entry and
+ * enqueue it on ktx.  Returns the frame length; 0 if it was not queued (ring
+ * full).  The caller rings the fast path's doorbell.  Twin:
+ * spflow_py.send_seg. */
+uint32_t tas_sp_send_seg(struct tas_ring *ktx, struct tas_seg *s, const uint8_t *dst_mac, uint32_t dst_ip,
+                         uint16_t sport, uint16_t dport, uint32_t seq, uint32_t ack, uint8_t flags,
+                         uint16_t win, uint8_t opts, uint16_t mss, uint8_t wscale, uint32_t tsval,
+                         uint32_t tsecr);
 /* A flow as the slow path reads it: struct tas_flow followed by struct
  * tas_flow_cc, the same fields in the same order (process-local, never
  * shared; tests/test_abi.py checks every offset against the two). */

@@ -415,16 +415,20 @@ def _show(res: Result) -> dict:
     return s
 
 
-def test_dctcp_keeps_the_queue_short_with_ecn(bench):
-    res = bench.run(SCENARIOS["dctcp"])
+def _queue_kept_short_by_ecn(bench, scenario: str, alg: str) -> None:
+    res = bench.run(SCENARIOS[scenario])
     s = _show(res)
-    assert res.stats["cc"]["cc_algorithm"] == "dctcp"
-    assert s["ecn_bytes"] and s["ce_marked"], "no ECN feedback reached DCTCP"
-    # a drop-tail sender would fill the 256 KiB queue (~21 ms at 100 Mbit/s);
-    # DCTCP keeps it near the 30 KB marking threshold (2.4 ms)
+    assert res.stats["cc"]["cc_algorithm"] == alg
+    assert s["ecn_bytes"] and s["ce_marked"], f"no ECN feedback reached {alg}"
+    # a sender deaf to the marks fills the 256 KiB queue (~21 ms at 100
+    # Mbit/s); an ECN response keeps it near the 30 KB threshold (2.4 ms)
     assert s["ping_p50_ms"] < 8, s
     assert s["util"] > 0.3, s
     assert not s["dropped_queue"], s
+
+
+def test_dctcp_keeps_the_queue_short_with_ecn(bench):
+    _queue_kept_short_by_ecn(bench, "dctcp", "dctcp")
 
 
 def test_cubic_with_ecn_answers_the_marks(bench):
@@ -432,13 +436,7 @@ def test_cubic_with_ecn_answers_the_marks(bench):
     event (RFC 3168 6.1.2, RFC 9438 4.6), so the marking bottleneck's queue
     stays short instead of filling (before the fix: srtt p50 16.7 ms,
     82,470 packets marked and ignored)."""
-    res = bench.run(SCENARIOS["cubic-ecn"])
-    s = _show(res)
-    assert res.stats["cc"]["cc_algorithm"] == "cubic"
-    assert s["ecn_bytes"] and s["ce_marked"], "no ECN feedback reached CUBIC"
-    assert s["ping_p50_ms"] < 8, s
-    assert s["util"] > 0.3, s
-    assert not s["dropped_queue"], s
+    _queue_kept_short_by_ecn(bench, "cubic-ecn", "cubic")
 
 
 def test_dctcp_without_marks_falls_back_to_loss_response(bench):

@@ -43,9 +43,15 @@ def test_work_restarts_the_spin():
     assert spun
 
 
-def test_preempted_during_an_idle_spin_sleeps_at_once():
+def _yield_policy() -> SpinPolicy:
+    """The TAS_FP_SPIN=yield policy with the default spin, woken at t=0."""
     p = SpinPolicy(poll_us=500, gap_us=PREEMPT_GAP_US)
     p.woke(0)
+    return p
+
+
+def test_preempted_during_an_idle_spin_sleeps_at_once():
+    p = _yield_policy()
     assert p.spin(0, 1)
     assert p.spin(2, 0)
     assert p.spin(4, 0)
@@ -56,8 +62,7 @@ def test_preempted_during_an_idle_spin_sleeps_at_once():
 def test_a_gap_ending_in_work_does_not_end_the_spin():
     """An app woken by our doorbell runs, answers and sleeps: the poll after
     the gap finds its reply, and the loop goes on spinning."""
-    p = SpinPolicy(poll_us=500, gap_us=PREEMPT_GAP_US)
-    p.woke(0)
+    p = _yield_policy()
     assert p.spin(2, 0)
     assert p.spin(60, 1)
     _, spun = idle_polls(p, 62, 400)
@@ -66,16 +71,14 @@ def test_a_gap_ending_in_work_does_not_end_the_spin():
 
 def test_a_gap_starting_at_a_work_poll_does_not_count():
     """A long poll with work (or a preemption inside it) is not a spin cut short."""
-    p = SpinPolicy(poll_us=500, gap_us=PREEMPT_GAP_US)
-    p.woke(0)
+    p = _yield_policy()
     assert p.spin(2, 1)
     assert p.spin(80, 0)
     assert p.spin(82, 0)
 
 
 def test_woke_clears_the_gap():
-    p = SpinPolicy(poll_us=500, gap_us=PREEMPT_GAP_US)
-    p.woke(0)
+    p = _yield_policy()
     assert p.spin(2, 0)
     p.woke(10_000)  # slept in between: not a preemption
     assert p.spin(10_001, 0)
@@ -96,7 +99,6 @@ def test_a_paced_flow_due_soon_keeps_polling_even_when_preempted():
     p.woke(0)
     assert p.spin(10, 0, pace_due=10 + PACE_SPIN_US - 1)
     assert not p.spin(20, 0, pace_due=20 + PACE_SPIN_US + 1)
-    p = SpinPolicy(poll_us=500, gap_us=PREEMPT_GAP_US)
-    p.woke(0)
+    p = _yield_policy()
     assert p.spin(2, 0)
     assert p.spin(200, 0, pace_due=300)

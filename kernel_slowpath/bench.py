@@ -27,7 +27,11 @@ Modes: rr (64 B closed-loop echo, 1 and 16 connections), bulk (client ->
 server, discard), bulk-rx (server -> client, chargen), crr (connect, one
 64 B echo, close), conns (N concurrent connections each echoing once), idle
 (CPU of the stack's processes over 5 s with open idle connections, after
-1 s of quiet).  Every figure is measured ``--repeat`` times (interleaved
+1 s of quiet).  crr also reports the server app's CPU per connection and,
+for the stack, its slow path's.  Asked for only: isolation (rr beside a
+16-flow neighbour app) and hop (ICMP echo round trip, which the stack
+answers in its slow path: the floor of each slow-path hop of a crr
+connection, with the slow path's CPU per echo).  Every figure is measured ``--repeat`` times (interleaved
 across servers); the table shows the median and the range, and the ratio
 of the medians to Linux.
 
@@ -48,6 +52,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
@@ -88,8 +93,10 @@ SHIM_CONNS_BASE = 1107
 # (the default servers' 2 x 256 KiB per flow fit ~511 in a context region)
 IDLE_SMALL_BUF_AT = 256
 
+HOP_INTERVAL_S = 0.0005  # hop: ping -i (root may go below 0.2 s)
 DEFAULT_MODES = ("rr", "bulk", "bulk-rx", "crr", "conns", "idle")
-MODES = (*DEFAULT_MODES, "isolation")  # isolation only when asked for (--modes isolation)
+# only when asked for (--modes isolation,hop)
+MODES = (*DEFAULT_MODES, "isolation", "hop")
 BULK_PY = REPO / "scripts" / "bulk_sender.py"
 ISO_SERVERS = ("native", "linux")
 SERVERS_ALL = ("native", "shim", "linux", "linux-py")
@@ -107,9 +114,13 @@ FIGURES = [
     ("bulk_gbps", "bulk (client->server)", "Gbit/s", "high"),
     ("bulkrx_gbps", "bulk-rx (server->client)", "Gbit/s", "high"),
     ("crr_cps", "crr (connect+64 B+close)", "conn/s", "high"),
+    ("crr_app_us", "  server app CPU per conn", "µs", "low"),
+    ("crr_sp_us", "  slow-path CPU per conn", "µs", "low"),
     ("conns_served", "conns served", "conns", "high"),
     ("conns_s", "  time for all", "s", "low"),
     ("idle_cpu", "idle CPU (stack+app)", "% core", "low"),
+    ("hop_us", "ICMP echo round trip (stack: slow path)", "µs", "low"),
+    ("hop_sp_us", "  slow-path CPU per echo", "µs", "low"),
     ("iso_alone_p50", "isolation: echo rr alone p50", "µs", "low"),
     ("iso_alone_p99", "  alone p99", "µs", "low"),
     ("iso_loaded_p50", "  beside bulk app p50", "µs", "low"),
@@ -123,7 +134,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="short smoke run (1 repeat, tiny sizes)")
     p.add_argument("--repeat", type=int, default=3, help="runs per figure (default 3)")
     p.add_argument("--modes", default=",".join(DEFAULT_MODES),
-                   help=f"comma list of {','.join(MODES)} (default: all but isolation)")
+                   help=f"comma list of {','.join(MODES)} (default: all but isolation and hop)")
     p.add_argument(
         "--servers",
         default="native,shim,linux",
@@ -137,6 +148,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conns", type=int, default=4096, help="concurrent connections for conns (default 4096)")
     p.add_argument("--idle-conns", type=int, default=16, help="idle connections held open (default 16)")
     p.add_argument("--idle-time", type=float, default=5.0, help="idle CPU sampling window (default 5 s)")
+    p.add_argument("--hop-count", type=int, default=3000,
+                   help=f"hop: ICMP echoes per run, {HOP_INTERVAL_S * 1e3:g} ms apart (default 3000)")
     p.add_argument("--iso-time", type=float, default=5.0,
                    help="isolation: seconds of each rr measurement, alone and beside the bulk app (default 5)")
     p.add_argument("--iso-flows", type=int, default=16, help="isolation: flows of the bulk app (default 16)")
@@ -625,6 +638,63 @@ def _idle(b: Bench, server: str) -> dict:
     return out
 
 
+def _server_pids(b: Bench, server: str) -> tuple[int | None, list[int]]:
+    """(slow-path pid or None, the server app's pids): whose CPU a crr or
+    hop run charges.  The fast path is left out: it spins while idle."""
+    sp = b.stack.popen.pid if server in ("native", "shim") and b.stack is not None else None
+    app = b.pids.get(server, [])[:1]
+    return sp, [pid for pr in app for pid in _tree(pr.popen.pid)]
+
+
+def _ticks(pids: list[int]) -> int:
+    return sum(t for t in (_cpu_ticks(pid) for pid in pids) if t is not None)
+
+
+def _crr(b: Bench, server: str, opts: dict, limit: float) -> dict:
+    """A crr run, with the CPU the server app (and the slow
+    path) used per connection, in us: the figures that say where crr's
+    time goes (docs/PERFORMANCE.md)."""
+    sp, app = _server_pids(b, server)
+    hz = os.sysconf("SC_CLK_TCK")
+    a0, s0 = _ticks(app), _ticks([sp] if sp else [])
+    res = _loadgen(b, "crr", server, opts, limit)
+    a1, s1 = _ticks(app), _ticks([sp] if sp else [])
+    n = res.get("connections") or 0
+    if n:
+        res["app_us"] = round((a1 - a0) / hz / n * 1e6, 1) if app else None
+        res["sp_us"] = round((s1 - s0) / hz / n * 1e6, 1) if sp else None
+    return res
+
+
+def _hop(b: Bench, server: str, count: int, limit: float) -> dict:
+    """ICMP echo from the client's namespace to the server's address, one
+    at a time (ping -i).  The stack's fast path punts the request to the
+    slow path, which answers it in Python; Linux answers in its kernel.
+    So for the stack this is the floor of any exchange the slow path is on
+    -- each crr connection has two such hops in its chain (SYN -> SYN-ACK,
+    handshake ACK -> the app's ``newconn``) -- and the slow path's CPU per
+    echo is the floor of its per-event cost."""
+    host, _ = _target(b, server, "rr")
+    sp, _app = _server_pids(b, server)
+    hz = os.sysconf("SC_CLK_TCK")
+    s0 = _ticks([sp]) if sp else 0
+    argv = ["ip", "netns", "exec", b.topo.peer_ns, "taskset", "-c", str(b.args.client_cpu),
+            "ping", "-q", "-n", "-c", str(count), "-i", str(HOP_INTERVAL_S), "-W", "1", host]
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=limit + 10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BenchError(f"ping: {e}") from None
+    s1 = _ticks([sp]) if sp else 0
+    m = re.search(r"(\d+) received", r.stdout)
+    got = int(m.group(1)) if m else 0
+    m = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms", r.stdout)
+    if not m or not got:
+        raise BenchError(f"ping {host}: no replies ({(r.stdout + r.stderr).strip()[-200:]!r})")
+    mn, avg, mx, _mdev = (float(x) * 1000 for x in m.groups())
+    return {"sent": count, "received": got, "min_us": mn, "avg_us": avg, "max_us": mx,
+            "sp_us": round((s1 - s0) / hz / got * 1e6, 1) if sp else None}
+
+
 def _isolation(b: Bench, server: str) -> dict:
     """rr (1 connection, 64 B) to the server's echo alone, then again while
     a second app -- its own process and registration, on the same stack for
@@ -679,6 +749,13 @@ def _record(b: Bench, server: str, mode: str, res: dict) -> None:
         add("bulkrx_gbps", res["gbps"])
     elif mode == "crr":
         add("crr_cps", res["cps"])
+        for k in ("app_us", "sp_us"):
+            if res.get(k) is not None:
+                add(f"crr_{k}", res[k])
+    elif mode == "hop":
+        add("hop_us", res["avg_us"])
+        if res.get("sp_us") is not None:
+            add("hop_sp_us", res["sp_us"])
     elif mode == "conns":
         add("conns_served", res["served"])
         add("conns_s", res["seconds"])
@@ -714,6 +791,8 @@ def _steps(b: Bench) -> list[tuple[str, dict, float]]:
             steps.append(("idle", {}, a.idle_time + 4))
         elif mode == "isolation":
             steps.append(("isolation", {}, 2 * a.iso_time + 15))
+        elif mode == "hop":
+            steps.append(("hop", {"count": a.hop_count}, a.hop_count * HOP_INTERVAL_S + 5))
     return steps
 
 
@@ -764,7 +843,7 @@ def _measure_all(b: Bench, progress=None) -> None:
     for mode, opts, expect in _steps(b):
         for rep in range(a.repeat):
             for server in active:
-                if mode == "isolation" and server not in ISO_SERVERS:
+                if mode in ("isolation", "hop") and server not in ISO_SERVERS:
                     continue
                 desc = f"{mode} {opts.get('conns', '')} {server} #{rep + 1}".replace("  ", " ")
                 if progress:
@@ -778,6 +857,10 @@ def _measure_all(b: Bench, progress=None) -> None:
                         res = _idle(b, server)
                     elif mode == "isolation":
                         res = _isolation(b, server)
+                    elif mode == "hop":
+                        res = _hop(b, server, opts["count"], expect)
+                    elif mode == "crr":
+                        res = _crr(b, server, opts, expect)
                     else:
                         res = _loadgen(b, mode, server, opts, expect)
                     _record(b, server, mode, res)
@@ -971,6 +1054,7 @@ def write_outputs(b: Bench, elapsed: float, interrupted: bool) -> list[Path]:
                 "iso_time",
                 "iso_flows",
                 "iso_nice",
+                "hop_count",
                 "fp_cores",
                 "poll_us",
                 "tap_offload",
@@ -1020,7 +1104,10 @@ def _plots(b: Bench, out: Path) -> list[Path]:
         ax.set_ylabel("fraction of requests")
         ax.set_title(f"rr 64 B, {n} connection{'s' if n > 1 else ''}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
+        else:  # rr was not among --modes
+            ax.text(0.5, 0.5, "no rr runs", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     p = out / "latency_cdf.png"
     fig.savefig(p, dpi=100)
@@ -1086,10 +1173,13 @@ def _normalize(a: argparse.Namespace) -> None:
         a.idle_conns = min(a.idle_conns, 4)
         a.idle_time = min(a.idle_time, 1.0)
         a.iso_time = min(a.iso_time, 1.0)
+        a.hop_count = min(a.hop_count, 100)
     if a.iso_time <= 0 or a.iso_flows < 1:
         raise BenchError("--iso-time and --iso-flows must be positive")
     if not -20 <= a.iso_nice <= 19:
         raise BenchError("--iso-nice must be within -20..19 (nice(1))")
+    if a.hop_count < 1:
+        raise BenchError("--hop-count must be positive")
     if a.repeat < 1 or a.rr_time <= 0 or a.bulk_mib < 1 or a.conns < 1 or a.idle_time <= 0:
         raise BenchError("--repeat, --rr-time, --bulk-mib, --conns and --idle-time must be positive")
 

@@ -169,6 +169,35 @@ def test_bench_quick(tmp_path):
     assert not left, f"namespaces left behind: {left}"
 
 
+def test_bench_hop_and_crr_cpu_quick(tmp_path):
+    """`tas bench --quick --modes crr,hop`: crr reports the server app's CPU
+    per connection (and the stack's slow path's), hop the ICMP echo round
+    trip of each server (the stack answers it in its slow path)."""
+    r = subprocess.run(
+        [*_tas(), "bench", "--quick", "--modes", "crr,hop", "--servers", "native,linux"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr[-4000:]}"
+    assert "ICMP echo round trip" in r.stdout and "slow-path CPU per conn" in r.stdout
+    doc = json.loads((tmp_path / "out" / "bench" / "results.json").read_text())
+    assert doc["ok"] is True and doc["params"]["hop_count"] == 100
+    figs = doc["figures"]
+    for server in ("native", "linux"):
+        (hop,) = doc["raw"][server]["hop"]
+        assert hop["sent"] == 100 and hop["received"] >= 90, hop
+        assert 0 < hop["min_us"] <= hop["avg_us"] <= hop["max_us"], hop
+        assert figs["hop_us"]["values"][server]["median"] == hop["avg_us"]
+        (crr,) = doc["raw"][server]["crr"]
+        assert crr["connections"] > 0 and crr["app_us"] >= 0, crr
+    # only the stack has a slow path
+    assert doc["raw"]["native"]["hop"][0]["sp_us"] >= 0 and doc["raw"]["native"]["crr"][0]["sp_us"] >= 0
+    assert doc["raw"]["linux"]["hop"][0]["sp_us"] is None and doc["raw"]["linux"]["crr"][0]["sp_us"] is None
+    assert figs["hop_sp_us"]["values"]["linux"] is None
+
+
 def test_bench_isolation_quick(tmp_path):
     """`tas bench --quick --modes isolation` completes and reports the echo
     app's p50/p99 alone and beside the bulk app, the ratio and the bulk

@@ -169,20 +169,22 @@ def test_bench_quick(tmp_path):
     assert not left, f"namespaces left behind: {left}"
 
 
+def _quick_bench(tmp_path, *args: str) -> tuple[str, dict]:
+    """`tas bench --quick ARGS` in tmp_path: (its stdout, results.json) once it succeeded."""
+    r = subprocess.run(
+        [*_tas(), "bench", "--quick", *args], cwd=tmp_path, capture_output=True, text=True, timeout=180
+    )
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr[-4000:]}"
+    assert "tas bench: ok" in r.stdout
+    return r.stdout, json.loads((tmp_path / "out" / "bench" / "results.json").read_text())
+
+
 def test_bench_hop_and_crr_cpu_quick(tmp_path):
     """`tas bench --quick --modes crr,hop`: crr reports the server app's CPU
     per connection (and the stack's slow path's), hop the ICMP echo round
     trip of each server (the stack answers it in its slow path)."""
-    r = subprocess.run(
-        [*_tas(), "bench", "--quick", "--modes", "crr,hop", "--servers", "native,linux"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr[-4000:]}"
-    assert "ICMP echo round trip" in r.stdout and "slow-path CPU per conn" in r.stdout
-    doc = json.loads((tmp_path / "out" / "bench" / "results.json").read_text())
+    out, doc = _quick_bench(tmp_path, "--modes", "crr,hop", "--servers", "native,linux")
+    assert "ICMP echo round trip" in out and "slow-path CPU per conn" in out
     assert doc["ok"] is True and doc["params"]["hop_count"] == 100
     figs = doc["figures"]
     for server in ("native", "linux"):
@@ -202,16 +204,8 @@ def test_bench_isolation_quick(tmp_path):
     """`tas bench --quick --modes isolation` completes and reports the echo
     app's p50/p99 alone and beside the bulk app, the ratio and the bulk
     rate, for the stack and for Linux (the bound itself is not asserted)."""
-    r = subprocess.run(
-        [*_tas(), "bench", "--quick", "--modes", "isolation", "--servers", "native,linux", "--iso-nice", "5"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr[-4000:]}"
-    assert "p99 beside / alone" in r.stdout and "tas bench: ok" in r.stdout
-    doc = json.loads((tmp_path / "out" / "bench" / "results.json").read_text())
+    out, doc = _quick_bench(tmp_path, "--modes", "isolation", "--servers", "native,linux", "--iso-nice", "5")
+    assert "p99 beside / alone" in out
     assert doc["ok"] is True and doc["params"]["iso_flows"] == 16 and doc["params"]["iso_nice"] == 5
     figs = doc["figures"]
     for key in (

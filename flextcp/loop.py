@@ -1,13 +1,15 @@
 """The fast-path process: one per core, started by the slow path.
 
-Python only runs the loop and decides when to sleep; every packet is
-handled inside ``tas_fp_poll`` (C; with ``TAS_PURE=1`` by its pure-Python
-twin ``flextcp.fastpath_py.PyFastPath``).  The process busy-polls while there is
-work and for ``poll_us`` after the last work, then arms its doorbell (so
-apps and the slow path kick its eventfd), polls once more to close the
-race, and blocks in epoll on the TAP queue, the doorbell and its control
-socket.  It exits when the slow path's control socket closes, so a dead
-slow path never leaves fast-path orphans.
+Every packet is handled inside ``tas_fp_poll`` (C; with ``TAS_PURE=1`` by
+its pure-Python twin ``flextcp.fastpath_py.PyFastPath``), and the busy-poll
+around it runs in C too (``tas_fp_spin_run``; with ``TAS_PURE=1`` its twin
+:class:`SpinLoop`): it polls while there is work and for ``poll_us`` after
+the last work (:class:`SpinPolicy`), then arms its doorbell (so apps and
+the slow path kick its eventfd) and polls once more to close the race.
+Python only sleeps -- in epoll on the TAP queue, the doorbell and its
+control socket -- and reads the control socket, which the spin returns for
+every ``SPIN_MAX_US``.  It exits when the slow path's control socket
+closes, so a dead slow path never leaves fast-path orphans.
 """
 
 from __future__ import annotations
@@ -30,12 +32,20 @@ from flextcp.stackmem import stack_layout
 log = logging.getLogger("flextcp")
 
 PR_SET_PDEATHSIG = 1
-CTL_CHECK_EVERY = 64
 # A paced flow due within this many us keeps the loop polling (docs/CC.md);
-# epoll's timeout has millisecond granularity.
+# epoll's timeout has millisecond granularity.  (= C TAS_FP_PACE_SPIN_US)
 PACE_SPIN_US = 1000
+# What the spin returns (= C TAS_FP_SPIN_*): armed and idle, time to sleep;
+# or time to read the control socket and look at `running` (a SIGTERM's
+# handler runs only then).
+SPIN_SLEEP = 0
+SPIN_CHECK = 1
+# The spin returns SPIN_CHECK after this many polls or this many us.
+SPIN_MAX_POLLS = 4096
+SPIN_MAX_US = 1000
 # Two idle polls further apart than this mean another task had this CPU in
-# between (SpinPolicy).  A spin iteration takes 1-3 us; a time slice or an
+# between (SpinPolicy).  An idle spin iteration takes ~0.3 us in C (~0.7 us
+# with its sched_yield; 1-3 us when the loop was Python); a time slice or an
 # app's request takes >= 15 us.
 PREEMPT_GAP_US = 20
 
@@ -86,6 +96,116 @@ class SpinPolicy:
         return t - self.idle_since < self.poll_us
 
 
+class SpinLoop:
+    """The busy-poll part of the fast path's loop, the pure twin of C
+    ``tas_fp_spin_run`` (fastpath.h; tests/test_fp_spin.py drives both with
+    the same fake engine and clock).
+
+    ``run()`` polls, and keeps polling as ``policy`` decides (with
+    ``yield_()`` after each idle poll if ``yield_idle``); when the policy
+    says sleep it arms the doorbell and polls once more: work found there
+    disarms and goes on spinning, none returns ``SPIN_SLEEP`` with the
+    doorbell armed (the caller sleeps, disarms, then calls ``woke``).  After
+    ``max_polls`` polls or ``max_us`` us it returns ``SPIN_CHECK``."""
+
+    def __init__(
+        self,
+        policy: SpinPolicy,
+        *,
+        now,
+        poll,
+        pace_due,
+        set_armed,
+        yield_=os.sched_yield,
+        yield_idle: bool = True,
+        max_polls: int = SPIN_MAX_POLLS,
+        max_us: int = SPIN_MAX_US,
+    ) -> None:
+        self.policy = policy
+        self.now = now
+        self.poll = poll
+        self.pace_due = pace_due
+        self.set_armed = set_armed
+        self.yield_ = yield_
+        self.yield_idle = yield_idle
+        self.max_polls = max_polls
+        self.max_us = max_us
+        self.polls = 0  # poll calls, the re-polls after arming included
+        self.yields = 0
+        self.runs = 0
+
+    @property
+    def preempted_sleeps(self) -> int:
+        return self.policy.preempted_sleeps
+
+    def woke(self, t: int) -> None:
+        self.policy.woke(t)
+
+    def run(self) -> int:
+        policy = self.policy
+        spin = policy.spin
+        now, poll, pace_due = self.now, self.poll, self.pace_due
+        self.runs += 1
+        n = 0
+        start = 0
+        while True:
+            t = now()
+            work = poll(t)
+            self.polls += 1
+            if n == 0:
+                start = t
+            n += 1
+            if spin(t, work, 0 if work else pace_due()):
+                if not work and self.yield_idle:
+                    self.yield_()
+                    self.yields += 1
+            else:
+                self.set_armed(1)
+                self.polls += 1
+                if not poll(now()):
+                    return SPIN_SLEEP
+                self.set_armed(0)
+                policy.woke(now())
+            if n >= self.max_polls or t - start >= self.max_us:
+                return SPIN_CHECK
+
+
+class CSpinLoop:
+    """``tas_fp_spin_run`` on a C engine, with SpinLoop's interface."""
+
+    def __init__(
+        self,
+        fp,
+        poll_us: int,
+        gap_us: int | None,
+        *,
+        yield_idle: bool = True,
+        max_polls: int = SPIN_MAX_POLLS,
+        max_us: int = SPIN_MAX_US,
+    ) -> None:
+        s = ffi.new("struct tas_fp_spin *")
+        s.poll_us = poll_us
+        s.gap_us = -1 if gap_us is None else gap_us
+        s.yield_idle = 1 if yield_idle else 0
+        s.max_polls = max(1, max_polls)
+        s.max_us = max_us
+        self.s = s
+        self.run = functools.partial(lib.tas_fp_spin_run, fp, s)
+        self.woke = functools.partial(lib.tas_fp_spin_woke, s)
+
+    @property
+    def preempted_sleeps(self) -> int:
+        return int(self.s.preempted_sleeps)
+
+    @property
+    def polls(self) -> int:
+        return int(self.s.polls)
+
+    @property
+    def yields(self) -> int:
+        return int(self.s.yields)
+
+
 def _die_with_parent() -> None:
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -108,7 +228,11 @@ class FastPath:
         # TAS_FP_SPIN=yield: end a spin another task interrupted (off by default:
         # measured no better on the shared 2-CPU machine, docs/ARCHITECTURE.md)
         yield_ = os.environ.get("TAS_FP_SPIN", "always") == "yield"
-        self.policy = SpinPolicy(a.poll_us, PREEMPT_GAP_US if yield_ else None)
+        gap_us = PREEMPT_GAP_US if yield_ else None
+        # sched_yield() between idle polls (TAS_FP_IDLE_YIELD=0: none; kept
+        # by default: rr at 1 connection measured 0.49-1.11x of Linux with
+        # it, 0.31-1.32x without, median 0.71x / 0.64x)
+        yield_idle = os.environ.get("TAS_FP_IDLE_YIELD", "1") != "0"
         cfg = ffi.new("struct tas_fp_config *")
         cfg.core = a.core
         cfg.n_cores = a.n_cores
@@ -144,8 +268,16 @@ class FastPath:
                 raise SystemExit(
                     "fast path: the pure-Python fast path does not do TAP offloads (IFF_VNET_HDR)"
                 )
-            self._poll = self.fp.poll
             self._set_armed = self.fp.set_armed
+            stats = self.stats
+            self.spinner: SpinLoop | CSpinLoop = SpinLoop(
+                SpinPolicy(a.poll_us, gap_us),
+                now=lib.tas_now_us,
+                poll=self.fp.poll,
+                pace_due=lambda: stats.pace_due_us,
+                set_armed=self.fp.set_armed,
+                yield_idle=yield_idle,
+            )
         else:
             self.fp = lib.tas_fp_create(cfg)
             if self.fp == ffi.NULL:
@@ -157,8 +289,8 @@ class FastPath:
                 tso = os.environ.get("TAS_TSO", "1") != "0"
                 lib.tas_fp_set_offload(self.fp, 1, 1 if tso else 0)
                 log.info("fast path core %d: TAP offloads on (vnet header, tso=%d)", a.core, tso)
-            self._poll = functools.partial(lib.tas_fp_poll, self.fp)
             self._set_armed = functools.partial(lib.tas_fp_set_armed, self.fp)
+            self.spinner = CSpinLoop(self.fp, a.poll_us, gap_us, yield_idle=yield_idle)
         self.ctxs: dict[int, tuple[Region, int]] = {}
         self.running = True
 
@@ -226,34 +358,22 @@ class FastPath:
 
     # -- the loop -------------------------------------------------------
     def run(self) -> None:
-        poll = self._poll
+        spinner = self.spinner
+        spin_run = spinner.run
+        woke = spinner.woke
         set_armed = self._set_armed
         now = lib.tas_now_us
         ep = select.epoll()
         ep.register(self.tap_fd, select.EPOLLIN)
         ep.register(self.evfd, select.EPOLLIN)
         ep.register(self.ctl.fileno(), select.EPOLLIN)
-        policy = self.policy
-        spin = policy.spin
         stats = self.stats
-        policy.woke(now())
-        it = 0
-        sched_yield = os.sched_yield
+        woke(now())
         while self.running:
-            t = now()
-            work = poll(t)
-            it += 1
-            if it % CTL_CHECK_EVERY == 0:
+            if spin_run() == SPIN_CHECK:
                 self.handle_ctl()
-            if spin(t, work, 0 if work else stats.pace_due_us):
-                if not work:
-                    sched_yield()  # our group's other tasks first (SpinPolicy)
                 continue
-            set_armed(1)
-            if poll(now()):
-                set_armed(0)
-                policy.woke(now())
-                continue
+            # armed, and the poll after arming found nothing: sleep
             stats.sleeps += 1
             due = stats.pace_due_us
             timeout = min(0.1, max(0, due - now() - PACE_SPIN_US) / 1e6) if due else 0.1
@@ -266,13 +386,14 @@ class FastPath:
                 elif fd == self.ctl.fileno():
                     self.handle_ctl()
             set_armed(0)
-            policy.woke(now())
+            woke(now())
         ep.close()
         log.info(
-            "fast path core %d: %d sleeps, %d of them ending a spin another task interrupted",
+            "fast path core %d: %d sleeps, %d of them ending a spin another task interrupted; %d polls",
             self.core,
             stats.sleeps,
-            policy.preempted_sleeps,
+            spinner.preempted_sleeps,
+            spinner.polls,
         )
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
  * the queues to the slow path and to applications.
  */
 #include <errno.h>
+#include <sched.h>
 #include <sys/uio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -489,4 +490,103 @@ uint32_t tas_fp_poll(struct tas_fp *fp, uint64_t now_us)
     if (work)
         fp->st->busy_polls++;
     return work;
+}
+
+/* -- the busy-poll loop (fastpath.h tas_fp_spin_run; twin: loop.py
+ * SpinPolicy + SpinLoop).  Signed differences as in Python, so a clock
+ * sequence that goes backwards (tests) decides the same. */
+
+void tas_fp_spin_woke(struct tas_fp_spin *s, uint64_t t)
+{
+    s->idle_since = t;
+    s->last_idle = 0;
+}
+
+int tas_fp_spin_decide(struct tas_fp_spin *s, uint64_t t, uint32_t work, uint64_t pace_due)
+{
+    if (work) {
+        s->idle_since = t;
+        s->last_idle = 0;
+        return 1;
+    }
+    uint64_t last = s->last_idle;
+    s->last_idle = t;
+    if (pace_due && (int64_t)(pace_due - t) < TAS_FP_PACE_SPIN_US)
+        return 1;
+    if (s->gap_us >= 0 && last && (int64_t)(t - last) > s->gap_us) {
+        s->preempted_sleeps++;
+        return 0;
+    }
+    return (int64_t)(t - s->idle_since) < s->poll_us;
+}
+
+/* The loop, inlined into each caller so tas_fp_spin_run's constant ops
+ * become direct calls. */
+static inline __attribute__((always_inline)) int
+spin_loop(struct tas_fp_spin *s, const struct tas_fp_spin_ops *o)
+{
+    void *arg = o->arg;
+    uint32_t n = 0;
+    uint64_t start = 0;
+    s->runs++;
+    for (;;) {
+        uint64_t t = o->now(arg);
+        uint32_t work = o->poll(arg, t);
+        s->polls++;
+        if (n++ == 0)
+            start = t;
+        if (tas_fp_spin_decide(s, t, work, work ? 0 : o->pace_due(arg))) {
+            if (!work && s->yield_idle) {
+                o->yield_cpu(arg);
+                s->yields++;
+            }
+        } else {
+            /* arm, then poll once more: an entry published before the
+             * producer saw the flag is found here (fastpath.h) */
+            o->set_armed(arg, 1);
+            s->polls++;
+            if (!o->poll(arg, o->now(arg)))
+                return TAS_FP_SPIN_SLEEP;
+            o->set_armed(arg, 0);
+            tas_fp_spin_woke(s, o->now(arg));
+        }
+        if (n >= s->max_polls || (int64_t)(t - start) >= s->max_us)
+            return TAS_FP_SPIN_CHECK;
+    }
+}
+
+static uint64_t fp_ops_now(void *arg)
+{
+    (void)arg;
+    return tas_now_us();
+}
+
+static uint32_t fp_ops_poll(void *arg, uint64_t now_us) { return tas_fp_poll(arg, now_us); }
+
+static uint64_t fp_ops_pace_due(void *arg) { return ((struct tas_fp *)arg)->st->pace_due_us; }
+
+static void fp_ops_set_armed(void *arg, uint32_t armed) { tas_fp_set_armed(arg, armed); }
+
+static void fp_ops_yield(void *arg)
+{
+    (void)arg;
+    sched_yield();
+}
+
+int tas_fp_spin_run(struct tas_fp *fp, struct tas_fp_spin *s)
+{
+    const struct tas_fp_spin_ops ops = {
+        .now = fp_ops_now,
+        .poll = fp_ops_poll,
+        .pace_due = fp_ops_pace_due,
+        .set_armed = fp_ops_set_armed,
+        .yield_cpu = fp_ops_yield,
+        .arg = fp,
+    };
+    return spin_loop(s, &ops);
+}
+
+int tas_fp_spin_run_ops(struct tas_fp_spin *s, const struct tas_fp_spin_ops *ops)
+{
+    return spin_loop(s, ops);
 }

@@ -1,7 +1,8 @@
 /*
  * fastpath.h -- the per-core fast-path engine.  One `struct tas_fp` per
- * fast-path process; Python (flextcp/loop.py) calls tas_fp_poll() in a loop
- * and only decides when to sleep.  All per-packet work happens inside.
+ * fast-path process; Python (flextcp/loop.py) calls tas_fp_spin_run() (which
+ * polls with tas_fp_poll() and spins) and only sleeps and reads its control
+ * socket.  All per-packet work happens inside.
  */
 #ifndef TAS_FASTPATH_H
 #define TAS_FASTPATH_H
@@ -52,6 +53,57 @@ void tas_fp_set_armed(struct tas_fp *fp, uint32_t armed);
  * TSO4 super-segments of up to ~64 KiB (needs vnet_hdr).  Returns 0, or -1
  * if tso is asked without vnet_hdr. */
 int tas_fp_set_offload(struct tas_fp *fp, uint32_t vnet_hdr, uint32_t tso);
+
+/* The busy-poll part of the fast path's loop (flextcp/loop.py FastPath.run;
+ * pure twin: loop.py SpinPolicy + SpinLoop).  tas_fp_spin_run polls
+ * (tas_fp_poll) while there is work and for poll_us after the last work,
+ * then arms the doorbell (tas_fp_set_armed(1)) and polls once more: if that
+ * poll finds work it disarms and spins on, else it returns
+ * TAS_FP_SPIN_SLEEP with the doorbell armed (the caller sleeps in epoll,
+ * then disarms and calls tas_fp_spin_woke).  It returns TAS_FP_SPIN_CHECK
+ * (not armed) after max_polls polls or max_us us of spinning, so the caller
+ * can read its control socket and see a SIGTERM.  The decision after each
+ * poll is tas_fp_spin_decide (SpinPolicy.spin): spin while a poll did work
+ * and for poll_us after it; a paced flow or delayed ACK due within
+ * TAS_FP_PACE_SPIN_US keeps it polling; with gap_us >= 0 (TAS_FP_SPIN=yield)
+ * two idle polls more than gap_us apart end the spin (another task had the
+ * CPU).  yield_idle: sched_yield() after each idle poll that spins on.
+ * Times are CLOCK_MONOTONIC us (tas_now_us). */
+#define TAS_FP_SPIN_SLEEP 0
+#define TAS_FP_SPIN_CHECK 1
+#define TAS_FP_PACE_SPIN_US 1000
+struct tas_fp_spin {
+    /* set by the caller */
+    int64_t poll_us;            /* spin this long after the last work */
+    int64_t gap_us;             /* < 0: off */
+    uint32_t yield_idle;
+    uint32_t max_polls;         /* >= 1 */
+    int64_t max_us;
+    /* the policy's state (SpinPolicy) */
+    uint64_t idle_since;
+    uint64_t last_idle;         /* time of the previous poll if it found nothing, else 0 */
+    uint64_t preempted_sleeps;  /* sleeps that ended a spin early (the gap rule) */
+    /* counters */
+    uint64_t polls;             /* tas_fp_poll calls (re-polls after arming included) */
+    uint64_t yields;
+    uint64_t runs;              /* tas_fp_spin_run calls */
+};
+/* Back from a sleep (or before the first poll) at t. */
+void tas_fp_spin_woke(struct tas_fp_spin *s, uint64_t t);
+/* After a poll at t that did `work`: 1 to poll again, 0 to arm and sleep.
+ * pace_due: the stats' pace_due_us (0: none), read only when work is 0. */
+int tas_fp_spin_decide(struct tas_fp_spin *s, uint64_t t, uint32_t work, uint64_t pace_due);
+int tas_fp_spin_run(struct tas_fp *fp, struct tas_fp_spin *s);
+/* The same loop over callbacks (tests: a fake engine and clock). */
+struct tas_fp_spin_ops {
+    uint64_t (*now)(void *arg);
+    uint32_t (*poll)(void *arg, uint64_t now_us);
+    uint64_t (*pace_due)(void *arg);
+    void (*set_armed)(void *arg, uint32_t armed);
+    void (*yield_cpu)(void *arg);
+    void *arg;
+};
+int tas_fp_spin_run_ops(struct tas_fp_spin *s, const struct tas_fp_spin_ops *ops);
 
 /* Microseconds on CLOCK_MONOTONIC: the clock every process uses. */
 uint64_t tas_now_us(void);

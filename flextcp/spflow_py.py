@@ -163,6 +163,35 @@ def install(f, x, gen: int, flags: int, ctx_id: int, local_ip: int, remote_ip: i
     return 0
 
 
+def activate(f, x, af, index, fid: int, gen: int, flags: int, ctx_id: int, local_ip: int, remote_ip: int,
+             local_port: int, remote_port: int, remote_mac: bytes, snd_wscale: int, rcv_wscale: int, mss: int,
+             ts_recent: int, rx_off: int, rx_len: int, tx_off: int, tx_len: int, appflow_off: int, rx_seq0: int,
+             tx_seq0: int, snd_wnd: int, wl1: int, wl2: int, rtt_us: int, now_us: int, core: int, cc_mode: int,
+             loss_beta: int) -> int:
+    """tas_sp_activate: ``install``, the side record's CC mode and loss beta,
+    the app's flow block ``af`` (a ``struct tas_appflow *``, or None), status
+    ACTIVE, then ``index.insert(fid)`` (a flextcp.flowtab table over the same
+    memory).  0, or -2 if the index refused the flow."""
+    install(f, x, gen, flags, ctx_id, local_ip, remote_ip, local_port, remote_port, remote_mac, snd_wscale,
+            rcv_wscale, mss, ts_recent, rx_off, rx_len, tx_off, tx_len, appflow_off, rx_seq0, tx_seq0, snd_wnd, wl1,
+            wl2, rtt_us, now_us, core)
+    x.mode = cc_mode & lib.TAS_CC_SP
+    x.loss_beta = min(loss_beta, 1000)
+    if af is not None:
+        ffi.memmove(af, bytes(ffi.sizeof("struct tas_appflow")), ffi.sizeof("struct tas_appflow"))
+        af.flow_id, af.gen = fid, gen
+        af.rx_off, af.rx_len, af.tx_off, af.tx_len = rx_off, rx_len, tx_off, tx_len
+    f.status = lib.TAS_FLOW_ACTIVE
+    return 0 if index.insert(fid) == 0 else -2
+
+
+def uninstall(f, index, fid: int) -> int:
+    """tas_sp_uninstall: set_status(FREE, DETACHED), then
+    ``index.remove(fid)`` (a flextcp.flowtab table over the same memory)."""
+    set_status(f, lib.TAS_FLOW_FREE, lib.TAS_FF_DETACHED)
+    return index.remove(fid)
+
+
 def send_seg(ktx, s, dst_mac: bytes, dst_ip: int, sport: int, dport: int, seq: int, ack: int, flags: int,
              win: int, opts: int, mss: int, wscale: int, tsval: int, tsecr: int) -> int:
     """tas_sp_send_seg: ``ktx`` a flextcp.ring.Ring (producer), ``s`` the

@@ -68,6 +68,13 @@ class BuddyAllocator:
         """Size of the allocated block at ``off`` (raises if not allocated)."""
         return 1 << self._used[self._rel(off)]
 
+    def size_of(self, off: int) -> int | None:
+        """block_size(off), or None if off is not an allocated block (no
+        exception: a quick check for callers that take the checked way,
+        block_size/free, when this says None)."""
+        order = self._used.get(off - self.heap_off) if type(off) is int else None
+        return None if order is None else 1 << order
+
     def _rel(self, off: int) -> int:
         if not isinstance(off, int) or not self.heap_off <= off < self.heap_off + self.capacity:
             raise ForeignOffsetError(f"offset {off!r} outside the heap")

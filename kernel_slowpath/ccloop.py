@@ -30,7 +30,6 @@ import heapq
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from flextcp.native import ffi, lib
@@ -81,23 +80,46 @@ def resolve(name: str) -> str:
     return n
 
 
-@dataclass(eq=False)
 class FlowCC:
-    fid: int
-    alg: ccmod.CongestionControl
-    name: str = ""
-    acked: int = 0
-    ecn_bytes: int = 0
-    loss: int = 0
-    undo: int = 0  # cnt_undo as last read
-    rto: int = 0  # RTOs the engine reported since the last run
-    last_run: int = 0  # when the loop last ran the flow
-    interval: int = 0  # the flow's interval as of that run
-    last_active: int = 0  # last run with something acked, in flight, queued, lost or timed out
-    drained: bool = True  # nothing in flight or queued at the last run
-    news: bool = False  # counters moved (or an RTO) since the last run
-    due: int | None = None  # time of its entry in the loop's heap; None: no entry
-    rate: int = -1  # pacing rate last written
+    """A flow whose algorithm runs here.  The algorithm object is made on
+    first use (``alg``): a flow gone before its first run -- most short
+    connections -- never needs one."""
+
+    __slots__ = ("fid", "_alg", "_make", "name", "acked", "ecn_bytes", "loss", "undo", "rto", "last_run", "interval",
+                 "last_active", "drained", "news", "due", "rate")
+
+    def __init__(self, fid: int, alg: ccmod.CongestionControl | None, name: str = "", *, last_run: int = 0,
+                 last_active: int = 0, make: tuple | None = None) -> None:
+        self.fid = fid
+        self._alg = alg
+        self._make = make  # (mss, now, params): ccmod.make's arguments, for when alg is None
+        self.name = name
+        self.acked = 0
+        self.ecn_bytes = 0
+        self.loss = 0
+        self.undo = 0  # cnt_undo as last read
+        self.rto = 0  # RTOs the engine reported since the last run
+        self.last_run = last_run  # when the loop last ran the flow
+        self.interval = 0  # the flow's interval as of that run
+        self.last_active = last_active  # last run with something acked, in flight, queued, lost or timed out
+        self.drained = True  # nothing in flight or queued at the last run
+        self.news = False  # counters moved (or an RTO) since the last run
+        self.due: int | None = None  # time of its entry in the loop's heap; None: no entry
+        self.rate = -1  # pacing rate last written
+
+    @property
+    def alg(self) -> ccmod.CongestionControl:
+        alg = self._alg
+        if alg is None:
+            mss, now, params = self._make
+            alg = self._alg = ccmod.make(self.name, mss, now, **params)
+            self._make = None
+        return alg
+
+    @alg.setter
+    def alg(self, value: ccmod.CongestionControl) -> None:
+        self._alg = value
+        self._make = None
 
 
 class CCLoop:
@@ -157,6 +179,7 @@ class CCLoop:
                          "cc_wakeups": 0, "cc_loss_events": 0, "cc_ecn_bytes": 0,
                          "cc_rto": 0, "cc_idle_restarts": 0, "cc_hystart_css": 0, "cc_hystart_resumes": 0,
                          "cc_hystart_exits": 0, "cc_undo": 0, "cc_undo_restored": 0}  # fmt: skip
+        self._pcache: dict[tuple, dict] = {}  # _lazy_params
         self._cap = 0
         self._grow(64)
         self._ncap = max(1, min(n_flows, 4096))
@@ -244,37 +267,61 @@ class CCLoop:
             self._seq += 1
             heapq.heappush(self._heap, (fl.due, self._seq, fl))
 
-    def _make(self, name: str, mss: int, now: int) -> FlowCC:
+    def _params(self, name: str) -> dict:
         params = self.params if name == self.algorithm else {}
         if name == "const":
             params = {"rate_bps": self.rate_bps, **params}
         if name in HYSTART_ALGORITHMS:
             # HyStart++ for the loss-based ones; DCTCP leaves slow start on marks
             params = {"hystart": self.hystart, **params}
-        alg = ccmod.make(name, mss, now, **params)
-        # no run yet: the first news is due at once
-        return FlowCC(-1, alg, name=name, last_run=now - (1 << 40), last_active=now)
+        return params
 
-    def add(self, fid: int, mss: int) -> None:
-        """A flow is being installed (its record not ACTIVE yet): it gets the
-        algorithm chosen for it (``choose``), else the stack's.  O(1): the
-        flow is run when the fast path reports its first news."""
-        name = self.chosen.pop(fid, self.algorithm)
+    def _lazy_params(self, name: str) -> dict:
+        """_params(name), kept (the algorithm's arguments of lazily made
+        flows; the settings they come from do not change while flows run)."""
+        key = (name, self.rate_bps, self.hystart, id(self.params))
+        p = self._pcache.get(key)
+        if p is None:
+            p = self._pcache[key] = self._params(name)
+        return p
+
+    def _make(self, name: str, mss: int, now: int, lazy: bool = False) -> FlowCC:
+        """A FlowCC with a fresh algorithm of `name` as of `now`; with
+        `lazy`, the algorithm is made (as of `now` still) when first used."""
+        params = self._lazy_params(name) if lazy else self._params(name)
+        # no run yet: the first news is due at once
+        if lazy:
+            return FlowCC(-1, None, name, last_run=now - (1 << 40), last_active=now, make=(mss, now, params))
+        return FlowCC(-1, ccmod.make(name, mss, now, **params), name, last_run=now - (1 << 40), last_active=now)
+
+    def register(self, fid: int, mss: int) -> tuple[int, int]:
+        """A flow is being installed: it gets the algorithm chosen for it
+        (``choose``), else the stack's.  Returns the side record's mode and
+        loss beta for it (the caller writes them there, engine.py _install:
+        tas_sp_activate).  O(1), and the algorithm object is made when the
+        flow is first run (on news from the fast path)."""
+        name = self.chosen.pop(fid, self.algorithm) if self.chosen else self.algorithm
         self.names[fid] = name
         if name == FP_NEWRENO:
-            lib.tas_sp_cc_init(self.table, self.n_flows, fid, 0, 0)
             self.flows.pop(fid, None)
-            return
-        lib.tas_sp_cc_init(self.table, self.n_flows, fid, lib.TAS_CC_SP, LOSS_BETA.get(name, 500))
-        fl = self._make(name, mss, self.now_us())
+            return 0, 0
+        fl = self._make(name, mss, self.now_us(), lazy=True)
         fl.fid = fid
         self.flows[fid] = fl
+        return lib.TAS_CC_SP, LOSS_BETA.get(name, 500)
+
+    def add(self, fid: int, mss: int) -> None:
+        """``register``, and the side-table entry set up here (a flow being
+        installed, its record not ACTIVE yet)."""
+        mode, beta = self.register(fid, mss)
+        lib.tas_sp_cc_init(self.table, self.n_flows, fid, mode, beta)
 
     def remove(self, fid: int) -> None:
         # (its heap entry, if any, is dropped when it comes up)
         self.flows.pop(fid, None)
         self.names.pop(fid, None)
-        self.chosen.pop(fid, None)
+        if self.chosen:
+            self.chosen.pop(fid, None)
 
     def algorithm_of(self, fid: int) -> str | None:
         """The algorithm of an installed flow (or the one chosen for a flow
@@ -339,8 +386,12 @@ class CCLoop:
 
     # -- the control loop ----------------------------------------------------
     def _take_news(self, now: int) -> None:
-        """The fast path's marks: each marked flow has news and an entry."""
-        flows, ids, cap = self.flows, self._nids, self._ncap
+        """The fast path's marks: each marked flow has news and an entry,
+        due one interval after its last run; a flow never run yet, one tick
+        after it was installed (as when news wakes an armed loop: a
+        connection over by then -- most short ones -- costs no run, whether
+        the loop slept or was ticking for other flows)."""
+        flows, ids, cap, heap, tick = self.flows, self._nids, self._ncap, self._heap, self.tick_us
         while True:
             n = lib.tas_sp_cc_news(self.ft, ids, cap)
             for i in range(n):
@@ -348,7 +399,11 @@ class CCLoop:
                 if fl is not None:
                     fl.news = True
                     if fl.due is None:
-                        self._queue(fl, now)
+                        # (interval is 0 until the first run; last_active is the install time until then)
+                        due = fl.last_run + fl.interval if fl.interval else fl.last_active + tick
+                        fl.due = due = due if due > now else now
+                        self._seq += 1
+                        heapq.heappush(heap, (due, self._seq, fl))
             if n < cap:
                 return
 

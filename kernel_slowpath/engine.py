@@ -43,6 +43,26 @@ log = logging.getLogger("tas.engine")
 
 FIN, SYN, RST, PSH, ACK = (lib.TAS_TCP_FIN, lib.TAS_TCP_SYN, lib.TAS_TCP_RST, lib.TAS_TCP_PSH, lib.TAS_TCP_ACK)
 ECE, CWR = lib.TAS_TCP_ECE, lib.TAS_TCP_CWR
+# (module constants: every `lib.X` is an attribute lookup on the cffi library
+# object, and the per-connection paths below use dozens of them)
+_KQ_SIZE = lib.TAS_KQ_ENTRY_SIZE
+_KRX_PACKET, _KRX_FLOW, _KRX_CTX_BAD = lib.TAS_KRX_PACKET, lib.TAS_KRX_FLOW, lib.TAS_KRX_CTX_BAD
+_KTX_FRAME, _KTX_KICK, _KTX_RX = lib.TAS_KTX_FRAME, lib.TAS_KTX_KICK, lib.TAS_KTX_RX
+_PK_TCP, _PK_ARP, _PK_ICMP, _PK_OTHER_IP = lib.TAS_PK_TCP, lib.TAS_PK_ARP, lib.TAS_PK_ICMP, lib.TAS_PK_OTHER_IP
+_OPT_MSS, _OPT_WS, _OPT_SACKPERM, _OPT_TS = lib.TAS_OPT_MSS, lib.TAS_OPT_WS, lib.TAS_OPT_SACKPERM, lib.TAS_OPT_TS
+_EV_FIN_RCVD, _EV_FIN_ACKED, _EV_CC_NEWS = lib.TAS_EV_FIN_RCVD, lib.TAS_EV_FIN_ACKED, lib.TAS_EV_CC_NEWS
+_FLOW_FREE, _FLOW_ACTIVE, _FLOW_SLOWPATH = lib.TAS_FLOW_FREE, lib.TAS_FLOW_ACTIVE, lib.TAS_FLOW_SLOWPATH
+_FF_NODELAY, _FF_TS, _FF_SACK, _FF_WSCALE, _FF_ECN = (lib.TAS_FF_NODELAY, lib.TAS_FF_TS, lib.TAS_FF_SACK,
+                                                      lib.TAS_FF_WSCALE, lib.TAS_FF_ECN)
+_FF_DETACHED, _FF_RX_FIN, _FF_FIN_ACKED = lib.TAS_FF_DETACHED, lib.TAS_FF_RX_FIN, lib.TAS_FF_FIN_ACKED
+# struct tas_pkt (wire.h) as one unpack: the fields the connection paths read
+# (one call instead of a cffi attribute read per field; the offsets are
+# checked against the cdef below)
+_PKT = struct.Struct("<6x6s10xH3xBIIHHIIHHBB2xII")
+_PKT_FIELDS = ("src_mac", "payload_len", "tcp_flags", "src_ip", "dst_ip", "src_port", "dst_port", "seq", "ack",
+               "win", "mss", "wscale", "opts", "tsval", "tsecr")
+(_P_SRC_MAC, _P_PAYLOAD_LEN, _P_FLAGS, _P_SRC_IP, _P_DST_IP, _P_SRC_PORT, _P_DST_PORT, _P_SEQ, _P_ACK, _P_WIN,
+ _P_MSS, _P_WSCALE, _P_OPTS, _P_TSVAL, _P_TSECR) = range(len(_PKT_FIELDS))
 OUR_MSS = 1460
 EPHEMERAL = (32768, 60999)
 SYN_RTO_US = 1_000_000
@@ -119,6 +139,10 @@ class Listener:
     rr: int = 0
     cookies_until: int = 0  # SYN cookies sent recently: ACKs without a half-open entry are checked until then
     keepalive: bool = False  # accepted connections get SO_KEEPALIVE
+    # id(member context) -> (rx_len, tx_len, rcv wscale, its region's base
+    # pointer or None, the context) for the connections it accepts
+    # (Engine._acc), asked for several times per connection
+    acc: dict = field(default_factory=dict)
 
     def pick(self) -> Any:
         """The context the next new connection goes to (round robin over open members)."""
@@ -235,7 +259,10 @@ class Engine:
         self._krx_full_seen = 0
         self._closing_sync_last = 0
         self._closing_sync_next = 0
+        self._ftraw = ft.raw
+        self._ftflows = ft.raw.flows
         self._pkt = ffi.new("struct tas_pkt *")
+        self._pkt_buf = ffi.buffer(self._pkt)
         self._scan_ids = ffi.new("uint32_t[]", 256)
         self._scan_why = ffi.new("uint8_t[]", 256)
         self._scan_cursor = ffi.new("uint32_t *")
@@ -318,7 +345,11 @@ class Engine:
             log.warning("KTX ring full: dropped a %d-byte frame", len(frame))
 
     def kick_flow(self, conn: Conn) -> None:
-        if not self._ktx(conn.core, lib.TAS_KTX_KICK, flow_id=conn.fid):
+        core = conn.core
+        _KQ_HDR.pack_into(self._ktx_buf, 0, _KTX_KICK, 0, conn.fid, 0)
+        ok = lib.tas_ring_enqueue_n(self.ktx[core].raw, self._ktx_slot, 1) == 1
+        self.fpm.kick(core)
+        if not ok:
             # KTX ring full: a lost kick can leave a queued FIN unsent (and
             # with nothing in flight no timer would send it): retry on the scan
             self._kick_retry.add(conn.fid)
@@ -388,23 +419,23 @@ class Engine:
     # ------------------------------------------------------------------
     # exceptions from the fast path
     def on_krx(self, buf: bytes, n: int) -> None:
-        size = lib.TAS_KQ_ENTRY_SIZE
         unpack = _KQ_HDR.unpack_from
+        counters = self.counters
         for i in range(n):
-            off = i * size
+            off = i * _KQ_SIZE
             kind, length, flow_id, events = unpack(buf, off)
-            if kind == lib.TAS_KRX_PACKET:
-                self.counters["exceptions"] += 1
+            if kind == _KRX_PACKET:
+                counters["exceptions"] += 1
                 try:
                     self.on_frame(bytes(buf[off + 32 : off + 32 + length]))
                 except Exception:
                     log.exception("slow path failed on a frame; dropped")
-            elif kind == lib.TAS_KRX_FLOW:
+            elif kind == _KRX_FLOW:
                 try:
                     self.on_flow_event(flow_id, events)
                 except Exception:
                     log.exception("slow path failed on a flow event")
-            elif kind == lib.TAS_KRX_CTX_BAD:  # flow_id: context, events: its strikes so far
+            elif kind == _KRX_CTX_BAD:  # flow_id: context, events: its strikes so far
                 cb = getattr(self, "on_ctx_bad", None)  # set by the stack (server.ctx_strikes)
                 if cb is not None:
                     try:
@@ -415,9 +446,13 @@ class Engine:
     def on_frame(self, frame: bytes) -> None:
         p = self._pkt
         r = lib.tas_parse_frame(frame, len(frame), p)
-        if r == lib.TAS_PK_ARP:
+        if r == _PK_TCP:
+            u = _PKT.unpack_from(self._pkt_buf)
+            if u[_P_DST_IP] == self.local_ip_int:
+                self.on_tcp(frame, p, u)
+        elif r == _PK_ARP:
             self._on_arp(frame)
-        elif r == lib.TAS_PK_ICMP:
+        elif r == _PK_ICMP:
             if p.dst_ip == self.local_ip_int and frame[p.l4_off] == 8:
                 reply = icmp_echo_reply(frame, p, self.mac)
                 if reply:
@@ -425,39 +460,45 @@ class Engine:
                     self.counters["icmp_echo_replies"] += 1
             elif p.dst_ip == self.local_ip_int and frame[p.l4_off] == 3 and frame[p.l4_off + 1] == 4:
                 self._on_frag_needed(frame, p)  # RFC 1191
-        elif r == lib.TAS_PK_TCP:
-            if p.dst_ip == self.local_ip_int:
-                self.on_tcp(frame, p)
-        elif r == lib.TAS_PK_OTHER_IP:
+        elif r == _PK_OTHER_IP:
             self.counters["non_tcp_ip"] += 1
         else:
             self.counters["ignored"] += 1
 
-    def on_tcp(self, frame: bytes, p) -> None:
-        key = (p.dst_port, p.src_ip, p.src_port)
-        flags = p.tcp_flags
-        fid = self.ft.lookup(self.local_ip_int, p.dst_port, p.src_ip, p.src_port)
-        if fid >= 0 and fid in self.conns:
-            self._on_flow_segment(self.conns[fid], frame, p)
-            return
-        conn = self.connecting.get(key)
-        if conn is not None:
-            self._on_syn_sent(conn, p)
-            return
-        lst = self.listeners.get(p.dst_port)
+    def on_tcp(self, frame: bytes, p, u: tuple | None = None) -> None:
+        """A TCP segment for our address; p: its struct tas_pkt, u: the same
+        as a _PKT tuple (made here if not given)."""
+        if u is None:
+            u = _PKT.unpack_from(ffi.buffer(p))
+        dport, sip, sport = u[_P_DST_PORT], u[_P_SRC_IP], u[_P_SRC_PORT]
+        fid = lib.tas_ft_lookup(self._ftraw, self.local_ip_int, dport, sip, sport)
+        if fid >= 0:
+            conn = self.conns.get(fid)
+            if conn is not None:
+                self._on_flow_segment(conn, frame, p)
+                return
+        key = (dport, sip, sport)
+        if self.connecting:
+            conn = self.connecting.get(key)
+            if conn is not None:
+                self._on_syn_sent(conn, p)
+                return
+        lst = self.listeners.get(dport)
         if lst is not None:
             ho = lst.half_open.get(key)
             if ho is not None:
-                self._on_half_open(ho, frame, p)
+                self._on_half_open(ho, frame, p, key, u)
                 return
-        tw = self.time_wait.get(key)
-        if tw is not None:
-            if self._on_time_wait(key, tw, p):
-                return
+        flags = u[_P_FLAGS]
+        if self.time_wait:
+            tw = self.time_wait.get(key)
+            if tw is not None:
+                if self._on_time_wait(key, tw, p):
+                    return
         if flags & RST:
             return
         if flags & SYN and not flags & ACK and lst is not None:
-            self._on_syn(lst, p)
+            self._on_syn(lst, p, key, u)
             return
         if lst is not None and flags & ACK and not flags & SYN and self._cookie_ack(lst, frame, p):
             return
@@ -578,37 +619,75 @@ class Engine:
             return False
         return syn_full(self._app_half_open(lst) if app_pending is None else app_pending)
 
-    def _on_syn(self, lst: Listener, p) -> None:
+    def _on_syn(self, lst: Listener, p, key: tuple | None = None, u: tuple | None = None) -> None:
         self.counters["syn_rcvd"] += 1
+        if u is None:
+            u = _PKT.unpack_from(ffi.buffer(p))
+        ctx = lst.ctx
+        half_open = lst.half_open
+        verdict = getattr(ctx, "syn_verdict", None)  # server.Context: its checks in one call
+        if verdict is not None:
+            n = len(half_open)
+            if len(self.listeners) == 1:  # the common case: this listener's are all the half-open ones
+                app_pending = pending = n
+            else:
+                app_pending = self._app_half_open(lst)
+                pending = sum(len(x.half_open) for x in self.listeners.values())
+            rx, tx = self._acc(lst, ctx)[:2]
+            v = verdict(n, lst.backlog, app_pending, 64 + rx + tx, len(self.free_ids) <= pending)
+        else:
+            v = self._syn_verdict(lst)
+        if v:
+            if v == _SYN_COOKIE:
+                self._send_cookie_synack(lst, p)  # SYN queue full: stateless (RFC 4987)
+            elif v == _SYN_DROP:
+                self.counters["syn_dropped_backlog"] += 1
+            else:  # refuse at once: the peer's connect() fails cleanly
+                self.counters["conns_refused_limit"] += 1
+                self._reply_rst(p)
+            return
+        opts = u[_P_OPTS]
+        src_ip, src_port = u[_P_SRC_IP], u[_P_SRC_PORT]
+        ho = HalfOpen(lst, src_ip, src_port, u[_P_SRC_MAC], self._isn(), u[_P_SEQ],
+                      u[_P_MSS] if opts & _OPT_MSS else 536, u[_P_WSCALE] if opts & _OPT_WS else None,
+                      bool(opts & _OPT_SACKPERM), u[_P_TSVAL] if opts & _OPT_TS else None,
+                      ecn=self.ecn and u[_P_FLAGS] & (ECE | CWR) == ECE | CWR)
+        half_open[key if key is not None else (u[_P_DST_PORT], src_ip, src_port)] = ho
+        self._send_synack(ho)
+
+    def _syn_verdict(self, lst: Listener) -> int:
+        """What to do with a SYN for lst (no half-open entry yet): 0 answer
+        it (SYN-RECEIVED), _SYN_COOKIE (queue full: a SYN cookie), _SYN_DROP
+        (the app is behind on its events), _SYN_REFUSE (no room: RST).  For
+        contexts without syn_verdict (server.Context has it: the same checks
+        in one call)."""
         backlogged = getattr(lst.ctx, "backlogged", None)  # the app is behind on its events
         behind = backlogged is not None and backlogged()
         app_pending = self._app_half_open(lst)  # (asked for twice below)
         if not behind and self._syn_queue_full(lst, app_pending):
-            self._send_cookie_synack(lst, p)  # SYN queue full: stateless (RFC 4987)
-            return
+            return _SYN_COOKIE
         if len(lst.half_open) >= lst.backlog or behind:
-            self.counters["syn_dropped_backlog"] += 1
-            return
-        if self._at_limit(lst, app_pending):  # refuse at once: the peer's connect() fails cleanly
-            self.counters["conns_refused_limit"] += 1
-            self._reply_rst(p)
-            return
-        ho = HalfOpen(
-            listener=lst, remote_ip=p.src_ip, remote_port=p.src_port, remote_mac=bytes(p.src_mac),
-            iss=self._isn(), irs=p.seq,
-            peer_mss=p.mss if p.opts & lib.TAS_OPT_MSS else 536,
-            peer_ws=p.wscale if p.opts & lib.TAS_OPT_WS else None,
-            sack=bool(p.opts & lib.TAS_OPT_SACKPERM),
-            ts_recent=p.tsval if p.opts & lib.TAS_OPT_TS else None,
-            ecn=self.ecn and p.tcp_flags & (ECE | CWR) == ECE | CWR,
-        )
-        lst.half_open[(p.dst_port, p.src_ip, p.src_port)] = ho
-        self._send_synack(ho)
+            return _SYN_DROP
+        if self._at_limit(lst, app_pending):
+            return _SYN_REFUSE
+        return 0
 
     def _accept_bufs(self, lst: Listener, ctx) -> tuple[int, int]:
         """Flow buffer sizes for a connection accepted by ctx: the context's
         own defaults (set at ctx_create), else the stack's."""
         return (_pow2(getattr(ctx, "rx_buf", 0) or self.rx_buf), _pow2(getattr(ctx, "tx_buf", 0) or self.tx_buf))
+
+    def _acc(self, lst: Listener, ctx) -> tuple:
+        """(rx_len, tx_len, the window shift for rx_len, base pointer of ctx's
+        region or None) for connections ctx accepts on lst: _accept_bufs,
+        kept per member context of the listener."""
+        c = lst.acc.get(id(ctx))
+        if c is None or c[4] is not ctx:
+            rx, tx = self._accept_bufs(lst, ctx)
+            region = getattr(ctx, "region", None)
+            base = ffi.cast("uint8_t *", region.addr) if getattr(region, "addr", None) is not None else None
+            c = lst.acc[id(ctx)] = (rx, tx, wscale_for(rx), base, ctx)
+        return c
 
     # -- SYN cookies (RFC 4987) ------------------------------------------
     def _cookie_mac(self, tick: int, p_src_ip: int, sport: int, dport: int, irs: int, info: int) -> int:
@@ -663,18 +742,31 @@ class Engine:
         return True
 
     def _send_synack(self, ho: HalfOpen) -> None:
-        # the shift we announce is the one the flow will use (rcv_wscale)
-        rx_len = self._accept_bufs(ho.listener, ho.listener.ctx)[0]  # the window the flow will have
-        ws = wscale_for(rx_len) if ho.peer_ws is not None else None
-        ts = (self.ts_now(), ho.ts_recent) if ho.ts_recent is not None else None
-        self._send_seg(
-            0, dst_mac=ho.remote_mac, dst_ip=ho.remote_ip, sport=ho.listener.port, dport=ho.remote_port,
-            seq=ho.iss, ack=ho.irs + 1, flags=SYN | ACK | (ECE if ho.ecn else 0), win=min(rx_len, 0xFFFF), mss=OUR_MSS,
-            wscale=ws, sack_perm=ho.sack, ts=ts)
+        # (what _send_seg does, for the one segment every connection gets)
+        lst = ho.listener
+        # the window the flow will have; the shift we announce is the one it will use (rcv_wscale)
+        rx_len, _, ws, _, _ = self._acc(lst, lst.ctx)
+        now = self.now_us()
+        opts = _OPT_MSS
+        if ho.peer_ws is not None:
+            opts |= _OPT_WS
+        if ho.sack:
+            opts |= _OPT_SACKPERM
+        tsecr = ho.ts_recent
+        if tsecr is not None:
+            opts |= _OPT_TS
+        else:
+            tsecr = 0
+        n = lib.tas_sp_send_seg(self.ktx[0].raw, self._seg, ho.remote_mac, ho.remote_ip, lst.port, ho.remote_port,
+                                ho.iss & U32, (ho.irs + 1) & U32, SYN | ACK | (ECE if ho.ecn else 0),
+                                min(rx_len, 0xFFFF), opts, OUR_MSS, ws, (now // 1000) & U32, tsecr & U32)
+        self.fpm.kick(0)
+        if not n:
+            log.warning("KTX ring full: dropped a control segment")
         self.counters["synack_sent"] += 1
-        ho.deadline = self.now_us() + (SYN_RTO_US << ho.tries)
+        ho.deadline = deadline = now + (SYN_RTO_US << ho.tries)
         self._synack_seq += 1
-        heapq.heappush(self._synack_heap, (ho.deadline, self._synack_seq, ho))
+        heapq.heappush(self._synack_heap, (deadline, self._synack_seq, ho))
 
     def _expire_synacks(self, now: int) -> None:
         """Retransmit (or give up on) the SYN-ACKs whose deadline passed."""
@@ -695,50 +787,63 @@ class Engine:
             return
         self._send_synack(ho)
 
-    def _on_half_open(self, ho: HalfOpen, frame: bytes, p) -> None:
-        flags = p.tcp_flags
-        key = (ho.listener.port, ho.remote_ip, ho.remote_port)
+    def _on_half_open(self, ho: HalfOpen, frame: bytes, p, key: tuple | None = None, u: tuple | None = None) -> None:
+        if u is None:
+            u = _PKT.unpack_from(ffi.buffer(p))
+        flags = u[_P_FLAGS]
+        lst = ho.listener
+        if key is None:
+            key = (lst.port, ho.remote_ip, ho.remote_port)
         if flags & RST:
-            if p.seq == (ho.irs + 1) & U32:
+            if u[_P_SEQ] == (ho.irs + 1) & U32:
                 ho.deadline = 0
-                del ho.listener.half_open[key]
+                del lst.half_open[key]
             return
         if flags & SYN:
-            if p.seq == ho.irs:  # retransmitted SYN
+            if u[_P_SEQ] == ho.irs:  # retransmitted SYN
                 self._send_synack(ho)  # its new deadline replaces the old one
             return
         if not flags & ACK:
             return
-        if p.ack != (ho.iss + 1) & U32:
+        if u[_P_ACK] != (ho.iss + 1) & U32:
             self._reply_rst(p)
             return
         ho.deadline = 0
-        del ho.listener.half_open[key]
-        lst = ho.listener
-        ctx = lst.pick()
-        rx_len, tx_len = self._accept_bufs(lst, ctx)
+        del lst.half_open[key]
+        # (Listener.pick: the one member, or round robin over the open ones)
+        ctx = lst.ctx if len(lst.group) <= 1 else lst.pick()
+        rx_len, tx_len, _, base, _ = self._acc(lst, ctx)
         conn = self._new_conn(ctx, lst.port, ho.remote_ip, ho.remote_port, rx_len, tx_len,
-                              State.SYN_RECEIVED)
+                              State.SYN_RECEIVED, appflow=base is None)
         if conn is None:
             self._reply_rst(p)
             return
         conn.listener = lst
         conn.iss, conn.irs, conn.remote_mac = ho.iss, ho.irs, ho.remote_mac
-        ws_ok = ho.peer_ws is not None
-        self._install(conn, peer_mss=ho.peer_mss, snd_wscale=ho.peer_ws if ws_ok else 0,
-                      rcv_wscale=wscale_for(self._accept_bufs(lst, lst.ctx)[0]) if ws_ok else 0, sack=ho.sack,
-                      ecn=ho.ecn,
-                      ts_recent=p.tsval if (p.opts & lib.TAS_OPT_TS and ho.ts_recent is not None) else None,
-                      snd_wnd=p.win << (ho.peer_ws if ws_ok else 0), wl1=p.seq, wl2=p.ack,
-                      rtt_us=self._ts_rtt(p))
-        ctx.event({"ev": "newconn", "ctx": ctx.ctx_id, "listener": lst.port,
-                       "flow": self.flow_info(conn)})
-        if p.payload_len or flags & FIN:
+        peer_ws = ho.peer_ws
+        opts = u[_P_OPTS]
+        tsecr = u[_P_TSECR]
+        if opts & _OPT_TS and tsecr:  # _ts_rtt
+            rtt = (self.ts_now() - tsecr) & U32
+            rtt = rtt * 1000 + 500 if rtt < 60000 else 0
+        else:
+            rtt = 0
+        self._activate(conn, ho.peer_mss, 0 if peer_ws is None else peer_ws,
+                       0 if peer_ws is None else self._acc(lst, lst.ctx)[2], ho.sack, ho.ecn,
+                       u[_P_TSVAL] if (opts & _OPT_TS and ho.ts_recent is not None) else None,
+                       u[_P_WIN] << (0 if peer_ws is None else peer_ws), u[_P_SEQ], u[_P_ACK], rtt,
+                       None if base is None else base + conn.appflow_off)
+        newconn = getattr(ctx, "ev_newconn", None)  # server.Context: the event without a dict
+        if newconn is not None:
+            newconn(self, conn, lst.port)
+        else:
+            ctx.event({"ev": "newconn", "ctx": ctx.ctx_id, "listener": lst.port, "flow": self.flow_info(conn)})
+        if u[_P_PAYLOAD_LEN] or flags & FIN:
             self.counters["reinjected"] += 1
-            self._ktx(conn.core, lib.TAS_KTX_RX, frame)
+            self._ktx(conn.core, _KTX_RX, frame)
 
     def _ts_rtt(self, p) -> int:
-        if p.opts & lib.TAS_OPT_TS and p.tsecr:
+        if p.opts & _OPT_TS and p.tsecr:
             r = (self.ts_now() - p.tsecr) & U32
             if r < 60000:
                 return r * 1000 + 500
@@ -824,102 +929,140 @@ class Engine:
         return None
 
     def _new_conn(self, ctx, local_port: int, rip: int, rport: int, rx_len: int, tx_len: int,
-                  state: State) -> Conn | None:
-        if not self.free_ids:
+                  state: State, appflow: bool = True) -> Conn | None:
+        """A flow id and the context's blocks for a new connection.  With
+        ``appflow`` the app's flow block is filled here, else by _install
+        (given its address there: tas_sp_activate)."""
+        free_ids = self.free_ids
+        if not free_ids:
             self.counters["alloc_failures"] += 1
             return None
-        admit = getattr(ctx, "admit_flow", None)  # the app's flow/buffer limits (issue 6)
-        if admit is not None and not admit(64 + rx_len + tx_len):
-            self.counters["alloc_failures"] += 1
-            return None
-        offs = []
-        for size in (64, rx_len, tx_len):
-            off = ctx.alloc(size)
-            if off is None:
-                for o in offs:
-                    ctx.free(o)
+        alloc_flow = getattr(ctx, "alloc_flow", None)  # server.Context: admit_flow and the three blocks in one call
+        if alloc_flow is not None:
+            offs = alloc_flow(rx_len, tx_len)
+            if offs is None:
                 self.counters["alloc_failures"] += 1
                 return None
-            offs.append(off)
-        fid = self.free_ids.pop()
-        self._hi_water = max(self._hi_water, fid + 1)
-        f = self.ft.flow(fid)
-        gen = (f.gen + 1) & 0xFFFF
-        conn = Conn(fid=fid, gen=gen, ctx=ctx, core=fid % self.fpm.n_cores, local_port=local_port,
-                    remote_ip=rip, remote_port=rport, appflow_off=offs[0], rx_off=offs[1], rx_len=rx_len,
-                    tx_off=offs[2], tx_len=tx_len, state=state)
-        af = ctx.region.cast("struct tas_appflow", conn.appflow_off)
-        ffi.memmove(af, _AF_ZERO, 64)
-        af.flow_id, af.gen = fid, gen
-        af.rx_off, af.rx_len, af.tx_off, af.tx_len = conn.rx_off, rx_len, conn.tx_off, tx_len
+        else:
+            admit = getattr(ctx, "admit_flow", None)  # the app's flow/buffer limits (issue 6)
+            if admit is not None and not admit(64 + rx_len + tx_len):
+                self.counters["alloc_failures"] += 1
+                return None
+            offs = []
+            for size in (64, rx_len, tx_len):
+                off = ctx.alloc(size)
+                if off is None:
+                    for o in offs:
+                        ctx.free(o)
+                    self.counters["alloc_failures"] += 1
+                    return None
+                offs.append(off)
+        fid = free_ids.pop()
+        if fid >= self._hi_water:
+            self._hi_water = fid + 1
+        gen = (self._ftflows[fid].gen + 1) & 0xFFFF
+        af_off, rx_off, tx_off = offs
+        conn = Conn(fid, gen, ctx, fid % self.fpm.n_cores, local_port, rip, rport, af_off, rx_off, rx_len,
+                    tx_off, tx_len, state)
+        if appflow:
+            af = ctx.region.cast("struct tas_appflow", af_off)
+            ffi.memmove(af, _AF_ZERO, 64)
+            af.flow_id, af.gen = fid, gen
+            af.rx_off, af.rx_len, af.tx_off, af.tx_len = rx_off, rx_len, tx_off, tx_len
         self.conns[fid] = conn
-        self.ports_in_use[local_port] = self.ports_in_use.get(local_port, 0) + 1
+        ports = self.ports_in_use
+        ports[local_port] = ports.get(local_port, 0) + 1
         return conn
 
     def _install(self, conn: Conn, *, peer_mss: int, snd_wscale: int, rcv_wscale: int, sack: bool, ecn: bool = False,
-                 ts_recent: int | None, snd_wnd: int, wl1: int, wl2: int, rtt_us: int) -> None:
-        flags = lib.TAS_FF_NODELAY
+                 ts_recent: int | None, snd_wnd: int, wl1: int, wl2: int, rtt_us: int, appflow=None) -> None:
+        """Fill the flow record and side record, set up congestion control,
+        make the flow ACTIVE and index it (_activate).  ``appflow``: address
+        of the app's flow block when _new_conn left it to be filled here."""
+        self._activate(conn, peer_mss, snd_wscale, rcv_wscale, sack, ecn, ts_recent, snd_wnd, wl1, wl2, rtt_us,
+                       appflow)
+
+    def _activate(self, conn: Conn, peer_mss: int, snd_wscale: int, rcv_wscale: int, sack: bool, ecn: bool,
+                  ts_recent: int | None, snd_wnd: int, wl1: int, wl2: int, rtt_us: int, appflow) -> None:
+        """_install with positional arguments: one C call (sp_flow.c
+        tas_sp_activate; twin: spflow_py.activate) after the algorithm is
+        chosen."""
+        flags = _FF_NODELAY
         if ts_recent is not None:
-            flags |= lib.TAS_FF_TS
+            flags |= _FF_TS
+        else:
+            ts_recent = 0
         if sack:
-            flags |= lib.TAS_FF_SACK
+            flags |= _FF_SACK
         if snd_wscale or rcv_wscale:
-            flags |= lib.TAS_FF_WSCALE
+            flags |= _FF_WSCALE
         if ecn:
-            flags |= lib.TAS_FF_ECN
-        mss = max(64, min(peer_mss, OUR_MSS))
-        mac = conn.remote_mac if len(conn.remote_mac) == 6 else bytes(conn.remote_mac).ljust(6, b"\0")[:6]
-        # the record and side record (tas_abi.h) in one C call (sp_flow.c; twin: spflow_py.install)
-        lib.tas_sp_install(self.ft.raw, conn.fid, conn.gen, flags, conn.ctx.ctx_id, self.local_ip_int,
-                           conn.remote_ip, conn.local_port, conn.remote_port, mac, snd_wscale,
-                           rcv_wscale, mss, ts_recent or 0, conn.rx_off, conn.rx_len, conn.tx_off, conn.tx_len,
-                           conn.appflow_off, (conn.irs + 1) & U32, (conn.iss + 1) & U32, snd_wnd, wl1 & U32,
-                           wl2 & U32, rtt_us, self.now_us() & U32, conn.core)
-        if self.cc is not None:
-            self.cc.add(conn.fid, mss)
-        lib.tas_sp_set_status(self.ft.raw, conn.fid, lib.TAS_FLOW_ACTIVE, 0)
-        if self.ft.insert(conn.fid) != 0:
-            raise RuntimeError(f"flow table index refused flow {conn.fid}")
+            flags |= _FF_ECN
+        mss = peer_mss if 64 <= peer_mss <= OUR_MSS else max(64, min(peer_mss, OUR_MSS))
+        mac = conn.remote_mac
+        if len(mac) != 6:
+            mac = bytes(mac).ljust(6, b"\0")[:6]
+        fid = conn.fid
+        # the algorithm's mode and loss beta for the side record (none: the fast path's NewReno)
+        mode, beta = self.cc.register(fid, mss) if self.cc is not None else (0, 0)
+        if lib.tas_sp_activate(self._ftraw, fid, conn.gen, flags, conn.ctx.ctx_id, self.local_ip_int,
+                               conn.remote_ip, conn.local_port, conn.remote_port, mac, snd_wscale, rcv_wscale, mss,
+                               ts_recent, conn.rx_off, conn.rx_len, conn.tx_off, conn.tx_len, conn.appflow_off,
+                               (conn.irs + 1) & U32, (conn.iss + 1) & U32, snd_wnd, wl1 & U32, wl2 & U32, rtt_us,
+                               self.now_us() & U32, conn.core, mode, beta,
+                               ffi.NULL if appflow is None else appflow) != 0:
+            raise RuntimeError(f"flow table index refused flow {fid}")
         conn.installed = True
         conn.state = transition(conn.state, Event.ESTABLISH)
         if conn.keepalive or (conn.listener is not None and conn.listener.keepalive):
-            self._ka_conns[conn.fid] = conn
+            self._ka_conns[fid] = conn
         self.counters["conns_established"] += 1
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("flow %d established %s:%d <-> %s:%d", conn.fid, self.local_ip, conn.local_port,
+            log.debug("flow %d established %s:%d <-> %s:%d", fid, self.local_ip, conn.local_port,
                       int2ip(conn.remote_ip), conn.remote_port)
 
     def _free(self, conn: Conn) -> None:
         """Forget a connection: flow record, index entry, buffers, id."""
-        if self.conns.get(conn.fid) is not conn:
+        fid = conn.fid
+        conns = self.conns
+        if conns.get(fid) is not conn:
             return
         if conn.timer:
             conn.timer.cancel()
-        if conn.installed:
-            lib.tas_sp_set_status(self.ft.raw, conn.fid, lib.TAS_FLOW_FREE, lib.TAS_FF_DETACHED)
-            self.ft.remove(conn.fid)
-        self.connecting.pop(conn.key(), None)
-        for off in (conn.appflow_off, conn.rx_off, conn.tx_off):
-            conn.ctx.free(off)
-        del self.conns[conn.fid]
-        self._closing.pop(conn.fid, None)
-        self._orphans.pop(conn.fid, None)
-        self._ka_conns.pop(conn.fid, None)
-        if self.cc is not None:
-            self.cc.remove(conn.fid)
-        self.free_ids.append(conn.fid)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("flow %d closed (%s) %s:%d <-> %s:%d", conn.fid, conn.state.value, self.local_ip,
-                      conn.local_port, int2ip(conn.remote_ip), conn.remote_port)
-        if getattr(conn.ctx, "orphaned", False) and not any(c.ctx is conn.ctx for c in self.conns.values()):
-            conn.ctx.on_drained()
-        n = self.ports_in_use.get(conn.local_port, 0) - 1
-        if n > 0:
-            self.ports_in_use[conn.local_port] = n
+        if conn.installed:  # FREE + DETACHED, out of the index (sp_flow.c; twin spflow_py.uninstall)
+            lib.tas_sp_uninstall(self._ftraw, fid)
+        if self.connecting:
+            self.connecting.pop(conn.key(), None)
+        ctx = conn.ctx
+        free_flow = getattr(ctx, "free_flow", None)  # server.Context: the three blocks in one call
+        if free_flow is not None:
+            free_flow(conn.appflow_off, conn.rx_off, conn.tx_off)
         else:
-            self.ports_in_use.pop(conn.local_port, None)
+            for off in (conn.appflow_off, conn.rx_off, conn.tx_off):
+                ctx.free(off)
+        del conns[fid]
+        if self._closing:
+            self._closing.pop(fid, None)
+        if self._orphans:
+            self._orphans.pop(fid, None)
+        if self._ka_conns:
+            self._ka_conns.pop(fid, None)
+        if self.cc is not None:
+            self.cc.remove(fid)
+        self.free_ids.append(fid)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("flow %d closed (%s) %s:%d <-> %s:%d", fid, conn.state.value, self.local_ip,
+                      conn.local_port, int2ip(conn.remote_ip), conn.remote_port)
+        if getattr(ctx, "orphaned", False) and not any(c.ctx is ctx for c in conns.values()):
+            ctx.on_drained()
+        port = conn.local_port
+        n = self.ports_in_use.get(port, 0) - 1
+        if n > 0:
+            self.ports_in_use[port] = n
+        else:
+            self.ports_in_use.pop(port, None)
         if not conn.detached:
-            conn.ctx.event({"ev": "closed", "ctx": conn.ctx.ctx_id, "flow": conn.fid})
+            ctx.event({"ev": "closed", "ctx": ctx.ctx_id, "flow": fid})
 
     def _reset(self, conn: Conn, err: int, send_rst: bool) -> None:
         """End a connection abruptly; the app learns ECONNRESET."""
@@ -942,10 +1085,10 @@ class Engine:
             conn.ctx.event({"ev": "reset", "ctx": conn.ctx.ctx_id, "flow": conn.fid, "errno": err})
 
     def on_flow_event(self, fid: int, events: int) -> None:
-        if events & lib.TAS_EV_CC_NEWS:  # the CC loop slept armed (kernel_slowpath/ccloop.py)
+        if events & _EV_CC_NEWS:  # the CC loop slept armed (kernel_slowpath/ccloop.py)
             if self.cc is not None:
                 self.cc.poke()
-            events &= ~lib.TAS_EV_CC_NEWS
+            events &= ~_EV_CC_NEWS
             if not events:
                 return
         conn = self.conns.get(fid)
@@ -955,12 +1098,12 @@ class Engine:
         # record's flags (_catch_up) may still arrive as an event
         events &= ~conn.fin_events
         try:
-            if events & lib.TAS_EV_FIN_ACKED:
+            if events & _EV_FIN_ACKED:
                 conn.state = transition(conn.state, Event.FIN_ACKED)
-                conn.fin_events |= lib.TAS_EV_FIN_ACKED
-            if events & lib.TAS_EV_FIN_RCVD:
+                conn.fin_events |= _EV_FIN_ACKED
+            if events & _EV_FIN_RCVD:
                 conn.state = transition(conn.state, Event.FIN_RCVD)
-                conn.fin_events |= lib.TAS_EV_FIN_RCVD
+                conn.fin_events |= _EV_FIN_RCVD
         except TcpProtocolError as e:
             self.counters["protocol_errors"] += 1
             log.warning("flow %d: %s", fid, e)
@@ -972,19 +1115,22 @@ class Engine:
         """Keep the set _sync_closing walks in step with conn's state."""
         if conn.installed and conn.state in CLOSING_STATES:
             self._closing[conn.fid] = conn
-        else:
+        elif self._closing:
             self._closing.pop(conn.fid, None)
 
     def _settle(self, conn: Conn) -> None:
         """Free what a finished connection no longer needs."""
-        if conn.state is State.TIME_WAIT and conn.detached:
+        if not conn.detached:
+            return
+        state = conn.state
+        if state is State.TIME_WAIT:
             snd_nxt, rcv_nxt = self._seqs(conn)
             self._tw_put(conn.key(), snd_nxt, rcv_nxt)
             self.counters["time_wait"] += 1
             self._free(conn)
-        elif conn.state is State.CLOSED and conn.detached:
+        elif state is State.CLOSED:
             self._free(conn)
-        elif conn.state is State.FIN_WAIT_2 and conn.detached:
+        elif state is State.FIN_WAIT_2:
             conn.orphan_deadline = self.now_us() + FIN_WAIT_2_ORPHAN_US
             self._orphans[conn.fid] = conn
 
@@ -1338,17 +1484,18 @@ class Engine:
         self._shutdown(conn, tx_head)
 
     def _shutdown(self, conn: Conn, tx_head: int) -> None:
-        if not conn.installed or conn.state not in (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1,
-                                                    State.FIN_WAIT_2, State.CLOSING, State.LAST_ACK):
+        if not conn.installed or conn.state not in _SHUTDOWN_STATES:
             return
-        if lib.tas_sp_tx_close(self.ft.raw, conn.fid, tx_head) != 0:
+        if lib.tas_sp_tx_close(self._ftraw, conn.fid, tx_head) != 0:
             raise OSError(errno.EINVAL, "bad send position for shutdown")
         conn.state = transition(conn.state, Event.APP_SHUTDOWN)
         self._track_closing(conn)
         self.kick_flow(conn)
 
     def close(self, ctx, flow: int, tx_head: int, rx_tail: int) -> None:
-        conn = self._conn_of(ctx, flow)
+        conn = self.conns.get(flow)
+        if conn is None or conn.ctx is not ctx or conn.detached:
+            raise OSError(errno.EBADF, f"no flow {flow} in this context")
         if not conn.installed:
             conn.detached = True
             if conn.state is State.SYN_SENT:
@@ -1357,17 +1504,21 @@ class Engine:
                 self._free(conn)
             return
         snap = self._snapshot(conn)
-        unread = snap.rx_head > max(rx_tail, snap.rx_tail)
-        if unread and conn.state in SYNCHRONIZED and conn.state is not State.TIME_WAIT:
+        rx_head = snap.rx_head
+        if rx_head > rx_tail and rx_head > snap.rx_tail and conn.state in _UNREAD_RESETS:
             # RFC 9293 3.10.4 / RFC 2525: closing with unread data resets
             conn.detached = True
             self._reset(conn, errno.ECONNRESET, send_rst=True)
             return
         status = snap.status
-        self._catch_up(conn, snap)  # a lost FIN-received event: LAST-ACK, not FIN-WAIT-1
+        # a lost FIN-received event (the record's flags show it): LAST-ACK, not FIN-WAIT-1
+        flags = snap.flags
+        if ((_EV_FIN_ACKED if flags & _FF_FIN_ACKED else 0) | (_EV_FIN_RCVD if flags & _FF_RX_FIN else 0)) \
+                & ~conn.fin_events:
+            self._catch_up(conn, snap)
         self._shutdown(conn, tx_head)
         conn.detached = True
-        lib.tas_sp_set_status(self.ft.raw, conn.fid, status, lib.TAS_FF_DETACHED)
+        lib.tas_sp_set_status(self._ftraw, conn.fid, status, _FF_DETACHED)
         self._settle(conn)
 
     def abort(self, ctx, flow: int) -> None:
@@ -1465,6 +1616,15 @@ class _NoTimer:
 
     def cancel(self) -> None:
         pass
+
+
+# Engine._syn_verdict / server.Context.syn_verdict
+_SYN_COOKIE, _SYN_DROP, _SYN_REFUSE = 1, 2, 3
+# states in which shutdown/close queue our FIN
+_SHUTDOWN_STATES = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSING,
+                              State.LAST_ACK})
+# states in which closing with unread data resets (RFC 9293 3.10.4)
+_UNREAD_RESETS = SYNCHRONIZED - {State.TIME_WAIT}
 
 
 @functools.lru_cache(maxsize=64)  # a few sizes, asked for several times per connection

@@ -254,6 +254,9 @@ class Context:
         self.heap = BuddyAllocator(self.layout.heap_off, region_len, min_block=64, max_block=MAX_BUF)
         self._unaccounted = False
         self._spare: dict[int, list[int]] = {}  # block size -> offsets of spare blocks (see SPARE_PER_SIZE)
+        # (rx size, tx size) -> [(appflow, rx, tx)]: the three blocks of a closed
+        # flow kept together (free_flow), for alloc_flow to hand out as they are
+        self._spare_flows: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
         self._spare_offs: set[int] = set()
         self._spare_bytes = 0
         self._spare_cap = min(SPARE_BYTES, self.heap.capacity // 16)
@@ -316,11 +319,104 @@ class Context:
             return
         self.heap.free(off)
 
+    def alloc_flow(self, rx_len: int, tx_len: int) -> list[int] | None:
+        """One more flow for the engine: admit_flow(FLOW_BLOCK + rx_len +
+        tx_len), then alloc(64), alloc(rx_len), alloc(tx_len), in one call:
+        [appflow, rx, tx] offsets, or None (and nothing held) if the app's
+        limits refuse or one of them cannot be had."""
+        if self.closed:
+            return None
+        app = self.app
+        rxs, txs = _pow2_block(rx_len), _pow2_block(tx_len)
+        lim = app.limits
+        if lim.flows and app.open_flows() >= lim.flows:  # App.admit
+            return None
+        need = FLOW_BLOCK + rxs + txs
+        if lim.buf_bytes and app.buf_used + need > lim.buf_bytes:
+            return None
+        trio = self._spare_flows.get((rxs, txs))
+        if trio:  # the blocks of a closed flow of the same sizes
+            offs = trio.pop()
+            so = self._spare_offs
+            so.discard(offs[0])
+            so.discard(offs[1])
+            so.discard(offs[2])
+            self._spare_bytes -= need
+            app.buf_used += need
+            return offs
+        spares, offs = self._spare, []
+        for size in (FLOW_BLOCK, rxs, txs):
+            spare = spares.get(size)
+            if spare:  # a block of a closed flow: no split
+                off = spare.pop()
+                self._spare_offs.discard(off)
+                self._spare_bytes -= size
+            else:
+                off = self.heap.alloc(size)
+                if off is None and self._spare_bytes:
+                    self._release_spares()  # they may merge into what is asked for
+                    off = self.heap.alloc(size)
+                if off is None:
+                    for o in offs:
+                        self.free(o)
+                    return None
+            app.buf_used += size
+            offs.append(off)
+        return offs
+
+    def free_flow(self, af: int, rx: int, tx: int) -> None:
+        """free() of one flow's blocks (alloc_flow's) in one call: kept
+        together as spares when there is room (see SPARE_PER_SIZE)."""
+        if self.closed:
+            return
+        heap, app, spares, spare_offs = self.heap, self.app, self._spare, self._spare_offs
+        size_of = heap.size_of
+        sa, sr, st = size_of(af), size_of(rx), size_of(tx)
+        # three distinct allocated blocks, none of them a spare already: kept
+        # together if there is room (else, or anything amiss: one by one
+        # below, with free()'s checks and errors)
+        if (sa == FLOW_BLOCK and sr is not None and st is not None and af not in spare_offs
+                and rx not in spare_offs and tx not in spare_offs and af != rx != tx != af):
+            size = sa + sr + st
+            trios = self._spare_flows.get((sr, st))
+            if trios is None:
+                trios = self._spare_flows[(sr, st)] = []
+            if len(trios) < SPARE_PER_SIZE and self._spare_bytes + size <= self._spare_cap:
+                app.buf_used -= size
+                trios.append((af, rx, tx))
+                spare_offs.add(af)
+                spare_offs.add(rx)
+                spare_offs.add(tx)
+                self._spare_bytes += size
+                return
+        for off in (af, rx, tx):
+            if off in spare_offs:
+                raise DoubleFreeError(f"offset {off} is not an allocated block (double free?)")
+            try:
+                size = heap.block_size(off)  # ForeignOffsetError if not a block offset
+            except KeyError:
+                raise DoubleFreeError(f"offset {off} is not an allocated block (double free?)") from None
+            app.buf_used -= size
+            spare = spares.get(size)
+            if spare is None:
+                spare = spares[size] = []
+            if len(spare) < SPARE_PER_SIZE and self._spare_bytes + size <= self._spare_cap:
+                spare.append(off)
+                spare_offs.add(off)
+                self._spare_bytes += size
+            else:
+                heap.free(off)
+
     def _release_spares(self) -> None:
         for offs in self._spare.values():
             for off in offs:
                 self.heap.free(off)
+        for trios in self._spare_flows.values():
+            for trio in trios:
+                for off in trio:
+                    self.heap.free(off)
         self._spare.clear()
+        self._spare_flows.clear()
         self._spare_offs.clear()
         self._spare_bytes = 0
 
@@ -339,6 +435,28 @@ class Context:
             self.app.count_limit(why)
             return False
         return True
+
+    def syn_verdict(self, n_half_open: int, backlog: int, pending: int, need: int, no_slot: bool) -> int:
+        """The engine's checks of a SYN for a listener of this context in one
+        call (engine.py Engine._syn_verdict, the same order and counts): the
+        listener has n_half_open of its backlog, the app `pending` half-open
+        connections; a flow takes `need` bytes; `no_slot`: the flow table has
+        no id left for one more.  0: answer it; 1: a SYN cookie (queue
+        full); 2: drop it (the app is behind); 3: refuse it (RST)."""
+        app = self.app
+        behind = len(app._outq) + app._outq_events > ACCEPT_BACKPRESSURE  # backlogged()
+        if not behind:
+            if n_half_open >= backlog:
+                return 1
+            cap = app.limits.syn_backlog  # syn_full()
+            if cap and pending >= cap:
+                app.count_limit("syn")
+                return 1
+        if n_half_open >= backlog or behind:
+            return 2
+        if no_slot or self.free_bytes < need * (n_half_open + 1):
+            return 3
+        return 0 if self.admit_passive(need, pending) else 3
 
     def syn_full(self, pending: int) -> bool:
         """The app has ``pending`` half-open connections over all its
@@ -369,6 +487,34 @@ class Context:
             self.flows.discard(flow)
         self.app.send_event(self, msg)
 
+    def ev_newconn(self, engine, conn, listener: int) -> None:
+        """event() of a `newconn` for a connection the engine accepted on
+        `listener` (an engine.Conn): to a binary-events app the record is
+        packed straight from the connection, no dict."""
+        if self.closed or self.orphaned:
+            return
+        fid = conn.fid
+        self.flows.add(fid)
+        if self.listen_cc:
+            cc = self.listen_cc.get(listener)
+            if cc:  # accepted connections inherit the listener's algorithm, as on Linux
+                self.server._choose_cc(fid, cc)
+        app = self.app
+        if app.bin_events and app._deferred is None and self.server._loop is not None:
+            if app.dead:
+                return
+            app._evbuf.append(_EV_NEWCONN.pack(
+                1, conn.core, conn.gen, self.ctx_id, fid, listener, conn.appflow_off, conn.rx_off, conn.rx_len,
+                conn.tx_off, conn.tx_len, engine.local_ip_int, conn.remote_ip, conn.local_port, conn.remote_port))
+            app._ev_ctxs[self.ctx_id] = self
+            if len(app._evbuf) >= ctlproto.EV_BATCH_MAX:  # a full message: send it now
+                app.flush_events()
+            else:
+                self.server.events_pending(app)
+            return
+        app.send_event(self, {"ev": "newconn", "ctx": self.ctx_id, "listener": listener,
+                              "flow": engine.flow_info(conn)})
+
     def backlogged(self) -> bool:
         """True while the app is behind on its control socket: the engine
         then drops SYNs for this context's listeners."""
@@ -396,6 +542,14 @@ class Context:
 
 
 _DEFERRABLE = frozenset({"close", "abort"})
+# binary close records (ctlproto.encode_close / parse_closes): id, flow, tx_head, rx_tail
+_CLOSE_REC = struct.Struct("<QIQQ")
+_REQ_ID_MAX = ctlproto.ID[1]
+# a `newconn` binary event record (ctlproto.encode_event's format, packed by
+# Context.ev_newconn from the connection itself; tests/test_ctl_binary.py
+# checks the two agree)
+_EV_NEWCONN = struct.Struct("<BBHIIIQIIIIIIHH")
+assert _EV_NEWCONN.size == ctlproto.EV_REC_SIZE
 
 
 class App:
@@ -530,6 +684,24 @@ class App:
         ctxs, self._ev_ctxs = self._ev_ctxs, {}
         if self.dead or not buf:
             return
+        if not self._outq and not self._writing and len(buf) <= ctlproto.EV_BATCH_MAX:
+            # the common case, one message and nothing queued before it: sent
+            # at once (what _enqueue and _flush do then, without the queue)
+            data = ctlproto.BIN_EVENTS + b"".join(buf)
+            try:
+                self.sock.send(data)
+            except BlockingIOError:
+                self._outq_events += len(buf) - 1
+                self._enqueue(data, [])
+                if self.dead:
+                    return
+            except OSError as e:
+                log.debug("app %d send failed: %s", self.app_id, e)
+                self.server._schedule_gone(self)
+                return
+            for ctx in ctxs.values():
+                ctx.ring()
+            return
         step = ctlproto.EV_BATCH_MAX
         for i in range(0, len(buf), step):
             part = buf[i : i + step]
@@ -629,6 +801,9 @@ class ControlServer:
         # apps with binary event records waiting for the end of this loop pass
         self._ev_apps: dict[int, App] = {}
         self._ev_handle = None
+        # set by the stack while it drains the exception rings: events wait
+        # for its flush_events_now at the end of the drain (no call_soon)
+        self.draining = False
         self._handlers = {
             "hello": self._op_hello,
             "ctx_create": self._op_ctx_create,
@@ -749,7 +924,11 @@ class ControlServer:
             if not data and not fds:
                 self._app_gone(app, "disconnected")
                 return
-            self._handle(app, data, fds)
+            if self._handle(app, data, fds):
+                # binary closes (the message of a closing connection, mostly
+                # alone in the socket): the loop calls again if more is
+                # queued, no receive that finds nothing (~2.5 us each)
+                return
 
     def _schedule_gone(self, app: App) -> None:
         if not app.dead:
@@ -837,7 +1016,11 @@ class ControlServer:
         log.debug("app %d: bad request: %s", app.app_id, e)
         app.send(ctlproto.error_reply(e.req_id, e.errno, str(e)))
 
-    def _handle(self, app: App, data: bytes, fds: list[int]) -> None:
+    def _handle(self, app: App, data: bytes, fds: list[int]) -> bool:
+        """Handle one message; True if it was a well-formed binary close
+        message queued without a Request object per record (_fast_closes)."""
+        if data[:2] == ctlproto.BIN_CLOSE and not fds and self._fast_closes(app, data):
+            return True
         try:
             if data[:2] == ctlproto.BIN_CLOSE:  # binary close (noreply) request(s): no JSON
                 reqs = ctlproto.parse_closes(data, len(fds))
@@ -848,9 +1031,34 @@ class ControlServer:
             self.counters["requests"] += 1
             app.requests += 1
             self._bad_request(app, e, fds)
-            return
+            return False
         for req in reqs:
             self._handle_req(app, req)
+        return False
+
+    def _fast_closes(self, app: App, data: bytes) -> bool:
+        """A binary close message of an app past hello: its records queued
+        for _run_teardown as they are ((req_id, flow, tx_head, rx_tail)
+        tuples; _close_fast runs each as _dispatch would run the Request
+        parse_closes makes of it).  False (nothing done) if the message is
+        not one parse_closes accepts or the app is not past hello: the
+        general path then answers it."""
+        n = len(data) - 2
+        if not n or n % _CLOSE_REC.size or not app.hello or self._loop is None:
+            return False
+        recs = list(_CLOSE_REC.iter_unpack(memoryview(data)[2:]))
+        for rec in recs:
+            if rec[0] > _REQ_ID_MAX:
+                return False
+        k = len(recs)
+        self.counters["requests"] += k
+        app.requests += k
+        td = self._teardown
+        for rec in recs:
+            td.append((app, rec))
+        if self._teardown_handle is None:
+            self._teardown_handle = self._loop.call_soon(self._run_teardown)
+        return True
 
     def _handle_req(self, app: App, req: ctlproto.Request) -> None:
         self.counters["requests"] += 1
@@ -869,7 +1077,7 @@ class ControlServer:
         done, so the events of one pass (SYNs, handshakes, teardowns of many
         connections) reach each app as one message and one doorbell."""
         self._ev_apps[app.app_id] = app
-        if self._ev_handle is None:
+        if self._ev_handle is None and not self.draining:
             self._ev_handle = self._loop.call_soon(self._flush_events)
 
     def flush_events_now(self) -> None:
@@ -882,6 +1090,8 @@ class ControlServer:
         if h is not None:
             h.cancel()
             self._flush_events()
+        elif self._ev_apps:  # gathered during a drain (draining): no call_soon was made
+            self._flush_events()
 
     def _flush_events(self) -> None:
         self._ev_handle = None
@@ -892,10 +1102,31 @@ class ControlServer:
     def _run_teardown(self) -> None:
         """The close/abort requests deferred by _handle, in arrival order."""
         self._teardown_handle = None
-        while self._teardown:
-            app, req = self._teardown.popleft()
-            if self.apps.get(app.app_id) is app:
-                self._dispatch(app, req)
+        td, apps = self._teardown, self.apps
+        while td:
+            app, req = td.popleft()
+            if apps.get(app.app_id) is app:
+                if type(req) is tuple:
+                    self._close_fast(app, *req)
+                else:
+                    self._dispatch(app, req)
+
+    def _close_fast(self, app: App, req_id: int, flow: int, tx_head: int, rx_tail: int) -> None:
+        """_dispatch of Request("close", req_id, {flow, tx_head, rx_tail,
+        noreply}) for an app past hello: _op_close, errors answered the
+        same way, no reply otherwise."""
+        app._deferred = []
+        try:
+            ctx = self._flow_ctx(app, flow)
+            self.engine.close(ctx, flow, tx_head, rx_tail)
+            ctx.flows.discard(flow)
+        except Exception as e:
+            self._fail(app, req_id, "close", e)
+        finally:
+            deferred, app._deferred = app._deferred, None
+            for ctx, msg in deferred:
+                if not ctx.closed:
+                    app.send_event(ctx, msg)
 
     def _dispatch(self, app: App, req: ctlproto.Request) -> None:
         app._deferred = []
@@ -904,17 +1135,8 @@ class ControlServer:
                 if req.op != "hello" and not app.hello:
                     raise OSError(errno.EPROTO, "hello first")
                 result = self._handlers[req.op](app, req)
-            except OSError as e:
-                err = e.errno if isinstance(e.errno, int) and e.errno > 0 else errno.EIO
-                self.counters["errors"] += 1
-                app.send(ctlproto.error_reply(req.id, err, e.strerror or str(e)))
-            except (ProtocolError, BufAllocError, ValueError, TypeError) as e:
-                self.counters["errors"] += 1
-                app.send(ctlproto.error_reply(req.id, getattr(e, "errno", None) or errno.EINVAL, str(e)))
             except Exception as e:
-                log.exception("app %d: %s failed", app.app_id, req.op)
-                self.counters["errors"] += 1
-                app.send(ctlproto.error_reply(req.id, errno.EIO, f"internal error: {e!r}"))
+                self._fail(app, req.id, req.op, e)
             else:
                 if not req.args.get("noreply"):  # close/abort the app does not wait for
                     fields, out_fds = result if isinstance(result, tuple) else (result, ())
@@ -926,6 +1148,18 @@ class ControlServer:
             for ctx, msg in deferred:
                 if not ctx.closed:
                     app.send_event(ctx, msg)
+
+    def _fail(self, app: App, req_id, op: str, e: Exception) -> None:
+        """The error reply to a request whose handler raised e."""
+        self.counters["errors"] += 1
+        if isinstance(e, OSError):
+            err = e.errno if isinstance(e.errno, int) and e.errno > 0 else errno.EIO
+            app.send(ctlproto.error_reply(req_id, err, e.strerror or str(e)))
+        elif isinstance(e, (ProtocolError, BufAllocError, ValueError, TypeError)):
+            app.send(ctlproto.error_reply(req_id, getattr(e, "errno", None) or errno.EINVAL, str(e)))
+        else:
+            log.error("app %d: %s failed", app.app_id, op, exc_info=e)
+            app.send(ctlproto.error_reply(req_id, errno.EIO, f"internal error: {e!r}"))
 
     def _ctx(self, app: App, ctx_id: int) -> Context:
         ctx = app.contexts.get(ctx_id)

@@ -287,18 +287,27 @@ class Stack:
             os.eventfd_read(self.sp_evfd)
         except BlockingIOError:
             pass
-        if self._krx_mem is None:  # one buffer for every wake-up (dequeue_n allocates 64 KiB a call)
-            self._krx_mem = ffi.new("uint8_t[]", KRX_BATCH * lib.TAS_KQ_ENTRY_SIZE)
+        mem = self._krx_mem
+        if mem is None:  # one buffer for every wake-up (dequeue_n allocates 64 KiB a call)
+            mem = self._krx_mem = ffi.new("uint8_t[]", KRX_BATCH * lib.TAS_KQ_ENTRY_SIZE)
             self._krx_view = ffi.buffer(self._krx_mem)
-        for ring in self.krx:
-            while True:
-                n = ring.dequeue_into(self._krx_mem, KRX_BATCH)
-                if n:
-                    self.engine.on_krx(self._krx_view, n)
-                if n < KRX_BATCH:  # drained; later entries come with a new doorbell
-                    break
-        if self.server is not None:
-            self.server.flush_events_now()  # newconn out before the rest of the loop pass
+        view, on_krx, dequeue = self._krx_view, self.engine.on_krx, lib.tas_ring_dequeue_n
+        server = self.server
+        if server is not None:
+            server.draining = True  # the drain's events go out at its end, below
+        try:
+            for ring in self.krx:
+                raw = ring.raw
+                while True:
+                    n = dequeue(raw, mem, KRX_BATCH)
+                    if n:
+                        on_krx(view, n)
+                    if n < KRX_BATCH:  # drained; later entries come with a new doorbell
+                        break
+        finally:
+            if server is not None:
+                server.draining = False
+                server.flush_events_now()  # newconn out before the rest of the loop pass
 
     def fp_stats(self) -> list[dict]:
         out = []

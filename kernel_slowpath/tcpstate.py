@@ -27,6 +27,10 @@ class State(enum.Enum):
     TIME_WAIT = "TIME-WAIT"
     CLOSED = "CLOSED"
 
+    # members are singletons: hash by identity (Enum's own __hash__ is a
+    # Python function, called for every table lookup and set test below)
+    __hash__ = object.__hash__
+
 
 class Event(enum.Enum):
     ESTABLISH = "establish"          # handshake completed
@@ -35,6 +39,8 @@ class Event(enum.Enum):
     FIN_ACKED = "fin-acked"          # the peer acknowledged our FIN
     RST = "reset"                    # reset received or sent
     TIMEOUT = "timeout"              # handshake or retransmission gave up
+
+    __hash__ = object.__hash__
 
 
 class TcpProtocolError(Exception):

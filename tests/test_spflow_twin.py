@@ -240,6 +240,118 @@ def test_install_matches(old, args):
 
 @settings(max_examples=200, deadline=None)
 @given(
+    flow_st,
+    st.fixed_dictionaries(
+        {
+            "gen": st.integers(0, 0xFFFF),
+            "flags": st.integers(0, (1 << 19) - 1),
+            "ctx_id": st.integers(0, 1023),
+            "local_ip": st.sampled_from([0xC6120002, 0]),
+            "remote_ip": st.sampled_from([0xC6120001, 0xC612000B]),
+            "local_port": st.sampled_from([7, 8]),
+            "remote_port": st.sampled_from([40000, 40001]),
+            "remote_mac": st.binary(min_size=6, max_size=6),
+            "snd_wscale": st.integers(0, 14),
+            "rcv_wscale": st.integers(0, 14),
+            "mss": st.integers(64, 9000),
+            "ts_recent": U32,
+            "rx_off": U32,
+            "rx_len": st.sampled_from([4096, 1 << 16, 1 << 18]),
+            "tx_off": U32,
+            "tx_len": st.sampled_from([4096, 1 << 16, 1 << 18]),
+            "appflow_off": U32,
+            "rx_seq0": U32,
+            "tx_seq0": U32,
+            "snd_wnd": st.integers(0, 1 << 30),
+            "wl1": U32,
+            "wl2": U32,
+            "rtt_us": st.sampled_from([0, 1, 500, 20_000]),
+            "now_us": U32,
+            "core": st.integers(0, 15),
+        }
+    ),
+    st.integers(0, 3),
+    st.integers(0, 1200),
+    st.booleans(),
+    st.booleans(),
+)
+def test_activate_matches(old, args, mode, beta, with_af, taken):
+    """tas_sp_activate (install, CC mode, the app's flow block, ACTIVE,
+    indexed) against spflow_py.activate on a table with the same contents;
+    ``taken``: another flow holds the 4-tuple already (the index refuses)."""
+    from flextcp.flowtab import PyFlowTable
+
+    ra, rb, a, b = tables()
+    try:
+        fill(a, 5, old)
+        fill(b, 5, old)
+        if taken:
+            for t in (a, b):
+                f = t.flow(2)
+                f.local_ip, f.remote_ip = args["local_ip"], args["remote_ip"]
+                f.local_port, f.remote_port = args["local_port"], args["remote_port"]
+                f.status = lib.TAS_FLOW_ACTIVE
+                assert t.insert(2) == 0
+        afa, afb = ffi.new("struct tas_appflow *"), ffi.new("struct tas_appflow *")
+        for af in (afa, afb):
+            ffi.memmove(af, bytes(range(64)), 64)  # an old flow's block
+        keys = INSTALL_ARGS
+        rc = lib.tas_sp_activate(a.raw, 5, *(args[k] for k in keys), mode, beta, afa if with_af else ffi.NULL)
+        twin = spflow_py.activate(b.flow(5), b.side(5), afb if with_af else None, PyFlowTable.attach(rb, 0, N), 5,
+                                  *(args[k] for k in keys), mode, beta)
+        assert rc == twin == (-2 if taken else 0)
+        same(a.flow(5), b.flow(5), a.side(5), b.side(5))
+        assert bytes(ffi.buffer(afa)) == bytes(ffi.buffer(afb))
+        assert bytes(ffi.buffer(ra.addr, ra.size)) == bytes(ffi.buffer(rb.addr, rb.size))  # the index too
+        f, x = a.flow(5), a.side(5)
+        assert f.status == lib.TAS_FLOW_ACTIVE and x.mode == mode & lib.TAS_CC_SP and x.loss_beta == min(beta, 1000)
+        tup = (args["local_ip"], args["local_port"], args["remote_ip"], args["remote_port"])
+        assert a.lookup(*tup) == (2 if taken else 5)
+        if with_af:
+            assert (afa.flow_id, afa.gen, afa.rx_off, afa.rx_len, afa.tx_off, afa.tx_len, afa.flags, afa.rx_head) == (
+                5, args["gen"], args["rx_off"], args["rx_len"], args["tx_off"], args["tx_len"], 0, 0)
+        else:
+            assert bytes(ffi.buffer(afa)) == bytes(range(64))
+        assert lib.tas_sp_activate(a.raw, N, *(args[k] for k in keys), mode, beta, ffi.NULL) == -1  # bad id
+    finally:
+        ra.close()
+        rb.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(flow_st, st.integers(0, N), st.booleans(), st.booleans())
+def test_uninstall_matches(d, fid, indexed, twice):
+    """tas_sp_uninstall (FREE + DETACHED, out of the index) against
+    spflow_py.uninstall: the same record, the same index, the same result
+    (-1 for a bad id or a flow not indexed)."""
+    from flextcp.flowtab import PyFlowTable
+
+    ra, rb, a, b = tables()
+    try:
+        for t in (a, b):
+            for i in range(N):
+                fill(t, i, d)
+                f = t.flow(i)
+                f.local_ip, f.remote_ip, f.local_port, f.remote_port = 1, 2, 7, 1000 + i
+                if indexed:
+                    assert t.insert(i) == 0
+        pb = PyFlowTable.attach(rb, 0, N)
+        for _ in range(2 if twice else 1):
+            rc = lib.tas_sp_uninstall(a.raw, fid)
+            twin = spflow_py.uninstall(b.flow(fid), pb, fid) if fid < N else -1
+            assert rc == twin == (0 if indexed and fid < N and _ == 0 else -1)
+        assert bytes(ffi.buffer(ra.addr, ra.size)) == bytes(ffi.buffer(rb.addr, rb.size))
+        if fid < N:
+            f = a.flow(fid)
+            assert f.status == lib.TAS_FLOW_FREE and f.flags & lib.TAS_FF_DETACHED
+            assert a.lookup(1, 7, 2, 1000 + fid) == -1
+    finally:
+        ra.close()
+        rb.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
     st.binary(min_size=6, max_size=6),
     U32,
     st.integers(0, 0xFFFF),

@@ -265,6 +265,45 @@ int tas_sp_install(struct tas_ft *ft, uint32_t id, uint16_t gen, uint32_t flags,
     return 0;
 }
 
+int tas_sp_activate(struct tas_ft *ft, uint32_t id, uint16_t gen, uint32_t flags, uint32_t ctx_id,
+                    uint32_t local_ip, uint32_t remote_ip, uint16_t local_port, uint16_t remote_port,
+                    const uint8_t *remote_mac, uint8_t snd_wscale, uint8_t rcv_wscale, uint16_t mss,
+                    uint32_t ts_recent, uint32_t rx_off, uint32_t rx_len, uint32_t tx_off, uint32_t tx_len,
+                    uint32_t appflow_off, uint32_t rx_seq0, uint32_t tx_seq0, uint32_t snd_wnd,
+                    uint32_t wl1, uint32_t wl2, uint32_t rtt_us, uint32_t now_us, uint32_t core,
+                    uint32_t cc_mode, uint32_t loss_beta, void *af)
+{
+    if (tas_sp_install(ft, id, gen, flags, ctx_id, local_ip, remote_ip, local_port, remote_port, remote_mac,
+                       snd_wscale, rcv_wscale, mss, ts_recent, rx_off, rx_len, tx_off, tx_len, appflow_off,
+                       rx_seq0, tx_seq0, snd_wnd, wl1, wl2, rtt_us, now_us, core) != 0)
+        return -1;
+    struct tas_flow *f = get(ft, id);
+    struct tas_flow_cc *x = side(ft, f);
+    x->mode = cc_mode & TAS_CC_SP;
+    x->loss_beta = loss_beta > 1000 ? 1000 : loss_beta;
+    if (af) {
+        struct tas_appflow *a = (struct tas_appflow *)af;
+        memset(a, 0, sizeof(*a));
+        a->flow_id = id;
+        a->gen = gen;
+        a->rx_off = rx_off;
+        a->rx_len = rx_len;
+        a->tx_off = tx_off;
+        a->tx_len = tx_len;
+    }
+    tas_flow_lock(f);
+    f->status = TAS_FLOW_ACTIVE;
+    tas_flow_unlock(f);
+    return tas_ft_insert(ft, id) == 0 ? 0 : -2;
+}
+
+int tas_sp_uninstall(struct tas_ft *ft, uint32_t id)
+{
+    if (tas_sp_set_status(ft, id, TAS_FLOW_FREE, TAS_FF_DETACHED) != 0)
+        return -1;
+    return tas_ft_remove(ft, id);
+}
+
 uint32_t tas_sp_send_seg(struct tas_ring *ktx, struct tas_seg *s, const uint8_t *dst_mac, uint32_t dst_ip,
                          uint16_t sport, uint16_t dport, uint32_t seq, uint32_t ack, uint8_t flags,
                          uint16_t win, uint8_t opts, uint16_t mss, uint8_t wscale, uint32_t tsval,

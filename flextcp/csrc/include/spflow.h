@@ -49,6 +49,27 @@ int tas_sp_install(struct tas_ft *ft, uint32_t id, uint16_t gen, uint32_t flags,
                    uint32_t ts_recent, uint32_t rx_off, uint32_t rx_len, uint32_t tx_off, uint32_t tx_len,
                    uint32_t appflow_off, uint32_t rx_seq0, uint32_t tx_seq0, uint32_t snd_wnd,
                    uint32_t wl1, uint32_t wl2, uint32_t rtt_us, uint32_t now_us, uint32_t core);
+/* Install and activate flow `id` in one call (engine.py _install): what
+ * tas_sp_install does, then the side record's congestion-control mode and
+ * loss beta (as tas_sp_cc_init on the fresh side record: cc_mode & TAS_CC_SP,
+ * loss_beta at most 1000), then -- if `af` is not NULL -- the app's flow
+ * block there (struct tas_appflow: zeroed, then flow_id, gen and the buffer
+ * offsets and lengths), then status ACTIVE (under the flow lock) and the flow
+ * indexed under its 4-tuple (tas_ft_insert).  0; -1 for a bad id (nothing
+ * written); -2 if the index refused the flow (the record is ACTIVE, not
+ * indexed).  Twin: spflow_py.activate. */
+int tas_sp_activate(struct tas_ft *ft, uint32_t id, uint16_t gen, uint32_t flags, uint32_t ctx_id,
+                    uint32_t local_ip, uint32_t remote_ip, uint16_t local_port, uint16_t remote_port,
+                    const uint8_t *remote_mac, uint8_t snd_wscale, uint8_t rcv_wscale, uint16_t mss,
+                    uint32_t ts_recent, uint32_t rx_off, uint32_t rx_len, uint32_t tx_off, uint32_t tx_len,
+                    uint32_t appflow_off, uint32_t rx_seq0, uint32_t tx_seq0, uint32_t snd_wnd,
+                    uint32_t wl1, uint32_t wl2, uint32_t rtt_us, uint32_t now_us, uint32_t core,
+                    uint32_t cc_mode, uint32_t loss_beta, void *af);
+/* A flow the slow path forgets (engine.py _free): status FREE and
+ * TAS_FF_DETACHED (as tas_sp_set_status), then out of the index
+ * (tas_ft_remove).  0; -1 for a bad id or a flow not in the index.  Twin:
+ * spflow_py.uninstall. */
+int tas_sp_uninstall(struct tas_ft *ft, uint32_t id);
 /* Send a control segment (no payload): fill `s` (the caller's template:
  * source MAC/address, IP fields kept) with these fields and options
  * (TAS_OPT_* in opts; mss, wscale, tsval/tsecr used only if named there),

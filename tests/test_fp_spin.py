@@ -286,14 +286,9 @@ _loop_case = dict(
 )
 
 
-@settings(max_examples=200, deadline=None)
-@given(**_loop_case)
-def test_c_loop_matches_spin_loop(poll_us, gap_us, yield_idle, max_polls, max_us, ticks, works, paces, yield_ticks, sleeps):  # fmt: skip
-    """tas_fp_spin_run's loop (tas_fp_spin_run_ops) and SpinLoop make the
-    same calls in the same order -- polls and their times, pace_due reads,
-    yields, arming -- and return the same codes, fed the same script."""
-    script = (ticks, works, paces, yield_ticks)
-    fe_py, fe_c = FakeEngine(*script), FakeEngine(*script)
+def _loops_on(fe_py, fe_c, poll_us, gap_us, yield_idle=True, max_polls=10_000, max_us=1_000_000):
+    """SpinLoop on fe_py and the C loop's state and ops on fe_c, set up alike:
+    (SpinLoop, C state, C ops, the callbacks to keep alive)."""
     py = SpinLoop(
         SpinPolicy(poll_us, gap_us),
         now=fe_py.now,
@@ -307,7 +302,20 @@ def test_c_loop_matches_spin_loop(poll_us, gap_us, yield_idle, max_polls, max_us
     )
     c = _c_state(poll_us, gap_us)
     c.yield_idle, c.max_polls, c.max_us = yield_idle, max_polls, max_us
-    ops, _cbs = _c_ops(fe_c)
+    ops, cbs = _c_ops(fe_c)
+    return py, c, ops, cbs
+
+
+@settings(max_examples=200, deadline=None)
+@given(**_loop_case)
+def test_c_loop_matches_spin_loop(poll_us, gap_us, yield_idle, max_polls, max_us, ticks, works, paces, yield_ticks, sleeps):  # fmt: skip
+    """tas_fp_spin_run's loop (tas_fp_spin_run_ops) and SpinLoop make the
+    same calls in the same order -- polls and their times, pace_due reads,
+    yields, arming -- and return the same codes, fed the same script."""
+    script = (ticks, works, paces, yield_ticks)
+    fe_py, fe_c = FakeEngine(*script), FakeEngine(*script)
+    py, c, ops, _cbs = _loops_on(fe_py, fe_c, poll_us, gap_us, yield_idle=yield_idle, max_polls=max_polls,
+                                 max_us=max_us)  # fmt: skip
     r_py = _drive(py.run, py.woke, fe_py, sleeps, 8)
     r_c = _drive(
         lambda: lib.tas_fp_spin_run_ops(c, ops), lambda t: lib.tas_fp_spin_woke(c, t), fe_c, sleeps, 8
@@ -332,18 +340,7 @@ def _loop_pair(works, **kw):
     kw.setdefault("max_polls", 10_000)
     kw.setdefault("max_us", 1_000_000)
     poll_us, gap_us = kw.pop("poll_us"), kw.pop("gap_us", None)
-    py = SpinLoop(
-        SpinPolicy(poll_us, gap_us),
-        now=fe_py.now,
-        poll=fe_py.poll,
-        pace_due=fe_py.pace_due,
-        set_armed=fe_py.set_armed,
-        yield_=fe_py.yield_,
-        **kw,
-    )
-    c = _c_state(poll_us, gap_us)
-    c.yield_idle, c.max_polls, c.max_us = kw.get("yield_idle", True), kw["max_polls"], kw["max_us"]
-    ops, _cbs = _c_ops(fe_c)
+    py, c, ops, _cbs = _loops_on(fe_py, fe_c, poll_us, gap_us, **kw)
     out = []
     for fe, run, woke in ((fe_py, py.run, py.woke), (fe_c, lambda: lib.tas_fp_spin_run_ops(c, ops), lambda t: lib.tas_fp_spin_woke(c, t))):  # fmt: skip
         woke(fe.now())

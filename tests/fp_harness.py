@@ -502,3 +502,31 @@ class FPHarness:
 def stream_bytes(pos: int, n: int, salt: int = 0) -> bytes:
     """Deterministic content of a byte stream at absolute positions pos..pos+n."""
     return bytes(((p * 131 + 7 + salt) >> 1) & 0xFF for p in range(pos, pos + n))
+
+
+def fastpath_on(h: FPHarness, poll_us: int):
+    """flextcp.loop.FastPath on a harness' regions and TAP pair (the
+    harness' own engine destroyed): (the FastPath, the slow path's end of
+    its control socket, a clean-up function)."""
+    import argparse
+
+    from flextcp import loop
+
+    h.engine.destroy()
+    ctl_sp, ctl_fp = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    fp_evfd = os.eventfd(0, os.EFD_NONBLOCK)
+    a = argparse.Namespace(
+        core=0, n_cores=1, stack_fd=os.dup(h.stack.fd), stack_size=h.stack.size, n_flows=h.n_flows,
+        kq_slots=h.kq_slots, tap_fd=h.tap_fp.fileno(), sp_evfd=h.sp_evfd, fp_evfd=fp_evfd,
+        ctl_fd=ctl_fp.detach(), ip=0xC6120001, cpu=0, poll_us=poll_us, mac=LOCAL_MAC.hex(":"),
+    )  # fmt: skip
+    fpath = loop.FastPath(a)
+
+    def cleanup():
+        fpath.close()
+        ctl_sp.close()
+        fpath.ctl.close()
+        os.close(fp_evfd)
+        os.close(a.stack_fd)
+
+    return fpath, ctl_sp, cleanup

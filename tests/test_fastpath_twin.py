@@ -10,7 +10,6 @@ the poll result and a snapshot of all shared state must be identical.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -24,12 +23,12 @@ from fp_harness import (
     Ctx,
     FlowSpec,
     FPHarness,
+    fastpath_on,
     stream_bytes,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flextcp import loop
 from flextcp.fastpath_py import PyFastPath, PyFPConfig, ctx_layout
 from flextcp.native import ffi, lib
 from flextcp.shm import Region
@@ -1003,15 +1002,7 @@ def test_loop_fastpath_engine_selection(pure, monkeypatch):
     register a context over the control socket, move one segment, stop."""
     monkeypatch.setenv("TAS_PURE", "1" if pure else "0")
     h = FPHarness(False)  # only for its regions, rings and TAP pair
-    h.engine.destroy()
-    ctl_sp, ctl_fp = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    fp_evfd = os.eventfd(0, os.EFD_NONBLOCK)
-    a = argparse.Namespace(
-        core=0, n_cores=1, stack_fd=os.dup(h.stack.fd), stack_size=h.stack.size, n_flows=h.n_flows,
-        kq_slots=h.kq_slots, tap_fd=h.tap_fp.fileno(), sp_evfd=h.sp_evfd, fp_evfd=fp_evfd,
-        ctl_fd=ctl_fp.detach(), ip=0xC6120001, cpu=0, poll_us=0, mac=LOCAL_MAC.hex(":"),
-    )  # fmt: skip
-    fpath = loop.FastPath(a)
+    fpath, ctl_sp, cleanup = fastpath_on(h, 0)
     try:
         assert fpath.pure == pure
         assert isinstance(fpath.fp, PyFastPath) == pure
@@ -1047,9 +1038,5 @@ def test_loop_fastpath_engine_selection(pure, monkeypatch):
         ctx_region.close()
         os.close(app_evfd)
     finally:
-        fpath.close()
-        ctl_sp.close()
-        fpath.ctl.close()
-        os.close(fp_evfd)
-        os.close(a.stack_fd)
+        cleanup()
         h.close()

@@ -11,7 +11,6 @@ Python.  Correctness only, no timing (beyond "returns within a second")."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -21,11 +20,10 @@ import threading
 import time
 from pathlib import Path
 
-from fp_harness import LOCAL_MAC, FPHarness
+from fp_harness import FPHarness, fastpath_on
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flextcp import loop
 from flextcp.loop import (
     PACE_SPIN_US,
     PREEMPT_GAP_US,
@@ -423,28 +421,6 @@ def test_c_loop_on_an_engine_returns_within_max_us():
         assert h.ctxs[1].region.cast("struct tas_ctx_hdr").fp_armed[0] == 0
 
 
-def _fastpath(h: FPHarness, poll_us: int):
-    """flextcp.loop.FastPath on a harness' regions and TAP pair."""
-    import socket
-
-    h.engine.destroy()
-    ctl_sp, ctl_fp = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    fp_evfd = os.eventfd(0, os.EFD_NONBLOCK)
-    a = argparse.Namespace(
-        core=0, n_cores=1, stack_fd=os.dup(h.stack.fd), stack_size=h.stack.size, n_flows=h.n_flows,
-        kq_slots=h.kq_slots, tap_fd=h.tap_fp.fileno(), sp_evfd=h.sp_evfd, fp_evfd=fp_evfd,
-        ctl_fd=ctl_fp.detach(), ip=0xC6120001, cpu=0, poll_us=poll_us, mac=LOCAL_MAC.hex(":"),
-    )  # fmt: skip
-    fpath = loop.FastPath(a)
-
-    def cleanup():
-        fpath.close()
-        ctl_sp.close()
-        fpath.ctl.close()
-        os.close(fp_evfd)
-        os.close(a.stack_fd)
-
-    return fpath, ctl_sp, cleanup
 
 
 def test_fastpath_run_stops_promptly_while_spinning(monkeypatch):
@@ -454,7 +430,7 @@ def test_fastpath_run_stops_promptly_while_spinning(monkeypatch):
     for pure in (False, True):
         monkeypatch.setenv("TAS_PURE", "1" if pure else "0")
         with FPHarness(False) as h:
-            fpath, ctl_sp, cleanup = _fastpath(h, 100_000_000)
+            fpath, ctl_sp, cleanup = fastpath_on(h, 100_000_000)
             try:
                 assert isinstance(fpath.spinner, SpinLoop if pure else CSpinLoop)
                 th = threading.Thread(target=fpath.run)

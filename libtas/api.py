@@ -69,6 +69,17 @@ _M64 = 0xFFFFFFFFFFFFFFFF
 _IDS_CAP = 1024
 _CORE_BYTES = [bytes([c]) for c in range(256)]  # one entry's ``cores`` argument
 _POSTED, _FULL, _DROPPED = 1, 0, 2  # tas_app_post's done[] codes
+_APPFLOW_PTR = ffi.typeof("struct tas_appflow *")
+_APPFLOW_BYTES = layout.APPFLOW_BYTES
+_ffi_cast = ffi.cast
+_new_object = object.__new__
+# event kinds (ctlproto's binary records; JSON events are converted to them)
+_EV_NEWCONN, _EV_CONNECTED, _EV_CONN_FAILED, _EV_RESET, _EV_CLOSED = 1, 2, 3, 4, 5
+_BIN_EVENTS = ctlproto.BIN_EVENTS
+_ANC_LEN = socket.CMSG_LEN(ctlproto.MAX_FDS * 4)
+_close_record = ctlproto.close_record
+_MSG_TRUNC = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
+_MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
 
 
 def _drain_arx_twin(rings, buf: bytearray, ready: set[int]) -> list[int]:
@@ -113,6 +124,9 @@ def _post_atx_twin(rings, fp_armed, doorbells, data: bytes, cores: bytes) -> tup
             doorbells[core].ring()
     return posted, done
 
+
+# Connection._echo_status
+ECHO_DONE, ECHO_MORE, ECHO_EOF = 0, 1, 2
 
 _STATE_CONNECTING = "connecting"
 _STATE_CONNECTED = "connected"
@@ -197,6 +211,7 @@ class Stack:
         # close requests held back (Connection.close(flush=False)): sent as
         # one message before the next request, or by the next flush/poll/wait
         self._closes: list[bytes] = []
+        self._rbuf = bytearray(ctlproto.MAX_MSG + 1)  # _recv_one's
         self.doorbells: list[Doorbell] = []
         try:
             asked = {
@@ -296,7 +311,7 @@ class Stack:
             self._next_id += 1
             if op == "close":  # the per-connection one: binary, no JSON, batched
                 msg = ctlproto.encode_close(req_id, args["flow"], args["tx_head"], args["rx_tail"])
-                self._closes.append(msg[len(ctlproto.BIN_CLOSE) :])
+                self._closes.append(msg[len(ctlproto.BIN_CLOSE) :])  # (Connection.close: _post_close)
                 if not hold:
                     self._send_closes()
                 return
@@ -308,51 +323,88 @@ class Stack:
             except (BrokenPipeError, ConnectionResetError):
                 raise ConnectionResetError(errno.ECONNRESET, "TAS stack went away") from None
 
+    def _post_close(self, flow: int, tx_head: int, rx_tail: int, hold: bool) -> None:
+        """_post("close", ...) without the keyword dict: one binary record
+        (ctlproto.encode_close's, without the prefix) on the held list."""
+        with self._lock:
+            if self._closed:
+                raise _oserror(errno.EBADF, "stack closed")
+            req_id = self._next_id
+            self._next_id += 1
+            try:
+                self._closes.append(_close_record(req_id, flow, tx_head, rx_tail))
+            except struct.error as e:
+                raise ProtocolError(f"close not encodable: {e}", req_id) from None
+            if not hold:
+                self._send_closes()
+
     def _recv_one(self, flags: int) -> tuple[dict | None, list[int]]:
+        """One message from the control socket: a reply (returned with its
+        fds) or events (queued on their contexts here; returns None).
+        Received into a buffer kept for it (no 64 KiB bytes per message)."""
+        buf = self._rbuf
         try:
-            data, fds = ctlproto.recv_msg(self._sock, flags=flags)
-        except ProtocolError:
+            n, anc, msg_flags, _ = self._sock.recvmsg_into([buf], _ANC_LEN, flags)
+        except InterruptedError:
+            raise BlockingIOError(errno.EAGAIN, "interrupted") from None
+        fds: list[int] = []
+        if anc:
+            fds = ctlproto.fds_of(anc)
+        if msg_flags & _MSG_TRUNC or n > ctlproto.MAX_MSG:  # (as ctlproto.recv_msg)
+            for fd in fds:
+                os.close(fd)
             return None, []
-        if not data:
+        if not n:
             self._closed = True
             raise ConnectionResetError(errno.ECONNRESET, "TAS stack went away")
-        if data[:2] == ctlproto.BIN_EVENTS:  # a batch of events: queued on their contexts here
+        if buf[0] == 0 and buf[1] == 0x45:  # BIN_EVENTS: a batch of events, queued on their contexts
             for fd in fds:
                 os.close(fd)
             try:
-                events = ctlproto.decode_events(data)
+                recs = ctlproto.decode_events_raw(memoryview(buf)[:n])
             except ProtocolError:
                 return None, []
-            for msg in events:
-                self._dispatch_event(msg)
+            contexts = self._contexts
+            for r in recs:
+                ctx = contexts.get(r[3])
+                if ctx is not None:
+                    ctx._events.append(r)
             return None, []
         try:
-            return ctlproto.parse_message(data), fds
+            return ctlproto.parse_message(bytes(buf[:n])), fds
         except ProtocolError:
             for fd in fds:
                 os.close(fd)
             return None, []
 
     def _dispatch_event(self, msg: dict) -> None:
+        """A JSON event (parse_message) onto its context, as a record."""
         ctx = self._contexts.get(msg["ctx"])
         if ctx is not None:
-            ctx._events.append(msg)
+            try:
+                ctx._events.append(ctlproto.event_record(msg))
+            except ProtocolError:
+                pass
 
-    def _drain_events(self) -> None:
-        """Non-blocking: move every queued event to its context.  (Waits for
-        the lock if another thread is in _call: the stack answers quickly.)"""
+    def _drain_events(self, one: bool = False) -> None:
+        """Non-blocking: move every queued event to its context (``one``:
+        at most one message, for a caller that knows one is there and
+        whose next sleep returns at once if more are).  (Waits for the lock
+        if another thread is in _call: the stack answers quickly.)"""
         with self._lock:
             if self._closed:
                 return
             while True:
                 try:
-                    msg, fds = self._recv_one(socket.MSG_DONTWAIT)
+                    msg, fds = self._recv_one(_MSG_DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     return
                 for fd in fds:
                     os.close(fd)
                 if msg is not None and "ev" in msg:
                     self._dispatch_event(msg)
+                if one:
+                    return
 
     # -- public ----------------------------------------------------------------
     def context(self, rx_buf: int | None = None, tx_buf: int | None = None) -> Context:
@@ -418,7 +470,8 @@ class Context:
         self.atx_slots = rep["atx_slots"]
         self.arx_slots = rep["arx_slots"]
         self._lock = threading.RLock()
-        self._events: deque[dict] = deque()
+        # control events as ctlproto.decode_events_raw records (Stack._recv_one)
+        self._events: deque[tuple] = deque()
         self._flows: dict[int, Connection] = {}
         self._listeners: dict[int, Listener] = {}
         self._conns: weakref.WeakSet[Connection] = weakref.WeakSet()
@@ -474,6 +527,10 @@ class Context:
             if all(r is not None for r in self._atx_raw + self._arx_raw):
                 self._actx = self._make_actx(stack)
             self._mv = self.region.view()
+            # what Connection._setup needs, as plain ints
+            self._addr = int(ffi.cast("uintptr_t", self.region.addr))
+            self._heap_off = self.layout.heap_off
+            self._region_size = self.region.size
         except BaseException:
             self.region.close()
             raise
@@ -564,41 +621,40 @@ class Context:
 
     def _process_events(self) -> int:
         n = 0
-        while self._events:
-            msg = self._events.popleft()
+        events, flows = self._events, self._flows
+        while events:
+            r = events.popleft()
             n += 1
-            ev = msg["ev"]
-            if ev == "newconn":
-                info: FlowInfo = msg["flow"]
-                lst = self._listeners.get(msg["listener"])
+            kind = r[0]
+            if kind == _EV_NEWCONN:
+                lst = self._listeners.get(r[5])
                 try:
-                    conn = Connection(self, info, _STATE_CONNECTED)
+                    conn = Connection._from_record(self, r)
                 except ProtocolError:
                     continue  # bogus FlowInfo: ignore the flow
-                self._flows[info.flow] = conn
-                if lst is not None:
-                    conn._cc = lst.cc  # accepted connections inherit the listener's
+                flows[r[4]] = conn
                 if lst is None or lst._closed:
                     conn._abort_quiet()  # raced with listener close
                 else:
+                    conn._cc = lst.cc  # accepted connections inherit the listener's
                     lst._queue.append(conn)
                 continue
-            conn = self._flows.get(msg["flow"])
+            conn = flows.get(r[4])
             if conn is None:
                 continue
             self._ready.add(conn.flow_id)  # its state changed: a hint for ready_flows()
-            if ev == "connected":
+            if kind == _EV_CONNECTED:
                 if conn._state == _STATE_CONNECTING:
                     conn._state = _STATE_CONNECTED
-            elif ev == "conn_failed":  # the app still closes the flow
+            elif kind == _EV_CONN_FAILED:  # the app still closes the flow
                 conn._state = _STATE_FAILED
-                conn._error = msg["errno"]
-            elif ev == "reset":
-                conn._reset = msg["errno"] or errno.ECONNRESET
-            elif ev == "closed":  # buffers reclaimed: never touch them again
+                conn._error = r[5]
+            elif kind == _EV_RESET:
+                conn._reset = r[5] or errno.ECONNRESET
+            elif kind == _EV_CLOSED:  # buffers reclaimed: never touch them again
                 conn._reset = conn._reset or errno.ECONNRESET
                 conn._gone = True
-                self._flows.pop(conn.flow_id, None)
+                flows.pop(conn.flow_id, None)
                 self._updates.pop(conn.flow_id, None)
         return n
 
@@ -729,8 +785,8 @@ class Context:
         if ready < 0:
             self._hdr.app_armed = 0
             raise _oserror(-ready)
-        if ready & 2:  # TAS_APP_READY_SOCK
-            stack._drain_events()
+        if ready & 2:  # TAS_APP_READY_SOCK: one message (more: the next sleep returns at once)
+            stack._drain_events(True)
         n = self._process_events() if self._events else 0
         # disarm, clear the eventfd (if it rang), drain
         n += self._poll_arx(3 if ready & 1 else 1)  # TAS_APP_WAKE_DISARM | TAS_APP_WAKE_CLEAR
@@ -1048,6 +1104,18 @@ class Listener:
                 raise _oserror(errno.EBADF, "listener closed")
             return self._queue.popleft()
 
+    def _accept_queued(self) -> list[Connection]:
+        """Every connection queued now (no poll), oldest first; [] when
+        closed.  For a server that has just waited on the context."""
+        ctx = self.ctx
+        with ctx._lock:
+            q = self._queue
+            if self._closed or ctx._closed or not q:
+                return []
+            out = list(q)
+            q.clear()
+            return out
+
     @property
     def congestion_control(self) -> str:
         """getsockopt(TCP_CONGESTION) on the listener."""
@@ -1087,9 +1155,37 @@ class Connection:
     """A TCP connection whose buffers live in the context region."""
 
     def __init__(self, ctx: Context, info: FlowInfo, state: str) -> None:
+        self._info = info
+        self._setup(ctx, info.flow, info.gen, info.core, info.appflow_off, info.rx_off, info.rx_len,
+                    info.tx_off, info.tx_len, state)
+
+    @classmethod
+    def _from_record(cls, ctx: Context, r: tuple) -> Connection:
+        """An accepted connection from a checked ``newconn`` record
+        (ctlproto.decode_events_raw): its FlowInfo is built only if asked
+        for (``info``)."""
+        conn = _new_object(cls)
+        conn._info = None
+        conn._rec = r
+        conn._setup(ctx, r[4], r[2], r[1], r[6], r[7], r[8], r[9], r[10], _STATE_CONNECTED)
+        return conn
+
+    def _setup(
+        self, ctx: Context, flow: int, gen: int, core: int, af_off: int, rx_off: int, rx_len: int,
+        tx_off: int, tx_len: int, state: str,
+    ) -> None:
+        heap, end = ctx._heap_off, ctx._region_size
+        if (
+            af_off < heap
+            or af_off + _APPFLOW_BYTES > end
+            or rx_off < heap
+            or rx_off + rx_len > end
+            or tx_off < heap
+            or tx_off + tx_len > end
+        ):
+            raise ProtocolError(f"flow {flow}: buffer outside the context heap")
         self.ctx = ctx
-        self.info = info
-        self.flow_id = info.flow
+        self.flow_id = flow
         self._state = state
         self._error = 0
         self._reset = 0  # errno of a reset event
@@ -1101,26 +1197,27 @@ class Connection:
         self._rx_tail = 0
         self._tx_head = 0
         self._rx_posted = 0
-        region = ctx.region
-        end = region.size
-        for off, n in (
-            (info.appflow_off, layout.APPFLOW_BYTES),
-            (info.rx_off, info.rx_len),
-            (info.tx_off, info.tx_len),
-        ):
-            if off < ctx.layout.heap_off or off + n > end:
-                raise ProtocolError(f"flow {info.flow}: buffer outside the context heap")
-        self._af = region.cast("struct tas_appflow", info.appflow_off)
-        self._rx = ctx._mv[info.rx_off : info.rx_off + info.rx_len]
-        self._tx = ctx._mv[info.tx_off : info.tx_off + info.tx_len]
-        self._rx_mask = info.rx_len - 1
-        self._tx_mask = info.tx_len - 1
-        # FlowInfo is frozen: its hot fields as plain attributes
-        self._rx_len = info.rx_len
-        self._tx_len = info.tx_len
-        self._core = info.core
-        self._gen = info.gen
+        self._af = _ffi_cast(_APPFLOW_PTR, ctx._addr + af_off)
+        mv = ctx._mv
+        self._rx = mv[rx_off : rx_off + rx_len]
+        self._tx = mv[tx_off : tx_off + tx_len]
+        self._rx_mask = rx_len - 1
+        self._tx_mask = tx_len - 1
+        # the FlowInfo's hot fields as plain attributes
+        self._rx_len = rx_len
+        self._tx_len = tx_len
+        self._core = core
+        self._gen = gen
         ctx._conns.add(self)
+
+    @property
+    def info(self) -> FlowInfo:
+        """The flow's FlowInfo (docs/CONTROL.md); an accepted connection's is
+        built on first use."""
+        info = self._info
+        if info is None:
+            info = self._info = ctlproto.record_flowinfo(self._rec)
+        return info
 
     def __repr__(self) -> str:
         return f"<libtas.Connection {self.local_address}->{self.remote_address} {self._state}>"
@@ -1167,13 +1264,13 @@ class Connection:
         if self._gone:
             return 0
         avail = (self._af.rx_head - self._rx_tail) & 0xFFFFFFFFFFFFFFFF
-        return avail if avail <= self.info.rx_len else 0  # never trust a bogus head
+        return avail if avail <= self._rx_len else 0  # never trust a bogus head
 
     def _tx_free(self) -> int:
         if self._gone:
             return 0
         used = (self._tx_head - self._af.tx_acked) & 0xFFFFFFFFFFFFFFFF
-        return self.info.tx_len - used if used <= self.info.tx_len else 0
+        return self._tx_len - used if used <= self._tx_len else 0
 
     def _check_usable(self) -> None:
         if self._state == _STATE_CLOSED:
@@ -1208,7 +1305,7 @@ class Connection:
         # path only when the window it advertises has shrunk to half the
         # buffer or a quarter of the buffer was freed; small reads ride
         # along with the next send's update instead of costing one each.
-        rx_len = self.info.rx_len
+        rx_len = self._rx_len
         if was_full or freed >= rx_len // 4 or self._af.rx_head - self._rx_posted >= rx_len // 2:
             self.ctx._queue_update(self)
 
@@ -1272,7 +1369,7 @@ class Connection:
                 self._check_usable()
             n = min(space, len(mv))
             pos = self._tx_head & self._tx_mask
-            first = min(n, self.info.tx_len - pos)
+            first = min(n, self._tx_len - pos)
             self._tx[pos : pos + first] = mv[:first]
             if n > first:
                 self._tx[: n - first] = mv[first:n]
@@ -1323,13 +1420,13 @@ class Connection:
 
     def _copy_out(self, dst: memoryview, n: int) -> None:
         pos = self._rx_tail & self._rx_mask
-        first = min(n, self.info.rx_len - pos)
+        first = min(n, self._rx_len - pos)
         dst[:first] = self._rx[pos : pos + first]
         if n > first:
             dst[first:n] = self._rx[: n - first]
 
     def _consume_locked(self, n: int, avail: int) -> None:
-        was_full = avail >= self.info.rx_len
+        was_full = avail >= self._rx_len
         self._rx_tail += n
         self._after_consume(was_full)
         self.ctx._flush()
@@ -1374,7 +1471,7 @@ class Connection:
                 raise _reset_error(self._reset)
             avail = self._rx_avail()
             pos = self._rx_tail & self._rx_mask
-            k = min(avail, self.info.rx_len - pos)
+            k = min(avail, self._rx_len - pos)
             return self._rx[pos : pos + k].toreadonly()
 
     def consume(self, n: int) -> None:
@@ -1425,7 +1522,7 @@ class Connection:
             if not n:
                 return 0
             rx, tx = self._rx, dst._tx
-            rx_len, tx_len = self.info.rx_len, dst.info.tx_len
+            rx_len, tx_len = self._rx_len, dst._tx_len
             src = self._rx_tail & self._rx_mask
             out = dst._tx_head & dst._tx_mask
             left = n
@@ -1515,6 +1612,28 @@ class Connection:
         finally:
             lock.release()
 
+    def _echo_status(self, flush: bool) -> int:
+        """For the echo server: echo() in the plain state, saying what is
+        left: ECHO_DONE (everything echoed: echo() would return False),
+        ECHO_EOF (everything echoed and the peer's FIN seen, no reset: the
+        connection is at EOF), ECHO_MORE (input left, or any other state:
+        go the general way, splice_to/readable/at_eof)."""
+        lock = self.ctx._lock
+        lock.acquire()
+        try:
+            if self._echo_locked(flush) < 0:
+                return ECHO_MORE
+            af = self._af
+            avail = (af.rx_head - self._rx_tail) & _M64
+            if avail:
+                return ECHO_MORE
+            flags = af.flags
+            if not flags & (TAS_AF_RX_FIN | TAS_AF_RESET):
+                return ECHO_DONE
+            return ECHO_EOF if not flags & TAS_AF_RESET else ECHO_MORE
+        finally:
+            lock.release()
+
     # -- teardown -------------------------------------------------------------------------
     def shutdown(self, how: int) -> None:
         """SHUT_WR: send FIN after the bytes written so far.  SHUT_RD: recv()
@@ -1552,9 +1671,7 @@ class Connection:
                 return
             # no reply awaited: the stack queues the FIN after tx_head (or
             # resets if rx_tail left data unread) in request order
-            self.ctx.stack._post(
-                "close", hold=not flush, flow=self.flow_id, tx_head=self._tx_head, rx_tail=self._rx_tail
-            )
+            self.ctx.stack._post_close(self.flow_id, self._tx_head, self._rx_tail, not flush)
 
     @property
     def congestion_control(self) -> str:

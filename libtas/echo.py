@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from libtas.api import Connection, Stack
+from libtas.api import ECHO_DONE, ECHO_EOF, Connection, Stack
 
 log = logging.getLogger("tas.echo")
 CHUNK = 256 << 10
@@ -52,17 +52,13 @@ class EchoServer:
         self.timer_sweeps = 0
 
     def _accept_all(self) -> list[Connection]:
-        new = []
         # wait() has just drained the control events: take what is queued
-        # (accept() does not poll while its queue is not empty)
-        while self.listener._queue:
-            try:
-                conn = self.listener.accept(timeout=0)
-            except BlockingIOError:
-                break
-            self.conns[conn.flow_id] = conn
-            self.served += 1
-            new.append(conn)
+        # (what accept() returns one call at a time, without polling)
+        new = self.listener._accept_queued()
+        conns = self.conns
+        for conn in new:
+            conns[conn.flow_id] = conn
+        self.served += len(new)
         return new
 
     def _service(self, conn: Connection) -> bool:
@@ -76,10 +72,16 @@ class EchoServer:
         self.serviced += 1
         fid = conn.flow_id
         try:
-            if not conn.echo(False):  # (flush=False) all echoed (the common case): splice + readable in one
+            # (flush=False) echo() in one call, also saying whether the
+            # connection is at EOF (then close it)
+            st = conn._echo_status(False)
+            if st == ECHO_DONE:  # all echoed (the common case)
                 if self._blocked:
                     self._blocked.pop(fid, None)
                 return True
+            if st == ECHO_EOF:  # what the loop below finds: moved nothing, readable, at_eof
+                conn.close(flush=False)  # sent with this pass's others (ctx.flush below)
+                return False
             while True:
                 moved = conn.splice_to(conn, flush=False)  # rx buffer -> tx buffer, one update
                 if not conn.readable():  # all echoed (the common case)
@@ -105,15 +107,22 @@ class EchoServer:
         ready = ctx.ready_flows()
         lost = ctx.hints_lost()
         if not (
-            new
-            or lost
+            lost
             or self._blocked
             or (not n and time.monotonic() - self._last_sweep > self.SAFETY_SWEEP_S)
         ):
-            # the common case: only flows the fast path named, each once
-            # (a set), no dict of them to build
+            # the common case: the connections just accepted, then the flows
+            # the fast path named, each once (a set), no dict of them to build
             conns, service = self.conns, self._service
             any_ = False
+            if new:
+                any_ = True
+                for conn in new:
+                    if not service(conn):
+                        conns.pop(conn.flow_id, None)
+                        self._blocked.pop(conn.flow_id, None)
+                if ready:
+                    ready = ready.difference([c.flow_id for c in new])
             for fid in ready:
                 conn = conns.get(fid)
                 if conn is not None:

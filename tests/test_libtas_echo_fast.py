@@ -55,7 +55,7 @@ def _conn(st: dict) -> api.Connection:
     rx_len, tx_len = len(rx), len(tx)
     c.__dict__.update(
         ctx=ctx,
-        info=types.SimpleNamespace(rx_len=rx_len, tx_len=tx_len, core=0, gen=1, flow=7),
+        _info=types.SimpleNamespace(rx_len=rx_len, tx_len=tx_len, core=0, gen=1, flow=7),
         flow_id=7,
         _state=st["state"],
         _error=errno.ECONNREFUSED,

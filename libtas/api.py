@@ -27,6 +27,7 @@ thread (they share the Stack's control socket, which has its own lock).
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import select
 import socket
@@ -34,6 +35,7 @@ import struct
 import threading
 import time
 import weakref
+from array import array as _array
 from collections import deque
 from collections.abc import Callable
 
@@ -70,6 +72,12 @@ _IDS_CAP = 1024
 _CORE_BYTES = [bytes([c]) for c in range(256)]  # one entry's ``cores`` argument
 _POSTED, _FULL, _DROPPED = 1, 0, 2  # tas_app_post's done[] codes
 _APPFLOW_PTR = ffi.typeof("struct tas_appflow *")
+_APP_FLOW = ffi.typeof("struct tas_app_flow *")
+_U8_PTR = ffi.typeof("uint8_t *")
+_ffi_new = ffi.new
+_NULL = ffi.NULL
+_ECHO_UNPOSTED = 16  # or-ed into an outcome: the flow's update found its ring full
+_ECHO_TAB0 = 1024  # the echo table's first size (flow ids; it doubles as needed)
 _APPFLOW_BYTES = layout.APPFLOW_BYTES
 _ffi_cast = ffi.cast
 _new_object = object.__new__
@@ -125,8 +133,86 @@ def _post_atx_twin(rings, fp_armed, doorbells, data: bytes, cores: bytes) -> tup
     return posted, done
 
 
-# Connection._echo_status
-ECHO_DONE, ECHO_MORE, ECHO_EOF = 0, 1, 2
+# Connection._echo_status and Context._echo_flows (tas_app_echo's TAS_ECHO_*)
+ECHO_DONE, ECHO_SKIP, ECHO_MORE, ECHO_EOF = 0, 1, 2, 3
+
+def _echo_twin(conns: dict, ids, post) -> list[tuple[int, int]]:
+    """Python twin of tas_app_echo over Connections (their records, appflow
+    blocks and buffer views): ``conns`` maps flow ids to the connections the
+    kernel may serve (``_fl.echo`` set), ``post(data, cores)`` posts packed
+    ATX entries as _post_atx_twin and returns (posted, done).  Returns the
+    (flow id, outcome) pairs tas_app_echo writes to out_ids/out_st."""
+    out: list[list[int]] = []
+    entries: list[bytes] = []
+    owners: list[tuple] = []  # (record, its out slot or None), one per entry
+    pack = _ATX.pack
+
+    def post_batch() -> None:
+        _, done = post(b"".join(entries), bytes([fl.core for fl, _ in owners]))
+        for j, (fl, slot) in enumerate(owners):
+            if done[j] == _POSTED:
+                fl.rx_posted = fl.rx_tail
+            elif done[j] == _FULL:
+                if slot is None:
+                    slot = len(out)
+                    out.append([fl.flow_id, ECHO_DONE])
+                out[slot][1] |= _ECHO_UNPOSTED
+        entries.clear()
+        owners.clear()
+
+    for fid in ids:
+        conn = conns.get(fid)
+        if conn is None or not conn._fl.echo:
+            out.append([fid, ECHO_SKIP])
+            continue
+        fl, af = conn._fl, conn._af
+        moved = False
+        if af.flags & TAS_AF_RESET:
+            st = ECHO_MORE
+        else:
+            rx_len, tx_len = fl.rx_len, fl.tx_len
+            tail, head = fl.rx_tail, fl.tx_head
+            avail = (af.rx_head - tail) & _M64
+            if avail > rx_len:  # never trust a bogus head
+                st = ECHO_MORE
+            else:
+                used = (head - af.tx_acked) & _M64
+                n = 0 if used > tx_len else min(avail, tx_len - used)
+                if n:
+                    rx, tx = conn._rx, conn._tx
+                    src, dst, left = tail & (rx_len - 1), head & (tx_len - 1), n
+                    while left:  # at most three pieces: each buffer wraps at most once
+                        k = min(left, rx_len - src, tx_len - dst)
+                        tx[dst : dst + k] = rx[src : src + k]
+                        src = (src + k) & (rx_len - 1)
+                        dst = (dst + k) & (tx_len - 1)
+                        left -= k
+                    fl.rx_tail = (tail + n) & _M64
+                    fl.tx_head = (head + n) & _M64
+                    moved = True
+                if n < avail:
+                    st = ECHO_MORE
+                else:
+                    flags = af.flags
+                    if (af.rx_head - fl.rx_tail) & _M64:  # input that arrived meanwhile
+                        st = ECHO_MORE
+                    elif not flags & (TAS_AF_RX_FIN | TAS_AF_RESET):
+                        st = ECHO_DONE
+                    else:
+                        st = ECHO_MORE if flags & TAS_AF_RESET else ECHO_EOF
+        slot = None
+        if st != ECHO_DONE:
+            slot = len(out)
+            out.append([fid, st])
+        if moved:
+            entries.append(pack(fl.flow_id, fl.gen, TAS_ATX_UPDATE, fl.rx_tail, fl.tx_head, 0))
+            owners.append((fl, slot))
+            if len(owners) == _ARX_BATCH:
+                post_batch()
+    if owners:
+        post_batch()
+    return [(fid, st) for fid, st in out]
+
 
 _STATE_CONNECTING = "connecting"
 _STATE_CONNECTED = "connected"
@@ -526,6 +612,13 @@ class Context:
             self._actx = None
             if all(r is not None for r in self._atx_raw + self._arx_raw):
                 self._actx = self._make_actx(stack)
+            # the echo kernel's table: flow id -> struct tas_app_flow * of the
+            # connections it may serve (kept alive by _echo_conns)
+            self._echo_tab = ffi.new("struct tas_app_flow *[]", _ECHO_TAB0)
+            self._echo_conns: dict[int, Connection] = {}
+            self._echo_ids = ffi.new("uint32_t[]", 64)
+            self._echo_out_ids = ffi.new("uint32_t[]", 64)
+            self._echo_out_st = ffi.new("uint8_t[]", 64)
             self._mv = self.region.view()
             # what Connection._setup needs, as plain ints
             self._addr = int(ffi.cast("uintptr_t", self.region.addr))
@@ -579,7 +672,8 @@ class Context:
         actx = self._actx
         if len(updates) == 1:  # the common case (one request, one reply): no lists
             (c,) = updates.values()
-            data = _ATX.pack(c.flow_id, c._gen, TAS_ATX_UPDATE, c._rx_tail, c._tx_head, 0)
+            fl = c._fl
+            data = _ATX.pack(c.flow_id, c._gen, TAS_ATX_UPDATE, fl.rx_tail, fl.tx_head, 0)
             if actx is not None:
                 done = self._done
                 posted = lib.tas_app_post(actx, data, _CORE_BYTES[c._core], 1, done)
@@ -588,7 +682,7 @@ class Context:
                     self._atx, self._fp_armed, self.stack.doorbells, data, _CORE_BYTES[c._core]
                 )
             if posted:
-                c._rx_posted = c._rx_tail
+                fl.rx_posted = fl.rx_tail
                 self._updates = {}
             elif done[0] == _DROPPED:
                 self._updates = {}
@@ -619,6 +713,100 @@ class Context:
                 left[c.flow_id] = c
         self._updates = left
 
+    # -- the echo kernel (tas_app_echo) -------------------------------------------
+    def _echo_add(self, conn: Connection) -> None:
+        """Let _echo_flows() serve conn in the echo kernel while it stays in
+        the plain state (connected; no reset, shutdown or close), which is
+        what Connection.echo() does in Python.  For the echo server."""
+        with self._lock:
+            if (
+                self._closed
+                or conn.ctx is not self
+                or conn._state != _STATE_CONNECTED
+                or conn._reset
+                or conn._gone
+                or conn._shut_rd
+                or conn._shut_wr
+            ):
+                return
+            fid = conn.flow_id
+            tab = self._echo_tab
+            if fid >= len(tab):
+                size = max(fid + 1, 2 * len(tab))
+                new = ffi.new("struct tas_app_flow *[]", size)
+                ffi.memmove(new, tab, len(tab) * ffi.sizeof("void *"))
+                self._echo_tab = tab = new
+            old = self._echo_conns.get(fid)
+            if old is not None and old is not conn:
+                old._fl.echo = 0
+            tab[fid] = conn._fl
+            self._echo_conns[fid] = conn
+            conn._fl.echo = 1
+
+    def _echo_drop(self, conn: Connection) -> None:
+        """conn leaves the echo kernel (lock held)."""
+        conn._fl.echo = 0
+        fid = conn.flow_id
+        if self._echo_conns.get(fid) is conn:
+            del self._echo_conns[fid]
+            self._echo_tab[fid] = _NULL
+
+    def _echo_flows(self, ids) -> list[tuple[int, int]]:
+        """Echo the flows named by ids (a collection of flow ids, e.g.
+        ready_flows()) that _echo_add() gave the kernel, in one call
+        (tas_app_echo, or its twin): copy what is readable into their own
+        send buffers and post their updates.  Returns (flow id, outcome)
+        for every flow not simply done: ECHO_SKIP (not the kernel's: look
+        at it as usual), ECHO_MORE (input left, reset, ...: the general
+        path), ECHO_EOF (all echoed and the peer's FIN seen: close it).  An
+        update that found its ring full is queued for the next flush."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._closed:
+                return [(fid, ECHO_SKIP) for fid in ids]
+            actx = self._actx
+            if actx is None:  # the pure twin (TAS_PURE=1)
+                res = _echo_twin(
+                    self._echo_conns,
+                    ids,
+                    lambda d, c: _post_atx_twin(self._atx, self._fp_armed, self.stack.doorbells, d, c),
+                )
+            else:
+                n = len(ids)
+                cids = self._echo_ids
+                if n > len(cids):
+                    size = max(n, 2 * len(cids))
+                    cids = self._echo_ids = ffi.new("uint32_t[]", size)
+                    self._echo_out_ids = ffi.new("uint32_t[]", size)
+                    self._echo_out_st = ffi.new("uint8_t[]", size)
+                if n == 1:
+                    for fid in ids:
+                        cids[0] = fid
+                else:
+                    ffi.memmove(cids, _array("I", ids), 4 * n)
+                tab = self._echo_tab
+                k = lib.tas_app_echo(actx, tab, len(tab), cids, n, self._echo_out_ids, self._echo_out_st)
+                if not k:
+                    return []
+                oids, ost = self._echo_out_ids, self._echo_out_st
+                res = [(oids[i], ost[i]) for i in range(k)]
+            if not res:
+                return res
+            out = []
+            for fid, st in res:
+                if st & _ECHO_UNPOSTED:  # its update waits for the next flush
+                    conn = self._echo_conns.get(fid)
+                    if conn is not None:
+                        self._updates[fid] = conn
+                    st &= ~_ECHO_UNPOSTED
+                    if st == ECHO_DONE:
+                        continue
+                out.append((fid, st))
+            return out
+        finally:
+            lock.release()
+
     def _process_events(self) -> int:
         n = 0
         events, flows = self._events, self._flows
@@ -643,6 +831,8 @@ class Context:
             if conn is None:
                 continue
             self._ready.add(conn.flow_id)  # its state changed: a hint for ready_flows()
+            if kind != _EV_CONNECTED:
+                conn._fl.echo = 0  # not the plain state any more: no echo kernel
             if kind == _EV_CONNECTED:
                 if conn._state == _STATE_CONNECTING:
                     conn._state = _STATE_CONNECTED
@@ -1039,6 +1229,10 @@ class Context:
             return
         self._closed = True
         self._actx = None  # (it points into the rings closed below)
+        for conn in self._echo_conns.values():
+            conn._fl.echo = 0
+        self._echo_conns = {}
+        self._echo_tab = ffi.new("struct tas_app_flow *[]", 1)
         self.stack._contexts.pop(self.ctx_id, None)
         for ring in self._atx + self._arx:
             close = getattr(ring, "close", None)
@@ -1151,6 +1345,15 @@ class Listener:
         self.close()
 
 
+def _fl_field(name: str) -> property:
+    """A Connection attribute kept in its struct tas_app_flow."""
+
+    def set_(self, value: int) -> None:
+        setattr(self._fl, name, value)
+
+    return property(operator.attrgetter("_fl." + name), set_)
+
+
 class Connection:
     """A TCP connection whose buffers live in the context region."""
 
@@ -1194,10 +1397,19 @@ class Connection:
         self._gone = False  # `closed` event seen
         self._shut_wr = False
         self._shut_rd = False
-        self._rx_tail = 0
-        self._tx_head = 0
-        self._rx_posted = 0
-        self._af = _ffi_cast(_APPFLOW_PTR, ctx._addr + af_off)
+        addr = ctx._addr
+        af = self._af = _ffi_cast(_APPFLOW_PTR, addr + af_off)
+        # positions (rx_tail, tx_head, rx_posted) live in a struct
+        # tas_app_flow, shared with the echo kernel (tas_app_echo)
+        fl = self._fl = _ffi_new(_APP_FLOW)
+        fl.af = af
+        fl.rx = _ffi_cast(_U8_PTR, addr + rx_off)
+        fl.tx = _ffi_cast(_U8_PTR, addr + tx_off)
+        fl.rx_len = rx_len
+        fl.tx_len = tx_len
+        fl.flow_id = flow
+        fl.gen = gen
+        fl.core = core
         mv = ctx._mv
         self._rx = mv[rx_off : rx_off + rx_len]
         self._tx = mv[tx_off : tx_off + tx_len]
@@ -1209,6 +1421,11 @@ class Connection:
         self._core = core
         self._gen = gen
         ctx._conns.add(self)
+
+    # the positions, in the record (self._fl)
+    _rx_tail = _fl_field("rx_tail")  # bytes consumed
+    _tx_head = _fl_field("tx_head")  # bytes written
+    _rx_posted = _fl_field("rx_posted")  # rx_tail of the last update posted
 
     @property
     def info(self) -> FlowInfo:
@@ -1558,13 +1775,14 @@ class Connection:
         af = self._af
         if af.flags & TAS_AF_RESET:
             return -1
+        fl = self._fl
         rx_len = self._rx_len
-        tail = self._rx_tail
+        tail = fl.rx_tail
         avail = (af.rx_head - tail) & _M64
         if avail > rx_len:  # never trust a bogus head
             return 0
         tx_len = self._tx_len
-        head = self._tx_head
+        head = fl.tx_head
         used = (head - af.tx_acked) & _M64
         if used > tx_len:
             return 0
@@ -1585,8 +1803,8 @@ class Connection:
                 src = (src + k) & rx_mask
                 out = (out + k) & tx_mask
                 left -= k
-        self._tx_head = head + n
-        self._rx_tail = tail + n
+        fl.tx_head = head + n
+        fl.rx_tail = tail + n
         # one update carries both positions (what _after_consume would queue
         # for the rx side is this same flow's update)
         ctx._updates[self.flow_id] = self
@@ -1624,10 +1842,9 @@ class Connection:
             if self._echo_locked(flush) < 0:
                 return ECHO_MORE
             af = self._af
-            avail = (af.rx_head - self._rx_tail) & _M64
-            if avail:
+            flags = af.flags  # (before rx_head: with FIN seen, rx_head is final)
+            if (af.rx_head - self._fl.rx_tail) & _M64:
                 return ECHO_MORE
-            flags = af.flags
             if not flags & (TAS_AF_RX_FIN | TAS_AF_RESET):
                 return ECHO_DONE
             return ECHO_EOF if not flags & TAS_AF_RESET else ECHO_MORE
@@ -1645,6 +1862,7 @@ class Connection:
             self._check_usable()
             if self._state == _STATE_CONNECTING:
                 raise _oserror(errno.ENOTCONN)
+            self._fl.echo = 0  # not the plain state any more: no echo kernel
             if how in (socket.SHUT_RD, socket.SHUT_RDWR):
                 self._shut_rd = True
             if how in (socket.SHUT_WR, socket.SHUT_RDWR) and not self._shut_wr:
@@ -1716,8 +1934,11 @@ class Connection:
 
     def _release(self) -> None:
         self._state = _STATE_CLOSED
-        self.ctx._flows.pop(self.flow_id, None)
-        self.ctx._updates.pop(self.flow_id, None)
+        ctx = self.ctx
+        ctx._flows.pop(self.flow_id, None)
+        ctx._updates.pop(self.flow_id, None)
+        if self._fl.echo:
+            ctx._echo_drop(self)
         self._drop_views()
 
     def _drop_views(self) -> None:

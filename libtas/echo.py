@@ -50,14 +50,17 @@ class EchoServer:
         self.serviced = 0
         self.sweeps = 0
         self.timer_sweeps = 0
+        self.trace: list[int] | None = None  # (tests) a list: flow ids looked at are appended
 
     def _accept_all(self) -> list[Connection]:
         # wait() has just drained the control events: take what is queued
         # (what accept() returns one call at a time, without polling)
         new = self.listener._accept_queued()
         conns = self.conns
+        echo_add = self.ctx._echo_add  # the echo kernel serves it (Context._echo_flows)
         for conn in new:
             conns[conn.flow_id] = conn
+            echo_add(conn)
         self.served += len(new)
         return new
 
@@ -71,6 +74,8 @@ class EchoServer:
         The update is posted with the others of this pass (flush=False)."""
         self.serviced += 1
         fid = conn.flow_id
+        if self.trace is not None:
+            self.trace.append(fid)
         try:
             # (flush=False) echo() in one call, also saying whether the
             # connection is at EOF (then close it)
@@ -98,6 +103,13 @@ class EchoServer:
             conn.abort()
             return False
 
+    def _close(self, conn: Connection) -> None:
+        """A connection at EOF: close it (sent with this pass's others)."""
+        try:
+            conn.close(flush=False)
+        except (ConnectionResetError, BrokenPipeError, TimeoutError, OSError):
+            conn.abort()
+
     def serve_once(self, timeout: float = 0.2) -> None:
         """Wait for the doorbell (at most timeout), then serve the flows
         that have something (see the class docstring)."""
@@ -123,14 +135,24 @@ class EchoServer:
                         self._blocked.pop(conn.flow_id, None)
                 if ready:
                     ready = ready.difference([c.flow_id for c in new])
-            for fid in ready:
-                conn = conns.get(fid)
-                if conn is not None:
+            if ready:
+                # one call echoes them all (Context._echo_flows: the echo
+                # kernel); the rest (EOF, input left, ...) are looked at here
+                self.serviced += len(ready)
+                if self.trace is not None:
+                    self.trace.extend(ready)
+                for fid, st in ctx._echo_flows(ready):
+                    conn = conns.get(fid)
+                    if conn is None:
+                        continue
                     any_ = True
-                    if not service(conn):
-                        conns.pop(fid, None)
-                        self._blocked.pop(fid, None)
-            if any_:
+                    if st == ECHO_EOF:  # all echoed, the peer's FIN seen
+                        self._close(conn)
+                    elif service(conn):
+                        continue
+                    conns.pop(fid, None)
+                    self._blocked.pop(fid, None)
+            if any_ or ctx._updates or self.stack._closes:
                 ctx.flush()
             return
         now = time.monotonic()

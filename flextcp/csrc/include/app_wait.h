@@ -22,6 +22,11 @@
 #define TAS_APP_WAKE_DISARM 1  /* tas_app_drain: clear app_armed first */
 #define TAS_APP_WAKE_CLEAR 2   /* tas_app_drain: and read the eventfd */
 #define TAS_APP_DRAIN_MORE 4   /* tas_app_drain: continue a drain (keep got) */
+#define TAS_ECHO_DONE 0        /* tas_app_echo: everything readable echoed (not reported) */
+#define TAS_ECHO_SKIP 1        /* tas_app_echo: not an echo flow of the table: the caller looks */
+#define TAS_ECHO_MORE 2        /* tas_app_echo: input left, reset or bogus positions: general path */
+#define TAS_ECHO_EOF 3         /* tas_app_echo: everything echoed, peer's FIN, no reset: close */
+#define TAS_ECHO_UNPOSTED 16   /* tas_app_echo (or-ed in): its update found the ring full */
 
 /* One context as libtas sees it (process-local; filled by libtas). */
 struct tas_app_ctx {
@@ -35,6 +40,23 @@ struct tas_app_ctx {
     uint32_t arx_slots;
     uint32_t overflows;           /* out: rings whose got >= arx_slots */
     uint32_t got[16];             /* out: entries drained per ring */
+};
+
+/* One connection as libtas keeps it (process-local, one per Connection:
+ * its positions live here, so the echo kernel and Python share them). */
+struct tas_app_flow {
+    struct tas_appflow *af;       /* the flow's appflow block (region) */
+    uint8_t *rx;                  /* rx buffer (region), rx_len bytes */
+    uint8_t *tx;                  /* tx buffer (region), tx_len bytes */
+    uint64_t rx_tail;             /* bytes the app consumed */
+    uint64_t tx_head;             /* bytes the app wrote */
+    uint64_t rx_posted;           /* rx_tail of the last ATX update posted */
+    uint32_t rx_len;              /* powers of two */
+    uint32_t tx_len;
+    uint32_t flow_id;
+    uint16_t gen;
+    uint8_t core;
+    uint8_t echo;                 /* 1: tas_app_echo may serve it (plain state) */
 };
 
 /* Drain every ARX ring (until a dequeue comes up short) and write the
@@ -65,5 +87,17 @@ int32_t tas_app_sleep(int32_t evfd, int32_t sockfd, int64_t timeout_us);
  * write its eventfd.  Returns the entries posted. */
 uint32_t tas_app_post(struct tas_app_ctx *c, const void *src, const uint8_t *cores,
                       uint32_t n, uint8_t *done);
+
+/* The echo server's pass over the flows the fast path named: for each of
+ * the n ids (duplicates allowed), tab[id] (id < tab_n, non-NULL, echo
+ * set) gets what is readable copied into its own tx buffer as far as it
+ * fits (libtas Connection.echo(): rx_tail and tx_head advance), one ATX
+ * update per flow that moved is posted (in id order per core, then the
+ * armed cores rung, as tas_app_post; posted: rx_posted = rx_tail).  Every
+ * id whose outcome is not TAS_ECHO_DONE is written to out_ids/out_st
+ * (SKIP, MORE or EOF, | UNPOSTED when its update found the ring full: the
+ * caller queues it); returns how many.  out_ids/out_st hold n entries. */
+uint32_t tas_app_echo(struct tas_app_ctx *c, struct tas_app_flow *const *tab, uint32_t tab_n,
+                      const uint32_t *ids, uint32_t n, uint32_t *out_ids, uint8_t *out_st);
 
 #endif /* TAS_APP_WAIT_H */

@@ -34,7 +34,6 @@ import socket
 import struct
 import threading
 import time
-import weakref
 from array import array as _array
 from collections import deque
 from collections.abc import Callable
@@ -372,6 +371,12 @@ class Stack:
     def _send_closes(self) -> None:
         """Send the held-back close requests (lock held), many per message."""
         recs, self._closes = self._closes, []
+        if len(recs) == 1:  # the common case
+            try:
+                self._sock.send(ctlproto.BIN_CLOSE + recs[0])
+            except (BrokenPipeError, ConnectionResetError):
+                raise ConnectionResetError(errno.ECONNRESET, "TAS stack went away") from None
+            return
         step = (ctlproto.MAX_MSG - len(ctlproto.BIN_CLOSE)) // len(recs[0])
         try:
             for i in range(0, len(recs), step):
@@ -560,7 +565,10 @@ class Context:
         self._events: deque[tuple] = deque()
         self._flows: dict[int, Connection] = {}
         self._listeners: dict[int, Listener] = {}
-        self._conns: weakref.WeakSet[Connection] = weakref.WeakSet()
+        # connections whose buffer views outlived them (a recv_view() still
+        # held when they were released): released again at teardown; the
+        # open ones are in _flows
+        self._pinned: list[Connection] = []
         self._updates: dict[int, Connection] = {}  # flow id -> connection with a pending update
         # fast-path notifications (ARX entries) seen by any poll, internal ones
         # included: ``_hints`` makes the next wait() return at once (a hint an
@@ -617,11 +625,20 @@ class Context:
             self._echo_tab = ffi.new("struct tas_app_flow *[]", _ECHO_TAB0)
             self._echo_conns: dict[int, Connection] = {}
             self._echo_ids = ffi.new("uint32_t[]", 64)
-            self._echo_out_ids = ffi.new("uint32_t[]", 64)
-            self._echo_out_st = ffi.new("uint8_t[]", 64)
+            # outcomes of _echo_flows and of the drains' echo (_echo_in_drain)
+            self._echo_out_ids = ffi.new("uint32_t[]", _IDS_CAP)
+            self._echo_out_st = ffi.new("uint8_t[]", _IDS_CAP)
+            self._echo_drain = False
+            self._echo_att: list[tuple[int, int]] = []
+            self._echo_seen = 0  # flow ids the drains' echo took (the echo server counts them)
+            if self._actx is not None:
+                a = self._actx
+                a.echo_tab, a.echo_tab_n = self._echo_tab, len(self._echo_tab)
+                a.echo_ids, a.echo_st = self._echo_out_ids, self._echo_out_st
             self._mv = self.region.view()
             # what Connection._setup needs, as plain ints
             self._addr = int(ffi.cast("uintptr_t", self.region.addr))
+            self._base = ffi.cast("uint8_t *", self.region.addr)
             self._heap_off = self.layout.heap_off
             self._region_size = self.region.size
         except BaseException:
@@ -714,34 +731,87 @@ class Context:
         self._updates = left
 
     # -- the echo kernel (tas_app_echo) -------------------------------------------
-    def _echo_add(self, conn: Connection) -> None:
-        """Let _echo_flows() serve conn in the echo kernel while it stays in
-        the plain state (connected; no reset, shutdown or close), which is
-        what Connection.echo() does in Python.  For the echo server."""
+    def _echo_add(self, conns: list[Connection]) -> None:
+        """Let _echo_flows() serve these connections in the echo kernel
+        while they stay in the plain state (connected; no reset, shutdown or
+        close), which is what Connection.echo() does in Python.  For the
+        echo server."""
         with self._lock:
-            if (
-                self._closed
-                or conn.ctx is not self
-                or conn._state != _STATE_CONNECTED
-                or conn._reset
-                or conn._gone
-                or conn._shut_rd
-                or conn._shut_wr
-            ):
+            if not self._closed:
+                for conn in conns:
+                    self._echo_add_one(conn)
+
+    def _echo_add_one(self, conn: Connection) -> None:
+        if (
+            conn.ctx is not self
+            or conn._state != _STATE_CONNECTED
+            or conn._reset
+            or conn._gone
+            or conn._shut_rd
+            or conn._shut_wr
+        ):
+            return
+        fid = conn.flow_id
+        tab = self._echo_tab
+        if fid >= len(tab):
+            size = max(fid + 1, 2 * len(tab))
+            new = ffi.new("struct tas_app_flow *[]", size)
+            ffi.memmove(new, tab, len(tab) * ffi.sizeof("void *"))
+            self._echo_tab = tab = new
+            if self._actx is not None:
+                self._actx.echo_tab, self._actx.echo_tab_n = tab, size
+        old = self._echo_conns.get(fid)
+        if old is not None and old is not conn:
+            old._fl.echo = 0
+        tab[fid] = conn._fl
+        self._echo_conns[fid] = conn
+        conn._fl.echo = 1
+
+    def _echo_in_drain(self, on: bool) -> None:
+        """On: every drain of the ARX rings (wait, poll) first gives the
+        flow ids it took to the echo kernel (tas_app_drain with echo_on):
+        those it served are not reported by ready_flows(); the others are
+        (ECHO_SKIP), or come out of _echo_taken() (EOF, input left)."""
+        with self._lock:
+            self._echo_drain = bool(on) and not self._closed
+            if self._actx is not None:
+                self._actx.echo_on = int(self._echo_drain)
+
+    def _echo_taken(self) -> list[tuple[int, int]]:
+        """The (flow id, outcome) pairs the drains' echo left since the last
+        call (ECHO_MORE, ECHO_EOF), in order."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            att, self._echo_att = self._echo_att, []
+        finally:
+            lock.release()
+        return att
+
+    def _echo_outcomes(self, k: int) -> None:
+        """The k outcomes a drain's echo wrote (actx.echo_ids/echo_st)."""
+        oids, ost = self._echo_out_ids, self._echo_out_st
+        if k == 1:
+            self._echo_outcome(oids[0], ost[0])
+        else:
+            for i in range(k):
+                self._echo_outcome(oids[i], ost[i])
+
+    def _echo_outcome(self, fid: int, st: int) -> None:
+        if st & _ECHO_UNPOSTED:  # its update waits for the next flush
+            conn = self._echo_conns.get(fid)
+            if conn is not None:
+                self._updates[fid] = conn
+            st &= ~_ECHO_UNPOSTED
+            if st == ECHO_DONE:
                 return
-            fid = conn.flow_id
-            tab = self._echo_tab
-            if fid >= len(tab):
-                size = max(fid + 1, 2 * len(tab))
-                new = ffi.new("struct tas_app_flow *[]", size)
-                ffi.memmove(new, tab, len(tab) * ffi.sizeof("void *"))
-                self._echo_tab = tab = new
-            old = self._echo_conns.get(fid)
-            if old is not None and old is not conn:
-                old._fl.echo = 0
-            tab[fid] = conn._fl
-            self._echo_conns[fid] = conn
-            conn._fl.echo = 1
+        if st == ECHO_SKIP:  # not the kernel's: a hint as usual
+            self._ready.add(fid)
+        else:
+            self._echo_att.append((fid, st))
+
+    def _post_twin(self, data: bytes, cores: bytes) -> tuple[int, bytearray]:
+        return _post_atx_twin(self._atx, self._fp_armed, self.stack.doorbells, data, cores)
 
     def _echo_drop(self, conn: Connection) -> None:
         """conn leaves the echo kernel (lock held)."""
@@ -767,19 +837,16 @@ class Context:
                 return [(fid, ECHO_SKIP) for fid in ids]
             actx = self._actx
             if actx is None:  # the pure twin (TAS_PURE=1)
-                res = _echo_twin(
-                    self._echo_conns,
-                    ids,
-                    lambda d, c: _post_atx_twin(self._atx, self._fp_armed, self.stack.doorbells, d, c),
-                )
+                res = _echo_twin(self._echo_conns, ids, self._post_twin)
             else:
                 n = len(ids)
                 cids = self._echo_ids
                 if n > len(cids):
                     size = max(n, 2 * len(cids))
                     cids = self._echo_ids = ffi.new("uint32_t[]", size)
-                    self._echo_out_ids = ffi.new("uint32_t[]", size)
-                    self._echo_out_st = ffi.new("uint8_t[]", size)
+                    if size > len(self._echo_out_ids):
+                        self._echo_out_ids = actx.echo_ids = ffi.new("uint32_t[]", size)
+                        self._echo_out_st = actx.echo_st = ffi.new("uint8_t[]", size)
                 if n == 1:
                     for fid in ids:
                         cids[0] = fid
@@ -846,6 +913,8 @@ class Context:
                 conn._gone = True
                 flows.pop(conn.flow_id, None)
                 self._updates.pop(conn.flow_id, None)
+                if conn._state != _STATE_CLOSED and not conn._drop_views():  # (nothing reads them now)
+                    self._pinned.append(conn)
         return n
 
     def _poll_arx(self, flags: int = 0) -> int:
@@ -860,13 +929,27 @@ class Context:
 
     def _take_ids(self, k: int) -> int:
         """Flow ids the C kernel drained (k of them, more if it stopped at
-        the cap) into the ready set; overflow accounting as the twin."""
+        the cap) into the ready set (with the echo kernel on: what it left,
+        _echo_taken); overflow accounting as the twin."""
         actx, ids, ready = self._actx, self._ids, self._ready
-        ready.update(ffi.unpack(ids, k))
+        echo = self._echo_drain
+        if echo:
+            if actx.echo_n:
+                self._echo_outcomes(actx.echo_n)
+            self._echo_seen += k
+        elif k == 1:
+            ready.add(ids[0])
+        else:
+            ready.update(ffi.unpack(ids, k))
         n = k
         while k == _IDS_CAP:
             k = lib.tas_app_drain(actx, ids, _IDS_CAP, lib.TAS_APP_DRAIN_MORE)
-            ready.update(ffi.unpack(ids, k))
+            if echo:
+                if actx.echo_n:
+                    self._echo_outcomes(actx.echo_n)
+                self._echo_seen += k
+            else:
+                ready.update(ffi.unpack(ids, k))
             n += k
         # The fast path drops a notification only while the ring is full,
         # and a drain takes everything up to an empty ring: so a drop since
@@ -879,13 +962,19 @@ class Context:
         return n
 
     def _poll_arx_py(self) -> int:
-        ready = self._ready
+        ready = got = self._ready
+        if self._echo_drain:  # the drain goes to the echo kernel's twin first
+            got = set()
         n = 0
-        for g in _drain_arx_twin(self._arx, self._arxbuf, ready):
+        for g in _drain_arx_twin(self._arx, self._arxbuf, got):
             if g >= self.arx_slots:  # (see _take_ids)
                 self._hints_lost = True
                 self.arx_overflows += 1
             n += g
+        if got is not ready and got:
+            self._echo_seen += len(got)
+            for fid, st in _echo_twin(self._echo_conns, got, self._post_twin):
+                self._echo_outcome(fid, st)
         if n:
             self._hints += n
         return n
@@ -1232,16 +1321,17 @@ class Context:
         for conn in self._echo_conns.values():
             conn._fl.echo = 0
         self._echo_conns = {}
-        self._echo_tab = ffi.new("struct tas_app_flow *[]", 1)
+        self._echo_drain = False
         self.stack._contexts.pop(self.ctx_id, None)
         for ring in self._atx + self._arx:
             close = getattr(ring, "close", None)
             if close is not None:
                 close()
         self._atx = self._arx = []
-        for conn in list(self._conns):
+        for conn in [*self._flows.values(), *self._pinned]:
             conn._gone = True
             conn._drop_views()
+        self._pinned = []
         self._mv.release()
         self.region.close()
         os.close(self.evfd)
@@ -1401,15 +1491,8 @@ class Connection:
         af = self._af = _ffi_cast(_APPFLOW_PTR, addr + af_off)
         # positions (rx_tail, tx_head, rx_posted) live in a struct
         # tas_app_flow, shared with the echo kernel (tas_app_echo)
-        fl = self._fl = _ffi_new(_APP_FLOW)
-        fl.af = af
-        fl.rx = _ffi_cast(_U8_PTR, addr + rx_off)
-        fl.tx = _ffi_cast(_U8_PTR, addr + tx_off)
-        fl.rx_len = rx_len
-        fl.tx_len = tx_len
-        fl.flow_id = flow
-        fl.gen = gen
-        fl.core = core
+        base = ctx._base
+        self._fl = _ffi_new(_APP_FLOW, [af, base + rx_off, base + tx_off, 0, 0, 0, rx_len, tx_len, flow, gen, core])
         mv = ctx._mv
         self._rx = mv[rx_off : rx_off + rx_len]
         self._tx = mv[tx_off : tx_off + tx_len]
@@ -1420,7 +1503,6 @@ class Connection:
         self._tx_len = tx_len
         self._core = core
         self._gen = gen
-        ctx._conns.add(self)
 
     # the positions, in the record (self._fl)
     _rx_tail = _fl_field("rx_tail")  # bytes consumed
@@ -1939,14 +2021,18 @@ class Connection:
         ctx._updates.pop(self.flow_id, None)
         if self._fl.echo:
             ctx._echo_drop(self)
-        self._drop_views()
+        if not self._drop_views():
+            ctx._pinned.append(self)
 
-    def _drop_views(self) -> None:
+    def _drop_views(self) -> bool:
+        """Release the buffer views; False if one is still exported."""
+        ok = True
         for v in (self._rx, self._tx):
             try:
                 v.release()
             except BufferError:
-                pass  # a recv_view() is still held by the caller
+                ok = False  # a recv_view() is still held by the caller
+        return ok
 
     def _abort_quiet(self) -> None:
         try:

@@ -50,17 +50,30 @@ class EchoServer:
         self.serviced = 0
         self.sweeps = 0
         self.timer_sweeps = 0
-        self.trace: list[int] | None = None  # (tests) a list: flow ids looked at are appended
+        self._trace: list[int] | None = None
+        # the connections' echo in C: in the drains of wait() (then the flows
+        # it served are not in ready_flows()) and over ready_flows()
+        self.ctx._echo_in_drain(True)
+
+    @property
+    def trace(self) -> list[int] | None:
+        """(tests) A list: the flow ids the server looks at are appended
+        (the drains then leave every flow to the server's pass)."""
+        return self._trace
+
+    @trace.setter
+    def trace(self, seen: list[int] | None) -> None:
+        self._trace = seen
+        self.ctx._echo_in_drain(seen is None)
 
     def _accept_all(self) -> list[Connection]:
         # wait() has just drained the control events: take what is queued
         # (what accept() returns one call at a time, without polling)
         new = self.listener._accept_queued()
         conns = self.conns
-        echo_add = self.ctx._echo_add  # the echo kernel serves it (Context._echo_flows)
         for conn in new:
             conns[conn.flow_id] = conn
-            echo_add(conn)
+        self.ctx._echo_add(new)  # the echo kernel serves them (Context._echo_flows)
         self.served += len(new)
         return new
 
@@ -74,8 +87,8 @@ class EchoServer:
         The update is posted with the others of this pass (flush=False)."""
         self.serviced += 1
         fid = conn.flow_id
-        if self.trace is not None:
-            self.trace.append(fid)
+        if self._trace is not None:
+            self._trace.append(fid)
         try:
             # (flush=False) echo() in one call, also saying whether the
             # connection is at EOF (then close it)
@@ -115,6 +128,11 @@ class EchoServer:
         that have something (see the class docstring)."""
         ctx = self.ctx
         n = ctx.wait(timeout)
+        # what the drains' echo left (EOF, input left) and how many it served
+        att = ctx._echo_att and ctx._echo_taken()
+        if ctx._echo_seen:
+            self.serviced += ctx._echo_seen
+            ctx._echo_seen = 0
         new = self._accept_all() if self.listener._queue else None
         ready = ctx.ready_flows()
         lost = ctx.hints_lost()
@@ -123,36 +141,34 @@ class EchoServer:
             or self._blocked
             or (not n and time.monotonic() - self._last_sweep > self.SAFETY_SWEEP_S)
         ):
-            # the common case: the connections just accepted, then the flows
+            # the common case: the connections just accepted and the flows
             # the fast path named, each once (a set), no dict of them to build
-            conns, service = self.conns, self._service
-            any_ = False
             if new:
-                any_ = True
-                for conn in new:
-                    if not service(conn):
-                        conns.pop(conn.flow_id, None)
-                        self._blocked.pop(conn.flow_id, None)
+                ids = {c.flow_id for c in new}
                 if ready:
-                    ready = ready.difference([c.flow_id for c in new])
-            if ready:
+                    ids |= ready
+            else:
+                ids = ready
+            if ids:
                 # one call echoes them all (Context._echo_flows: the echo
                 # kernel); the rest (EOF, input left, ...) are looked at here
-                self.serviced += len(ready)
-                if self.trace is not None:
-                    self.trace.extend(ready)
-                for fid, st in ctx._echo_flows(ready):
+                self.serviced += len(ids)
+                if self._trace is not None:
+                    self._trace.extend(ids)
+                att = att + ctx._echo_flows(ids) if att else ctx._echo_flows(ids)
+            if att:
+                conns, service = self.conns, self._service
+                for fid, st in att:
                     conn = conns.get(fid)
                     if conn is None:
                         continue
-                    any_ = True
                     if st == ECHO_EOF:  # all echoed, the peer's FIN seen
                         self._close(conn)
-                    elif service(conn):
+                    elif service(conn):  # input left, not the kernel's, ...
                         continue
                     conns.pop(fid, None)
                     self._blocked.pop(fid, None)
-            if any_ or ctx._updates or self.stack._closes:
+            if ctx._updates or self.stack._closes:  # (what flush() would look at)
                 ctx.flush()
             return
         now = time.monotonic()
@@ -172,6 +188,10 @@ class EchoServer:
                 if conn is not None:
                     todo[fid] = conn
             todo.update(self._blocked)
+        for fid, _ in att or ():  # what the drains' echo left
+            conn = self.conns.get(fid)
+            if conn is not None:
+                todo[fid] = conn
         for fid, conn in todo.items():
             if not self._service(conn):
                 self.conns.pop(fid, None)

@@ -16,6 +16,8 @@
 
 #define ARX_BATCH 64
 
+struct tas_app_flow;
+
 static void evfd_clear(int32_t fd)
 {
     uint64_t v;
@@ -71,6 +73,9 @@ out:
     for (i = 0; i < n_cores; i++)
         if (c->got[i] >= c->arx_slots)
             c->overflows++;
+    c->echo_n = 0;
+    if (c->echo_on && n)
+        c->echo_n = tas_app_echo(c, c->echo_tab, c->echo_tab_n, ids, n, c->echo_ids, c->echo_st);
     return n;
 }
 

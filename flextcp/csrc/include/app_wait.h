@@ -28,6 +28,8 @@
 #define TAS_ECHO_EOF 3         /* tas_app_echo: everything echoed, peer's FIN, no reset: close */
 #define TAS_ECHO_UNPOSTED 16   /* tas_app_echo (or-ed in): its update found the ring full */
 
+struct tas_app_flow;
+
 /* One context as libtas sees it (process-local; filled by libtas). */
 struct tas_app_ctx {
     uint32_t *app_armed;          /* tas_ctx_hdr.app_armed */
@@ -40,6 +42,16 @@ struct tas_app_ctx {
     uint32_t arx_slots;
     uint32_t overflows;           /* out: rings whose got >= arx_slots */
     uint32_t got[16];             /* out: entries drained per ring */
+    /* echo_on: every drain (tas_app_drain, tas_app_arm_drain) passes the
+     * ids it took to tas_app_echo(c, echo_tab, echo_tab_n, ids, n,
+     * echo_ids, echo_st) and sets echo_n to its result (echo_ids/echo_st
+     * hold as many entries as the drain's cap); 0: echo_n = 0 */
+    uint32_t echo_on;
+    uint32_t echo_tab_n;
+    struct tas_app_flow **echo_tab;
+    uint32_t *echo_ids;
+    uint8_t *echo_st;
+    uint32_t echo_n;              /* out */
 };
 
 /* One connection as libtas keeps it (process-local, one per Connection:

@@ -481,9 +481,12 @@ def decode_events_raw(data) -> list[tuple]:
     message with ProtocolError.  libtas's per-connection path: no dict and
     no FlowInfo per event (record_flowinfo() builds one when asked)."""
     n = len(data) - 2
-    if n < 0 or n % EV_REC_SIZE or data[:2] != BIN_EVENTS:
+    if n < 0 or n % EV_REC_SIZE or data[0] != 0 or data[1] != 0x45:  # BIN_EVENTS
         raise ProtocolError("bad binary event message")
-    recs = list(_EV_REC.iter_unpack(memoryview(data)[2:]))
+    if n == EV_REC_SIZE:  # one event (a connection set up): no iterator
+        recs = [_EV_REC.unpack_from(data, 2)]
+    else:
+        recs = list(_EV_REC.iter_unpack(memoryview(data)[2:]))
     for r in recs:
         kind = r[0]
         if kind == 1:

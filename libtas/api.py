@@ -41,7 +41,7 @@ from collections.abc import Callable
 from flextcp import ctlproto, layout
 from flextcp.ctlproto import FlowInfo, ProtocolError
 from flextcp.doorbell import Doorbell
-from flextcp.native import ffi, lib
+from flextcp.native import ffi, lib, use_pure
 from flextcp.ring import make_ring
 from flextcp.shm import Region
 
@@ -1435,6 +1435,35 @@ class Listener:
         self.close()
 
 
+class _LazyView:
+    """A Connection's buffer view, made on first use and then an instance
+    attribute (what most connections of an echo server never need: the
+    echo kernel copies in C)."""
+
+    def __init__(self, name: str, off: str, length: str) -> None:
+        self.name, self.off, self.length = name, off, length
+
+    def __get__(self, conn, cls=None):
+        if conn is None:
+            return self
+        off = getattr(conn, self.off)
+        view = conn.ctx._mv[off : off + getattr(conn, self.length)]
+        conn.__dict__[self.name] = view
+        return view
+
+
+def _flow_init_twin(fl, base, af_off, rx_off, rx_len, tx_off, tx_len, flow, gen, core) -> None:
+    """Python twin of tas_app_flow_init (TAS_PURE=1)."""
+    ffi.memmove(fl, bytes(ffi.sizeof("struct tas_app_flow")), ffi.sizeof("struct tas_app_flow"))
+    fl.af = ffi.cast("struct tas_appflow *", base + af_off)
+    fl.rx = base + rx_off
+    fl.tx = base + tx_off
+    fl.rx_len, fl.tx_len, fl.flow_id, fl.gen, fl.core = rx_len, tx_len, flow, gen, core
+
+
+_flow_init = _flow_init_twin if use_pure() else lib.tas_app_flow_init
+
+
 def _fl_field(name: str) -> property:
     """A Connection attribute kept in its struct tas_app_flow."""
 
@@ -1487,15 +1516,13 @@ class Connection:
         self._gone = False  # `closed` event seen
         self._shut_wr = False
         self._shut_rd = False
-        addr = ctx._addr
-        af = self._af = _ffi_cast(_APPFLOW_PTR, addr + af_off)
         # positions (rx_tail, tx_head, rx_posted) live in a struct
         # tas_app_flow, shared with the echo kernel (tas_app_echo)
-        base = ctx._base
-        self._fl = _ffi_new(_APP_FLOW, [af, base + rx_off, base + tx_off, 0, 0, 0, rx_len, tx_len, flow, gen, core])
-        mv = ctx._mv
-        self._rx = mv[rx_off : rx_off + rx_len]
-        self._tx = mv[tx_off : tx_off + tx_len]
+        fl = self._fl = _ffi_new(_APP_FLOW)
+        _flow_init(fl, ctx._base, af_off, rx_off, rx_len, tx_off, tx_len, flow, gen, core)
+        self._af = fl.af
+        self._rx_off = rx_off  # (the buffer views, _rx and _tx, are made on first use)
+        self._tx_off = tx_off
         self._rx_mask = rx_len - 1
         self._tx_mask = tx_len - 1
         # the FlowInfo's hot fields as plain attributes
@@ -1503,6 +1530,9 @@ class Connection:
         self._tx_len = tx_len
         self._core = core
         self._gen = gen
+
+    _rx = _LazyView("_rx", "_rx_off", "_rx_len")  # memoryview of the rx buffer
+    _tx = _LazyView("_tx", "_tx_off", "_tx_len")  # memoryview of the tx buffer
 
     # the positions, in the record (self._fl)
     _rx_tail = _fl_field("rx_tail")  # bytes consumed
@@ -2025,13 +2055,17 @@ class Connection:
             ctx._pinned.append(self)
 
     def _drop_views(self) -> bool:
-        """Release the buffer views; False if one is still exported."""
+        """Release the buffer views (those made); False if one is still
+        exported."""
         ok = True
-        for v in (self._rx, self._tx):
-            try:
-                v.release()
-            except BufferError:
-                ok = False  # a recv_view() is still held by the caller
+        d = self.__dict__
+        for name in ("_rx", "_tx"):
+            v = d.get(name)
+            if v is not None:
+                try:
+                    v.release()
+                except BufferError:
+                    ok = False  # a recv_view() is still held by the caller
         return ok
 
     def _abort_quiet(self) -> None:

@@ -285,3 +285,18 @@ uint32_t tas_app_echo(struct tas_app_ctx *c, struct tas_app_flow *const *tab, ui
     }
     return nout;
 }
+
+void tas_app_flow_init(struct tas_app_flow *f, uint8_t *base, uint64_t af_off, uint64_t rx_off,
+                       uint32_t rx_len, uint64_t tx_off, uint32_t tx_len, uint32_t flow_id,
+                       uint16_t gen, uint8_t core)
+{
+    memset(f, 0, sizeof(*f));
+    f->af = (struct tas_appflow *)(base + af_off);
+    f->rx = base + rx_off;
+    f->tx = base + tx_off;
+    f->rx_len = rx_len;
+    f->tx_len = tx_len;
+    f->flow_id = flow_id;
+    f->gen = gen;
+    f->core = core;
+}

@@ -71,6 +71,12 @@ struct tas_app_flow {
     uint8_t echo;                 /* 1: tas_app_echo may serve it (plain state) */
 };
 
+/* Fill a record for a flow whose appflow block and buffers are at these
+ * offsets from base (positions 0, echo off). */
+void tas_app_flow_init(struct tas_app_flow *f, uint8_t *base, uint64_t af_off, uint64_t rx_off,
+                       uint32_t rx_len, uint64_t tx_off, uint32_t tx_len, uint32_t flow_id,
+                       uint16_t gen, uint8_t core);
+
 /* Drain every ARX ring (until a dequeue comes up short) and write the
  * flow id of each entry into ids; stops early when cap ids are written
  * (the caller takes them and calls again with TAS_APP_DRAIN_MORE).  got[]

@@ -76,6 +76,7 @@ _U8_PTR = ffi.typeof("uint8_t *")
 _ffi_new = ffi.new
 _NULL = ffi.NULL
 _ECHO_UNPOSTED = 16  # or-ed into an outcome: the flow's update found its ring full
+_NO_FLOWS: frozenset[int] = frozenset()
 _ECHO_TAB0 = 1024  # the echo table's first size (flow ids; it doubles as needed)
 _APPFLOW_BYTES = layout.APPFLOW_BYTES
 _ffi_cast = ffi.cast
@@ -239,6 +240,9 @@ def _reset_error(err: int) -> OSError:
 def _cc_name(name: str) -> str:
     """The algorithm a TCP_CONGESTION name selects (the stack validates)."""
     return {"reno": "newreno"}.get(name, name)
+
+
+_monotonic = time.monotonic
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -777,6 +781,48 @@ class Context:
             if self._actx is not None:
                 self._actx.echo_on = int(self._echo_drain)
 
+    def _echo_pass(self) -> tuple[list, int, set, bool]:
+        """For the echo server, after wait(): _echo_taken(), the count of
+        flows the drains' echo took, ready_flows() and hints_lost(), under
+        one lock."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            att = self._echo_att
+            if att:
+                self._echo_att = []
+            seen, self._echo_seen = self._echo_seen, 0
+            ready = self._ready
+            if ready:
+                self._ready = set()
+            else:
+                ready = _NO_FLOWS
+            lost = self._hints_lost
+            if lost:
+                self._hints_lost = False
+            return att, seen, ready, lost
+        finally:
+            lock.release()
+
+    def _echo_accept(self, lst: Listener) -> tuple[list[Connection], list[tuple[int, int]]]:
+        """For the echo server: every connection queued on lst (as
+        accept(timeout=0) one at a time, without polling), given to the echo
+        kernel (_echo_add) and echoed once (_echo_flows); returns them and
+        the outcomes not simply done."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            q = lst._queue
+            if lst._closed or self._closed or not q:
+                return [], []
+            new = list(q)
+            q.clear()
+            for conn in new:
+                self._echo_add_one(conn)
+            return new, self._echo_flows_locked([c.flow_id for c in new])
+        finally:
+            lock.release()
+
     def _echo_taken(self) -> list[tuple[int, int]]:
         """The (flow id, outcome) pairs the drains' echo left since the last
         call (ECHO_MORE, ECHO_EOF), in order."""
@@ -833,46 +879,49 @@ class Context:
         lock = self._lock
         lock.acquire()
         try:
-            if self._closed:
-                return [(fid, ECHO_SKIP) for fid in ids]
-            actx = self._actx
-            if actx is None:  # the pure twin (TAS_PURE=1)
-                res = _echo_twin(self._echo_conns, ids, self._post_twin)
-            else:
-                n = len(ids)
-                cids = self._echo_ids
-                if n > len(cids):
-                    size = max(n, 2 * len(cids))
-                    cids = self._echo_ids = ffi.new("uint32_t[]", size)
-                    if size > len(self._echo_out_ids):
-                        self._echo_out_ids = actx.echo_ids = ffi.new("uint32_t[]", size)
-                        self._echo_out_st = actx.echo_st = ffi.new("uint8_t[]", size)
-                if n == 1:
-                    for fid in ids:
-                        cids[0] = fid
-                else:
-                    ffi.memmove(cids, _array("I", ids), 4 * n)
-                tab = self._echo_tab
-                k = lib.tas_app_echo(actx, tab, len(tab), cids, n, self._echo_out_ids, self._echo_out_st)
-                if not k:
-                    return []
-                oids, ost = self._echo_out_ids, self._echo_out_st
-                res = [(oids[i], ost[i]) for i in range(k)]
-            if not res:
-                return res
-            out = []
-            for fid, st in res:
-                if st & _ECHO_UNPOSTED:  # its update waits for the next flush
-                    conn = self._echo_conns.get(fid)
-                    if conn is not None:
-                        self._updates[fid] = conn
-                    st &= ~_ECHO_UNPOSTED
-                    if st == ECHO_DONE:
-                        continue
-                out.append((fid, st))
-            return out
+            return self._echo_flows_locked(ids)
         finally:
             lock.release()
+
+    def _echo_flows_locked(self, ids) -> list[tuple[int, int]]:
+        if self._closed:
+            return [(fid, ECHO_SKIP) for fid in ids]
+        actx = self._actx
+        if actx is None:  # the pure twin (TAS_PURE=1)
+            res = _echo_twin(self._echo_conns, ids, self._post_twin)
+        else:
+            n = len(ids)
+            cids = self._echo_ids
+            if n > len(cids):
+                size = max(n, 2 * len(cids))
+                cids = self._echo_ids = ffi.new("uint32_t[]", size)
+                if size > len(self._echo_out_ids):
+                    self._echo_out_ids = actx.echo_ids = ffi.new("uint32_t[]", size)
+                    self._echo_out_st = actx.echo_st = ffi.new("uint8_t[]", size)
+            if n == 1:
+                for fid in ids:
+                    cids[0] = fid
+            else:
+                ffi.memmove(cids, _array("I", ids), 4 * n)
+            tab = self._echo_tab
+            k = lib.tas_app_echo(actx, tab, len(tab), cids, n, self._echo_out_ids, self._echo_out_st)
+            if not k:
+                return []
+            oids, ost = self._echo_out_ids, self._echo_out_st
+            res = [(oids[i], ost[i]) for i in range(k)]
+        if not res:
+            return res
+        out = []
+        for fid, st in res:
+            if st & _ECHO_UNPOSTED:  # its update waits for the next flush
+                conn = self._echo_conns.get(fid)
+                if conn is not None:
+                    self._updates[fid] = conn
+                st &= ~_ECHO_UNPOSTED
+                if st == ECHO_DONE:
+                    continue
+            out.append((fid, st))
+        return out
 
     def _process_events(self) -> int:
         n = 0
@@ -1048,8 +1097,9 @@ class Context:
             if self._updates or stack._closes:
                 self._flush()
             return n
-        slice_ = MAX_SLEEP if self._waiters == 0 else 0.005
-        t = slice_ if timeout is None else min(timeout, slice_)
+        t = MAX_SLEEP if self._waiters == 0 else 0.005
+        if timeout is not None and timeout < t:
+            t = timeout
         sock = -1 if stack._closed else self._sleep_fds[1]
         evfd = self.evfd
         self._waiters += 1
@@ -1068,7 +1118,9 @@ class Context:
             stack._drain_events(True)
         n = self._process_events() if self._events else 0
         # disarm, clear the eventfd (if it rang), drain
-        n += self._poll_arx(3 if ready & 1 else 1)  # TAS_APP_WAKE_DISARM | TAS_APP_WAKE_CLEAR
+        k = lib.tas_app_drain(self._actx, self._ids, _IDS_CAP, 3 if ready & 1 else 1)  # DISARM | CLEAR
+        if k:
+            n += self._take_ids(k)
         if self._updates or stack._closes:
             self._flush()
         return n
@@ -1133,17 +1185,20 @@ class Context:
                 n = self._poll_locked() + self._hints
                 self._hints = 0
                 return n
-            deadline = _deadline(timeout)
+            start = _monotonic()
             if SPIN_US and timeout != 0:
-                n = self._spin_locked(deadline)
+                n = self._spin_locked(None if timeout is None else start + timeout)
                 if n:
                     self._hints = 0
                     return n
-            # the first sleep gets the whole timeout (the deadline was just
-            # computed from it): one clock read less per wake-up
-            n = self._wait_locked(None if timeout is None else max(0.0, timeout))
-            while not n and _remaining(deadline) != 0:
-                n = self._wait_locked(_remaining(deadline))
+            # the first sleep gets the whole timeout; the deadline is needed
+            # only if it comes back empty
+            t = None if timeout is None else (timeout if timeout > 0 else 0.0)
+            n = self._wait_locked_c(t) if self._actx is not None else self._wait_locked(t)
+            if not n and timeout != 0:
+                deadline = None if timeout is None else start + timeout
+                while not n and _remaining(deadline) != 0:
+                    n = self._wait_locked(_remaining(deadline))
             self._hints = 0
             return n
         finally:
@@ -1988,20 +2043,27 @@ class Connection:
         sending it).  Idempotent.  ``flush=False``: the request is held back
         until the context's next flush()/poll()/wait() or the next request
         (a server closing many connections in one pass sends one message)."""
-        with self.ctx._lock:
+        ctx = self.ctx
+        lock = ctx._lock
+        lock.acquire()
+        try:
             if self._state == _STATE_CLOSED:
                 return
-            if self.ctx._closed:
+            if ctx._closed:
                 self._state = _STATE_CLOSED
                 return
-            self.ctx._flush_updates()  # (held closes stay held)
+            if ctx._updates:
+                ctx._flush_updates()  # (held closes stay held)
             gone = self._gone
             self._release()
             if gone:
                 return
             # no reply awaited: the stack queues the FIN after tx_head (or
             # resets if rx_tail left data unread) in request order
-            self.ctx.stack._post_close(self.flow_id, self._tx_head, self._rx_tail, not flush)
+            fl = self._fl
+            ctx.stack._post_close(self.flow_id, fl.tx_head, fl.rx_tail, not flush)
+        finally:
+            lock.release()
 
     @property
     def congestion_control(self) -> str:

@@ -67,6 +67,8 @@ class EchoServer:
         self.ctx._echo_in_drain(seen is None)
 
     def _accept_all(self) -> list[Connection]:
+        """(Kept for callers of the old name: serve_once accepts through
+        Context._echo_accept.)"""
         # wait() has just drained the control events: take what is queued
         # (what accept() returns one call at a time, without polling)
         new = self.listener._accept_queued()
@@ -128,34 +130,36 @@ class EchoServer:
         that have something (see the class docstring)."""
         ctx = self.ctx
         n = ctx.wait(timeout)
-        # what the drains' echo left (EOF, input left) and how many it served
-        att = ctx._echo_att and ctx._echo_taken()
-        if ctx._echo_seen:
-            self.serviced += ctx._echo_seen
-            ctx._echo_seen = 0
-        new = self._accept_all() if self.listener._queue else None
-        ready = ctx.ready_flows()
-        lost = ctx.hints_lost()
+        new = None
+        if self.listener._queue:  # accepted, given to the echo kernel and echoed once
+            new, att_new = ctx._echo_accept(self.listener)
+            conns = self.conns
+            for conn in new:
+                conns[conn.flow_id] = conn
+            self.served += len(new)
+            self.serviced += len(new)
+            if self._trace is not None:
+                self._trace.extend(c.flow_id for c in new)
+        # what the drains' echo left (EOF, input left), how many flows it
+        # served, ready_flows(), hints_lost()
+        att, seen, ready, lost = ctx._echo_pass()
+        self.serviced += seen
+        if new and att_new:
+            att = att + att_new if att else att_new
         if not (
             lost
             or self._blocked
             or (not n and time.monotonic() - self._last_sweep > self.SAFETY_SWEEP_S)
         ):
-            # the common case: the connections just accepted and the flows
-            # the fast path named, each once (a set), no dict of them to build
-            if new:
-                ids = {c.flow_id for c in new}
-                if ready:
-                    ids |= ready
-            else:
-                ids = ready
-            if ids:
+            # the common case: the flows the fast path named, each once (a
+            # set), no dict of them to build
+            if ready:
                 # one call echoes them all (Context._echo_flows: the echo
                 # kernel); the rest (EOF, input left, ...) are looked at here
-                self.serviced += len(ids)
+                self.serviced += len(ready)
                 if self._trace is not None:
-                    self._trace.extend(ids)
-                att = att + ctx._echo_flows(ids) if att else ctx._echo_flows(ids)
+                    self._trace.extend(ready)
+                att = att + ctx._echo_flows(ready) if att else ctx._echo_flows(ready)
             if att:
                 conns, service = self.conns, self._service
                 for fid, st in att:

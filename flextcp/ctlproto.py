@@ -472,21 +472,23 @@ def encode_event(msg: dict) -> bytes:
         raise ProtocolError(f"event not encodable: {e}") from None
 
 
-def decode_events_raw(data) -> list[tuple]:
+def decode_events_raw(data, length: int | None = None) -> list[tuple]:
     """The records of one binary event message as ``_EV_REC`` tuples (kind,
     core, gen, ctx, flow, arg, appflow_off, rx_off, rx_len, tx_off, tx_len,
     local_ip, remote_ip, local_port, remote_port; addresses as integers),
     checked as decode_events checks them: a bad record (unknown kind,
     buffer length not a power of two, errno out of range) rejects the whole
     message with ProtocolError.  libtas's per-connection path: no dict and
-    no FlowInfo per event (record_flowinfo() builds one when asked)."""
-    n = len(data) - 2
+    no FlowInfo per event (record_flowinfo() builds one when asked).
+    ``length``: the message is data's first length bytes (a receive
+    buffer)."""
+    n = (len(data) if length is None else length) - 2
     if n < 0 or n % EV_REC_SIZE or data[0] != 0 or data[1] != 0x45:  # BIN_EVENTS
         raise ProtocolError("bad binary event message")
     if n == EV_REC_SIZE:  # one event (a connection set up): no iterator
         recs = [_EV_REC.unpack_from(data, 2)]
     else:
-        recs = list(_EV_REC.iter_unpack(memoryview(data)[2:]))
+        recs = list(_EV_REC.iter_unpack(memoryview(data)[2 : n + 2]))
     for r in recs:
         kind = r[0]
         if kind == 1:

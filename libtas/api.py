@@ -456,7 +456,7 @@ class Stack:
             for fd in fds:
                 os.close(fd)
             try:
-                recs = ctlproto.decode_events_raw(memoryview(buf)[:n])
+                recs = ctlproto.decode_events_raw(buf, n)
             except ProtocolError:
                 return None, []
             contexts = self._contexts
@@ -817,9 +817,13 @@ class Context:
                 return [], []
             new = list(q)
             q.clear()
+            ids = []
             for conn in new:
                 self._echo_add_one(conn)
-            return new, self._echo_flows_locked([c.flow_id for c in new])
+                af = conn._af
+                if af.rx_head or af.flags:  # (else nothing to echo or look at yet)
+                    ids.append(conn.flow_id)
+            return new, self._echo_flows_locked(ids) if ids else []
         finally:
             lock.release()
 
@@ -983,8 +987,11 @@ class Context:
         actx, ids, ready = self._actx, self._ids, self._ready
         echo = self._echo_drain
         if echo:
-            if actx.echo_n:
-                self._echo_outcomes(actx.echo_n)
+            e = actx.echo_n
+            if e == 1:
+                self._echo_outcome(self._echo_out_ids[0], self._echo_out_st[0])
+            elif e:
+                self._echo_outcomes(e)
             self._echo_seen += k
         elif k == 1:
             ready.add(ids[0])
@@ -2119,8 +2126,10 @@ class Connection:
     def _drop_views(self) -> bool:
         """Release the buffer views (those made); False if one is still
         exported."""
-        ok = True
         d = self.__dict__
+        if "_rx" not in d and "_tx" not in d:  # never made
+            return True
+        ok = True
         for name in ("_rx", "_tx"):
             v = d.get(name)
             if v is not None:

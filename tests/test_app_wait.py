@@ -353,3 +353,20 @@ def test_echo_matches_twin(state):
     finally:
         c.close()
         py.close()
+
+
+def test_flow_init_matches_twin():
+    """tas_app_flow_init against libtas.api._flow_init_twin: the same record."""
+    size = ffi.sizeof("struct tas_app_flow")
+    buf = ffi.new("uint8_t[]", 1 << 16)
+    base = ffi.cast("uint8_t *", buf)
+    for args in ((64, 4096, 4096, 8192, 8192, 17, 3, 0), (0, 128, 8, 256, 16, 2**32 - 1, 65535, 15)):
+        a, b = ffi.new("struct tas_app_flow *"), ffi.new("struct tas_app_flow *")
+        ffi.memmove(a, b"\xaa" * size, size)  # (the kernel clears what it does not set)
+        ffi.memmove(b, b"\x55" * size, size)
+        lib.tas_app_flow_init(a, base, *args)
+        api._flow_init_twin(b, base, *args)
+        assert bytes(ffi.buffer(a)) == bytes(ffi.buffer(b))
+        assert a.af == ffi.cast("struct tas_appflow *", base + args[0])
+        assert (a.rx, a.tx, a.rx_len, a.tx_len) == (base + args[1], base + args[3], args[2], args[4])
+        assert (a.flow_id, a.gen, a.core, a.echo, a.rx_tail, a.tx_head, a.rx_posted) == (*args[5:], 0, 0, 0, 0)

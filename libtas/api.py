@@ -70,20 +70,16 @@ _M64 = 0xFFFFFFFFFFFFFFFF
 _IDS_CAP = 1024
 _CORE_BYTES = [bytes([c]) for c in range(256)]  # one entry's ``cores`` argument
 _POSTED, _FULL, _DROPPED = 1, 0, 2  # tas_app_post's done[] codes
-_APPFLOW_PTR = ffi.typeof("struct tas_appflow *")
 _APP_FLOW = ffi.typeof("struct tas_app_flow *")
-_U8_PTR = ffi.typeof("uint8_t *")
 _ffi_new = ffi.new
 _NULL = ffi.NULL
 _ECHO_UNPOSTED = 16  # or-ed into an outcome: the flow's update found its ring full
 _NO_FLOWS: frozenset[int] = frozenset()
 _ECHO_TAB0 = 1024  # the echo table's first size (flow ids; it doubles as needed)
 _APPFLOW_BYTES = layout.APPFLOW_BYTES
-_ffi_cast = ffi.cast
 _new_object = object.__new__
 # event kinds (ctlproto's binary records; JSON events are converted to them)
 _EV_NEWCONN, _EV_CONNECTED, _EV_CONN_FAILED, _EV_RESET, _EV_CLOSED = 1, 2, 3, 4, 5
-_BIN_EVENTS = ctlproto.BIN_EVENTS
 _ANC_LEN = socket.CMSG_LEN(ctlproto.MAX_FDS * 4)
 _close_record = ctlproto.close_record
 _MSG_TRUNC = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
@@ -135,6 +131,7 @@ def _post_atx_twin(rings, fp_armed, doorbells, data: bytes, cores: bytes) -> tup
 
 # Connection._echo_status and Context._echo_flows (tas_app_echo's TAS_ECHO_*)
 ECHO_DONE, ECHO_SKIP, ECHO_MORE, ECHO_EOF = 0, 1, 2, 3
+
 
 def _echo_twin(conns: dict, ids, post) -> list[tuple[int, int]]:
     """Python twin of tas_app_echo over Connections (their records, appflow
@@ -1449,18 +1446,6 @@ class Listener:
             if self._closed:
                 raise _oserror(errno.EBADF, "listener closed")
             return self._queue.popleft()
-
-    def _accept_queued(self) -> list[Connection]:
-        """Every connection queued now (no poll), oldest first; [] when
-        closed.  For a server that has just waited on the context."""
-        ctx = self.ctx
-        with ctx._lock:
-            q = self._queue
-            if self._closed or ctx._closed or not q:
-                return []
-            out = list(q)
-            q.clear()
-            return out
 
     @property
     def congestion_control(self) -> str:

@@ -66,19 +66,6 @@ class EchoServer:
         self._trace = seen
         self.ctx._echo_in_drain(seen is None)
 
-    def _accept_all(self) -> list[Connection]:
-        """(Kept for callers of the old name: serve_once accepts through
-        Context._echo_accept.)"""
-        # wait() has just drained the control events: take what is queued
-        # (what accept() returns one call at a time, without polling)
-        new = self.listener._accept_queued()
-        conns = self.conns
-        for conn in new:
-            conns[conn.flow_id] = conn
-        self.ctx._echo_add(new)  # the echo kernel serves them (Context._echo_flows)
-        self.served += len(new)
-        return new
-
     def _service(self, conn: Connection) -> bool:
         """Echo what conn has; False when the connection is finished.
 

@@ -14,10 +14,10 @@ import types
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import libtas.api as api
 from flextcp.native import ffi, lib
 from flextcp.ring import HDR_SIZE, PyRing, Ring
 from flextcp.shm import Region
-import libtas.api as api
 from libtas.api import _ARX, _ATX, _drain_arx_twin, _post_atx_twin
 
 HDR = 512  # struct tas_ctx_hdr (app_armed, fp_armed[]) at offset 0

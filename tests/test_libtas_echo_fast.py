@@ -200,7 +200,7 @@ def test_echo_kernel_twin_is_echo_status():
         a._fl.echo = 1
         posted = []
 
-        def post(data, cores):
+        def post(data, cores, posted=posted):
             posted.append(data)
             return 1, bytearray([api._POSTED] * len(cores))
 

@@ -778,16 +778,33 @@ class Context:
             if self._actx is not None:
                 self._actx.echo_on = int(self._echo_drain)
 
-    def _echo_pass(self) -> tuple[list, int, set, bool]:
-        """For the echo server, after wait(): _echo_taken(), the count of
-        flows the drains' echo took, ready_flows() and hints_lost(), under
-        one lock."""
+    def _echo_wait(self, timeout: float | None, lst: Listener) -> tuple:
+        """The echo server's wait, under one lock: wait(timeout); the
+        connections queued on lst (as accept(timeout=0) one at a time,
+        without polling), given to the echo kernel (_echo_add) and echoed
+        once (_echo_flows); then _echo_taken(), the count of flows the
+        drains' echo took, ready_flows() and hints_lost().  Returns (n,
+        accepted connections or None, outcomes left, count, ready, lost)."""
         lock = self._lock
         lock.acquire()
         try:
+            n = self._wait_body(timeout)
             att = self._echo_att
             if att:
                 self._echo_att = []
+            new = None
+            q = lst._queue
+            if q and not lst._closed:
+                new = list(q)
+                q.clear()
+                ids = []
+                for conn in new:
+                    self._echo_add_one(conn)
+                    af = conn._af
+                    if af.rx_head or af.flags:  # (else nothing to echo or look at yet)
+                        ids.append(conn.flow_id)
+                if ids:
+                    att = att + self._echo_flows_locked(ids)  # (a new list: att may be _echo_att)
             seen, self._echo_seen = self._echo_seen, 0
             ready = self._ready
             if ready:
@@ -797,30 +814,7 @@ class Context:
             lost = self._hints_lost
             if lost:
                 self._hints_lost = False
-            return att, seen, ready, lost
-        finally:
-            lock.release()
-
-    def _echo_accept(self, lst: Listener) -> tuple[list[Connection], list[tuple[int, int]]]:
-        """For the echo server: every connection queued on lst (as
-        accept(timeout=0) one at a time, without polling), given to the echo
-        kernel (_echo_add) and echoed once (_echo_flows); returns them and
-        the outcomes not simply done."""
-        lock = self._lock
-        lock.acquire()
-        try:
-            q = lst._queue
-            if lst._closed or self._closed or not q:
-                return [], []
-            new = list(q)
-            q.clear()
-            ids = []
-            for conn in new:
-                self._echo_add_one(conn)
-                af = conn._af
-                if af.rx_head or af.flags:  # (else nothing to echo or look at yet)
-                    ids.append(conn.flow_id)
-            return new, self._echo_flows_locked(ids) if ids else []
+            return n, new, att, seen, ready, lost
         finally:
             lock.release()
 
@@ -1183,30 +1177,34 @@ class Context:
         lock = self._lock
         lock.acquire()  # (acquire/release: cheaper than ``with`` on the per-wake-up path)
         try:
-            if self._closed:
-                raise _oserror(errno.EBADF, "context closed")
-            if self._hints or self._events:
-                n = self._poll_locked() + self._hints
-                self._hints = 0
-                return n
-            start = _monotonic()
-            if SPIN_US and timeout != 0:
-                n = self._spin_locked(None if timeout is None else start + timeout)
-                if n:
-                    self._hints = 0
-                    return n
-            # the first sleep gets the whole timeout; the deadline is needed
-            # only if it comes back empty
-            t = None if timeout is None else (timeout if timeout > 0 else 0.0)
-            n = self._wait_locked_c(t) if self._actx is not None else self._wait_locked(t)
-            if not n and timeout != 0:
-                deadline = None if timeout is None else start + timeout
-                while not n and _remaining(deadline) != 0:
-                    n = self._wait_locked(_remaining(deadline))
-            self._hints = 0
-            return n
+            return self._wait_body(timeout)
         finally:
             lock.release()
+
+    def _wait_body(self, timeout: float | None) -> int:
+        """wait() with the lock held."""
+        if self._closed:
+            raise _oserror(errno.EBADF, "context closed")
+        if self._hints or self._events:
+            n = self._poll_locked() + self._hints
+            self._hints = 0
+            return n
+        start = _monotonic()
+        if SPIN_US and timeout != 0:
+            n = self._spin_locked(None if timeout is None else start + timeout)
+            if n:
+                self._hints = 0
+                return n
+        # the first sleep gets the whole timeout; the deadline is needed
+        # only if it comes back empty
+        t = None if timeout is None else (timeout if timeout > 0 else 0.0)
+        n = self._wait_locked_c(t) if self._actx is not None else self._wait_locked(t)
+        if not n and timeout != 0:
+            deadline = None if timeout is None else start + timeout
+            while not n and _remaining(deadline) != 0:
+                n = self._wait_locked(_remaining(deadline))
+        self._hints = 0
+        return n
 
     def ready_flows(self) -> set[int]:
         """Flow ids the fast path notified (data, acknowledged data, FIN)

@@ -105,10 +105,11 @@ class EchoServer:
             conn.abort()
             return False
 
-    def _close(self, conn: Connection) -> None:
-        """A connection at EOF: close it (sent with this pass's others)."""
+    def _close(self, conn: Connection, alone: bool = False) -> None:
+        """A connection at EOF: close it (sent with this pass's others,
+        or at once when it is alone)."""
         try:
-            conn.close(flush=False)
+            conn.close(flush=alone)
         except (ConnectionResetError, BrokenPipeError, TimeoutError, OSError):
             conn.abort()
 
@@ -116,10 +117,12 @@ class EchoServer:
         """Wait for the doorbell (at most timeout), then serve the flows
         that have something (see the class docstring)."""
         ctx = self.ctx
-        n = ctx.wait(timeout)
-        new = None
-        if self.listener._queue:  # accepted, given to the echo kernel and echoed once
-            new, att_new = ctx._echo_accept(self.listener)
+        # wait(), then (one lock) accept what is queued (given to the echo
+        # kernel and echoed once), what the drains' echo left (EOF, input
+        # left) and how many flows it served, ready_flows(), hints_lost()
+        n, new, att, seen, ready, lost = ctx._echo_wait(timeout, self.listener)
+        self.serviced += seen
+        if new:
             conns = self.conns
             for conn in new:
                 conns[conn.flow_id] = conn
@@ -127,12 +130,6 @@ class EchoServer:
             self.serviced += len(new)
             if self._trace is not None:
                 self._trace.extend(c.flow_id for c in new)
-        # what the drains' echo left (EOF, input left), how many flows it
-        # served, ready_flows(), hints_lost()
-        att, seen, ready, lost = ctx._echo_pass()
-        self.serviced += seen
-        if new and att_new:
-            att = att + att_new if att else att_new
         if not (
             lost
             or self._blocked
@@ -154,7 +151,7 @@ class EchoServer:
                     if conn is None:
                         continue
                     if st == ECHO_EOF:  # all echoed, the peer's FIN seen
-                        self._close(conn)
+                        self._close(conn, len(att) == 1)
                     elif service(conn):  # input left, not the kernel's, ...
                         continue
                     conns.pop(fid, None)

@@ -632,6 +632,10 @@ class Context:
             self._echo_drain = False
             self._echo_att: list[tuple[int, int]] = []
             self._echo_seen = 0  # flow ids the drains' echo took (the echo server counts them)
+            # flows the echo server served in this wake-up period and the one
+            # before: looked at again around the next sleeps (_recheck)
+            self._recheck_cur: set[int] = set()
+            self._recheck_prev: set[int] = set()
             if self._actx is not None:
                 a = self._actx
                 a.echo_tab, a.echo_tab_n = self._echo_tab, len(self._echo_tab)
@@ -805,10 +809,12 @@ class Context:
                         ids.append(conn.flow_id)
                 if ids:
                     att = att + self._echo_flows_locked(ids)  # (a new list: att may be _echo_att)
+                    self._recheck_cur.update(ids)
             seen, self._echo_seen = self._echo_seen, 0
             ready = self._ready
             if ready:
                 self._ready = set()
+                self._recheck_cur |= ready
             else:
                 ready = _NO_FLOWS
             lost = self._hints_lost
@@ -817,6 +823,48 @@ class Context:
             return n, new, att, seen, ready, lost
         finally:
             lock.release()
+
+    def _recheck(self, ids) -> int:
+        """The echo server's flows served since the sleep before last, looked
+        at again by the echo kernel (lock held, doorbell armed or just
+        woken): the fast path sends at most one notification per flow per
+        poll, and may move a flow's positions after it in the same poll (an
+        ACK notified, then the payload of the same segment, or of the next
+        frame of the batch).  A notification read before that poll ended
+        found the old positions, and none comes for the new ones.  The poll
+        ends with a fence and a look at the armed flag: either it sees us
+        armed and rings (we look again after the wake) or our look after
+        arming sees its positions.  Outcomes go to _echo_att; returns how
+        many (not the flows that only moved: their updates are posted)."""
+        actx = self._actx
+        if actx is None or len(ids) > len(self._echo_ids):
+            att = [o for o in self._echo_flows_locked(ids) if o[1] != ECHO_SKIP]
+        else:
+            cids = self._echo_ids
+            if len(ids) == 1:
+                for fid in ids:
+                    cids[0] = fid
+            else:
+                ffi.memmove(cids, _array("I", ids), 4 * len(ids))
+            tab = self._echo_tab
+            k = lib.tas_app_echo(actx, tab, len(tab), cids, len(ids), self._echo_out_ids, self._echo_out_st)
+            if not k:  # (the common case: nothing new, or moved and posted)
+                return 0
+            att = []
+            oids, ost = self._echo_out_ids, self._echo_out_st
+            for i in range(k):
+                st = ost[i]
+                fid = oids[i]
+                if st & _ECHO_UNPOSTED:  # its update waits for the next flush
+                    conn = self._echo_conns.get(fid)
+                    if conn is not None:
+                        self._updates[fid] = conn
+                    st &= ~_ECHO_UNPOSTED
+                if st != ECHO_DONE and st != ECHO_SKIP:
+                    att.append((fid, st))
+        if att:
+            self._echo_att += att
+        return len(att)
 
     def _echo_taken(self) -> list[tuple[int, int]]:
         """The (flow id, outcome) pairs the drains' echo left since the last
@@ -861,6 +909,8 @@ class Context:
         if self._echo_conns.get(fid) is conn:
             del self._echo_conns[fid]
             self._echo_tab[fid] = _NULL
+            self._recheck_cur.discard(fid)
+            self._recheck_prev.discard(fid)
 
     def _echo_flows(self, ids) -> list[tuple[int, int]]:
         """Echo the flows named by ids (a collection of flow ids, e.g.
@@ -1046,6 +1096,11 @@ class Context:
         if self._updates or stack._closes:  # (what _flush() would do, without the call)
             self._flush()
         n = (self._process_events() if self._events else 0) + self._poll_arx()
+        recheck = self._recheck_prev | self._recheck_cur if self._recheck_prev else self._recheck_cur
+        if not n and recheck:
+            n = self._recheck(recheck)
+            if n:
+                self._recheck_prev, self._recheck_cur = self._recheck_cur, set()
         if n or self._events:
             self._hdr.app_armed = 0
             if self._updates or stack._closes:
@@ -1070,6 +1125,9 @@ class Context:
         if len(ready) > 1 or (ready and ready[0] != self.evfd):
             stack._drain_events()
         n = (self._process_events() if self._events else 0) + self._poll_arx()
+        if recheck:
+            n += self._recheck(recheck)
+            self._recheck_prev, self._recheck_cur = self._recheck_cur, set()
         if self._updates or stack._closes:
             self._flush()
         return n
@@ -1095,6 +1153,11 @@ class Context:
             if self._updates or stack._closes:
                 self._flush()
             return n
+        recheck = self._recheck_prev | self._recheck_cur if self._recheck_prev else self._recheck_cur
+        if recheck and self._recheck(recheck):  # (armed: see _recheck)
+            self._hdr.app_armed = 0  # no sleep: something to look at
+            self._recheck_prev, self._recheck_cur = self._recheck_cur, set()
+            return len(self._echo_att)
         t = MAX_SLEEP if self._waiters == 0 else 0.005
         if timeout is not None and timeout < t:
             t = timeout
@@ -1119,6 +1182,12 @@ class Context:
         k = lib.tas_app_drain(self._actx, self._ids, _IDS_CAP, 3 if ready & 1 else 1)  # DISARM | CLEAR
         if k:
             n += self._take_ids(k)
+        if recheck:
+            if self._ready:  # (those the server looks at anyway)
+                recheck = recheck - self._ready
+            if recheck:
+                n += self._recheck(recheck)
+            self._recheck_prev, self._recheck_cur = self._recheck_cur, set()
         if self._updates or stack._closes:
             self._flush()
         return n

@@ -1034,6 +1034,11 @@ class Context:
             elif e:
                 self._echo_outcomes(e)
             self._echo_seen += k
+            # served at once: looked at again around the next sleeps (_recheck)
+            if k == 1:
+                self._recheck_cur.add(ids[0])
+            else:
+                self._recheck_cur.update(ffi.unpack(ids, k))
         elif k == 1:
             ready.add(ids[0])
         else:
@@ -1045,6 +1050,7 @@ class Context:
                 if actx.echo_n:
                     self._echo_outcomes(actx.echo_n)
                 self._echo_seen += k
+                self._recheck_cur.update(ffi.unpack(ids, k))
             else:
                 ready.update(ffi.unpack(ids, k))
             n += k
@@ -1070,6 +1076,7 @@ class Context:
             n += g
         if got is not ready and got:
             self._echo_seen += len(got)
+            self._recheck_cur |= got
             for fid, st in _echo_twin(self._echo_conns, got, self._post_twin):
                 self._echo_outcome(fid, st)
         if n:
@@ -1183,7 +1190,9 @@ class Context:
         if k:
             n += self._take_ids(k)
         if recheck:
-            if self._ready:  # (those the server looks at anyway)
+            if k and self._echo_drain:  # (those this drain just served)
+                recheck = recheck - set(ffi.unpack(self._ids, k)) if k > 1 else recheck - {self._ids[0]}
+            elif self._ready:  # (those the server looks at anyway)
                 recheck = recheck - self._ready
             if recheck:
                 n += self._recheck(recheck)

@@ -50,17 +50,24 @@ class EchoServer:
         self.serviced = 0
         self.sweeps = 0
         self.timer_sweeps = 0
-        self.trace: list[int] | None = None  # (tests) a list: the flow ids looked at are appended
-        # The connections' echo is in C, over ready_flows() after wait()
-        # (Context._echo_flows).  Not in the drains themselves
-        # (Context._echo_in_drain): the fast path sends at most one
-        # notification per flow per poll and may move the flow's positions
-        # after it in the same poll (an ACK notified, then the payload of
-        # the same segment), so a notification read at once can find the
-        # old positions and the one for the new data never comes.  Looking
-        # a few microseconds later, after the rest of the wake-up, is what
-        # the Python path always did (tas demo's 16-connection RPCs stall
-        # within seconds with the echo in the drains).
+        self._trace: list[int] | None = None
+        # The connections' echo is in C: in the drains of wait() (then the
+        # flows it served are not in ready_flows()) and over ready_flows().
+        # The fast path notifies a flow at most once per poll and may move
+        # its positions after that in the same poll: the flows served are
+        # looked at again around the next sleeps (Context._recheck).
+        self.ctx._echo_in_drain(True)
+
+    @property
+    def trace(self) -> list[int] | None:
+        """(tests) A list: the flow ids the server looks at are appended
+        (the drains then leave every flow to the server's pass)."""
+        return self._trace
+
+    @trace.setter
+    def trace(self, seen: list[int] | None) -> None:
+        self._trace = seen
+        self.ctx._echo_in_drain(seen is None)
 
     def _service(self, conn: Connection) -> bool:
         """Echo what conn has; False when the connection is finished.
@@ -72,8 +79,8 @@ class EchoServer:
         The update is posted with the others of this pass (flush=False)."""
         self.serviced += 1
         fid = conn.flow_id
-        if self.trace is not None:
-            self.trace.append(fid)
+        if self._trace is not None:
+            self._trace.append(fid)
         try:
             # (flush=False) echo() in one call, also saying whether the
             # connection is at EOF (then close it)
@@ -124,8 +131,8 @@ class EchoServer:
                 conns[conn.flow_id] = conn
             self.served += len(new)
             self.serviced += len(new)
-            if self.trace is not None:
-                self.trace.extend(c.flow_id for c in new)
+            if self._trace is not None:
+                self._trace.extend(c.flow_id for c in new)
         if not (
             lost
             or self._blocked
@@ -137,8 +144,8 @@ class EchoServer:
                 # one call echoes them all (Context._echo_flows: the echo
                 # kernel); the rest (EOF, input left, ...) are looked at here
                 self.serviced += len(ready)
-                if self.trace is not None:
-                    self.trace.extend(ready)
+                if self._trace is not None:
+                    self._trace.extend(ready)
                 att = att + ctx._echo_flows(ready) if att else ctx._echo_flows(ready)
             if att:
                 conns, service = self.conns, self._service

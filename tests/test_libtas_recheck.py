@@ -61,8 +61,9 @@ class _Side:
         self.srv = object.__new__(EchoServer)
         self.srv.__dict__.update(
             stack=st, ctx=self.ctx, listener=lst, port=7, conns={}, stopping=threading.Event(), served=0,
-            _blocked={}, _last_sweep=time.monotonic(), serviced=0, sweeps=0, timer_sweeps=0, trace=None,
+            _blocked={}, _last_sweep=time.monotonic(), serviced=0, sweeps=0, timer_sweeps=0, _trace=None,
         )  # fmt: skip
+        self.ctx._echo_in_drain(True)  # (what EchoServer.__init__ does)
         self.mv = reg.view()
 
     def newconn(self, fid: int):

@@ -49,6 +49,9 @@ __all__ = [
     "BIN_EVENTS",
     "encode_event",
     "decode_events",
+    "decode_events_raw",
+    "record_flowinfo",
+    "event_record",
     "BIN_CLOSE",
     "encode_close",
     "parse_closes",
@@ -469,38 +472,95 @@ def encode_event(msg: dict) -> bytes:
         raise ProtocolError(f"event not encodable: {e}") from None
 
 
+def decode_events_raw(data, length: int | None = None) -> list[tuple]:
+    """The records of one binary event message as ``_EV_REC`` tuples (kind,
+    core, gen, ctx, flow, arg, appflow_off, rx_off, rx_len, tx_off, tx_len,
+    local_ip, remote_ip, local_port, remote_port; addresses as integers),
+    checked as decode_events checks them: a bad record (unknown kind,
+    buffer length not a power of two, errno out of range) rejects the whole
+    message with ProtocolError.  libtas's per-connection path: no dict and
+    no FlowInfo per event (record_flowinfo() builds one when asked).
+    ``length``: the message is data's first length bytes (a receive
+    buffer)."""
+    n = (len(data) if length is None else length) - 2
+    if n < 0 or n % EV_REC_SIZE or data[0] != 0 or data[1] != 0x45:  # BIN_EVENTS
+        raise ProtocolError("bad binary event message")
+    if n == EV_REC_SIZE:  # one event (a connection set up): no iterator
+        recs = [_EV_REC.unpack_from(data, 2)]
+    else:
+        recs = list(_EV_REC.iter_unpack(memoryview(data)[2 : n + 2]))
+    for r in recs:
+        kind = r[0]
+        if kind == 1:
+            rx_len, tx_len = r[8], r[10]
+            if r[1] > 15 or not rx_len or rx_len & (rx_len - 1) or not tx_len or tx_len & (tx_len - 1):
+                raise ProtocolError("newconn: bad FlowInfo")
+        elif kind == 3 or kind == 4:
+            if not 1 <= r[5] <= 4095:
+                raise ProtocolError(f"{_EV_KINDS[kind - 1]}: bad errno {r[5]}")
+        elif kind != 2 and kind != 5:
+            raise ProtocolError(f"unknown binary event kind {kind}")
+    return recs
+
+
+@functools.lru_cache(maxsize=256)  # the same few addresses, connection after connection
+def _ip_str(ip: int) -> str:
+    return _inet_ntoa(ip.to_bytes(4, "big"))
+
+
+_new_flowinfo = object.__new__
+
+
+def record_flowinfo(r: tuple) -> FlowInfo:
+    """The FlowInfo of a checked ``newconn`` record (decode_events_raw)."""
+    # (a frozen dataclass: its fields straight into the instance dict, what
+    # the generated __init__ does one object.__setattr__ at a time)
+    info = _new_flowinfo(FlowInfo)
+    info.__dict__.update(flow=r[4], gen=r[2], ctx=r[3], core=r[1], appflow_off=r[6], rx_off=r[7], rx_len=r[8],
+                         tx_off=r[9], tx_len=r[10], local_ip=_ip_str(r[11]), local_port=r[13],
+                         remote_ip=_ip_str(r[12]), remote_port=r[14])
+    return info
+
+
+def event_record(msg: dict) -> tuple:
+    """An event as parse_message returns it (JSON, or a decode_events dict)
+    as the record tuple decode_events_raw gives.  Raises ProtocolError."""
+    try:
+        kind = _EV_KIND[msg["ev"]]
+        if kind == 1:
+            f = msg["flow"]
+            return (1, f.core, f.gen, msg["ctx"], f.flow, msg["listener"], f.appflow_off, f.rx_off, f.rx_len,
+                    f.tx_off, f.tx_len, int.from_bytes(_inet_aton(f.local_ip), "big"),
+                    int.from_bytes(_inet_aton(f.remote_ip), "big"), f.local_port, f.remote_port)
+        return (kind, 0, 0, msg["ctx"], msg["flow"], msg.get("errno", 0), 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    except (KeyError, TypeError, AttributeError, OSError) as e:
+        raise ProtocolError(f"event not convertible: {e}") from None
+
+
 def decode_events(data: bytes) -> list[dict]:
     """The events of one binary message, as parse_message returns them
     (``newconn``'s flow a :class:`FlowInfo`).  Strict: a bad record (unknown
     kind, buffer length not a power of two, errno out of range) rejects the
     whole message with ProtocolError."""
-    body = memoryview(data)[len(BIN_EVENTS):]
-    if data[: len(BIN_EVENTS)] != BIN_EVENTS or len(body) % EV_REC_SIZE:
-        raise ProtocolError("bad binary event message")
     out = []
-    for (kind, core, gen, ctx, flow, arg, af_off, rx_off, rx_len, tx_off, tx_len, lip, rip, lport,
-         rport) in _EV_REC.iter_unpack(body):
+    for r in decode_events_raw(data):
+        kind = r[0]
         if kind == 1:
-            if core > 15 or not rx_len or rx_len & (rx_len - 1) or not tx_len or tx_len & (tx_len - 1):
-                raise ProtocolError("newconn: bad FlowInfo")
-            info = FlowInfo(flow, gen, ctx, core, af_off, rx_off, rx_len, tx_off, tx_len,
-                            _inet_ntoa(lip.to_bytes(4, "big")), lport, _inet_ntoa(rip.to_bytes(4, "big")), rport)
-            out.append({"ev": "newconn", "ctx": ctx, "listener": arg, "flow": info})
-        elif 2 <= kind <= 5:
-            ev = _EV_KINDS[kind - 1]
-            msg = {"ev": ev, "ctx": ctx, "flow": flow}
-            if kind == 3 or kind == 4:
-                if not 1 <= arg <= 4095:
-                    raise ProtocolError(f"{ev}: bad errno {arg}")
-                msg["errno"] = arg
-            out.append(msg)
+            out.append({"ev": "newconn", "ctx": r[3], "listener": r[5], "flow": record_flowinfo(r)})
         else:
-            raise ProtocolError(f"unknown binary event kind {kind}")
+            msg = {"ev": _EV_KINDS[kind - 1], "ctx": r[3], "flow": r[4]}
+            if kind == 3 or kind == 4:
+                msg["errno"] = r[5]
+            out.append(msg)
     return out
 
 
 BIN_CLOSE = b"\0C"  # a binary `close` request with noreply, one or more records
 _CLOSE_REC = struct.Struct("<QIQQ")  # id, flow, tx_head, rx_tail
+
+
+CLOSE_REC_SIZE = _CLOSE_REC.size
+close_record = _CLOSE_REC.pack  # (id, flow, tx_head, rx_tail): one record, without the BIN_CLOSE prefix
 
 
 def encode_close(req_id: int, flow: int, tx_head: int, rx_tail: int) -> bytes:
@@ -567,6 +627,15 @@ def recv_msg(sock: socket.socket, maxfds: int = MAX_FDS, flags: int = 0) -> tupl
             raise ProtocolError("too many file descriptors")
         raise ProtocolError(f"message exceeds {MAX_MSG} bytes")
     return data, fds
+
+
+def fds_of(anc: list) -> list[int]:
+    """The file descriptors of recvmsg()'s ancillary data (SCM_RIGHTS)."""
+    fd_arr = array.array("i")
+    for level, typ, cdata in anc:
+        if level == _SOL_SOCKET and typ == _SCM_RIGHTS:
+            fd_arr.frombytes(cdata[: len(cdata) - (len(cdata) % fd_arr.itemsize)])
+    return list(fd_arr)
 
 
 _ANC_LEN = socket.CMSG_LEN(MAX_FDS * 4)

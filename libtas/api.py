@@ -27,20 +27,21 @@ thread (they share the Stack's control socket, which has its own lock).
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import select
 import socket
 import struct
 import threading
 import time
-import weakref
+from array import array as _array
 from collections import deque
 from collections.abc import Callable
 
 from flextcp import ctlproto, layout
 from flextcp.ctlproto import FlowInfo, ProtocolError
 from flextcp.doorbell import Doorbell
-from flextcp.native import ffi, lib
+from flextcp.native import ffi, lib, use_pure
 from flextcp.ring import make_ring
 from flextcp.shm import Region
 
@@ -69,6 +70,20 @@ _M64 = 0xFFFFFFFFFFFFFFFF
 _IDS_CAP = 1024
 _CORE_BYTES = [bytes([c]) for c in range(256)]  # one entry's ``cores`` argument
 _POSTED, _FULL, _DROPPED = 1, 0, 2  # tas_app_post's done[] codes
+_APP_FLOW = ffi.typeof("struct tas_app_flow *")
+_ffi_new = ffi.new
+_NULL = ffi.NULL
+_ECHO_UNPOSTED = 16  # or-ed into an outcome: the flow's update found its ring full
+_NO_FLOWS: frozenset[int] = frozenset()
+_ECHO_TAB0 = 1024  # the echo table's first size (flow ids; it doubles as needed)
+_APPFLOW_BYTES = layout.APPFLOW_BYTES
+_new_object = object.__new__
+# event kinds (ctlproto's binary records; JSON events are converted to them)
+_EV_NEWCONN, _EV_CONNECTED, _EV_CONN_FAILED, _EV_RESET, _EV_CLOSED = 1, 2, 3, 4, 5
+_ANC_LEN = socket.CMSG_LEN(ctlproto.MAX_FDS * 4)
+_close_record = ctlproto.close_record
+_MSG_TRUNC = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
+_MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
 
 
 def _drain_arx_twin(rings, buf: bytearray, ready: set[int]) -> list[int]:
@@ -114,6 +129,88 @@ def _post_atx_twin(rings, fp_armed, doorbells, data: bytes, cores: bytes) -> tup
     return posted, done
 
 
+# Connection._echo_status and Context._echo_flows (tas_app_echo's TAS_ECHO_*)
+ECHO_DONE, ECHO_SKIP, ECHO_MORE, ECHO_EOF = 0, 1, 2, 3
+
+
+def _echo_twin(conns: dict, ids, post) -> list[tuple[int, int]]:
+    """Python twin of tas_app_echo over Connections (their records, appflow
+    blocks and buffer views): ``conns`` maps flow ids to the connections the
+    kernel may serve (``_fl.echo`` set), ``post(data, cores)`` posts packed
+    ATX entries as _post_atx_twin and returns (posted, done).  Returns the
+    (flow id, outcome) pairs tas_app_echo writes to out_ids/out_st."""
+    out: list[list[int]] = []
+    entries: list[bytes] = []
+    owners: list[tuple] = []  # (record, its out slot or None), one per entry
+    pack = _ATX.pack
+
+    def post_batch() -> None:
+        _, done = post(b"".join(entries), bytes([fl.core for fl, _ in owners]))
+        for j, (fl, slot) in enumerate(owners):
+            if done[j] == _POSTED:
+                fl.rx_posted = fl.rx_tail
+            elif done[j] == _FULL:
+                if slot is None:
+                    slot = len(out)
+                    out.append([fl.flow_id, ECHO_DONE])
+                out[slot][1] |= _ECHO_UNPOSTED
+        entries.clear()
+        owners.clear()
+
+    for fid in ids:
+        conn = conns.get(fid)
+        if conn is None or not conn._fl.echo:
+            out.append([fid, ECHO_SKIP])
+            continue
+        fl, af = conn._fl, conn._af
+        moved = False
+        if af.flags & TAS_AF_RESET:
+            st = ECHO_MORE
+        else:
+            rx_len, tx_len = fl.rx_len, fl.tx_len
+            tail, head = fl.rx_tail, fl.tx_head
+            avail = (af.rx_head - tail) & _M64
+            if avail > rx_len:  # never trust a bogus head
+                st = ECHO_MORE
+            else:
+                used = (head - af.tx_acked) & _M64
+                n = 0 if used > tx_len else min(avail, tx_len - used)
+                if n:
+                    rx, tx = conn._rx, conn._tx
+                    src, dst, left = tail & (rx_len - 1), head & (tx_len - 1), n
+                    while left:  # at most three pieces: each buffer wraps at most once
+                        k = min(left, rx_len - src, tx_len - dst)
+                        tx[dst : dst + k] = rx[src : src + k]
+                        src = (src + k) & (rx_len - 1)
+                        dst = (dst + k) & (tx_len - 1)
+                        left -= k
+                    fl.rx_tail = (tail + n) & _M64
+                    fl.tx_head = (head + n) & _M64
+                    moved = True
+                if n < avail:
+                    st = ECHO_MORE
+                else:
+                    flags = af.flags
+                    if (af.rx_head - fl.rx_tail) & _M64:  # input that arrived meanwhile
+                        st = ECHO_MORE
+                    elif not flags & (TAS_AF_RX_FIN | TAS_AF_RESET):
+                        st = ECHO_DONE
+                    else:
+                        st = ECHO_MORE if flags & TAS_AF_RESET else ECHO_EOF
+        slot = None
+        if st != ECHO_DONE:
+            slot = len(out)
+            out.append([fid, st])
+        if moved:
+            entries.append(pack(fl.flow_id, fl.gen, TAS_ATX_UPDATE, fl.rx_tail, fl.tx_head, 0))
+            owners.append((fl, slot))
+            if len(owners) == _ARX_BATCH:
+                post_batch()
+    if owners:
+        post_batch()
+    return [(fid, st) for fid, st in out]
+
+
 _STATE_CONNECTING = "connecting"
 _STATE_CONNECTED = "connected"
 _STATE_FAILED = "failed"
@@ -140,6 +237,9 @@ def _reset_error(err: int) -> OSError:
 def _cc_name(name: str) -> str:
     """The algorithm a TCP_CONGESTION name selects (the stack validates)."""
     return {"reno": "newreno"}.get(name, name)
+
+
+_monotonic = time.monotonic
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -197,6 +297,7 @@ class Stack:
         # close requests held back (Connection.close(flush=False)): sent as
         # one message before the next request, or by the next flush/poll/wait
         self._closes: list[bytes] = []
+        self._rbuf = bytearray(ctlproto.MAX_MSG + 1)  # _recv_one's
         self.doorbells: list[Doorbell] = []
         try:
             asked = {
@@ -271,6 +372,12 @@ class Stack:
     def _send_closes(self) -> None:
         """Send the held-back close requests (lock held), many per message."""
         recs, self._closes = self._closes, []
+        if len(recs) == 1:  # the common case
+            try:
+                self._sock.send(ctlproto.BIN_CLOSE + recs[0])
+            except (BrokenPipeError, ConnectionResetError):
+                raise ConnectionResetError(errno.ECONNRESET, "TAS stack went away") from None
+            return
         step = (ctlproto.MAX_MSG - len(ctlproto.BIN_CLOSE)) // len(recs[0])
         try:
             for i in range(0, len(recs), step):
@@ -296,7 +403,7 @@ class Stack:
             self._next_id += 1
             if op == "close":  # the per-connection one: binary, no JSON, batched
                 msg = ctlproto.encode_close(req_id, args["flow"], args["tx_head"], args["rx_tail"])
-                self._closes.append(msg[len(ctlproto.BIN_CLOSE) :])
+                self._closes.append(msg[len(ctlproto.BIN_CLOSE) :])  # (Connection.close: _post_close)
                 if not hold:
                     self._send_closes()
                 return
@@ -308,51 +415,88 @@ class Stack:
             except (BrokenPipeError, ConnectionResetError):
                 raise ConnectionResetError(errno.ECONNRESET, "TAS stack went away") from None
 
+    def _post_close(self, flow: int, tx_head: int, rx_tail: int, hold: bool) -> None:
+        """_post("close", ...) without the keyword dict: one binary record
+        (ctlproto.encode_close's, without the prefix) on the held list."""
+        with self._lock:
+            if self._closed:
+                raise _oserror(errno.EBADF, "stack closed")
+            req_id = self._next_id
+            self._next_id += 1
+            try:
+                self._closes.append(_close_record(req_id, flow, tx_head, rx_tail))
+            except struct.error as e:
+                raise ProtocolError(f"close not encodable: {e}", req_id) from None
+            if not hold:
+                self._send_closes()
+
     def _recv_one(self, flags: int) -> tuple[dict | None, list[int]]:
+        """One message from the control socket: a reply (returned with its
+        fds) or events (queued on their contexts here; returns None).
+        Received into a buffer kept for it (no 64 KiB bytes per message)."""
+        buf = self._rbuf
         try:
-            data, fds = ctlproto.recv_msg(self._sock, flags=flags)
-        except ProtocolError:
+            n, anc, msg_flags, _ = self._sock.recvmsg_into([buf], _ANC_LEN, flags)
+        except InterruptedError:
+            raise BlockingIOError(errno.EAGAIN, "interrupted") from None
+        fds: list[int] = []
+        if anc:
+            fds = ctlproto.fds_of(anc)
+        if msg_flags & _MSG_TRUNC or n > ctlproto.MAX_MSG:  # (as ctlproto.recv_msg)
+            for fd in fds:
+                os.close(fd)
             return None, []
-        if not data:
+        if not n:
             self._closed = True
             raise ConnectionResetError(errno.ECONNRESET, "TAS stack went away")
-        if data[:2] == ctlproto.BIN_EVENTS:  # a batch of events: queued on their contexts here
+        if buf[0] == 0 and buf[1] == 0x45:  # BIN_EVENTS: a batch of events, queued on their contexts
             for fd in fds:
                 os.close(fd)
             try:
-                events = ctlproto.decode_events(data)
+                recs = ctlproto.decode_events_raw(buf, n)
             except ProtocolError:
                 return None, []
-            for msg in events:
-                self._dispatch_event(msg)
+            contexts = self._contexts
+            for r in recs:
+                ctx = contexts.get(r[3])
+                if ctx is not None:
+                    ctx._events.append(r)
             return None, []
         try:
-            return ctlproto.parse_message(data), fds
+            return ctlproto.parse_message(bytes(buf[:n])), fds
         except ProtocolError:
             for fd in fds:
                 os.close(fd)
             return None, []
 
     def _dispatch_event(self, msg: dict) -> None:
+        """A JSON event (parse_message) onto its context, as a record."""
         ctx = self._contexts.get(msg["ctx"])
         if ctx is not None:
-            ctx._events.append(msg)
+            try:
+                ctx._events.append(ctlproto.event_record(msg))
+            except ProtocolError:
+                pass
 
-    def _drain_events(self) -> None:
-        """Non-blocking: move every queued event to its context.  (Waits for
-        the lock if another thread is in _call: the stack answers quickly.)"""
+    def _drain_events(self, one: bool = False) -> None:
+        """Non-blocking: move every queued event to its context (``one``:
+        at most one message, for a caller that knows one is there and
+        whose next sleep returns at once if more are).  (Waits for the lock
+        if another thread is in _call: the stack answers quickly.)"""
         with self._lock:
             if self._closed:
                 return
             while True:
                 try:
-                    msg, fds = self._recv_one(socket.MSG_DONTWAIT)
+                    msg, fds = self._recv_one(_MSG_DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     return
                 for fd in fds:
                     os.close(fd)
                 if msg is not None and "ev" in msg:
                     self._dispatch_event(msg)
+                if one:
+                    return
 
     # -- public ----------------------------------------------------------------
     def context(self, rx_buf: int | None = None, tx_buf: int | None = None) -> Context:
@@ -418,10 +562,14 @@ class Context:
         self.atx_slots = rep["atx_slots"]
         self.arx_slots = rep["arx_slots"]
         self._lock = threading.RLock()
-        self._events: deque[dict] = deque()
+        # control events as ctlproto.decode_events_raw records (Stack._recv_one)
+        self._events: deque[tuple] = deque()
         self._flows: dict[int, Connection] = {}
         self._listeners: dict[int, Listener] = {}
-        self._conns: weakref.WeakSet[Connection] = weakref.WeakSet()
+        # connections whose buffer views outlived them (a recv_view() still
+        # held when they were released): released again at teardown; the
+        # open ones are in _flows
+        self._pinned: list[Connection] = []
         self._updates: dict[int, Connection] = {}  # flow id -> connection with a pending update
         # fast-path notifications (ARX entries) seen by any poll, internal ones
         # included: ``_hints`` makes the next wait() return at once (a hint an
@@ -473,7 +621,31 @@ class Context:
             self._actx = None
             if all(r is not None for r in self._atx_raw + self._arx_raw):
                 self._actx = self._make_actx(stack)
+            # the echo kernel's table: flow id -> struct tas_app_flow * of the
+            # connections it may serve (kept alive by _echo_conns)
+            self._echo_tab = ffi.new("struct tas_app_flow *[]", _ECHO_TAB0)
+            self._echo_conns: dict[int, Connection] = {}
+            self._echo_ids = ffi.new("uint32_t[]", 64)
+            # outcomes of _echo_flows and of the drains' echo (_echo_in_drain)
+            self._echo_out_ids = ffi.new("uint32_t[]", _IDS_CAP)
+            self._echo_out_st = ffi.new("uint8_t[]", _IDS_CAP)
+            self._echo_drain = False
+            self._echo_att: list[tuple[int, int]] = []
+            self._echo_seen = 0  # flow ids the drains' echo took (the echo server counts them)
+            # flows the echo server served in this wake-up period and the one
+            # before: looked at again around the next sleeps (_recheck)
+            self._recheck_cur: set[int] = set()
+            self._recheck_prev: set[int] = set()
+            if self._actx is not None:
+                a = self._actx
+                a.echo_tab, a.echo_tab_n = self._echo_tab, len(self._echo_tab)
+                a.echo_ids, a.echo_st = self._echo_out_ids, self._echo_out_st
             self._mv = self.region.view()
+            # what Connection._setup needs, as plain ints
+            self._addr = int(ffi.cast("uintptr_t", self.region.addr))
+            self._base = ffi.cast("uint8_t *", self.region.addr)
+            self._heap_off = self.layout.heap_off
+            self._region_size = self.region.size
         except BaseException:
             self.region.close()
             raise
@@ -522,7 +694,8 @@ class Context:
         actx = self._actx
         if len(updates) == 1:  # the common case (one request, one reply): no lists
             (c,) = updates.values()
-            data = _ATX.pack(c.flow_id, c._gen, TAS_ATX_UPDATE, c._rx_tail, c._tx_head, 0)
+            fl = c._fl
+            data = _ATX.pack(c.flow_id, c._gen, TAS_ATX_UPDATE, fl.rx_tail, fl.tx_head, 0)
             if actx is not None:
                 done = self._done
                 posted = lib.tas_app_post(actx, data, _CORE_BYTES[c._core], 1, done)
@@ -531,7 +704,7 @@ class Context:
                     self._atx, self._fp_armed, self.stack.doorbells, data, _CORE_BYTES[c._core]
                 )
             if posted:
-                c._rx_posted = c._rx_tail
+                fl.rx_posted = fl.rx_tail
                 self._updates = {}
             elif done[0] == _DROPPED:
                 self._updates = {}
@@ -562,44 +735,280 @@ class Context:
                 left[c.flow_id] = c
         self._updates = left
 
+    # -- the echo kernel (tas_app_echo) -------------------------------------------
+    def _echo_add(self, conns: list[Connection]) -> None:
+        """Let _echo_flows() serve these connections in the echo kernel
+        while they stay in the plain state (connected; no reset, shutdown or
+        close), which is what Connection.echo() does in Python.  For the
+        echo server."""
+        with self._lock:
+            if not self._closed:
+                for conn in conns:
+                    self._echo_add_one(conn)
+
+    def _echo_add_one(self, conn: Connection) -> None:
+        if (
+            conn.ctx is not self
+            or conn._state != _STATE_CONNECTED
+            or conn._reset
+            or conn._gone
+            or conn._shut_rd
+            or conn._shut_wr
+        ):
+            return
+        fid = conn.flow_id
+        tab = self._echo_tab
+        if fid >= len(tab):
+            size = max(fid + 1, 2 * len(tab))
+            new = ffi.new("struct tas_app_flow *[]", size)
+            ffi.memmove(new, tab, len(tab) * ffi.sizeof("void *"))
+            self._echo_tab = tab = new
+            if self._actx is not None:
+                self._actx.echo_tab, self._actx.echo_tab_n = tab, size
+        old = self._echo_conns.get(fid)
+        if old is not None and old is not conn:
+            old._fl.echo = 0
+        tab[fid] = conn._fl
+        self._echo_conns[fid] = conn
+        conn._fl.echo = 1
+
+    def _echo_in_drain(self, on: bool) -> None:
+        """On: every drain of the ARX rings (wait, poll) first gives the
+        flow ids it took to the echo kernel (tas_app_drain with echo_on):
+        those it served are not reported by ready_flows(); the others are
+        (ECHO_SKIP), or come out of _echo_taken() (EOF, input left)."""
+        with self._lock:
+            self._echo_drain = bool(on) and not self._closed
+            if self._actx is not None:
+                self._actx.echo_on = int(self._echo_drain)
+
+    def _echo_wait(self, timeout: float | None, lst: Listener) -> tuple:
+        """The echo server's wait, under one lock: wait(timeout); the
+        connections queued on lst (as accept(timeout=0) one at a time,
+        without polling), given to the echo kernel (_echo_add) and echoed
+        once (_echo_flows); then _echo_taken(), the count of flows the
+        drains' echo took, ready_flows() and hints_lost().  Returns (n,
+        accepted connections or None, outcomes left, count, ready, lost)."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            n = self._wait_body(timeout)
+            att = self._echo_att
+            if att:
+                self._echo_att = []
+            new = None
+            q = lst._queue
+            if q and not lst._closed:
+                new = list(q)
+                q.clear()
+                ids = []
+                for conn in new:
+                    self._echo_add_one(conn)
+                    af = conn._af
+                    if af.rx_head or af.flags:  # (else nothing to echo or look at yet)
+                        ids.append(conn.flow_id)
+                if ids:
+                    att = att + self._echo_flows_locked(ids)  # (a new list: att may be _echo_att)
+                    self._recheck_cur.update(ids)
+            seen, self._echo_seen = self._echo_seen, 0
+            ready = self._ready
+            if ready:
+                self._ready = set()
+                self._recheck_cur |= ready
+            else:
+                ready = _NO_FLOWS
+            lost = self._hints_lost
+            if lost:
+                self._hints_lost = False
+            return n, new, att, seen, ready, lost
+        finally:
+            lock.release()
+
+    def _recheck(self, ids) -> int:
+        """The echo server's flows served since the sleep before last, looked
+        at again by the echo kernel (lock held, doorbell armed or just
+        woken): the fast path sends at most one notification per flow per
+        poll, and may move a flow's positions after it in the same poll (an
+        ACK notified, then the payload of the same segment, or of the next
+        frame of the batch).  A notification read before that poll ended
+        found the old positions, and none comes for the new ones.  The poll
+        ends with a fence and a look at the armed flag: either it sees us
+        armed and rings (we look again after the wake) or our look after
+        arming sees its positions.  Outcomes go to _echo_att; returns how
+        many (not the flows that only moved: their updates are posted)."""
+        actx = self._actx
+        if actx is None or len(ids) > len(self._echo_ids):
+            att = [o for o in self._echo_flows_locked(ids) if o[1] != ECHO_SKIP]
+        else:
+            cids = self._echo_ids
+            if len(ids) == 1:
+                for fid in ids:
+                    cids[0] = fid
+            else:
+                ffi.memmove(cids, _array("I", ids), 4 * len(ids))
+            tab = self._echo_tab
+            k = lib.tas_app_echo(actx, tab, len(tab), cids, len(ids), self._echo_out_ids, self._echo_out_st)
+            if not k:  # (the common case: nothing new, or moved and posted)
+                return 0
+            att = []
+            oids, ost = self._echo_out_ids, self._echo_out_st
+            for i in range(k):
+                st = ost[i]
+                fid = oids[i]
+                if st & _ECHO_UNPOSTED:  # its update waits for the next flush
+                    conn = self._echo_conns.get(fid)
+                    if conn is not None:
+                        self._updates[fid] = conn
+                    st &= ~_ECHO_UNPOSTED
+                if st != ECHO_DONE and st != ECHO_SKIP:
+                    att.append((fid, st))
+        if att:
+            self._echo_att += att
+        return len(att)
+
+    def _echo_taken(self) -> list[tuple[int, int]]:
+        """The (flow id, outcome) pairs the drains' echo left since the last
+        call (ECHO_MORE, ECHO_EOF), in order."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            att, self._echo_att = self._echo_att, []
+        finally:
+            lock.release()
+        return att
+
+    def _echo_outcomes(self, k: int) -> None:
+        """The k outcomes a drain's echo wrote (actx.echo_ids/echo_st)."""
+        oids, ost = self._echo_out_ids, self._echo_out_st
+        if k == 1:
+            self._echo_outcome(oids[0], ost[0])
+        else:
+            for i in range(k):
+                self._echo_outcome(oids[i], ost[i])
+
+    def _echo_outcome(self, fid: int, st: int) -> None:
+        if st & _ECHO_UNPOSTED:  # its update waits for the next flush
+            conn = self._echo_conns.get(fid)
+            if conn is not None:
+                self._updates[fid] = conn
+            st &= ~_ECHO_UNPOSTED
+            if st == ECHO_DONE:
+                return
+        if st == ECHO_SKIP:  # not the kernel's: a hint as usual
+            self._ready.add(fid)
+        else:
+            self._echo_att.append((fid, st))
+
+    def _post_twin(self, data: bytes, cores: bytes) -> tuple[int, bytearray]:
+        return _post_atx_twin(self._atx, self._fp_armed, self.stack.doorbells, data, cores)
+
+    def _echo_drop(self, conn: Connection) -> None:
+        """conn leaves the echo kernel (lock held)."""
+        conn._fl.echo = 0
+        fid = conn.flow_id
+        if self._echo_conns.get(fid) is conn:
+            del self._echo_conns[fid]
+            self._echo_tab[fid] = _NULL
+            self._recheck_cur.discard(fid)
+            self._recheck_prev.discard(fid)
+
+    def _echo_flows(self, ids) -> list[tuple[int, int]]:
+        """Echo the flows named by ids (a collection of flow ids, e.g.
+        ready_flows()) that _echo_add() gave the kernel, in one call
+        (tas_app_echo, or its twin): copy what is readable into their own
+        send buffers and post their updates.  Returns (flow id, outcome)
+        for every flow not simply done: ECHO_SKIP (not the kernel's: look
+        at it as usual), ECHO_MORE (input left, reset, ...: the general
+        path), ECHO_EOF (all echoed and the peer's FIN seen: close it).  An
+        update that found its ring full is queued for the next flush."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            return self._echo_flows_locked(ids)
+        finally:
+            lock.release()
+
+    def _echo_flows_locked(self, ids) -> list[tuple[int, int]]:
+        if self._closed:
+            return [(fid, ECHO_SKIP) for fid in ids]
+        actx = self._actx
+        if actx is None:  # the pure twin (TAS_PURE=1)
+            res = _echo_twin(self._echo_conns, ids, self._post_twin)
+        else:
+            n = len(ids)
+            cids = self._echo_ids
+            if n > len(cids):
+                size = max(n, 2 * len(cids))
+                cids = self._echo_ids = ffi.new("uint32_t[]", size)
+                if size > len(self._echo_out_ids):
+                    self._echo_out_ids = actx.echo_ids = ffi.new("uint32_t[]", size)
+                    self._echo_out_st = actx.echo_st = ffi.new("uint8_t[]", size)
+            if n == 1:
+                for fid in ids:
+                    cids[0] = fid
+            else:
+                ffi.memmove(cids, _array("I", ids), 4 * n)
+            tab = self._echo_tab
+            k = lib.tas_app_echo(actx, tab, len(tab), cids, n, self._echo_out_ids, self._echo_out_st)
+            if not k:
+                return []
+            oids, ost = self._echo_out_ids, self._echo_out_st
+            res = [(oids[i], ost[i]) for i in range(k)]
+        if not res:
+            return res
+        out = []
+        for fid, st in res:
+            if st & _ECHO_UNPOSTED:  # its update waits for the next flush
+                conn = self._echo_conns.get(fid)
+                if conn is not None:
+                    self._updates[fid] = conn
+                st &= ~_ECHO_UNPOSTED
+                if st == ECHO_DONE:
+                    continue
+            out.append((fid, st))
+        return out
+
     def _process_events(self) -> int:
         n = 0
-        while self._events:
-            msg = self._events.popleft()
+        events, flows = self._events, self._flows
+        while events:
+            r = events.popleft()
             n += 1
-            ev = msg["ev"]
-            if ev == "newconn":
-                info: FlowInfo = msg["flow"]
-                lst = self._listeners.get(msg["listener"])
+            kind = r[0]
+            if kind == _EV_NEWCONN:
+                lst = self._listeners.get(r[5])
                 try:
-                    conn = Connection(self, info, _STATE_CONNECTED)
+                    conn = Connection._from_record(self, r)
                 except ProtocolError:
                     continue  # bogus FlowInfo: ignore the flow
-                self._flows[info.flow] = conn
-                if lst is not None:
-                    conn._cc = lst.cc  # accepted connections inherit the listener's
+                flows[r[4]] = conn
                 if lst is None or lst._closed:
                     conn._abort_quiet()  # raced with listener close
                 else:
+                    conn._cc = lst.cc  # accepted connections inherit the listener's
                     lst._queue.append(conn)
                 continue
-            conn = self._flows.get(msg["flow"])
+            conn = flows.get(r[4])
             if conn is None:
                 continue
             self._ready.add(conn.flow_id)  # its state changed: a hint for ready_flows()
-            if ev == "connected":
+            if kind != _EV_CONNECTED:
+                conn._fl.echo = 0  # not the plain state any more: no echo kernel
+            if kind == _EV_CONNECTED:
                 if conn._state == _STATE_CONNECTING:
                     conn._state = _STATE_CONNECTED
-            elif ev == "conn_failed":  # the app still closes the flow
+            elif kind == _EV_CONN_FAILED:  # the app still closes the flow
                 conn._state = _STATE_FAILED
-                conn._error = msg["errno"]
-            elif ev == "reset":
-                conn._reset = msg["errno"] or errno.ECONNRESET
-            elif ev == "closed":  # buffers reclaimed: never touch them again
+                conn._error = r[5]
+            elif kind == _EV_RESET:
+                conn._reset = r[5] or errno.ECONNRESET
+            elif kind == _EV_CLOSED:  # buffers reclaimed: never touch them again
                 conn._reset = conn._reset or errno.ECONNRESET
                 conn._gone = True
-                self._flows.pop(conn.flow_id, None)
+                flows.pop(conn.flow_id, None)
                 self._updates.pop(conn.flow_id, None)
+                if conn._state != _STATE_CLOSED and not conn._drop_views():  # (nothing reads them now)
+                    self._pinned.append(conn)
         return n
 
     def _poll_arx(self, flags: int = 0) -> int:
@@ -614,13 +1023,36 @@ class Context:
 
     def _take_ids(self, k: int) -> int:
         """Flow ids the C kernel drained (k of them, more if it stopped at
-        the cap) into the ready set; overflow accounting as the twin."""
+        the cap) into the ready set (with the echo kernel on: what it left,
+        _echo_taken); overflow accounting as the twin."""
         actx, ids, ready = self._actx, self._ids, self._ready
-        ready.update(ffi.unpack(ids, k))
+        echo = self._echo_drain
+        if echo:
+            e = actx.echo_n
+            if e == 1:
+                self._echo_outcome(self._echo_out_ids[0], self._echo_out_st[0])
+            elif e:
+                self._echo_outcomes(e)
+            self._echo_seen += k
+            # served at once: looked at again around the next sleeps (_recheck)
+            if k == 1:
+                self._recheck_cur.add(ids[0])
+            else:
+                self._recheck_cur.update(ffi.unpack(ids, k))
+        elif k == 1:
+            ready.add(ids[0])
+        else:
+            ready.update(ffi.unpack(ids, k))
         n = k
         while k == _IDS_CAP:
             k = lib.tas_app_drain(actx, ids, _IDS_CAP, lib.TAS_APP_DRAIN_MORE)
-            ready.update(ffi.unpack(ids, k))
+            if echo:
+                if actx.echo_n:
+                    self._echo_outcomes(actx.echo_n)
+                self._echo_seen += k
+                self._recheck_cur.update(ffi.unpack(ids, k))
+            else:
+                ready.update(ffi.unpack(ids, k))
             n += k
         # The fast path drops a notification only while the ring is full,
         # and a drain takes everything up to an empty ring: so a drop since
@@ -633,13 +1065,20 @@ class Context:
         return n
 
     def _poll_arx_py(self) -> int:
-        ready = self._ready
+        ready = got = self._ready
+        if self._echo_drain:  # the drain goes to the echo kernel's twin first
+            got = set()
         n = 0
-        for g in _drain_arx_twin(self._arx, self._arxbuf, ready):
+        for g in _drain_arx_twin(self._arx, self._arxbuf, got):
             if g >= self.arx_slots:  # (see _take_ids)
                 self._hints_lost = True
                 self.arx_overflows += 1
             n += g
+        if got is not ready and got:
+            self._echo_seen += len(got)
+            self._recheck_cur |= got
+            for fid, st in _echo_twin(self._echo_conns, got, self._post_twin):
+                self._echo_outcome(fid, st)
         if n:
             self._hints += n
         return n
@@ -664,6 +1103,11 @@ class Context:
         if self._updates or stack._closes:  # (what _flush() would do, without the call)
             self._flush()
         n = (self._process_events() if self._events else 0) + self._poll_arx()
+        recheck = self._recheck_prev | self._recheck_cur if self._recheck_prev else self._recheck_cur
+        if not n and recheck:
+            n = self._recheck(recheck)
+            if n:
+                self._recheck_prev, self._recheck_cur = self._recheck_cur, set()
         if n or self._events:
             self._hdr.app_armed = 0
             if self._updates or stack._closes:
@@ -688,6 +1132,9 @@ class Context:
         if len(ready) > 1 or (ready and ready[0] != self.evfd):
             stack._drain_events()
         n = (self._process_events() if self._events else 0) + self._poll_arx()
+        if recheck:
+            n += self._recheck(recheck)
+            self._recheck_prev, self._recheck_cur = self._recheck_cur, set()
         if self._updates or stack._closes:
             self._flush()
         return n
@@ -713,8 +1160,14 @@ class Context:
             if self._updates or stack._closes:
                 self._flush()
             return n
-        slice_ = MAX_SLEEP if self._waiters == 0 else 0.005
-        t = slice_ if timeout is None else min(timeout, slice_)
+        recheck = self._recheck_prev | self._recheck_cur if self._recheck_prev else self._recheck_cur
+        if recheck and self._recheck(recheck):  # (armed: see _recheck)
+            self._hdr.app_armed = 0  # no sleep: something to look at
+            self._recheck_prev, self._recheck_cur = self._recheck_cur, set()
+            return len(self._echo_att)
+        t = MAX_SLEEP if self._waiters == 0 else 0.005
+        if timeout is not None and timeout < t:
+            t = timeout
         sock = -1 if stack._closed else self._sleep_fds[1]
         evfd = self.evfd
         self._waiters += 1
@@ -729,11 +1182,21 @@ class Context:
         if ready < 0:
             self._hdr.app_armed = 0
             raise _oserror(-ready)
-        if ready & 2:  # TAS_APP_READY_SOCK
-            stack._drain_events()
+        if ready & 2:  # TAS_APP_READY_SOCK: one message (more: the next sleep returns at once)
+            stack._drain_events(True)
         n = self._process_events() if self._events else 0
         # disarm, clear the eventfd (if it rang), drain
-        n += self._poll_arx(3 if ready & 1 else 1)  # TAS_APP_WAKE_DISARM | TAS_APP_WAKE_CLEAR
+        k = lib.tas_app_drain(self._actx, self._ids, _IDS_CAP, 3 if ready & 1 else 1)  # DISARM | CLEAR
+        if k:
+            n += self._take_ids(k)
+        if recheck:
+            if k and self._echo_drain:  # (those this drain just served)
+                recheck = recheck - set(ffi.unpack(self._ids, k)) if k > 1 else recheck - {self._ids[0]}
+            elif self._ready:  # (those the server looks at anyway)
+                recheck = recheck - self._ready
+            if recheck:
+                n += self._recheck(recheck)
+            self._recheck_prev, self._recheck_cur = self._recheck_cur, set()
         if self._updates or stack._closes:
             self._flush()
         return n
@@ -792,27 +1255,34 @@ class Context:
         lock = self._lock
         lock.acquire()  # (acquire/release: cheaper than ``with`` on the per-wake-up path)
         try:
-            if self._closed:
-                raise _oserror(errno.EBADF, "context closed")
-            if self._hints or self._events:
-                n = self._poll_locked() + self._hints
-                self._hints = 0
-                return n
-            deadline = _deadline(timeout)
-            if SPIN_US and timeout != 0:
-                n = self._spin_locked(deadline)
-                if n:
-                    self._hints = 0
-                    return n
-            # the first sleep gets the whole timeout (the deadline was just
-            # computed from it): one clock read less per wake-up
-            n = self._wait_locked(None if timeout is None else max(0.0, timeout))
-            while not n and _remaining(deadline) != 0:
-                n = self._wait_locked(_remaining(deadline))
-            self._hints = 0
-            return n
+            return self._wait_body(timeout)
         finally:
             lock.release()
+
+    def _wait_body(self, timeout: float | None) -> int:
+        """wait() with the lock held."""
+        if self._closed:
+            raise _oserror(errno.EBADF, "context closed")
+        if self._hints or self._events:
+            n = self._poll_locked() + self._hints
+            self._hints = 0
+            return n
+        start = _monotonic()
+        if SPIN_US and timeout != 0:
+            n = self._spin_locked(None if timeout is None else start + timeout)
+            if n:
+                self._hints = 0
+                return n
+        # the first sleep gets the whole timeout; the deadline is needed
+        # only if it comes back empty
+        t = None if timeout is None else (timeout if timeout > 0 else 0.0)
+        n = self._wait_locked_c(t) if self._actx is not None else self._wait_locked(t)
+        if not n and timeout != 0:
+            deadline = None if timeout is None else start + timeout
+            while not n and _remaining(deadline) != 0:
+                n = self._wait_locked(_remaining(deadline))
+        self._hints = 0
+        return n
 
     def ready_flows(self) -> set[int]:
         """Flow ids the fast path notified (data, acknowledged data, FIN)
@@ -983,15 +1453,20 @@ class Context:
             return
         self._closed = True
         self._actx = None  # (it points into the rings closed below)
+        for conn in self._echo_conns.values():
+            conn._fl.echo = 0
+        self._echo_conns = {}
+        self._echo_drain = False
         self.stack._contexts.pop(self.ctx_id, None)
         for ring in self._atx + self._arx:
             close = getattr(ring, "close", None)
             if close is not None:
                 close()
         self._atx = self._arx = []
-        for conn in list(self._conns):
+        for conn in [*self._flows.values(), *self._pinned]:
             conn._gone = True
             conn._drop_views()
+        self._pinned = []
         self._mv.release()
         self.region.close()
         os.close(self.evfd)
@@ -1083,13 +1558,79 @@ class Listener:
         self.close()
 
 
+class _LazyView:
+    """A Connection's buffer view, made on first use and then an instance
+    attribute (what most connections of an echo server never need: the
+    echo kernel copies in C)."""
+
+    def __init__(self, name: str, off: str, length: str) -> None:
+        self.name, self.off, self.length = name, off, length
+
+    def __get__(self, conn, cls=None):
+        if conn is None:
+            return self
+        off = getattr(conn, self.off)
+        view = conn.ctx._mv[off : off + getattr(conn, self.length)]
+        conn.__dict__[self.name] = view
+        return view
+
+
+def _flow_init_twin(fl, base, af_off, rx_off, rx_len, tx_off, tx_len, flow, gen, core) -> None:
+    """Python twin of tas_app_flow_init (TAS_PURE=1)."""
+    ffi.memmove(fl, bytes(ffi.sizeof("struct tas_app_flow")), ffi.sizeof("struct tas_app_flow"))
+    fl.af = ffi.cast("struct tas_appflow *", base + af_off)
+    fl.rx = base + rx_off
+    fl.tx = base + tx_off
+    fl.rx_len, fl.tx_len, fl.flow_id, fl.gen, fl.core = rx_len, tx_len, flow, gen, core
+
+
+_flow_init = _flow_init_twin if use_pure() else lib.tas_app_flow_init
+
+
+def _fl_field(name: str) -> property:
+    """A Connection attribute kept in its struct tas_app_flow."""
+
+    def set_(self, value: int) -> None:
+        setattr(self._fl, name, value)
+
+    return property(operator.attrgetter("_fl." + name), set_)
+
+
 class Connection:
     """A TCP connection whose buffers live in the context region."""
 
     def __init__(self, ctx: Context, info: FlowInfo, state: str) -> None:
+        self._info = info
+        self._setup(ctx, info.flow, info.gen, info.core, info.appflow_off, info.rx_off, info.rx_len,
+                    info.tx_off, info.tx_len, state)
+
+    @classmethod
+    def _from_record(cls, ctx: Context, r: tuple) -> Connection:
+        """An accepted connection from a checked ``newconn`` record
+        (ctlproto.decode_events_raw): its FlowInfo is built only if asked
+        for (``info``)."""
+        conn = _new_object(cls)
+        conn._info = None
+        conn._rec = r
+        conn._setup(ctx, r[4], r[2], r[1], r[6], r[7], r[8], r[9], r[10], _STATE_CONNECTED)
+        return conn
+
+    def _setup(
+        self, ctx: Context, flow: int, gen: int, core: int, af_off: int, rx_off: int, rx_len: int,
+        tx_off: int, tx_len: int, state: str,
+    ) -> None:
+        heap, end = ctx._heap_off, ctx._region_size
+        if (
+            af_off < heap
+            or af_off + _APPFLOW_BYTES > end
+            or rx_off < heap
+            or rx_off + rx_len > end
+            or tx_off < heap
+            or tx_off + tx_len > end
+        ):
+            raise ProtocolError(f"flow {flow}: buffer outside the context heap")
         self.ctx = ctx
-        self.info = info
-        self.flow_id = info.flow
+        self.flow_id = flow
         self._state = state
         self._error = 0
         self._reset = 0  # errno of a reset event
@@ -1098,29 +1639,37 @@ class Connection:
         self._gone = False  # `closed` event seen
         self._shut_wr = False
         self._shut_rd = False
-        self._rx_tail = 0
-        self._tx_head = 0
-        self._rx_posted = 0
-        region = ctx.region
-        end = region.size
-        for off, n in (
-            (info.appflow_off, layout.APPFLOW_BYTES),
-            (info.rx_off, info.rx_len),
-            (info.tx_off, info.tx_len),
-        ):
-            if off < ctx.layout.heap_off or off + n > end:
-                raise ProtocolError(f"flow {info.flow}: buffer outside the context heap")
-        self._af = region.cast("struct tas_appflow", info.appflow_off)
-        self._rx = ctx._mv[info.rx_off : info.rx_off + info.rx_len]
-        self._tx = ctx._mv[info.tx_off : info.tx_off + info.tx_len]
-        self._rx_mask = info.rx_len - 1
-        self._tx_mask = info.tx_len - 1
-        # FlowInfo is frozen: its hot fields as plain attributes
-        self._rx_len = info.rx_len
-        self._tx_len = info.tx_len
-        self._core = info.core
-        self._gen = info.gen
-        ctx._conns.add(self)
+        # positions (rx_tail, tx_head, rx_posted) live in a struct
+        # tas_app_flow, shared with the echo kernel (tas_app_echo)
+        fl = self._fl = _ffi_new(_APP_FLOW)
+        _flow_init(fl, ctx._base, af_off, rx_off, rx_len, tx_off, tx_len, flow, gen, core)
+        self._af = fl.af
+        self._rx_off = rx_off  # (the buffer views, _rx and _tx, are made on first use)
+        self._tx_off = tx_off
+        self._rx_mask = rx_len - 1
+        self._tx_mask = tx_len - 1
+        # the FlowInfo's hot fields as plain attributes
+        self._rx_len = rx_len
+        self._tx_len = tx_len
+        self._core = core
+        self._gen = gen
+
+    _rx = _LazyView("_rx", "_rx_off", "_rx_len")  # memoryview of the rx buffer
+    _tx = _LazyView("_tx", "_tx_off", "_tx_len")  # memoryview of the tx buffer
+
+    # the positions, in the record (self._fl)
+    _rx_tail = _fl_field("rx_tail")  # bytes consumed
+    _tx_head = _fl_field("tx_head")  # bytes written
+    _rx_posted = _fl_field("rx_posted")  # rx_tail of the last update posted
+
+    @property
+    def info(self) -> FlowInfo:
+        """The flow's FlowInfo (docs/CONTROL.md); an accepted connection's is
+        built on first use."""
+        info = self._info
+        if info is None:
+            info = self._info = ctlproto.record_flowinfo(self._rec)
+        return info
 
     def __repr__(self) -> str:
         return f"<libtas.Connection {self.local_address}->{self.remote_address} {self._state}>"
@@ -1167,13 +1716,13 @@ class Connection:
         if self._gone:
             return 0
         avail = (self._af.rx_head - self._rx_tail) & 0xFFFFFFFFFFFFFFFF
-        return avail if avail <= self.info.rx_len else 0  # never trust a bogus head
+        return avail if avail <= self._rx_len else 0  # never trust a bogus head
 
     def _tx_free(self) -> int:
         if self._gone:
             return 0
         used = (self._tx_head - self._af.tx_acked) & 0xFFFFFFFFFFFFFFFF
-        return self.info.tx_len - used if used <= self.info.tx_len else 0
+        return self._tx_len - used if used <= self._tx_len else 0
 
     def _check_usable(self) -> None:
         if self._state == _STATE_CLOSED:
@@ -1208,7 +1757,7 @@ class Connection:
         # path only when the window it advertises has shrunk to half the
         # buffer or a quarter of the buffer was freed; small reads ride
         # along with the next send's update instead of costing one each.
-        rx_len = self.info.rx_len
+        rx_len = self._rx_len
         if was_full or freed >= rx_len // 4 or self._af.rx_head - self._rx_posted >= rx_len // 2:
             self.ctx._queue_update(self)
 
@@ -1272,7 +1821,7 @@ class Connection:
                 self._check_usable()
             n = min(space, len(mv))
             pos = self._tx_head & self._tx_mask
-            first = min(n, self.info.tx_len - pos)
+            first = min(n, self._tx_len - pos)
             self._tx[pos : pos + first] = mv[:first]
             if n > first:
                 self._tx[: n - first] = mv[first:n]
@@ -1323,13 +1872,13 @@ class Connection:
 
     def _copy_out(self, dst: memoryview, n: int) -> None:
         pos = self._rx_tail & self._rx_mask
-        first = min(n, self.info.rx_len - pos)
+        first = min(n, self._rx_len - pos)
         dst[:first] = self._rx[pos : pos + first]
         if n > first:
             dst[first:n] = self._rx[: n - first]
 
     def _consume_locked(self, n: int, avail: int) -> None:
-        was_full = avail >= self.info.rx_len
+        was_full = avail >= self._rx_len
         self._rx_tail += n
         self._after_consume(was_full)
         self.ctx._flush()
@@ -1374,7 +1923,7 @@ class Connection:
                 raise _reset_error(self._reset)
             avail = self._rx_avail()
             pos = self._rx_tail & self._rx_mask
-            k = min(avail, self.info.rx_len - pos)
+            k = min(avail, self._rx_len - pos)
             return self._rx[pos : pos + k].toreadonly()
 
     def consume(self, n: int) -> None:
@@ -1425,7 +1974,7 @@ class Connection:
             if not n:
                 return 0
             rx, tx = self._rx, dst._tx
-            rx_len, tx_len = self.info.rx_len, dst.info.tx_len
+            rx_len, tx_len = self._rx_len, dst._tx_len
             src = self._rx_tail & self._rx_mask
             out = dst._tx_head & dst._tx_mask
             left = n
@@ -1461,13 +2010,14 @@ class Connection:
         af = self._af
         if af.flags & TAS_AF_RESET:
             return -1
+        fl = self._fl
         rx_len = self._rx_len
-        tail = self._rx_tail
+        tail = fl.rx_tail
         avail = (af.rx_head - tail) & _M64
         if avail > rx_len:  # never trust a bogus head
             return 0
         tx_len = self._tx_len
-        head = self._tx_head
+        head = fl.tx_head
         used = (head - af.tx_acked) & _M64
         if used > tx_len:
             return 0
@@ -1488,8 +2038,8 @@ class Connection:
                 src = (src + k) & rx_mask
                 out = (out + k) & tx_mask
                 left -= k
-        self._tx_head = head + n
-        self._rx_tail = tail + n
+        fl.tx_head = head + n
+        fl.rx_tail = tail + n
         # one update carries both positions (what _after_consume would queue
         # for the rx side is this same flow's update)
         ctx._updates[self.flow_id] = self
@@ -1515,6 +2065,27 @@ class Connection:
         finally:
             lock.release()
 
+    def _echo_status(self, flush: bool) -> int:
+        """For the echo server: echo() in the plain state, saying what is
+        left: ECHO_DONE (everything echoed: echo() would return False),
+        ECHO_EOF (everything echoed and the peer's FIN seen, no reset: the
+        connection is at EOF), ECHO_MORE (input left, or any other state:
+        go the general way, splice_to/readable/at_eof)."""
+        lock = self.ctx._lock
+        lock.acquire()
+        try:
+            if self._echo_locked(flush) < 0:
+                return ECHO_MORE
+            af = self._af
+            flags = af.flags  # (before rx_head: with FIN seen, rx_head is final)
+            if (af.rx_head - self._fl.rx_tail) & _M64:
+                return ECHO_MORE
+            if not flags & (TAS_AF_RX_FIN | TAS_AF_RESET):
+                return ECHO_DONE
+            return ECHO_EOF if not flags & TAS_AF_RESET else ECHO_MORE
+        finally:
+            lock.release()
+
     # -- teardown -------------------------------------------------------------------------
     def shutdown(self, how: int) -> None:
         """SHUT_WR: send FIN after the bytes written so far.  SHUT_RD: recv()
@@ -1526,6 +2097,7 @@ class Connection:
             self._check_usable()
             if self._state == _STATE_CONNECTING:
                 raise _oserror(errno.ENOTCONN)
+            self._fl.echo = 0  # not the plain state any more: no echo kernel
             if how in (socket.SHUT_RD, socket.SHUT_RDWR):
                 self._shut_rd = True
             if how in (socket.SHUT_WR, socket.SHUT_RDWR) and not self._shut_wr:
@@ -1539,22 +2111,27 @@ class Connection:
         sending it).  Idempotent.  ``flush=False``: the request is held back
         until the context's next flush()/poll()/wait() or the next request
         (a server closing many connections in one pass sends one message)."""
-        with self.ctx._lock:
+        ctx = self.ctx
+        lock = ctx._lock
+        lock.acquire()
+        try:
             if self._state == _STATE_CLOSED:
                 return
-            if self.ctx._closed:
+            if ctx._closed:
                 self._state = _STATE_CLOSED
                 return
-            self.ctx._flush_updates()  # (held closes stay held)
+            if ctx._updates:
+                ctx._flush_updates()  # (held closes stay held)
             gone = self._gone
             self._release()
             if gone:
                 return
             # no reply awaited: the stack queues the FIN after tx_head (or
             # resets if rx_tail left data unread) in request order
-            self.ctx.stack._post(
-                "close", hold=not flush, flow=self.flow_id, tx_head=self._tx_head, rx_tail=self._rx_tail
-            )
+            fl = self._fl
+            ctx.stack._post_close(self.flow_id, fl.tx_head, fl.rx_tail, not flush)
+        finally:
+            lock.release()
 
     @property
     def congestion_control(self) -> str:
@@ -1599,16 +2176,29 @@ class Connection:
 
     def _release(self) -> None:
         self._state = _STATE_CLOSED
-        self.ctx._flows.pop(self.flow_id, None)
-        self.ctx._updates.pop(self.flow_id, None)
-        self._drop_views()
+        ctx = self.ctx
+        ctx._flows.pop(self.flow_id, None)
+        ctx._updates.pop(self.flow_id, None)
+        if self._fl.echo:
+            ctx._echo_drop(self)
+        if not self._drop_views():
+            ctx._pinned.append(self)
 
-    def _drop_views(self) -> None:
-        for v in (self._rx, self._tx):
-            try:
-                v.release()
-            except BufferError:
-                pass  # a recv_view() is still held by the caller
+    def _drop_views(self) -> bool:
+        """Release the buffer views (those made); False if one is still
+        exported."""
+        d = self.__dict__
+        if "_rx" not in d and "_tx" not in d:  # never made
+            return True
+        ok = True
+        for name in ("_rx", "_tx"):
+            v = d.get(name)
+            if v is not None:
+                try:
+                    v.release()
+                except BufferError:
+                    ok = False  # a recv_view() is still held by the caller
+        return ok
 
     def _abort_quiet(self) -> None:
         try:

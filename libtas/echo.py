@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from libtas.api import Connection, Stack
+from libtas.api import ECHO_DONE, ECHO_EOF, Connection, Stack
 
 log = logging.getLogger("tas.echo")
 CHUNK = 256 << 10
@@ -50,20 +50,24 @@ class EchoServer:
         self.serviced = 0
         self.sweeps = 0
         self.timer_sweeps = 0
+        self._trace: list[int] | None = None
+        # The connections' echo is in C: in the drains of wait() (then the
+        # flows it served are not in ready_flows()) and over ready_flows().
+        # The fast path notifies a flow at most once per poll and may move
+        # its positions after that in the same poll: the flows served are
+        # looked at again around the next sleeps (Context._recheck).
+        self.ctx._echo_in_drain(True)
 
-    def _accept_all(self) -> list[Connection]:
-        new = []
-        # wait() has just drained the control events: take what is queued
-        # (accept() does not poll while its queue is not empty)
-        while self.listener._queue:
-            try:
-                conn = self.listener.accept(timeout=0)
-            except BlockingIOError:
-                break
-            self.conns[conn.flow_id] = conn
-            self.served += 1
-            new.append(conn)
-        return new
+    @property
+    def trace(self) -> list[int] | None:
+        """(tests) A list: the flow ids the server looks at are appended
+        (the drains then leave every flow to the server's pass)."""
+        return self._trace
+
+    @trace.setter
+    def trace(self, seen: list[int] | None) -> None:
+        self._trace = seen
+        self.ctx._echo_in_drain(seen is None)
 
     def _service(self, conn: Connection) -> bool:
         """Echo what conn has; False when the connection is finished.
@@ -75,11 +79,19 @@ class EchoServer:
         The update is posted with the others of this pass (flush=False)."""
         self.serviced += 1
         fid = conn.flow_id
+        if self._trace is not None:
+            self._trace.append(fid)
         try:
-            if not conn.echo(False):  # (flush=False) all echoed (the common case): splice + readable in one
+            # (flush=False) echo() in one call, also saying whether the
+            # connection is at EOF (then close it)
+            st = conn._echo_status(False)
+            if st == ECHO_DONE:  # all echoed (the common case)
                 if self._blocked:
                     self._blocked.pop(fid, None)
                 return True
+            if st == ECHO_EOF:  # what the loop below finds: moved nothing, readable, at_eof
+                conn.close(flush=False)  # sent with this pass's others (ctx.flush below)
+                return False
             while True:
                 moved = conn.splice_to(conn, flush=False)  # rx buffer -> tx buffer, one update
                 if not conn.readable():  # all echoed (the common case)
@@ -96,32 +108,58 @@ class EchoServer:
             conn.abort()
             return False
 
+    def _close(self, conn: Connection, alone: bool = False) -> None:
+        """A connection at EOF: close it (sent with this pass's others,
+        or at once when it is alone)."""
+        try:
+            conn.close(flush=alone)
+        except (ConnectionResetError, BrokenPipeError, TimeoutError, OSError):
+            conn.abort()
+
     def serve_once(self, timeout: float = 0.2) -> None:
         """Wait for the doorbell (at most timeout), then serve the flows
         that have something (see the class docstring)."""
         ctx = self.ctx
-        n = ctx.wait(timeout)
-        new = self._accept_all() if self.listener._queue else None
-        ready = ctx.ready_flows()
-        lost = ctx.hints_lost()
+        # wait(), then (one lock) accept what is queued (given to the echo
+        # kernel and echoed once), what the drains' echo left (EOF, input
+        # left) and how many flows it served, ready_flows(), hints_lost()
+        n, new, att, seen, ready, lost = ctx._echo_wait(timeout, self.listener)
+        self.serviced += seen
+        if new:
+            conns = self.conns
+            for conn in new:
+                conns[conn.flow_id] = conn
+            self.served += len(new)
+            self.serviced += len(new)
+            if self._trace is not None:
+                self._trace.extend(c.flow_id for c in new)
         if not (
-            new
-            or lost
+            lost
             or self._blocked
             or (not n and time.monotonic() - self._last_sweep > self.SAFETY_SWEEP_S)
         ):
-            # the common case: only flows the fast path named, each once
-            # (a set), no dict of them to build
-            conns, service = self.conns, self._service
-            any_ = False
-            for fid in ready:
-                conn = conns.get(fid)
-                if conn is not None:
-                    any_ = True
-                    if not service(conn):
-                        conns.pop(fid, None)
-                        self._blocked.pop(fid, None)
-            if any_:
+            # the common case: the flows the fast path named, each once (a
+            # set), no dict of them to build
+            if ready:
+                # one call echoes them all (Context._echo_flows: the echo
+                # kernel); the rest (EOF, input left, ...) are looked at here
+                self.serviced += len(ready)
+                if self._trace is not None:
+                    self._trace.extend(ready)
+                att = att + ctx._echo_flows(ready) if att else ctx._echo_flows(ready)
+            if att:
+                conns, service = self.conns, self._service
+                for fid, st in att:
+                    conn = conns.get(fid)
+                    if conn is None:
+                        continue
+                    if st == ECHO_EOF:  # all echoed, the peer's FIN seen
+                        self._close(conn, len(att) == 1)
+                    elif service(conn):  # input left, not the kernel's, ...
+                        continue
+                    conns.pop(fid, None)
+                    self._blocked.pop(fid, None)
+            if ctx._updates or self.stack._closes:  # (what flush() would look at)
                 ctx.flush()
             return
         now = time.monotonic()
@@ -141,6 +179,10 @@ class EchoServer:
                 if conn is not None:
                     todo[fid] = conn
             todo.update(self._blocked)
+        for fid, _ in att or ():  # what the drains' echo left
+            conn = self.conns.get(fid)
+            if conn is not None:
+                todo[fid] = conn
         for fid, conn in todo.items():
             if not self._service(conn):
                 self.conns.pop(fid, None)

@@ -9,10 +9,12 @@ import errno
 import os
 import socket
 import struct
+import types
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import libtas.api as api
 from flextcp.native import ffi, lib
 from flextcp.ring import HDR_SIZE, PyRing, Ring
 from flextcp.shm import Region
@@ -30,8 +32,8 @@ def _ring_off(kind: int, core: int, slots: int) -> int:
     return HDR + (2 * core + kind) * per
 
 
-def _region(n_cores: int, slots: int) -> Region:
-    return Region.create(_ring_off(0, n_cores, slots), "test_app_wait")
+def _region(n_cores: int, slots: int, extra: int = 0) -> Region:
+    return Region.create(_ring_off(0, n_cores, slots) + extra, "test_app_wait")
 
 
 def _hdr(region: Region):
@@ -89,10 +91,11 @@ class _Bell:
             return 0
 
 
-def _prepare(n_cores: int, slots: int, per_core, armed, fp_armed) -> tuple[Side, Side]:
+def _prepare(n_cores: int, slots: int, per_core, armed, fp_armed, extra: int = 0) -> tuple[Side, Side]:
     """Two identical regions: ring c starts at index start (wraps), then
-    holds the ARX entries ids and the ATX ring atx_fill entries."""
-    region = _region(n_cores, slots)
+    holds the ARX entries ids and the ATX ring atx_fill entries (and extra
+    bytes after the rings)."""
+    region = _region(n_cores, slots, extra)
     for c in range(n_cores):
         start, ids, atx_fill = per_core[c]
         for kind, es, fill in ((0, ATX_ES, None), (1, ARX_ES, ids)):
@@ -257,3 +260,113 @@ def test_entry_sizes():
     assert _ATX.size == ATX_ES == lib.TAS_ATX_ENTRY_SIZE
     assert _ARX.size == ARX_ES == ffi.sizeof("struct tas_arx")
     assert struct.calcsize("<I") == ffi.sizeof("uint32_t")
+
+
+# -- tas_app_echo: the echo server's pass -------------------------------------------------------
+
+FLOW_AREA = 64 + 2 * 64  # per flow: appflow block, rx and tx buffers of at most 64 bytes
+
+
+@st.composite
+def _echo_states(draw):
+    n_cores, slots, per_core, armed, fp_armed = draw(_states())
+    flows = []
+    for fid in range(draw(st.integers(1, 6))):
+        rx_len = draw(st.sampled_from([8, 16, 64]))
+        tx_len = draw(st.sampled_from([8, 16, 64]))
+        rx_tail = draw(st.integers(0, 1 << 20))
+        bogus = draw(st.integers(0, 19)) == 0
+        rx_head = rx_tail + (rx_len + draw(st.integers(1, 50)) if bogus else draw(st.integers(0, rx_len)))
+        tx_head = draw(st.integers(0, 1 << 20))
+        used = draw(st.integers(0, tx_len)) if draw(st.integers(0, 19)) else tx_len + draw(st.integers(1, 50))
+        flows.append({
+            "fid": fid, "core": draw(st.integers(0, n_cores)), "rx_len": rx_len, "tx_len": tx_len,
+            "rx_tail": rx_tail, "rx_head": rx_head, "tx_head": tx_head, "tx_acked": tx_head - used,
+            "flags": draw(st.sampled_from([0, 0, 0, 1, 2, 3])),
+            "in_table": draw(st.integers(0, 9)) > 0, "echo": draw(st.integers(0, 9)) > 0,
+            "rx_data": draw(st.binary(min_size=rx_len, max_size=rx_len)),
+        })  # fmt: skip
+    ids = draw(st.lists(st.integers(0, len(flows) + 1), max_size=12))
+    return n_cores, slots, per_core, armed, fp_armed, flows, ids
+
+
+def _echo_side(side: Side, base: int, flows: list[dict], use_c: bool):
+    """The flows in side's region at base: records (and, for the twin,
+    connection-like objects over the same memory)."""
+    recs, conns = {}, {}
+    mv = side.region.view()
+    for f in flows:
+        off = base + f["fid"] * FLOW_AREA
+        af = side.region.cast("struct tas_appflow", off)
+        af.rx_head, af.tx_acked, af.flags = f["rx_head"], f["tx_acked"] & api._M64, f["flags"]
+        rx_off, tx_off = off + 64, off + 64 + 64
+        mv[rx_off : rx_off + f["rx_len"]] = f["rx_data"]
+        fl = ffi.new("struct tas_app_flow *")
+        fl.af = af
+        fl.rx = side.region.cast("uint8_t", rx_off)
+        fl.tx = side.region.cast("uint8_t", tx_off)
+        fl.rx_tail, fl.tx_head, fl.rx_posted = f["rx_tail"], f["tx_head"], 0
+        fl.rx_len, fl.tx_len, fl.flow_id, fl.gen, fl.core = f["rx_len"], f["tx_len"], f["fid"], 1, f["core"]
+        fl.echo = f["echo"]
+        recs[f["fid"]] = fl
+        if f["in_table"]:
+            conns[f["fid"]] = types.SimpleNamespace(
+                _fl=fl, _af=af, _rx=mv[rx_off : rx_off + f["rx_len"]], _tx=mv[tx_off : tx_off + f["tx_len"]]
+            )
+    return recs, conns, mv
+
+
+@settings(max_examples=300, deadline=None)
+@given(state=_echo_states())
+def test_echo_matches_twin(state):
+    """tas_app_echo against libtas.api._echo_twin: same outcomes, positions,
+    tx bytes, ATX entries (rings full included) and doorbells."""
+    n_cores, slots, per_core, armed, fp_armed, flows, ids = state
+    base = _ring_off(0, n_cores, slots)
+    extra = len(flows) * FLOW_AREA
+    c, py = _prepare(n_cores, slots, per_core, armed, fp_armed, extra)
+    try:
+        crecs, _, cmv = _echo_side(c, base, flows, True)
+        precs, pconns, pmv = _echo_side(py, base, flows, False)
+        tab = ffi.new("struct tas_app_flow *[]", len(flows))
+        for f in flows:
+            if f["in_table"]:
+                tab[f["fid"]] = crecs[f["fid"]]
+        cids = ffi.new("uint32_t[]", max(1, len(ids)))
+        for i, fid in enumerate(ids):
+            cids[i] = fid
+        out_ids = ffi.new("uint32_t[]", max(1, len(ids)))
+        out_st = ffi.new("uint8_t[]", max(1, len(ids)))
+        k = lib.tas_app_echo(c.actx, tab, len(flows), cids, len(ids), out_ids, out_st)
+        got = [(out_ids[i], out_st[i]) for i in range(k)]
+        twin = api._echo_twin(
+            pconns, ids, lambda d, cores: _post_atx_twin(py.atx, py.fp_armed, py.doorbells, d, cores)
+        )
+        assert got == twin
+        for f in flows:
+            a, b = crecs[f["fid"]], precs[f["fid"]]
+            assert (a.rx_tail, a.tx_head, a.rx_posted) == (b.rx_tail, b.tx_head, b.rx_posted)
+        cmv.release()
+        pmv.release()
+        assert bytes(c.region.view()) == bytes(py.region.view())
+        assert [min(x, 1) for x in c.rang()] == [min(x, 1) for x in py.rang()]
+    finally:
+        c.close()
+        py.close()
+
+
+def test_flow_init_matches_twin():
+    """tas_app_flow_init against libtas.api._flow_init_twin: the same record."""
+    size = ffi.sizeof("struct tas_app_flow")
+    buf = ffi.new("uint8_t[]", 1 << 16)
+    base = ffi.cast("uint8_t *", buf)
+    for args in ((64, 4096, 4096, 8192, 8192, 17, 3, 0), (0, 128, 8, 256, 16, 2**32 - 1, 65535, 15)):
+        a, b = ffi.new("struct tas_app_flow *"), ffi.new("struct tas_app_flow *")
+        ffi.memmove(a, b"\xaa" * size, size)  # (the kernel clears what it does not set)
+        ffi.memmove(b, b"\x55" * size, size)
+        lib.tas_app_flow_init(a, base, *args)
+        api._flow_init_twin(b, base, *args)
+        assert bytes(ffi.buffer(a)) == bytes(ffi.buffer(b))
+        assert a.af == ffi.cast("struct tas_appflow *", base + args[0])
+        assert (a.rx, a.tx, a.rx_len, a.tx_len) == (base + args[1], base + args[3], args[2], args[4])
+        assert (a.flow_id, a.gen, a.core, a.echo, a.rx_tail, a.tx_head, a.rx_posted) == (*args[5:], 0, 0, 0, 0)

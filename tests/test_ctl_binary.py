@@ -82,6 +82,33 @@ def _rec(**kw) -> bytes:
 def test_decode_events_is_strict(data):
     with pytest.raises(ProtocolError):
         ctlproto.decode_events(data)
+    with pytest.raises(ProtocolError):  # libtas's form: the same checks
+        ctlproto.decode_events_raw(data)
+    buf = bytearray(data) + b"\0" * 300  # in a receive buffer: the message is its first bytes
+    with pytest.raises(ProtocolError):
+        ctlproto.decode_events_raw(buf, len(data))
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_decode_events_raw_is_decode_events(n):
+    """The records libtas takes (decode_events_raw, also out of a longer
+    receive buffer) are decode_events' events; record_flowinfo and
+    event_record convert between them."""
+    evs = [
+        {"ev": "newconn", "ctx": 1, "listener": 7, "flow": INFO},
+        {"ev": "reset", "ctx": 2, "flow": 10, "errno": errno.ECONNRESET},
+        {"ev": "closed", "ctx": 3, "flow": 11},
+    ][:n]
+    data = ctlproto.BIN_EVENTS + b"".join(ctlproto.encode_event(e) for e in evs)
+    buf = bytearray(data) + b"\xff" * 500
+    for recs in (ctlproto.decode_events_raw(data), ctlproto.decode_events_raw(buf, len(data))):
+        assert len(recs) == n
+        for r, e in zip(recs, ctlproto.decode_events(data), strict=True):
+            assert ctlproto.event_record(e) == r
+            if r[0] == 1:
+                info = ctlproto.record_flowinfo(r)
+                assert info == FlowInfo(**INFO) and hash(info) == hash(FlowInfo(**INFO))
+                assert info.to_dict() == INFO
 
 
 def test_close_codec():

@@ -55,7 +55,7 @@ def _conn(st: dict) -> api.Connection:
     rx_len, tx_len = len(rx), len(tx)
     c.__dict__.update(
         ctx=ctx,
-        info=types.SimpleNamespace(rx_len=rx_len, tx_len=tx_len, core=0, gen=1, flow=7),
+        _info=types.SimpleNamespace(rx_len=rx_len, tx_len=tx_len, core=0, gen=1, flow=7),
         flow_id=7,
         _state=st["state"],
         _error=errno.ECONNREFUSED,
@@ -64,9 +64,6 @@ def _conn(st: dict) -> api.Connection:
         _gone=st["gone"],
         _shut_rd=st["shut_rd"],
         _shut_wr=st["shut_wr"],
-        _rx_tail=st["rx_tail"],
-        _tx_head=st["tx_head"],
-        _rx_posted=st["rx_posted"],
         _af=af,
         _afkeep=af,
         _rx=memoryview(rx),
@@ -80,6 +77,15 @@ def _conn(st: dict) -> api.Connection:
         _core=0,
         _gen=1,
     )
+    # the positions live in the connection's struct tas_app_flow
+    fl = c._fl = ffi.new("struct tas_app_flow *")
+    fl.af = af
+    fl.rx, fl.tx = ffi.from_buffer("uint8_t[]", rx), ffi.from_buffer("uint8_t[]", tx)
+    c.__dict__["_rxkeep"], c.__dict__["_txkeep"] = fl.rx, fl.tx
+    fl.rx_len, fl.tx_len, fl.flow_id, fl.gen, fl.core = rx_len, tx_len, 7, 1, 0
+    c._rx_tail = st["rx_tail"]
+    c._tx_head = st["tx_head"]
+    c._rx_posted = st["rx_posted"]
     return c
 
 
@@ -108,7 +114,7 @@ def _random_state(rng: random.Random) -> dict:
         ),
         "rx_tail": rx_tail,
         "rx_head": rx_head,
-        "rx_posted": rx_tail - rng.randrange(0, rx_len + 1),
+        "rx_posted": max(0, rx_tail - rng.randrange(0, rx_len + 1)),
         "tx_head": tx_head,
         "tx_acked": tx_head - used,
         "rx_data": bytes(rng.randrange(256) for _ in range(rx_len)),
@@ -178,3 +184,32 @@ def test_echo_wraps_both_buffers():
     # rx bytes 12..15, 0..5 (the rx buffer wraps) land at tx 14, 15, 0..7 (so does tx)
     assert bytes(c._txbuf) == bytes([14, 15, 0, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0, 0, 12, 13])
     assert list(c.ctx._updates) == [7]
+
+
+def test_echo_kernel_twin_is_echo_status():
+    """The echo kernel's twin (api._echo_twin, compared with tas_app_echo by
+    tests/test_app_wait.py) does for a plain connection what the echo
+    server's Python path does (Connection._echo_status): same outcome,
+    positions and bytes; its update is posted instead of queued."""
+    rng = random.Random(7)
+    outcomes = set()
+    for _ in range(4000):
+        st = _random_state(rng)
+        st.update(state=api._STATE_CONNECTED, ctx_closed=False, reset=0, gone=False, shut_rd=False, shut_wr=False)
+        a, b = _conn(st), _conn(st)
+        a._fl.echo = 1
+        posted = []
+
+        def post(data, cores, posted=posted):
+            posted.append(data)
+            return 1, bytearray([api._POSTED] * len(cores))
+
+        got = api._echo_twin({7: a}, [7], post)
+        want = b._echo_status(False)
+        assert (got[0][1] if got else api.ECHO_DONE) == want, st
+        assert (a._rx_tail, a._tx_head, bytes(a._txbuf)) == (b._rx_tail, b._tx_head, bytes(b._txbuf))
+        assert bool(posted) == bool(b.ctx._updates)  # moved: one update (posted / queued)
+        if posted:
+            assert a._rx_posted == a._rx_tail
+        outcomes.add(want)
+    assert outcomes == {api.ECHO_DONE, api.ECHO_MORE, api.ECHO_EOF}

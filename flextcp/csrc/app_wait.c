@@ -16,6 +16,8 @@
 
 #define ARX_BATCH 64
 
+struct tas_app_flow;
+
 static void evfd_clear(int32_t fd)
 {
     uint64_t v;
@@ -71,6 +73,9 @@ out:
     for (i = 0; i < n_cores; i++)
         if (c->got[i] >= c->arx_slots)
             c->overflows++;
+    c->echo_n = 0;
+    if (c->echo_on && n)
+        c->echo_n = tas_app_echo(c, c->echo_tab, c->echo_tab_n, ids, n, c->echo_ids, c->echo_st);
     return n;
 }
 
@@ -166,4 +171,132 @@ uint32_t tas_app_post(struct tas_app_ctx *c, const void *src, const uint8_t *cor
                 evfd_ring(c->fp_evfd[core]);
     }
     return posted;
+}
+
+/* The plain-state echo of one flow (Connection._echo_locked + the status
+ * of _echo_status): returns TAS_ECHO_* and sets *moved. */
+static uint8_t echo_one(struct tas_app_flow *f, uint32_t *moved)
+{
+    struct tas_appflow *af = f->af;
+    uint64_t rx_head, tx_acked, avail, used, n, src, out, left, k;
+    uint32_t flags;
+
+    *moved = 0;
+    if (__atomic_load_n(&af->flags, __ATOMIC_ACQUIRE) & TAS_AF_RESET)
+        return TAS_ECHO_MORE;
+    rx_head = __atomic_load_n(&af->rx_head, __ATOMIC_ACQUIRE);
+    tx_acked = __atomic_load_n(&af->tx_acked, __ATOMIC_ACQUIRE);
+    avail = rx_head - f->rx_tail;
+    if (avail > f->rx_len)  /* never trust a bogus head */
+        return TAS_ECHO_MORE;
+    used = f->tx_head - tx_acked;
+    if (used > f->tx_len)  /* a bogus acked position: move nothing */
+        n = 0;
+    else
+        n = avail < f->tx_len - used ? avail : f->tx_len - used;
+    if (n) {
+        src = f->rx_tail & (f->rx_len - 1);
+        out = f->tx_head & (f->tx_len - 1);
+        left = n;
+        while (left) {  /* at most three pieces: each buffer wraps at most once */
+            k = left;
+            if (k > f->rx_len - src)
+                k = f->rx_len - src;
+            if (k > f->tx_len - out)
+                k = f->tx_len - out;
+            memcpy(f->tx + out, f->rx + src, k);
+            src = (src + k) & (f->rx_len - 1);
+            out = (out + k) & (f->tx_len - 1);
+            left -= k;
+        }
+        f->rx_tail += n;
+        f->tx_head += n;
+        *moved = 1;
+    }
+    if (n < avail)
+        return TAS_ECHO_MORE;
+    flags = __atomic_load_n(&af->flags, __ATOMIC_ACQUIRE);
+    /* input that arrived meanwhile: looked at by the general path */
+    if (__atomic_load_n(&af->rx_head, __ATOMIC_ACQUIRE) != f->rx_tail)
+        return TAS_ECHO_MORE;
+    if (!(flags & (TAS_AF_RX_FIN | TAS_AF_RESET)))
+        return TAS_ECHO_DONE;
+    return flags & TAS_AF_RESET ? TAS_ECHO_MORE : TAS_ECHO_EOF;
+}
+
+uint32_t tas_app_echo(struct tas_app_ctx *c, struct tas_app_flow *const *tab, uint32_t tab_n,
+                      const uint32_t *ids, uint32_t n, uint32_t *out_ids, uint8_t *out_st)
+{
+    uint8_t entries[ARX_BATCH * TAS_ATX_ENTRY_SIZE];
+    uint8_t cores[ARX_BATCH], done[ARX_BATCH];
+    struct tas_app_flow *posted[ARX_BATCH];
+    uint32_t idx[ARX_BATCH];  /* the out slot of each entry (or UINT32_MAX) */
+    uint32_t i, j, k = 0, nout = 0, moved;
+    uint8_t st;
+
+    for (i = 0; i <= n; i++) {
+        if (i < n) {
+            struct tas_app_flow *f = ids[i] < tab_n ? tab[ids[i]] : NULL;
+
+            if (f == NULL || !f->echo) {
+                out_ids[nout] = ids[i];
+                out_st[nout++] = TAS_ECHO_SKIP;
+                continue;
+            }
+            st = echo_one(f, &moved);
+            if (moved) {
+                struct tas_atx *e = (struct tas_atx *)(entries + k * TAS_ATX_ENTRY_SIZE);
+
+                e->flow_id = f->flow_id;
+                e->gen = f->gen;
+                e->kind = TAS_ATX_UPDATE;
+                e->rx_tail = f->rx_tail;
+                e->tx_head = f->tx_head;
+                e->rsvd = 0;
+                cores[k] = f->core;
+                posted[k] = f;
+                idx[k] = UINT32_MAX;
+            }
+            if (st != TAS_ECHO_DONE) {
+                if (moved)
+                    idx[k] = nout;
+                out_ids[nout] = ids[i];
+                out_st[nout++] = st;
+            }
+            if (moved)
+                k++;
+        }
+        if (k == ARX_BATCH || (i == n && k)) {
+            tas_app_post(c, entries, cores, k, done);
+            for (j = 0; j < k; j++) {
+                if (done[j] == 1) {
+                    posted[j]->rx_posted = posted[j]->rx_tail;
+                } else if (done[j] == 0) {  /* ring full: the caller queues it */
+                    if (idx[j] == UINT32_MAX) {
+                        idx[j] = nout;
+                        out_ids[nout] = posted[j]->flow_id;
+                        out_st[nout++] = TAS_ECHO_DONE;
+                    }
+                    out_st[idx[j]] |= TAS_ECHO_UNPOSTED;
+                }
+            }
+            k = 0;
+        }
+    }
+    return nout;
+}
+
+void tas_app_flow_init(struct tas_app_flow *f, uint8_t *base, uint64_t af_off, uint64_t rx_off,
+                       uint32_t rx_len, uint64_t tx_off, uint32_t tx_len, uint32_t flow_id,
+                       uint16_t gen, uint8_t core)
+{
+    memset(f, 0, sizeof(*f));
+    f->af = (struct tas_appflow *)(base + af_off);
+    f->rx = base + rx_off;
+    f->tx = base + tx_off;
+    f->rx_len = rx_len;
+    f->tx_len = tx_len;
+    f->flow_id = flow_id;
+    f->gen = gen;
+    f->core = core;
 }

@@ -22,6 +22,13 @@
 #define TAS_APP_WAKE_DISARM 1  /* tas_app_drain: clear app_armed first */
 #define TAS_APP_WAKE_CLEAR 2   /* tas_app_drain: and read the eventfd */
 #define TAS_APP_DRAIN_MORE 4   /* tas_app_drain: continue a drain (keep got) */
+#define TAS_ECHO_DONE 0        /* tas_app_echo: everything readable echoed (not reported) */
+#define TAS_ECHO_SKIP 1        /* tas_app_echo: not an echo flow of the table: the caller looks */
+#define TAS_ECHO_MORE 2        /* tas_app_echo: input left, reset or bogus positions: general path */
+#define TAS_ECHO_EOF 3         /* tas_app_echo: everything echoed, peer's FIN, no reset: close */
+#define TAS_ECHO_UNPOSTED 16   /* tas_app_echo (or-ed in): its update found the ring full */
+
+struct tas_app_flow;
 
 /* One context as libtas sees it (process-local; filled by libtas). */
 struct tas_app_ctx {
@@ -35,7 +42,40 @@ struct tas_app_ctx {
     uint32_t arx_slots;
     uint32_t overflows;           /* out: rings whose got >= arx_slots */
     uint32_t got[16];             /* out: entries drained per ring */
+    /* echo_on: every drain (tas_app_drain, tas_app_arm_drain) passes the
+     * ids it took to tas_app_echo(c, echo_tab, echo_tab_n, ids, n,
+     * echo_ids, echo_st) and sets echo_n to its result (echo_ids/echo_st
+     * hold as many entries as the drain's cap); 0: echo_n = 0 */
+    uint32_t echo_on;
+    uint32_t echo_tab_n;
+    struct tas_app_flow **echo_tab;
+    uint32_t *echo_ids;
+    uint8_t *echo_st;
+    uint32_t echo_n;              /* out */
 };
+
+/* One connection as libtas keeps it (process-local, one per Connection:
+ * its positions live here, so the echo kernel and Python share them). */
+struct tas_app_flow {
+    struct tas_appflow *af;       /* the flow's appflow block (region) */
+    uint8_t *rx;                  /* rx buffer (region), rx_len bytes */
+    uint8_t *tx;                  /* tx buffer (region), tx_len bytes */
+    uint64_t rx_tail;             /* bytes the app consumed */
+    uint64_t tx_head;             /* bytes the app wrote */
+    uint64_t rx_posted;           /* rx_tail of the last ATX update posted */
+    uint32_t rx_len;              /* powers of two */
+    uint32_t tx_len;
+    uint32_t flow_id;
+    uint16_t gen;
+    uint8_t core;
+    uint8_t echo;                 /* 1: tas_app_echo may serve it (plain state) */
+};
+
+/* Fill a record for a flow whose appflow block and buffers are at these
+ * offsets from base (positions 0, echo off). */
+void tas_app_flow_init(struct tas_app_flow *f, uint8_t *base, uint64_t af_off, uint64_t rx_off,
+                       uint32_t rx_len, uint64_t tx_off, uint32_t tx_len, uint32_t flow_id,
+                       uint16_t gen, uint8_t core);
 
 /* Drain every ARX ring (until a dequeue comes up short) and write the
  * flow id of each entry into ids; stops early when cap ids are written
@@ -65,5 +105,17 @@ int32_t tas_app_sleep(int32_t evfd, int32_t sockfd, int64_t timeout_us);
  * write its eventfd.  Returns the entries posted. */
 uint32_t tas_app_post(struct tas_app_ctx *c, const void *src, const uint8_t *cores,
                       uint32_t n, uint8_t *done);
+
+/* The echo server's pass over the flows the fast path named: for each of
+ * the n ids (duplicates allowed), tab[id] (id < tab_n, non-NULL, echo
+ * set) gets what is readable copied into its own tx buffer as far as it
+ * fits (libtas Connection.echo(): rx_tail and tx_head advance), one ATX
+ * update per flow that moved is posted (in id order per core, then the
+ * armed cores rung, as tas_app_post; posted: rx_posted = rx_tail).  Every
+ * id whose outcome is not TAS_ECHO_DONE is written to out_ids/out_st
+ * (SKIP, MORE or EOF, | UNPOSTED when its update found the ring full: the
+ * caller queues it); returns how many.  out_ids/out_st hold n entries. */
+uint32_t tas_app_echo(struct tas_app_ctx *c, struct tas_app_flow *const *tab, uint32_t tab_n,
+                      const uint32_t *ids, uint32_t n, uint32_t *out_ids, uint8_t *out_st);
 
 #endif /* TAS_APP_WAIT_H */

@@ -326,6 +326,7 @@ class PyFastPath:
         self.n_ack = 0
         self.delq: deque[tuple[int, int]] = deque()  # (flow id, deadline), n_flows at most
         self.notif_stamp = [0] * cfg.n_flows
+        self.notifq: list[tuple[int, int]] = []
         self.poll_stamp = 1
         self.krx_posted = 0
         self.now_us = 0
@@ -442,20 +443,25 @@ class PyFastPath:
         return c.mv, off
 
     def notify_app(self, flow_id: int, f, kind: int) -> None:
-        c = self.flow_ctx(f)
-        if c is None:
-            return
         if self.notif_stamp[flow_id] == self.poll_stamp:
             return
-        e = _ARX.pack(flow_id, f.gen, kind, 0)
-        if c.arx.enqueue_n(e, 1) != 1:
-            self.st.arx_full += 1
-        else:
-            self.notif_stamp[flow_id] = self.poll_stamp
-        notify = c.notify
-        c.notify = (notify + 1) & M32
-        if not notify and not c.listed:
-            c.listed = 1
+        self.notif_stamp[flow_id] = self.poll_stamp
+        self.notifq.append((flow_id, kind))
+
+    def post_notifs(self) -> None:
+        """fp_post_notifs: the poll's notifications, after all its moves."""
+        for flow_id, kind in self.notifq:
+            f = self.flows + flow_id
+            c = self.flow_ctx(f)
+            if c is None:
+                continue
+            if c.arx.enqueue_n(_ARX.pack(flow_id, f.gen, kind, 0), 1) != 1:
+                self.st.arx_full += 1
+            notify = c.notify
+            c.notify = (notify + 1) & M32
+            if not notify and not c.listed:
+                c.listed = 1
+        self.notifq.clear()
 
     def to_sp_frame(self, frame, length: int) -> None:
         if length > TAS_KQ_DATA:
@@ -620,7 +626,8 @@ class PyFastPath:
         self.flush_acks()
         self.flush_delacks()
 
-        # 6. doorbells: apps (only if they sleep) and the slow path
+        # 6. notifications, then doorbells: apps (only if they sleep) and the slow path
+        self.post_notifs()
         for cid in self.active:
             c = self.ctx[cid]
             if c.notify:

@@ -115,9 +115,15 @@ struct tas_fp {
     uint64_t *delq_due;
     uint32_t delq_head, delq_n;
 
-    /* per-flow "notified in this poll" stamp to coalesce ARX entries */
+    /* per-flow "notified in this poll" stamp to coalesce ARX entries, and
+     * the poll's notifications (flow ids, first kind), posted at its end
+     * (fp_post_notifs): after every position the poll moves, so an app
+     * that drains an entry always finds what it announces */
     uint32_t *notif_stamp;
     uint32_t poll_stamp;
+    uint32_t *notifq;
+    uint16_t *notifq_kind;
+    uint32_t n_notif;
 
     uint32_t krx_posted;
     uint64_t now_us;

@@ -57,10 +57,12 @@ struct tas_fp *tas_fp_create(const struct tas_fp_config *cfg)
     fp->txc = calloc(FP_TXQ_SLOTS, sizeof(struct fp_txctx));
     fp->ackq = calloc(cfg->n_flows, sizeof(uint32_t));
     fp->notif_stamp = calloc(cfg->n_flows, sizeof(uint32_t));
+    fp->notifq = calloc(cfg->n_flows, sizeof(uint32_t));
+    fp->notifq_kind = calloc(cfg->n_flows, sizeof(uint16_t));
     fp->delq = calloc(cfg->n_flows, sizeof(uint32_t));
     fp->delq_due = calloc(cfg->n_flows, sizeof(uint64_t));
     if (!fp->txq_next || !fp->txq_slot || !fp->txc || !fp->ackq || !fp->notif_stamp ||
-        !fp->delq || !fp->delq_due)
+        !fp->notifq || !fp->notifq_kind || !fp->delq || !fp->delq_due)
         goto fail;
     fp->poll_stamp = 1;
     return fp;
@@ -80,6 +82,8 @@ void tas_fp_destroy(struct tas_fp *fp)
     free(fp->txc);
     free(fp->ackq);
     free(fp->notif_stamp);
+    free(fp->notifq);
+    free(fp->notifq_kind);
     free(fp->delq);
     free(fp->delq_due);
     free(fp);
@@ -246,23 +250,33 @@ uint8_t *fp_buf(struct tas_fp *fp, struct tas_flow *f, int tx)
 
 void fp_notify_app(struct tas_fp *fp, uint32_t flow_id, struct tas_flow *f, uint16_t kind)
 {
-    struct fp_ctx *c = flow_ctx(fp, f);
-    if (!c)
-        return;
-    if (fp->notif_stamp[flow_id] == fp->poll_stamp) {
-        /* already notified in this poll: the app rereads the positions */
-        return;
+    (void)f;
+    if (fp->notif_stamp[flow_id] == fp->poll_stamp)
+        return; /* already queued in this poll: its entry comes after every move */
+    fp->notif_stamp[flow_id] = fp->poll_stamp;
+    fp->notifq[fp->n_notif] = flow_id; /* at most once per flow per poll: n_flows slots */
+    fp->notifq_kind[fp->n_notif] = kind;
+    fp->n_notif++;
+}
+
+/* The poll's notifications, in the order of their first notify: one ARX
+ * entry per flow on its context's ring (the flow's context and generation
+ * now, at the end of the poll), and the context marked for a kick. */
+static void fp_post_notifs(struct tas_fp *fp)
+{
+    for (uint32_t i = 0; i < fp->n_notif; i++) {
+        uint32_t id = fp->notifq[i];
+        struct tas_flow *f = &fp->ft.flows[id];
+        struct fp_ctx *c = flow_ctx(fp, f);
+        if (!c)
+            continue;
+        struct tas_arx e = {.flow_id = id, .gen = f->gen, .kind = fp->notifq_kind[i]};
+        if (tas_ring_enqueue_n(&c->arx, &e, 1) != 1)
+            fp->st->arx_full++; /* the app still sees the positions when it polls; kick it */
+        if (!c->notify++ && !c->listed)
+            c->listed = 1;
     }
-    struct tas_arx e = {.flow_id = flow_id, .gen = f->gen, .kind = kind};
-    if (tas_ring_enqueue_n(&c->arx, &e, 1) != 1) {
-        fp->st->arx_full++;
-        /* the app still sees the positions when it polls; kick it */
-    } else {
-        fp->notif_stamp[flow_id] = fp->poll_stamp;
-    }
-    if (!c->notify++ && !c->listed) {
-        c->listed = 1;
-    }
+    fp->n_notif = 0;
 }
 
 void fp_to_sp_frame(struct tas_fp *fp, const uint8_t *frame, uint32_t len)
@@ -469,7 +483,8 @@ uint32_t tas_fp_poll(struct tas_fp *fp, uint64_t now_us)
     fp_flush_acks(fp);
     fp_flush_delacks(fp);
 
-    /* 6. doorbells: apps (only if they sleep) and the slow path.  The
+    fp_post_notifs(fp);
+    /* 6. notifications, then doorbells: apps (only if they sleep) and the slow path.  The
      * fence orders our ring publication before reading the armed flags
      * (the sleeper does the mirror image: arm, fence, re-check). */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);

@@ -798,7 +798,7 @@ class Context:
             att = self._echo_att
             if att:
                 self._echo_att = []
-            new = None
+            new = ids = None
             q = lst._queue
             if q and not lst._closed:
                 new = list(q)
@@ -815,6 +815,13 @@ class Context:
             ready = self._ready
             if ready:
                 self._ready = set()
+                if ids:
+                    # the new connections just echoed: their hints (an ARX
+                    # entry drained before the accept, an event) came before
+                    # that look, whose outcomes are in att
+                    ready.difference_update(ids)
+                    if not ready:
+                        ready = _NO_FLOWS
             else:
                 ready = _NO_FLOWS
             lost = self._hints_lost
@@ -853,7 +860,8 @@ class Context:
             if st == ECHO_DONE:
                 return
         if st == ECHO_SKIP:  # not the kernel's: a hint as usual
-            self._ready.add(fid)
+            if fid in self._flows:  # (else a flow whose newconn is not read yet: looked at when accepted)
+                self._ready.add(fid)
         else:
             self._echo_att.append((fid, st))
 

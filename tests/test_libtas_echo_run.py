@@ -253,3 +253,38 @@ def test_c_loop_returns(side):
     assert run(a, ids, 1024, sock, 1000000, 1000000) == 2
     assert (a.run_why, a.echo_n, ctx._hdr.app_armed) == (lib.TAS_APP_RUN_IDS, 2, 0)
     assert sorted((a.echo_ids[i], a.echo_st[i]) for i in range(2)) == [(4, api.ECHO_SKIP), (9, api.ECHO_EOF)]
+
+
+@pytest.mark.parametrize("hint_first", [True, False])
+def test_new_connection_with_data_echoed_once(side, monkeypatch, hint_first):
+    """A connection whose request (and its ARX hint) came before the accept
+    (crr): echoed at the accept, not looked at again for that hint; its FIN
+    then closes it."""
+    fid = 12
+    af_off = side.heap + fid * (64 + 2 * BUF)
+    rx_off, tx_off = af_off + 64, af_off + 64 + BUF
+    rec = ctlproto._EV_REC.pack(1, 0, 1, 5, fid, 3, af_off, rx_off, BUF, tx_off, BUF,
+                                0xC6120001, 0xC6120002, 7, 40000 + fid)  # fmt: skip
+    af = side.region.cast("struct tas_appflow", af_off)
+    side.mv[rx_off : rx_off + 4] = b"ping"
+    af.rx_head = 4
+    side.notify(fid)  # a hint for a flow not in the echo table yet
+    if hint_first:  # drained before the newconn is read: for a flow the context does not know
+        side.ctx.poll()
+    side.sp.send(ctlproto.BIN_EVENTS + rec)
+    if not hint_first:  # drained with the newconn, before the accept
+        side.ctx.poll()
+    looks = []
+    orig = side.ctx._echo_flows
+    monkeypatch.setattr(side.ctx, "_echo_flows", lambda ids: looks.append(set(ids)) or orig(ids))
+    deadline = time.monotonic() + 5
+    while fid not in side.srv.conns and time.monotonic() < deadline:
+        side.srv.serve_once(0.05)
+    assert side.updates() == [(fid, 1, 1, 4, 4)]
+    assert bytes(side.mv[tx_off : tx_off + 4]) == b"ping"
+    assert looks == []
+    af.flags = api.TAS_AF_RX_FIN
+    side.notify(fid)
+    side.srv.serve_once(0.05)
+    assert fid not in side.srv.conns
+    assert side.closes() == [(fid, 4, 4)]

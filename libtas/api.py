@@ -76,6 +76,9 @@ _NULL = ffi.NULL
 _ECHO_UNPOSTED = 16  # or-ed into an outcome: the flow's update found its ring full
 _NO_FLOWS: frozenset[int] = frozenset()
 _ECHO_TAB0 = 1024  # the echo table's first size (flow ids; it doubles as needed)
+# tas_app_echo_run (the echo server's wait in C): how long it keeps serving
+# wake-ups before it returns to Python
+ECHO_RUN_BUDGET_US = 2000
 _APPFLOW_BYTES = layout.APPFLOW_BYTES
 _new_object = object.__new__
 # event kinds (ctlproto's binary records; JSON events are converted to them)
@@ -630,12 +633,11 @@ class Context:
             self._echo_out_ids = ffi.new("uint32_t[]", _IDS_CAP)
             self._echo_out_st = ffi.new("uint8_t[]", _IDS_CAP)
             self._echo_drain = False
+            # the echo server's wait in C (tas_app_echo_run) when the drains
+            # echo; False: the Python path (its twin, tests)
+            self._echo_run = True
             self._echo_att: list[tuple[int, int]] = []
             self._echo_seen = 0  # flow ids the drains' echo took (the echo server counts them)
-            # flows the echo server served in this wake-up period and the one
-            # before: looked at again around the next sleeps (_recheck)
-            self._recheck_cur: set[int] = set()
-            self._recheck_prev: set[int] = set()
             if self._actx is not None:
                 a = self._actx
                 a.echo_tab, a.echo_tab_n = self._echo_tab, len(self._echo_tab)
@@ -796,7 +798,7 @@ class Context:
             att = self._echo_att
             if att:
                 self._echo_att = []
-            new = None
+            new = ids = None
             q = lst._queue
             if q and not lst._closed:
                 new = list(q)
@@ -809,12 +811,17 @@ class Context:
                         ids.append(conn.flow_id)
                 if ids:
                     att = att + self._echo_flows_locked(ids)  # (a new list: att may be _echo_att)
-                    self._recheck_cur.update(ids)
             seen, self._echo_seen = self._echo_seen, 0
             ready = self._ready
             if ready:
                 self._ready = set()
-                self._recheck_cur |= ready
+                if ids:
+                    # the new connections just echoed: their hints (an ARX
+                    # entry drained before the accept, an event) came before
+                    # that look, whose outcomes are in att
+                    ready.difference_update(ids)
+                    if not ready:
+                        ready = _NO_FLOWS
             else:
                 ready = _NO_FLOWS
             lost = self._hints_lost
@@ -823,48 +830,6 @@ class Context:
             return n, new, att, seen, ready, lost
         finally:
             lock.release()
-
-    def _recheck(self, ids) -> int:
-        """The echo server's flows served since the sleep before last, looked
-        at again by the echo kernel (lock held, doorbell armed or just
-        woken): the fast path sends at most one notification per flow per
-        poll, and may move a flow's positions after it in the same poll (an
-        ACK notified, then the payload of the same segment, or of the next
-        frame of the batch).  A notification read before that poll ended
-        found the old positions, and none comes for the new ones.  The poll
-        ends with a fence and a look at the armed flag: either it sees us
-        armed and rings (we look again after the wake) or our look after
-        arming sees its positions.  Outcomes go to _echo_att; returns how
-        many (not the flows that only moved: their updates are posted)."""
-        actx = self._actx
-        if actx is None or len(ids) > len(self._echo_ids):
-            att = [o for o in self._echo_flows_locked(ids) if o[1] != ECHO_SKIP]
-        else:
-            cids = self._echo_ids
-            if len(ids) == 1:
-                for fid in ids:
-                    cids[0] = fid
-            else:
-                ffi.memmove(cids, _array("I", ids), 4 * len(ids))
-            tab = self._echo_tab
-            k = lib.tas_app_echo(actx, tab, len(tab), cids, len(ids), self._echo_out_ids, self._echo_out_st)
-            if not k:  # (the common case: nothing new, or moved and posted)
-                return 0
-            att = []
-            oids, ost = self._echo_out_ids, self._echo_out_st
-            for i in range(k):
-                st = ost[i]
-                fid = oids[i]
-                if st & _ECHO_UNPOSTED:  # its update waits for the next flush
-                    conn = self._echo_conns.get(fid)
-                    if conn is not None:
-                        self._updates[fid] = conn
-                    st &= ~_ECHO_UNPOSTED
-                if st != ECHO_DONE and st != ECHO_SKIP:
-                    att.append((fid, st))
-        if att:
-            self._echo_att += att
-        return len(att)
 
     def _echo_taken(self) -> list[tuple[int, int]]:
         """The (flow id, outcome) pairs the drains' echo left since the last
@@ -895,7 +860,8 @@ class Context:
             if st == ECHO_DONE:
                 return
         if st == ECHO_SKIP:  # not the kernel's: a hint as usual
-            self._ready.add(fid)
+            if fid in self._flows:  # (else a flow whose newconn is not read yet: looked at when accepted)
+                self._ready.add(fid)
         else:
             self._echo_att.append((fid, st))
 
@@ -909,8 +875,6 @@ class Context:
         if self._echo_conns.get(fid) is conn:
             del self._echo_conns[fid]
             self._echo_tab[fid] = _NULL
-            self._recheck_cur.discard(fid)
-            self._recheck_prev.discard(fid)
 
     def _echo_flows(self, ids) -> list[tuple[int, int]]:
         """Echo the flows named by ids (a collection of flow ids, e.g.
@@ -1034,11 +998,6 @@ class Context:
             elif e:
                 self._echo_outcomes(e)
             self._echo_seen += k
-            # served at once: looked at again around the next sleeps (_recheck)
-            if k == 1:
-                self._recheck_cur.add(ids[0])
-            else:
-                self._recheck_cur.update(ffi.unpack(ids, k))
         elif k == 1:
             ready.add(ids[0])
         else:
@@ -1050,7 +1009,6 @@ class Context:
                 if actx.echo_n:
                     self._echo_outcomes(actx.echo_n)
                 self._echo_seen += k
-                self._recheck_cur.update(ffi.unpack(ids, k))
             else:
                 ready.update(ffi.unpack(ids, k))
             n += k
@@ -1076,7 +1034,6 @@ class Context:
             n += g
         if got is not ready and got:
             self._echo_seen += len(got)
-            self._recheck_cur |= got
             for fid, st in _echo_twin(self._echo_conns, got, self._post_twin):
                 self._echo_outcome(fid, st)
         if n:
@@ -1090,62 +1047,17 @@ class Context:
         return n
 
     def _wait_locked(self, timeout: float | None) -> int:
-        """One armed sleep on the eventfd (at most MAX_SLEEP), lock released.
-
-        The control socket is watched by the same select() instead of being
-        drained (a recvmsg) before and after every sleep: the stack sends an
-        event before it rings the eventfd, so a pending event makes the sleep
-        return at once, and the socket is read only when select() says so."""
-        if self._actx is not None:
-            return self._wait_locked_c(timeout)
-        stack = self.stack
-        lib.tas_armed_set(self._app_armed, 1)
-        if self._updates or stack._closes:  # (what _flush() would do, without the call)
-            self._flush()
-        n = (self._process_events() if self._events else 0) + self._poll_arx()
-        recheck = self._recheck_prev | self._recheck_cur if self._recheck_prev else self._recheck_cur
-        if not n and recheck:
-            n = self._recheck(recheck)
-            if n:
-                self._recheck_prev, self._recheck_cur = self._recheck_cur, set()
-        if n or self._events:
-            self._hdr.app_armed = 0
-            if self._updates or stack._closes:
-                self._flush()
-            return n
-        slice_ = MAX_SLEEP if self._waiters == 0 else 0.005
-        t = slice_ if timeout is None else min(timeout, slice_)
-        fds = [self.evfd] if stack._closed else self._sleep_fds
-        self._waiters += 1
-        self._lock.release()
-        try:
-            ready = select.select(fds, [], [], t)[0]
-        finally:
-            self._lock.acquire()
-            self._waiters -= 1
-        self._hdr.app_armed = 0
-        if self.evfd in ready:
-            try:
-                os.eventfd_read(self.evfd)
-            except BlockingIOError:
-                pass
-        if len(ready) > 1 or (ready and ready[0] != self.evfd):
-            stack._drain_events()
-        n = (self._process_events() if self._events else 0) + self._poll_arx()
-        if recheck:
-            n += self._recheck(recheck)
-            self._recheck_prev, self._recheck_cur = self._recheck_cur, set()
-        if self._updates or stack._closes:
-            self._flush()
-        return n
-
-    def _wait_locked_c(self, timeout: float | None) -> int:
-        """_wait_locked with the C kernels: flush, then arm + re-check
-        (tas_app_arm_drain), sleep in ppoll with the lock released
-        (tas_app_sleep), then disarm + clear the eventfd + drain
-        (tas_app_drain).  Flushing before arming is as lossless as after:
-        what the fast path answers before the doorbell is armed is in the
-        rings when the re-check drains them."""
+        """One armed sleep on the eventfd and the control socket (at most
+        MAX_SLEEP), lock released: flush, then arm + re-check (C:
+        tas_app_arm_drain; twin: tas_armed_set + a drain), sleep (C:
+        tas_app_sleep in ppoll; twin: select), then _after_sleep.
+        Flushing before arming is as lossless as after: what the fast path
+        answers before the doorbell is armed is in the rings when the
+        re-check drains them.  The control socket is watched by the same
+        sleep instead of being drained (a recvmsg) before and after every
+        sleep: the stack sends an event before it rings the eventfd, so a
+        pending event makes the sleep return at once, and the socket is
+        read only when the sleep says so."""
         stack = self.stack
         if self._updates or stack._closes:
             self._flush()
@@ -1154,17 +1066,21 @@ class Context:
             if self._updates or stack._closes:
                 self._flush()
             return n
-        k = lib.tas_app_arm_drain(self._actx, self._ids, _IDS_CAP)
-        if k:
-            n = self._take_ids(k)
+        actx = self._actx
+        if actx is not None and self._echo_drain and self._echo_run and not self._waiters:
+            return self._echo_run_locked(timeout)
+        if actx is not None:
+            k = lib.tas_app_arm_drain(actx, self._ids, _IDS_CAP)
+            n = self._take_ids(k) if k else 0
+        else:
+            lib.tas_armed_set(self._app_armed, 1)
+            n = self._poll_arx_py()
+            if n:
+                self._hdr.app_armed = 0
+        if n:
             if self._updates or stack._closes:
                 self._flush()
             return n
-        recheck = self._recheck_prev | self._recheck_cur if self._recheck_prev else self._recheck_cur
-        if recheck and self._recheck(recheck):  # (armed: see _recheck)
-            self._hdr.app_armed = 0  # no sleep: something to look at
-            self._recheck_prev, self._recheck_cur = self._recheck_cur, set()
-            return len(self._echo_att)
         t = MAX_SLEEP if self._waiters == 0 else 0.005
         if timeout is not None and timeout < t:
             t = timeout
@@ -1173,30 +1089,69 @@ class Context:
         self._waiters += 1
         self._lock.release()
         try:
-            ready = lib.tas_app_sleep(evfd, sock, int(t * 1e6))
+            if actx is not None:
+                ready = lib.tas_app_sleep(evfd, sock, int(t * 1e6))
+            else:
+                r = select.select([evfd] if sock < 0 else self._sleep_fds, [], [], t)[0]
+                ready = (evfd in r) | (2 if sock in r else 0)
         finally:
             self._lock.acquire()
             self._waiters -= 1
+        return self._after_sleep(ready)
+
+    def _echo_run_locked(self, timeout: float | None) -> int:
+        """_wait_locked of the echo server (the drains echo), in C:
+        tas_app_echo_run repeats arm + re-check, sleep, disarm + drain for
+        as long as the echo kernel serves every id a drain takes, and
+        returns when Python must decide (outcomes, the control socket, a
+        timeout or signal) or after ECHO_RUN_BUDGET_US.  The lock stays held
+        throughout (a sleep included): the echo server owns its context, and
+        this path is taken only when no other thread waits on it."""
+        actx = self._actx
+        t = MAX_SLEEP if timeout is None or timeout > MAX_SLEEP else timeout
+        sock = -1 if self.stack._closed else self._sleep_fds[1]
+        k = lib.tas_app_echo_run(actx, self._ids, _IDS_CAP, sock, int(t * 1e6), ECHO_RUN_BUDGET_US)
+        n = actx.run_seen
+        if n:
+            self._echo_seen += n
+        why = actx.run_why
+        if why == 1:  # TAS_APP_RUN_IDS: that drain's ids (disarmed)
+            n += self._take_ids(k)
+        elif why == 2:  # TAS_APP_RUN_SLEPT: a sleep's result (armed)
+            return n + self._after_sleep(actx.run_ready)
+        if self._updates or self.stack._closes:
+            self._flush()
+        return n
+
+    def _after_sleep(self, ready: int) -> int:
+        """The end of a sleep (lock held, doorbell armed): ready is
+        tas_app_sleep's result (TAS_APP_READY_EVFD 1, _SOCK 2, or -errno).
+        Read one control message if the socket is readable (more: the next
+        sleep returns at once), process events, disarm, clear the eventfd
+        if it rang, drain the ARX rings (C: tas_app_drain), flush."""
         if self._closed:
             raise _oserror(errno.EBADF, "context closed")
         if ready < 0:
             self._hdr.app_armed = 0
             raise _oserror(-ready)
-        if ready & 2:  # TAS_APP_READY_SOCK: one message (more: the next sleep returns at once)
+        stack = self.stack
+        if ready & 2:
             stack._drain_events(True)
         n = self._process_events() if self._events else 0
-        # disarm, clear the eventfd (if it rang), drain
-        k = lib.tas_app_drain(self._actx, self._ids, _IDS_CAP, 3 if ready & 1 else 1)  # DISARM | CLEAR
-        if k:
-            n += self._take_ids(k)
-        if recheck:
-            if k and self._echo_drain:  # (those this drain just served)
-                recheck = recheck - set(ffi.unpack(self._ids, k)) if k > 1 else recheck - {self._ids[0]}
-            elif self._ready:  # (those the server looks at anyway)
-                recheck = recheck - self._ready
-            if recheck:
-                n += self._recheck(recheck)
-            self._recheck_prev, self._recheck_cur = self._recheck_cur, set()
+        actx = self._actx
+        if actx is not None:
+            # disarm, clear the eventfd (if it rang), drain
+            k = lib.tas_app_drain(actx, self._ids, _IDS_CAP, 3 if ready & 1 else 1)  # DISARM | CLEAR
+            if k:
+                n += self._take_ids(k)
+        else:
+            self._hdr.app_armed = 0
+            if ready & 1:
+                try:
+                    os.eventfd_read(self.evfd)
+                except BlockingIOError:
+                    pass
+            n += self._poll_arx_py()
         if self._updates or stack._closes:
             self._flush()
         return n
@@ -1276,7 +1231,7 @@ class Context:
         # the first sleep gets the whole timeout; the deadline is needed
         # only if it comes back empty
         t = None if timeout is None else (timeout if timeout > 0 else 0.0)
-        n = self._wait_locked_c(t) if self._actx is not None else self._wait_locked(t)
+        n = self._wait_locked(t)
         if not n and timeout != 0:
             deadline = None if timeout is None else start + timeout
             while not n and _remaining(deadline) != 0:

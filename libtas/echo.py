@@ -53,9 +53,9 @@ class EchoServer:
         self._trace: list[int] | None = None
         # The connections' echo is in C: in the drains of wait() (then the
         # flows it served are not in ready_flows()) and over ready_flows().
-        # The fast path notifies a flow at most once per poll and may move
-        # its positions after that in the same poll: the flows served are
-        # looked at again around the next sleeps (Context._recheck).
+        # (The fast path posts a poll's notifications after every position
+        # it moves in that poll, so a drained notification never finds
+        # stale positions: tests/test_fp_notify_order.py.)
         self.ctx._echo_in_drain(True)
 
     @property

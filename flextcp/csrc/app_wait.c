@@ -300,3 +300,62 @@ void tas_app_flow_init(struct tas_app_flow *f, uint8_t *base, uint64_t af_off, u
     f->gen = gen;
     f->core = core;
 }
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* a drain of n ids left nothing for the caller */
+static int run_served(const struct tas_app_ctx *c, uint32_t n, uint32_t cap)
+{
+    return c->echo_on && c->echo_n == 0 && n < cap && c->overflows == 0;
+}
+
+uint32_t tas_app_echo_run(struct tas_app_ctx *c, uint32_t *ids, uint32_t cap, int32_t sockfd,
+                          int64_t timeout_us, int64_t budget_us)
+{
+    int64_t t0 = now_us(), spent, left;
+    int32_t ready;
+    uint32_t n;
+
+    c->run_seen = 0;
+    c->run_wakes = 0;
+    c->run_ready = 0;
+    for (;;) {
+        n = tas_app_arm_drain(c, ids, cap);  /* found something: disarmed */
+        if (n == 0) {
+            /* armed, and the re-check after the fence found nothing */
+            left = -1;
+            if (timeout_us >= 0) {
+                left = timeout_us - (now_us() - t0);
+                if (left < 0)
+                    left = 0;
+            }
+            ready = tas_app_sleep(c->evfd, sockfd, left);
+            if (ready != TAS_APP_READY_EVFD) {
+                c->run_ready = ready;
+                c->run_why = TAS_APP_RUN_SLEPT;
+                return 0;
+            }
+            c->run_wakes++;
+            n = tas_app_drain(c, ids, cap, TAS_APP_WAKE_DISARM | TAS_APP_WAKE_CLEAR);
+        }
+        if (n) {
+            if (!run_served(c, n, cap)) {
+                c->run_why = TAS_APP_RUN_IDS;
+                return n;
+            }
+            c->run_seen += n;
+        }
+        /* disarmed here: tas_app_arm_drain found something or tas_app_drain disarmed */
+        spent = now_us() - t0;
+        if (spent >= budget_us || (timeout_us >= 0 && spent >= timeout_us)) {
+            c->run_why = TAS_APP_RUN_BUDGET;
+            return 0;
+        }
+    }
+}

@@ -27,6 +27,9 @@
 #define TAS_ECHO_MORE 2        /* tas_app_echo: input left, reset or bogus positions: general path */
 #define TAS_ECHO_EOF 3         /* tas_app_echo: everything echoed, peer's FIN, no reset: close */
 #define TAS_ECHO_UNPOSTED 16   /* tas_app_echo (or-ed in): its update found the ring full */
+#define TAS_APP_RUN_IDS 1      /* tas_app_echo_run: ids[] holds a drain's ids for the caller */
+#define TAS_APP_RUN_SLEPT 2    /* tas_app_echo_run: run_ready holds a sleep's result (armed) */
+#define TAS_APP_RUN_BUDGET 3   /* tas_app_echo_run: budget or timeout spent (disarmed) */
 
 struct tas_app_flow;
 
@@ -52,6 +55,11 @@ struct tas_app_ctx {
     uint32_t *echo_ids;
     uint8_t *echo_st;
     uint32_t echo_n;              /* out */
+    /* out of tas_app_echo_run */
+    uint32_t run_why;             /* TAS_APP_RUN_* */
+    int32_t run_ready;            /* RUN_SLEPT: tas_app_sleep's result */
+    uint32_t run_wakes;           /* eventfd wake-ups served inside */
+    uint64_t run_seen;            /* ids drained and served entirely inside */
 };
 
 /* One connection as libtas keeps it (process-local, one per Connection:
@@ -117,5 +125,25 @@ uint32_t tas_app_post(struct tas_app_ctx *c, const void *src, const uint8_t *cor
  * caller queues it); returns how many.  out_ids/out_st hold n entries. */
 uint32_t tas_app_echo(struct tas_app_ctx *c, struct tas_app_flow *const *tab, uint32_t tab_n,
                       const uint32_t *ids, uint32_t n, uint32_t *out_ids, uint8_t *out_st);
+
+/* The echo server's serve loop (echo_on set): repeat {tas_app_arm_drain;
+ * if nothing, tas_app_sleep on c->evfd and sockfd; on the eventfd alone
+ * tas_app_drain(DISARM | CLEAR)} for as long as every drain's ids were
+ * served entirely by the echo kernel (echo_n == 0, fewer than cap ids, no
+ * overflowed ring): those are counted in run_seen, nothing is left for
+ * the caller.  Returns, with run_why:
+ *   TAS_APP_RUN_IDS: a drain left work (outcomes in echo_ids/echo_st, the
+ *     cap reached or a ring overflowed): ids[0..ret) and got/overflows/
+ *     echo_n are that drain's, doorbell disarmed (as after tas_app_drain);
+ *   TAS_APP_RUN_SLEPT: a sleep returned for anything but the eventfd alone
+ *     (control socket readable, timeout, EINTR: run_ready = 0 or bits, or
+ *     -errno): the doorbell is still armed, nothing drained since; the
+ *     caller disarms and drains (as after tas_app_sleep);
+ *   TAS_APP_RUN_BUDGET: budget_us (or timeout_us) passed after a served
+ *     drain: disarmed, nothing pending.
+ * Sleeps take at most what is left of timeout_us (< 0: no limit) since the
+ * call.  The caller holds the context lock throughout (single consumer). */
+uint32_t tas_app_echo_run(struct tas_app_ctx *c, uint32_t *ids, uint32_t cap, int32_t sockfd,
+                          int64_t timeout_us, int64_t budget_us);
 
 #endif /* TAS_APP_WAIT_H */

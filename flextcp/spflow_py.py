@@ -341,3 +341,40 @@ def cc_news_arm(hdr, bits, n_flows: int, armed: bool) -> int:
     if not armed:
         return 0
     return int(any(bits[i] for i in range((n_flows + 63) // 64)))
+
+
+def krx_drain(krx, ktx, max_n: int, mac: bytes, local_ip: int, st) -> bytes:
+    """tas_sp_krx_drain: ``krx``/``ktx`` flextcp.ring.Ring (consumer,
+    producer), ``st`` a ``struct tas_sp_drain_stats *``.  Returns the bytes
+    of the entries left for Python (len // TAS_KQ_ENTRY_SIZE of them).
+    The echo reply is the one the slow path built before this kernel
+    (kernel_slowpath.frames.icmp_echo_reply)."""
+    from kernel_slowpath.frames import icmp_echo_reply
+
+    size, hdr = lib.TAS_KQ_ENTRY_SIZE, 32  # offsetof(struct tas_krx, data)
+    out: list[bytes] = []
+    p = ffi.new("struct tas_pkt *")
+    while len(out) < max_n:
+        want = max_n - len(out)
+        got = krx.dequeue_n(want)
+        k = len(got) // size
+        for i in range(k):
+            e = got[i * size : (i + 1) * size]
+            kind, length = struct.unpack_from("<HH", e, 0)
+            if kind == lib.TAS_KRX_PACKET and length <= lib.TAS_KQ_DATA:
+                frame = e[hdr : hdr + length]
+                if (lib.tas_parse_frame(frame, length, p) == lib.TAS_PK_ICMP and p.dst_ip == local_ip
+                        and frame[p.l4_off] == 8):
+                    reply = icmp_echo_reply(frame, p, mac)
+                    entry = bytearray(size)
+                    struct.pack_into("<HH", entry, 0, lib.TAS_KTX_FRAME, len(reply))
+                    entry[hdr : hdr + len(reply)] = reply
+                    if ktx.enqueue_n(bytes(entry), 1) == 1:
+                        st.echo_replies += 1
+                    else:
+                        st.ktx_full += 1
+                    continue
+            out.append(e)
+        if k < want:
+            break
+    return b"".join(out)

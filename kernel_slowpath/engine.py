@@ -260,6 +260,7 @@ class Engine:
         self._closing_sync_last = 0
         self._closing_sync_next = 0
         self._ftraw = ft.raw
+        self._echo_ktx_full = 0  # (echoes_answered)
         self._ftflows = ft.raw.flows
         self._pkt = ffi.new("struct tas_pkt *")
         self._pkt_buf = ffi.buffer(self._pkt)
@@ -442,6 +443,17 @@ class Engine:
                         cb(flow_id, events)
                     except Exception:
                         log.exception("slow path failed on a context strike report")
+
+    def echoes_answered(self, n: int, replies: int, ktx_full: int) -> None:
+        """n more ICMP echo requests were answered while draining KRX
+        (tas_sp_krx_drain, the stack's doorbell); replies / ktx_full: the
+        drain's totals so far."""
+        c = self.counters
+        c["exceptions"] += n
+        c["icmp_echo_replies"] += n
+        if ktx_full != self._echo_ktx_full:
+            self._echo_ktx_full = ktx_full
+            log.warning("KTX ring full: dropped ICMP echo replies (%d so far)", ktx_full)
 
     def on_frame(self, frame: bytes) -> None:
         p = self._pkt

@@ -288,26 +288,38 @@ class Stack:
         except BlockingIOError:
             pass
         mem = self._krx_mem
+        engine = self.engine
         if mem is None:  # one buffer for every wake-up (dequeue_n allocates 64 KiB a call)
             mem = self._krx_mem = ffi.new("uint8_t[]", KRX_BATCH * lib.TAS_KQ_ENTRY_SIZE)
             self._krx_view = ffi.buffer(self._krx_mem)
-        view, on_krx, dequeue = self._krx_view, self.engine.on_krx, lib.tas_ring_dequeue_n
+            self._drain_stats = ffi.new("struct tas_sp_drain_stats *")
+            self._drain_args = (bytes(engine.mac), engine.local_ip_int)
+        view, on_krx, drain = self._krx_view, engine.on_krx, lib.tas_sp_krx_drain
+        st = self._drain_stats
+        mac, ip = self._drain_args
+        answered = st.echo_replies + st.ktx_full
         server = self.server
         if server is not None:
             server.draining = True  # the drain's events go out at its end, below
         try:
-            for ring in self.krx:
-                raw = ring.raw
+            for core, ring in enumerate(self.krx):
+                raw, ktx = ring.raw, self.ktx[core].raw
                 while True:
-                    n = dequeue(raw, mem, KRX_BATCH)
+                    # ICMP echo requests are answered in C on the way (sp_flow.c)
+                    n = drain(raw, ktx, mem, KRX_BATCH, mac, ip, st)
                     if n:
                         on_krx(view, n)
                     if n < KRX_BATCH:  # drained; later entries come with a new doorbell
                         break
+                if st.echo_replies + st.ktx_full != answered:
+                    self.fpm.kick(core)  # (again for a second core: rare)
         finally:
             if server is not None:
                 server.draining = False
                 server.flush_events_now()  # newconn out before the rest of the loop pass
+            done = st.echo_replies + st.ktx_full - answered
+            if done:
+                engine.echoes_answered(done, int(st.echo_replies), int(st.ktx_full))
 
     def fp_stats(self) -> list[dict]:
         out = []

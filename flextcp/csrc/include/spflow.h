@@ -238,4 +238,22 @@ uint32_t tas_sp_cc_news_arm(struct tas_ft *ft, uint32_t armed);
  * unsent: the timer scan runs fast only while there are any. */
 uint32_t tas_sp_count_busy(struct tas_ft *ft, uint32_t budget);
 
+/* What tas_sp_krx_drain answered itself (added to, never reset). */
+struct tas_sp_drain_stats {
+    uint64_t echo_replies;  /* ICMP echo requests answered (replies queued on KTX) */
+    uint64_t ktx_full;      /* replies dropped: KTX full */
+};
+
+/* Take up to `max` entries (TAS_KQ_ENTRY_SIZE bytes each) of a KRX ring
+ * into `out` for the slow path's Python, answering on the way what needs no
+ * decision: an ICMP echo request (RFC 792) to local_ip -- a frame that
+ * tas_parse_frame classes TAS_PK_ICMP with type 8 -- gets its echo reply
+ * (Ethernet back to the sender from `mac`, a 20-byte IPv4 header: the
+ * request's with addresses swapped, TTL 64, no options; the ICMP message
+ * with type 0, both checksums new) queued on `ktx` and is not returned.
+ * Returns how many entries were written to out; fewer than max only when
+ * the ring was found empty.  Twin: spflow_py.krx_drain. */
+uint32_t tas_sp_krx_drain(struct tas_ring *krx, struct tas_ring *ktx, uint8_t *out, uint32_t max,
+                          const uint8_t *mac, uint32_t local_ip, struct tas_sp_drain_stats *st);
+
 #endif /* TAS_SPFLOW_H */

@@ -378,3 +378,23 @@ def krx_drain(krx, ktx, max_n: int, mac: bytes, local_ip: int, st) -> bytes:
         if k < want:
             break
     return b"".join(out)
+
+
+def doorbell(hdr, state: int) -> None:
+    """tas_sp_doorbell: ``hdr`` the ``struct tas_cc_news_hdr *`` (the fence
+    is C's business; the twin runs single-threaded)."""
+    hdr.sp_armed = state
+
+
+def kick(hdr, core: int, evfd: int) -> int:
+    """tas_sp_kick: write evfd only if core sleeps (or is beyond the armed
+    words); 1 if it wrote."""
+    if core < lib.TAS_FP_ARMED_CORES and not hdr.fp_armed[core]:
+        return 0
+    import os
+
+    try:
+        os.eventfd_write(evfd, 1)
+    except OSError:
+        pass
+    return 1

@@ -261,6 +261,9 @@ class Engine:
         self._closing_sync_next = 0
         self._ftraw = ft.raw
         self._echo_ktx_full = 0  # (echoes_answered)
+        # the fast paths' doorbells, for _kick (a stand-in manager without them: its kick())
+        evfds = getattr(fpm, "evfds", None)
+        self._fp_evfds = evfds if isinstance(evfds, list) else None
         self._ftflows = ft.raw.flows
         self._pkt = ffi.new("struct tas_pkt *")
         self._pkt_buf = ffi.buffer(self._pkt)
@@ -313,7 +316,7 @@ class Engine:
         if data:
             buf[32 : 32 + len(data)] = data
         ok = self.ktx[core].enqueue_n(self._ktx_slot, 1) == 1
-        self.fpm.kick(core)
+        self._kick(core)
         return ok
 
     def _send_seg(self, core: int, *, dst_mac: bytes, dst_ip: int, sport: int, dport: int, seq: int, ack: int,
@@ -337,9 +340,18 @@ class Engine:
         # fill, build and queue in one C call (sp_flow.c; twin: spflow_py.send_seg)
         n = lib.tas_sp_send_seg(self.ktx[core].raw, self._seg, dst_mac, dst_ip, sport, dport, seq & U32, ack & U32,
                                 flags, min(win, 0xFFFF), opts, mss or 0, wscale or 0, tsval, tsecr)
-        self.fpm.kick(core)
+        self._kick(core)
         if not n:
             log.warning("KTX ring full: dropped a control segment")
+
+    def _kick(self, core: int) -> None:
+        """Core has a new KTX entry: write its doorbell only if it sleeps
+        (sp_flow.c tas_sp_kick; a fast path that spins polls KTX anyway)."""
+        evfds = self._fp_evfds
+        if evfds is None:
+            self.fpm.kick(core)
+        else:
+            lib.tas_sp_kick(self._ftraw, core, evfds[core])
 
     def send_frame(self, frame: bytes, core: int = 0) -> None:
         if not self._ktx(core, lib.TAS_KTX_FRAME, frame):
@@ -349,7 +361,7 @@ class Engine:
         core = conn.core
         _KQ_HDR.pack_into(self._ktx_buf, 0, _KTX_KICK, 0, conn.fid, 0)
         ok = lib.tas_ring_enqueue_n(self.ktx[core].raw, self._ktx_slot, 1) == 1
-        self.fpm.kick(core)
+        self._kick(core)
         if not ok:
             # KTX ring full: a lost kick can leave a queued FIN unsent (and
             # with nothing in flight no timer would send it): retry on the scan
@@ -772,7 +784,7 @@ class Engine:
         n = lib.tas_sp_send_seg(self.ktx[0].raw, self._seg, ho.remote_mac, ho.remote_ip, lst.port, ho.remote_port,
                                 ho.iss & U32, (ho.irs + 1) & U32, SYN | ACK | (ECE if ho.ecn else 0),
                                 min(rx_len, 0xFFFF), opts, OUR_MSS, ws, (now // 1000) & U32, tsecr & U32)
-        self.fpm.kick(0)
+        self._kick(0)
         if not n:
             log.warning("KTX ring full: dropped a control segment")
         self.counters["synack_sent"] += 1

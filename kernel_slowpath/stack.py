@@ -301,25 +301,38 @@ class Stack:
         server = self.server
         if server is not None:
             server.draining = True  # the drain's events go out at its end, below
+        ftraw, doorbell = self.ft.raw, lib.tas_sp_doorbell
+        armed = False
         try:
-            for core, ring in enumerate(self.krx):
-                raw, ktx = ring.raw, self.ktx[core].raw
-                while True:
-                    # ICMP echo requests are answered in C on the way (sp_flow.c)
-                    n = drain(raw, ktx, mem, KRX_BATCH, mac, ip, st)
-                    if n:
-                        on_krx(view, n)
-                    if n < KRX_BATCH:  # drained; later entries come with a new doorbell
-                        break
-                if st.echo_replies + st.ktx_full != answered:
-                    self.fpm.kick(core)  # (again for a second core: rare)
+            while True:
+                found = False
+                for core, ring in enumerate(self.krx):
+                    raw, ktx = ring.raw, self.ktx[core].raw
+                    while True:
+                        # ICMP echo requests are answered in C on the way (sp_flow.c)
+                        n = drain(raw, ktx, mem, KRX_BATCH, mac, ip, st)
+                        if n:
+                            found = True
+                            on_krx(view, n)
+                        if n < KRX_BATCH:  # drained
+                            break
+                    if st.echo_replies + st.ktx_full != answered:
+                        found = True
+                        engine._kick(core)
+                        done = st.echo_replies + st.ktx_full - answered
+                        answered += done
+                        engine.echoes_answered(done, int(st.echo_replies), int(st.ktx_full))
+                if armed and not found:
+                    break
+                # arm the doorbell (a core that posts from now on writes the
+                # eventfd), then look once more: a core that posted while we
+                # were awake did not write it (struct tas_cc_news_hdr sp_armed)
+                doorbell(ftraw, lib.TAS_SP_ARMED)
+                armed = True
         finally:
             if server is not None:
                 server.draining = False
                 server.flush_events_now()  # newconn out before the rest of the loop pass
-            done = st.echo_replies + st.ktx_full - answered
-            if done:
-                engine.echoes_answered(done, int(st.echo_replies), int(st.ktx_full))
 
     def fp_stats(self) -> list[dict]:
         out = []

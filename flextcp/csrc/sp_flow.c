@@ -3,6 +3,7 @@
  */
 #include <stddef.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tas_abi.h"
 #include "flowtab.h"
@@ -635,4 +636,25 @@ uint32_t tas_sp_krx_drain(struct tas_ring *krx, struct tas_ring *ktx, uint8_t *o
             break; /* drained */
     }
     return n;
+}
+
+/* ---- doorbells (tas_abi.h struct tas_cc_news_hdr) ------------------- */
+
+void tas_sp_doorbell(struct tas_ft *ft, uint32_t state)
+{
+    __atomic_store_n(&ft->news->sp_armed, state, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+uint32_t tas_sp_kick(struct tas_ft *ft, uint32_t core, int evfd)
+{
+    /* Dekker with the core's arm-fence-poll-sleep: our KTX entry is
+     * published before we read its armed word */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (core < TAS_FP_ARMED_CORES && !__atomic_load_n(&ft->news->fp_armed[core], __ATOMIC_SEQ_CST))
+        return 0;
+    uint64_t one = 1;
+    ssize_t r = write(evfd, &one, sizeof(one));
+    (void)r;
+    return 1;
 }

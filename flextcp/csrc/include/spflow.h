@@ -256,4 +256,15 @@ struct tas_sp_drain_stats {
 uint32_t tas_sp_krx_drain(struct tas_ring *krx, struct tas_ring *ktx, uint8_t *out, uint32_t max,
                           const uint8_t *mac, uint32_t local_ip, struct tas_sp_drain_stats *st);
 
+/* The slow path's doorbell word (struct tas_cc_news_hdr sp_armed):
+ * store `state` (TAS_SP_ARMED before it may sleep, TAS_SP_AWAKE while it
+ * drains), then a full fence; after arming, the caller looks at its KRX
+ * rings once more.  Twin: spflow_py.doorbell. */
+void tas_sp_doorbell(struct tas_ft *ft, uint32_t state);
+/* After a KTX entry for fast-path core `core`: a full fence, then write
+ * its eventfd `evfd` only if the core sleeps (fp_armed[core]; a core from
+ * TAS_FP_ARMED_CORES on always).  Returns 1 if it wrote.  Twin:
+ * spflow_py.kick. */
+uint32_t tas_sp_kick(struct tas_ft *ft, uint32_t core, int evfd);
+
 #endif /* TAS_SPFLOW_H */

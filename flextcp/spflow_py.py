@@ -343,15 +343,18 @@ def cc_news_arm(hdr, bits, n_flows: int, armed: bool) -> int:
     return int(any(bits[i] for i in range((n_flows + 63) // 64)))
 
 
-def krx_drain(krx, ktx, max_n: int, mac: bytes, local_ip: int, st) -> bytes:
+def krx_drain(krx, ktx, max_n: int, mac: bytes, local_ip: int, st, hdr=None, core: int = 0,
+              evfd: int = -1) -> bytes:
     """tas_sp_krx_drain: ``krx``/``ktx`` flextcp.ring.Ring (consumer,
-    producer), ``st`` a ``struct tas_sp_drain_stats *``.  Returns the bytes
+    producer), ``st`` a ``struct tas_sp_drain_stats *``, ``hdr`` the
+    ``struct tas_cc_news_hdr *`` for the kick (None: always).  Returns the bytes
     of the entries left for Python (len // TAS_KQ_ENTRY_SIZE of them).
     The echo reply is the one the slow path built before this kernel
     (kernel_slowpath.frames.icmp_echo_reply)."""
     from kernel_slowpath.frames import icmp_echo_reply
 
-    size, hdr = lib.TAS_KQ_ENTRY_SIZE, 32  # offsetof(struct tas_krx, data)
+    size, off = lib.TAS_KQ_ENTRY_SIZE, 32  # offsetof(struct tas_krx, data)
+    replies = st.echo_replies
     out: list[bytes] = []
     p = ffi.new("struct tas_pkt *")
     while len(out) < max_n:
@@ -362,13 +365,13 @@ def krx_drain(krx, ktx, max_n: int, mac: bytes, local_ip: int, st) -> bytes:
             e = got[i * size : (i + 1) * size]
             kind, length = struct.unpack_from("<HH", e, 0)
             if kind == lib.TAS_KRX_PACKET and length <= lib.TAS_KQ_DATA:
-                frame = e[hdr : hdr + length]
+                frame = e[off : off + length]
                 if (lib.tas_parse_frame(frame, length, p) == lib.TAS_PK_ICMP and p.dst_ip == local_ip
                         and frame[p.l4_off] == 8):
                     reply = icmp_echo_reply(frame, p, mac)
                     entry = bytearray(size)
                     struct.pack_into("<HH", entry, 0, lib.TAS_KTX_FRAME, len(reply))
-                    entry[hdr : hdr + len(reply)] = reply
+                    entry[off : off + len(reply)] = reply
                     if ktx.enqueue_n(bytes(entry), 1) == 1:
                         st.echo_replies += 1
                     else:
@@ -377,6 +380,8 @@ def krx_drain(krx, ktx, max_n: int, mac: bytes, local_ip: int, st) -> bytes:
             out.append(e)
         if k < want:
             break
+    if st.echo_replies != replies and evfd >= 0:
+        kick(hdr, core, evfd)
     return b"".join(out)
 
 
@@ -389,7 +394,7 @@ def doorbell(hdr, state: int) -> None:
 def kick(hdr, core: int, evfd: int) -> int:
     """tas_sp_kick: write evfd only if core sleeps (or is beyond the armed
     words); 1 if it wrote."""
-    if core < lib.TAS_FP_ARMED_CORES and not hdr.fp_armed[core]:
+    if hdr is not None and core < lib.TAS_FP_ARMED_CORES and not hdr.fp_armed[core]:
         return 0
     import os
 

@@ -260,7 +260,7 @@ class Engine:
         self._closing_sync_last = 0
         self._closing_sync_next = 0
         self._ftraw = ft.raw
-        self._echo_ktx_full = 0  # (echoes_answered)
+        self.drain_stats = None  # struct tas_sp_drain_stats * of the stack's KRX drain (ICMP echoes in C)
         # the fast paths' doorbells, for _kick (a stand-in manager without them: its kick())
         evfds = getattr(fpm, "evfds", None)
         self._fp_evfds = evfds if isinstance(evfds, list) else None
@@ -455,17 +455,6 @@ class Engine:
                         cb(flow_id, events)
                     except Exception:
                         log.exception("slow path failed on a context strike report")
-
-    def echoes_answered(self, n: int, replies: int, ktx_full: int) -> None:
-        """n more ICMP echo requests were answered while draining KRX
-        (tas_sp_krx_drain, the stack's doorbell); replies / ktx_full: the
-        drain's totals so far."""
-        c = self.counters
-        c["exceptions"] += n
-        c["icmp_echo_replies"] += n
-        if ktx_full != self._echo_ktx_full:
-            self._echo_ktx_full = ktx_full
-            log.warning("KTX ring full: dropped ICMP echo replies (%d so far)", ktx_full)
 
     def on_frame(self, frame: bytes) -> None:
         p = self._pkt
@@ -1609,6 +1598,18 @@ class Engine:
             out.append(d)
         return out
 
+    def _counters(self) -> dict:
+        """The counters, with what the KRX drain answered in C (an echo
+        request counts as an exception, as when Python answered it)."""
+        c = dict(self.counters)
+        d = self.drain_stats
+        if d is not None:
+            n = int(d.echo_replies) + int(d.ktx_full)
+            c["exceptions"] += n
+            c["icmp_echo_replies"] += n
+            c["icmp_echo_ktx_full"] = int(d.ktx_full)
+        return c
+
     def stats(self) -> dict:
         from nicemu.wire import DROP_REASON_NAMES
 
@@ -1631,7 +1632,7 @@ class Engine:
                 "half_open": sum(len(lst.half_open) for lst in self.listeners.values()),
                 "listeners": len(self.listeners), "time_wait": len(self.time_wait),
                 "arp_entries": len(self.arp), **flow_memory(self.ft.n_flows, [(c.rx_len, c.tx_len) for c in self.conns.values()]),
-                "slowpath": dict(self.counters),
+                "slowpath": self._counters(),
                 "cc": self.cc.stats() if self.cc is not None else {"cc_algorithm": "fp-newreno"}}
 
 

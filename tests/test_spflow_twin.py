@@ -461,7 +461,7 @@ def test_krx_drain_matches(entries, max_n, ktx_slots):
             while True:
                 if i == 0:
                     buf = ffi.new("uint8_t[]", max_n * size)
-                    n = lib.tas_sp_krx_drain(krx_c.raw, ktx_p.raw, buf, max_n, mac, LOCAL_IP, stats)
+                    n = lib.tas_sp_krx_drain(krx_c.raw, ktx_p.raw, buf, max_n, mac, LOCAL_IP, stats, ffi.NULL, 0, -1)
                     chunk = ffi.buffer(buf, n * size)[:]
                 else:
                     chunk = spflow_py.krx_drain(krx_c, ktx_p, max_n, mac, LOCAL_IP, stats)

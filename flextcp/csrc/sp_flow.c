@@ -615,8 +615,10 @@ static int answer_echo(const struct tas_krx *k, struct tas_ring *ktx, const uint
 }
 
 uint32_t tas_sp_krx_drain(struct tas_ring *krx, struct tas_ring *ktx, uint8_t *out, uint32_t max,
-                          const uint8_t *mac, uint32_t local_ip, struct tas_sp_drain_stats *st)
+                          const uint8_t *mac, uint32_t local_ip, struct tas_sp_drain_stats *st,
+                          struct tas_ft *ft, uint32_t core, int evfd)
 {
+    uint64_t replies = st->echo_replies;
     uint32_t n = 0;
     while (n < max) {
         uint32_t want = max - n;
@@ -635,6 +637,8 @@ uint32_t tas_sp_krx_drain(struct tas_ring *krx, struct tas_ring *ktx, uint8_t *o
         if (got < want)
             break; /* drained */
     }
+    if (st->echo_replies != replies && evfd >= 0)
+        tas_sp_kick(ft, core, evfd);
     return n;
 }
 
@@ -651,7 +655,7 @@ uint32_t tas_sp_kick(struct tas_ft *ft, uint32_t core, int evfd)
     /* Dekker with the core's arm-fence-poll-sleep: our KTX entry is
      * published before we read its armed word */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (core < TAS_FP_ARMED_CORES && !__atomic_load_n(&ft->news->fp_armed[core], __ATOMIC_SEQ_CST))
+    if (ft && core < TAS_FP_ARMED_CORES && !__atomic_load_n(&ft->news->fp_armed[core], __ATOMIC_SEQ_CST))
         return 0;
     uint64_t one = 1;
     ssize_t r = write(evfd, &one, sizeof(one));

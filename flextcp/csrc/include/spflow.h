@@ -252,9 +252,12 @@ struct tas_sp_drain_stats {
  * request's with addresses swapped, TTL 64, no options; the ICMP message
  * with type 0, both checksums new) queued on `ktx` and is not returned.
  * Returns how many entries were written to out; fewer than max only when
- * the ring was found empty.  Twin: spflow_py.krx_drain. */
+ * the ring was found empty.  If it queued a reply it kicks fast-path core
+ * `core` (the owner of both rings) as tas_sp_kick(ft, core, evfd) does
+ * (ft NULL: always; evfd < 0: never).  Twin: spflow_py.krx_drain. */
 uint32_t tas_sp_krx_drain(struct tas_ring *krx, struct tas_ring *ktx, uint8_t *out, uint32_t max,
-                          const uint8_t *mac, uint32_t local_ip, struct tas_sp_drain_stats *st);
+                          const uint8_t *mac, uint32_t local_ip, struct tas_sp_drain_stats *st,
+                          struct tas_ft *ft, uint32_t core, int evfd);
 
 /* The slow path's doorbell word (struct tas_cc_news_hdr sp_armed):
  * store `state` (TAS_SP_ARMED before it may sleep, TAS_SP_AWAKE while it

@@ -403,3 +403,17 @@ def kick(hdr, core: int, evfd: int) -> int:
     except OSError:
         pass
     return 1
+
+
+def ktx_post(ktx, kind: int, flow_id: int, data: bytes, hdr=None, core: int = 0, evfd: int = -1) -> int:
+    """tas_sp_ktx_post: ``ktx`` a flextcp.ring.Ring (producer), ``hdr`` the
+    ``struct tas_cc_news_hdr *`` for the kick (None: always)."""
+    if len(data) > lib.TAS_KQ_DATA:
+        return 0
+    entry = bytearray(lib.TAS_KQ_ENTRY_SIZE)
+    struct.pack_into("<HHI", entry, 0, kind, len(data), flow_id)
+    entry[32 : 32 + len(data)] = data
+    ok = 1 if ktx.enqueue_n(bytes(entry), 1) == 1 else 0
+    if evfd >= 0:
+        kick(hdr, core, evfd)
+    return ok

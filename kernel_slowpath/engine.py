@@ -311,13 +311,18 @@ class Engine:
             self._scan_handle.cancel()
 
     def _ktx(self, core: int, kind: int, data: bytes = b"", flow_id: int = 0) -> bool:
-        buf = self._ktx_buf
-        _KQ_HDR.pack_into(buf, 0, kind, len(data), flow_id, 0)
-        if data:
-            buf[32 : 32 + len(data)] = data
-        ok = self.ktx[core].enqueue_n(self._ktx_slot, 1) == 1
-        self._kick(core)
-        return ok
+        evfds = self._fp_evfds
+        if evfds is None:  # a stand-in fast-path manager (tests): its kick()
+            buf = self._ktx_buf
+            _KQ_HDR.pack_into(buf, 0, kind, len(data), flow_id, 0)
+            if data:
+                buf[32 : 32 + len(data)] = data
+            ok = self.ktx[core].enqueue_n(self._ktx_slot, 1) == 1
+            self.fpm.kick(core)
+            return ok
+        # entry, queue and kick (only if the core sleeps) in one C call (sp_flow.c; twin spflow_py.ktx_post)
+        return lib.tas_sp_ktx_post(self.ktx[core].raw, kind, flow_id, data, len(data), self._ftraw, core,
+                                   evfds[core]) == 1
 
     def _send_seg(self, core: int, *, dst_mac: bytes, dst_ip: int, sport: int, dport: int, seq: int, ack: int,
                   flags: int, win: int = 0, mss: int | None = None, wscale: int | None = None,
@@ -358,11 +363,7 @@ class Engine:
             log.warning("KTX ring full: dropped a %d-byte frame", len(frame))
 
     def kick_flow(self, conn: Conn) -> None:
-        core = conn.core
-        _KQ_HDR.pack_into(self._ktx_buf, 0, _KTX_KICK, 0, conn.fid, 0)
-        ok = lib.tas_ring_enqueue_n(self.ktx[core].raw, self._ktx_slot, 1) == 1
-        self._kick(core)
-        if not ok:
+        if not self._ktx(conn.core, _KTX_KICK, b"", conn.fid):
             # KTX ring full: a lost kick can leave a queued FIN unsent (and
             # with nothing in flight no timer would send it): retry on the scan
             self._kick_retry.add(conn.fid)

@@ -494,3 +494,47 @@ def test_krx_drain_matches(entries, max_n, ktx_slots):
     finally:
         ra.close()
         rb.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([lib.TAS_KTX_FRAME, lib.TAS_KTX_KICK, lib.TAS_KTX_RX]), U32,
+       st.binary(max_size=lib.TAS_KQ_DATA + 8), st.booleans())
+def test_ktx_post_matches(kind, fid, data, armed):
+    """tas_sp_ktx_post against spflow_py.ktx_post: the same KTX entry (a
+    too long frame: nothing), a full ring refuses, and the core's eventfd
+    written only while it sleeps."""
+    import os
+
+    from flextcp.flowtab import news_off
+    from flextcp.ring import Ring
+    from flextcp.stackmem import stack_layout
+
+    lay = stack_layout(N, 1, 4)
+    ra, rb = Region.create(lay.size, "spka"), Region.create(lay.size, "spkb")
+    evfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    try:
+        entry = lib.TAS_KQ_ENTRY_SIZE
+        ft = FlowTable.create(ra, lay.ft_off, N)
+        hdrs = [r.cast("struct tas_cc_news_hdr", lay.ft_off + news_off(N)) for r in (ra, rb)]
+        FlowTable.create(rb, lay.ft_off, N)
+        for h in hdrs:
+            h.fp_armed[0] = 1 if armed else 0
+        rings = [(Ring.create(r, lay.ktx_off[0], 4, entry, True), Ring.attach(r, lay.ktx_off[0], 4, entry, False))
+                 for r in (ra, rb)]  # fmt: skip
+        r1 = lib.tas_sp_ktx_post(rings[0][0].raw, kind, fid, data, len(data), ft.raw, 0, evfd)
+        k1 = os.eventfd_read(evfd) if armed else 0
+        r2 = spflow_py.ktx_post(rings[1][0], kind, fid, data, hdrs[1], 0, evfd)
+        k2 = os.eventfd_read(evfd) if armed else 0
+        assert r1 == r2 == (1 if len(data) <= lib.TAS_KQ_DATA else 0)
+        assert k1 == k2 == (1 if armed else 0)
+        e1, e2 = rings[0][1].dequeue_n(1), rings[1][1].dequeue_n(1)
+        assert e1 == e2
+        if r1:
+            assert struct.unpack_from("<HHI", e1, 0) == (kind, len(data), fid) and e1[32 : 32 + len(data)] == data
+            for _ in range(4):
+                lib.tas_sp_ktx_post(rings[0][0].raw, kind, fid, data, len(data), ft.raw, 0, -1)
+            assert lib.tas_sp_ktx_post(rings[0][0].raw, kind, fid, data, len(data), ft.raw, 0, -1) == 0
+    finally:
+        os.close(evfd)
+        ra.close()
+        rb.close()

@@ -662,3 +662,22 @@ uint32_t tas_sp_kick(struct tas_ft *ft, uint32_t core, int evfd)
     (void)r;
     return 1;
 }
+
+uint32_t tas_sp_ktx_post(struct tas_ring *ktx, uint16_t kind, uint32_t flow_id, const uint8_t *data,
+                         uint32_t len, struct tas_ft *ft, uint32_t core, int evfd)
+{
+    if (len > TAS_KQ_DATA)
+        return 0;
+    uint8_t e[TAS_KQ_ENTRY_SIZE];
+    struct tas_ktx *k = (struct tas_ktx *)e;
+    memset(e, 0, sizeof(e)); /* no stale stack bytes in the shared ring */
+    k->kind = kind;
+    k->len = (uint16_t)len;
+    k->flow_id = flow_id;
+    if (len)
+        memcpy(k->data, data, len);
+    uint32_t ok = tas_ring_enqueue_n(ktx, e, 1) == 1;
+    if (evfd >= 0)
+        tas_sp_kick(ft, core, evfd);
+    return ok;
+}

@@ -270,4 +270,12 @@ void tas_sp_doorbell(struct tas_ft *ft, uint32_t state);
  * spflow_py.kick. */
 uint32_t tas_sp_kick(struct tas_ft *ft, uint32_t core, int evfd);
 
+/* Queue one KTX entry (kind, flow_id, data[0:len], the rest of the slot
+ * zero) on `ktx`, fast-path core `core`'s ring, then kick the core as
+ * tas_sp_kick(ft, core, evfd) does (also when the ring was full: what is
+ * queued already goes out).  1 queued, 0 not (ring full, or len beyond
+ * TAS_KQ_DATA).  Twin: spflow_py.ktx_post. */
+uint32_t tas_sp_ktx_post(struct tas_ring *ktx, uint16_t kind, uint32_t flow_id, const uint8_t *data,
+                         uint32_t len, struct tas_ft *ft, uint32_t core, int evfd);
+
 #endif /* TAS_SPFLOW_H */

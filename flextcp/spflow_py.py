@@ -228,6 +228,19 @@ def tx_close(f, tx_head: int) -> int:
     return -1
 
 
+def app_close(f, tx_head: int, rx_tail: int) -> tuple[int, int]:
+    """tas_sp_close: (result, the record's flags before)."""
+    flags = f.flags
+    if f.rx_head > rx_tail and f.rx_head > f.rx_tail:
+        return 1, flags
+    if f.status == lib.TAS_FLOW_ACTIVE and tx_head >= f.tx_head and tx_head - f.tx_una <= f.tx_len:
+        if not flags & lib.TAS_FF_TX_FIN:
+            f.tx_head = tx_head
+        f.flags = flags | lib.TAS_FF_TX_FIN | lib.TAS_FF_DETACHED
+        return 0, flags
+    return -1, flags
+
+
 def set_status(f, status: int, set_flags: int) -> int:
     f.status = status
     f.flags |= set_flags

@@ -260,6 +260,7 @@ class Engine:
         self._closing_sync_last = 0
         self._closing_sync_next = 0
         self._ftraw = ft.raw
+        self._u32 = ffi.new("uint32_t *")  # (tas_sp_close's flags)
         self.drain_stats = None  # struct tas_sp_drain_stats * of the stack's KRX drain (ICMP echoes in C)
         # the fast paths' doorbells, for _kick (a stand-in manager without them: its kick())
         evfds = getattr(fpm, "evfds", None)
@@ -1155,10 +1156,14 @@ class Engine:
             return
         if snap is None:
             snap = self._snapshot(conn)
+        self._catch_up_flags(conn, snap.flags)
+
+    def _catch_up_flags(self, conn: Conn, flags: int) -> None:
+        """_catch_up from the record's flags as read."""
         ev = 0
-        if snap.flags & lib.TAS_FF_FIN_ACKED:
+        if flags & lib.TAS_FF_FIN_ACKED:
             ev |= lib.TAS_EV_FIN_ACKED
-        if snap.flags & lib.TAS_FF_RX_FIN:
+        if flags & lib.TAS_FF_RX_FIN:
             ev |= lib.TAS_EV_FIN_RCVD
         ev &= ~conn.fin_events
         if ev:
@@ -1517,6 +1522,13 @@ class Engine:
             elif conn.state is State.CLOSED:
                 self._free(conn)
             return
+        if conn.state is State.ESTABLISHED or conn.state is State.CLOSE_WAIT:
+            self._close_open(conn, tx_head, rx_tail)
+        else:
+            self._close_general(conn, tx_head, rx_tail)
+
+    def _close_general(self, conn: Conn, tx_head: int, rx_tail: int) -> None:
+        """close() of an installed flow, any state (each step its own call)."""
         snap = self._snapshot(conn)
         rx_head = snap.rx_head
         if rx_head > rx_tail and rx_head > snap.rx_tail and conn.state in _UNREAD_RESETS:
@@ -1533,6 +1545,30 @@ class Engine:
         self._shutdown(conn, tx_head)
         conn.detached = True
         lib.tas_sp_set_status(self._ftraw, conn.fid, status, _FF_DETACHED)
+        self._settle(conn)
+
+    def _close_open(self, conn: Conn, tx_head: int, rx_tail: int) -> None:
+        """close() of an installed flow in ESTABLISHED or CLOSE-WAIT (the
+        common case): the unread-data check, FIN after tx_head and DETACHED
+        in one C call (sp_flow.c tas_sp_close; twin spflow_py.app_close).
+        A FIN event not taken yet (KRX full) cannot take either state out of
+        _SHUTDOWN_STATES, so the decisions are those of the general path."""
+        out = self._u32
+        rc = lib.tas_sp_close(self._ftraw, conn.fid, tx_head, rx_tail, out)
+        if rc == 1:  # RFC 9293 3.10.4 / RFC 2525: closing with unread data resets
+            conn.detached = True
+            self._reset(conn, errno.ECONNRESET, send_rst=True)
+            return
+        flags = out[0]
+        if ((_EV_FIN_ACKED if flags & _FF_FIN_ACKED else 0) | (_EV_FIN_RCVD if flags & _FF_RX_FIN else 0)) \
+                & ~conn.fin_events:
+            self._catch_up_flags(conn, flags)
+        if rc != 0:
+            raise OSError(errno.EINVAL, "bad send position for shutdown")
+        conn.state = transition(conn.state, Event.APP_SHUTDOWN)
+        self._track_closing(conn)
+        self.kick_flow(conn)
+        conn.detached = True
         self._settle(conn)
 
     def abort(self, ctx, flow: int) -> None:

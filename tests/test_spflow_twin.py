@@ -124,7 +124,7 @@ def test_timer_restarted_after_the_scan_read_the_clock_is_not_expired():
 @given(
     flow_st,
     U32,
-    st.sampled_from(["rto", "probe", "close", "status", "mss"]),
+    st.sampled_from(["rto", "probe", "close", "status", "mss", "app_close"]),
     st.integers(0, 1 << 21),
     st.integers(0, 2),
     st.integers(0, (1 << 17) - 1),
@@ -145,6 +145,15 @@ def test_flow_ops_match(d, now, op, close_off, status, set_flags):
         elif op == "close":
             pos = fa.tx_una + close_off
             r1, r2 = lib.tas_sp_tx_close(a.raw, 3, pos), spflow_py.tx_close(fb, pos)
+        elif op == "app_close":  # (rx positions: some unread data, some not)
+            for f in (fa, fb):
+                f.rx_tail = 1000 + (set_flags & 7)
+                f.rx_head = f.rx_tail + (status & 1) * (set_flags >> 3 & 3)
+            pos, rx_tail = fa.tx_una + close_off, fa.rx_head - (set_flags >> 5 & 1)
+            out = ffi.new("uint32_t *")
+            r1 = (lib.tas_sp_close(a.raw, 3, pos, rx_tail, out), out[0])
+            r2 = spflow_py.app_close(fb, pos, rx_tail)
+            assert r1[1] == d["flags"]
         else:
             r1, r2 = (
                 lib.tas_sp_set_status(a.raw, 3, status, set_flags),

@@ -356,6 +356,28 @@ int tas_sp_tx_close(struct tas_ft *ft, uint32_t id, uint64_t tx_head)
     return rc;
 }
 
+int tas_sp_close(struct tas_ft *ft, uint32_t id, uint64_t tx_head, uint64_t rx_tail, uint32_t *flags_out)
+{
+    struct tas_flow *f = get(ft, id);
+    if (!f)
+        return -2;
+    int rc = -1;
+    tas_flow_lock(f);
+    uint32_t flags = f->flags;
+    *flags_out = flags;
+    uint64_t rx_head = f->rx_head;
+    if (rx_head > rx_tail && rx_head > f->rx_tail) {
+        rc = 1;
+    } else if (f->status == TAS_FLOW_ACTIVE && tx_head >= f->tx_head && tx_head - f->tx_una <= f->tx_len) {
+        if (!(flags & TAS_FF_TX_FIN))
+            f->tx_head = tx_head;
+        f->flags = flags | TAS_FF_TX_FIN | TAS_FF_DETACHED;
+        rc = 0;
+    }
+    tas_flow_unlock(f);
+    return rc;
+}
+
 int tas_sp_set_status(struct tas_ft *ft, uint32_t id, uint16_t status, uint32_t set_flags)
 {
     struct tas_flow *f = get(ft, id);

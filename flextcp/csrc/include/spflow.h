@@ -169,6 +169,16 @@ int tas_sp_snapshot(struct tas_ft *ft, uint32_t id, struct tas_flow_snap *out);
 int tas_sp_tx_close(struct tas_ft *ft, uint32_t id, uint64_t tx_head);
 /* Set status and OR flags (e.g. TAS_FF_DETACHED) under the lock. */
 int tas_sp_set_status(struct tas_ft *ft, uint32_t id, uint16_t status, uint32_t set_flags);
+/* The app closes flow `id` while it is ESTABLISHED or CLOSE-WAIT (engine.py
+ * close): under the flow lock, *flags_out = the record's flags (the FIN
+ * events the slow path may not have seen), then
+ *  - unread data (rx_head beyond both the app's rx_tail and the record's):
+ *    nothing changed, 1 (the caller resets: RFC 9293 3.10.4, RFC 2525);
+ *  - as tas_sp_tx_close (FIN after tx_head) and TAS_FF_DETACHED (as
+ *    tas_sp_set_status), 0; a flow not ACTIVE or a bad tx_head: nothing
+ *    changed, -1.
+ * -2 for a bad id.  Twin: spflow_py.app_close. */
+int tas_sp_close(struct tas_ft *ft, uint32_t id, uint64_t tx_head, uint64_t rx_tail, uint32_t *flags_out);
 
 /* ---- congestion control (issue 6, docs/CC.md) ---------------------- */
 /* Byte offset of the side records (struct tas_flow_cc) from the start of

@@ -419,6 +419,8 @@ class PyFastPath:
         core = self.cfg.core
         for cid in self.active:
             self.ctx[cid].hdr.fp_armed[core] = armed
+        if core < lib.TAS_FP_ARMED_CORES:  # the slow path's KTX kicks (tas_sp_kick)
+            self.ft.news_hdr().fp_armed[core] = armed
 
     # -- helpers of fp_main.c ---------------------------------------------
     def flow_ctx(self, f) -> _Ctx | None:
@@ -636,7 +638,14 @@ class PyFastPath:
                 c.notify = 0
                 c.listed = 0
         if self.krx_posted:
-            self.kick(self.cfg.sp_evfd)
+            # only if the slow path may sleep (tas_abi.h struct tas_cc_news_hdr)
+            h = self.ft.news_hdr()
+            a = h.sp_armed
+            if a == lib.TAS_SP_ARMED:
+                h.sp_armed = lib.TAS_SP_AWAKE
+                self.kick(self.cfg.sp_evfd)
+            elif a != lib.TAS_SP_AWAKE:
+                self.kick(self.cfg.sp_evfd)
             self.krx_posted = 0
         work &= M32
         if work:

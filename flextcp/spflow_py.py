@@ -228,6 +228,19 @@ def tx_close(f, tx_head: int) -> int:
     return -1
 
 
+def app_close(f, tx_head: int, rx_tail: int) -> tuple[int, int]:
+    """tas_sp_close: (result, the record's flags before)."""
+    flags = f.flags
+    if f.rx_head > rx_tail and f.rx_head > f.rx_tail:
+        return 1, flags
+    if f.status == lib.TAS_FLOW_ACTIVE and tx_head >= f.tx_head and tx_head - f.tx_una <= f.tx_len:
+        if not flags & lib.TAS_FF_TX_FIN:
+            f.tx_head = tx_head
+        f.flags = flags | lib.TAS_FF_TX_FIN | lib.TAS_FF_DETACHED
+        return 0, flags
+    return -1, flags
+
+
 def set_status(f, status: int, set_flags: int) -> int:
     f.status = status
     f.flags |= set_flags
@@ -341,3 +354,79 @@ def cc_news_arm(hdr, bits, n_flows: int, armed: bool) -> int:
     if not armed:
         return 0
     return int(any(bits[i] for i in range((n_flows + 63) // 64)))
+
+
+def krx_drain(krx, ktx, max_n: int, mac: bytes, local_ip: int, st, hdr=None, core: int = 0,
+              evfd: int = -1) -> bytes:
+    """tas_sp_krx_drain: ``krx``/``ktx`` flextcp.ring.Ring (consumer,
+    producer), ``st`` a ``struct tas_sp_drain_stats *``, ``hdr`` the
+    ``struct tas_cc_news_hdr *`` for the kick (None: always).  Returns the bytes
+    of the entries left for Python (len // TAS_KQ_ENTRY_SIZE of them).
+    The echo reply is the one the slow path built before this kernel
+    (kernel_slowpath.frames.icmp_echo_reply)."""
+    from kernel_slowpath.frames import icmp_echo_reply
+
+    size, off = lib.TAS_KQ_ENTRY_SIZE, 32  # offsetof(struct tas_krx, data)
+    replies = st.echo_replies
+    out: list[bytes] = []
+    p = ffi.new("struct tas_pkt *")
+    while len(out) < max_n:
+        want = max_n - len(out)
+        got = krx.dequeue_n(want)
+        k = len(got) // size
+        for i in range(k):
+            e = got[i * size : (i + 1) * size]
+            kind, length = struct.unpack_from("<HH", e, 0)
+            if kind == lib.TAS_KRX_PACKET and length <= lib.TAS_KQ_DATA:
+                frame = e[off : off + length]
+                if (lib.tas_parse_frame(frame, length, p) == lib.TAS_PK_ICMP and p.dst_ip == local_ip
+                        and frame[p.l4_off] == 8):
+                    reply = icmp_echo_reply(frame, p, mac)
+                    entry = bytearray(size)
+                    struct.pack_into("<HH", entry, 0, lib.TAS_KTX_FRAME, len(reply))
+                    entry[off : off + len(reply)] = reply
+                    if ktx.enqueue_n(bytes(entry), 1) == 1:
+                        st.echo_replies += 1
+                    else:
+                        st.ktx_full += 1
+                    continue
+            out.append(e)
+        if k < want:
+            break
+    if st.echo_replies != replies and evfd >= 0:
+        kick(hdr, core, evfd)
+    return b"".join(out)
+
+
+def doorbell(hdr, state: int) -> None:
+    """tas_sp_doorbell: ``hdr`` the ``struct tas_cc_news_hdr *`` (the fence
+    is C's business; the twin runs single-threaded)."""
+    hdr.sp_armed = state
+
+
+def kick(hdr, core: int, evfd: int) -> int:
+    """tas_sp_kick: write evfd only if core sleeps (or is beyond the armed
+    words); 1 if it wrote."""
+    if hdr is not None and core < lib.TAS_FP_ARMED_CORES and not hdr.fp_armed[core]:
+        return 0
+    import os
+
+    try:
+        os.eventfd_write(evfd, 1)
+    except OSError:
+        pass
+    return 1
+
+
+def ktx_post(ktx, kind: int, flow_id: int, data: bytes, hdr=None, core: int = 0, evfd: int = -1) -> int:
+    """tas_sp_ktx_post: ``ktx`` a flextcp.ring.Ring (producer), ``hdr`` the
+    ``struct tas_cc_news_hdr *`` for the kick (None: always)."""
+    if len(data) > lib.TAS_KQ_DATA:
+        return 0
+    entry = bytearray(lib.TAS_KQ_ENTRY_SIZE)
+    struct.pack_into("<HHI", entry, 0, kind, len(data), flow_id)
+    entry[32 : 32 + len(data)] = data
+    ok = 1 if ktx.enqueue_n(bytes(entry), 1) == 1 else 0
+    if evfd >= 0:
+        kick(hdr, core, evfd)
+    return ok

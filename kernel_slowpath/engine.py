@@ -260,6 +260,11 @@ class Engine:
         self._closing_sync_last = 0
         self._closing_sync_next = 0
         self._ftraw = ft.raw
+        self._u32 = ffi.new("uint32_t *")  # (tas_sp_close's flags)
+        self.drain_stats = None  # struct tas_sp_drain_stats * of the stack's KRX drain (ICMP echoes in C)
+        # the fast paths' doorbells, for _kick (a stand-in manager without them: its kick())
+        evfds = getattr(fpm, "evfds", None)
+        self._fp_evfds = evfds if isinstance(evfds, list) else None
         self._ftflows = ft.raw.flows
         self._pkt = ffi.new("struct tas_pkt *")
         self._pkt_buf = ffi.buffer(self._pkt)
@@ -307,13 +312,18 @@ class Engine:
             self._scan_handle.cancel()
 
     def _ktx(self, core: int, kind: int, data: bytes = b"", flow_id: int = 0) -> bool:
-        buf = self._ktx_buf
-        _KQ_HDR.pack_into(buf, 0, kind, len(data), flow_id, 0)
-        if data:
-            buf[32 : 32 + len(data)] = data
-        ok = self.ktx[core].enqueue_n(self._ktx_slot, 1) == 1
-        self.fpm.kick(core)
-        return ok
+        evfds = self._fp_evfds
+        if evfds is None:  # a stand-in fast-path manager (tests): its kick()
+            buf = self._ktx_buf
+            _KQ_HDR.pack_into(buf, 0, kind, len(data), flow_id, 0)
+            if data:
+                buf[32 : 32 + len(data)] = data
+            ok = self.ktx[core].enqueue_n(self._ktx_slot, 1) == 1
+            self.fpm.kick(core)
+            return ok
+        # entry, queue and kick (only if the core sleeps) in one C call (sp_flow.c; twin spflow_py.ktx_post)
+        return lib.tas_sp_ktx_post(self.ktx[core].raw, kind, flow_id, data, len(data), self._ftraw, core,
+                                   evfds[core]) == 1
 
     def _send_seg(self, core: int, *, dst_mac: bytes, dst_ip: int, sport: int, dport: int, seq: int, ack: int,
                   flags: int, win: int = 0, mss: int | None = None, wscale: int | None = None,
@@ -336,20 +346,25 @@ class Engine:
         # fill, build and queue in one C call (sp_flow.c; twin: spflow_py.send_seg)
         n = lib.tas_sp_send_seg(self.ktx[core].raw, self._seg, dst_mac, dst_ip, sport, dport, seq & U32, ack & U32,
                                 flags, min(win, 0xFFFF), opts, mss or 0, wscale or 0, tsval, tsecr)
-        self.fpm.kick(core)
+        self._kick(core)
         if not n:
             log.warning("KTX ring full: dropped a control segment")
+
+    def _kick(self, core: int) -> None:
+        """Core has a new KTX entry: write its doorbell only if it sleeps
+        (sp_flow.c tas_sp_kick; a fast path that spins polls KTX anyway)."""
+        evfds = self._fp_evfds
+        if evfds is None:
+            self.fpm.kick(core)
+        else:
+            lib.tas_sp_kick(self._ftraw, core, evfds[core])
 
     def send_frame(self, frame: bytes, core: int = 0) -> None:
         if not self._ktx(core, lib.TAS_KTX_FRAME, frame):
             log.warning("KTX ring full: dropped a %d-byte frame", len(frame))
 
     def kick_flow(self, conn: Conn) -> None:
-        core = conn.core
-        _KQ_HDR.pack_into(self._ktx_buf, 0, _KTX_KICK, 0, conn.fid, 0)
-        ok = lib.tas_ring_enqueue_n(self.ktx[core].raw, self._ktx_slot, 1) == 1
-        self.fpm.kick(core)
-        if not ok:
+        if not self._ktx(conn.core, _KTX_KICK, b"", conn.fid):
             # KTX ring full: a lost kick can leave a queued FIN unsent (and
             # with nothing in flight no timer would send it): retry on the scan
             self._kick_retry.add(conn.fid)
@@ -760,7 +775,7 @@ class Engine:
         n = lib.tas_sp_send_seg(self.ktx[0].raw, self._seg, ho.remote_mac, ho.remote_ip, lst.port, ho.remote_port,
                                 ho.iss & U32, (ho.irs + 1) & U32, SYN | ACK | (ECE if ho.ecn else 0),
                                 min(rx_len, 0xFFFF), opts, OUR_MSS, ws, (now // 1000) & U32, tsecr & U32)
-        self.fpm.kick(0)
+        self._kick(0)
         if not n:
             log.warning("KTX ring full: dropped a control segment")
         self.counters["synack_sent"] += 1
@@ -1141,10 +1156,14 @@ class Engine:
             return
         if snap is None:
             snap = self._snapshot(conn)
+        self._catch_up_flags(conn, snap.flags)
+
+    def _catch_up_flags(self, conn: Conn, flags: int) -> None:
+        """_catch_up from the record's flags as read."""
         ev = 0
-        if snap.flags & lib.TAS_FF_FIN_ACKED:
+        if flags & lib.TAS_FF_FIN_ACKED:
             ev |= lib.TAS_EV_FIN_ACKED
-        if snap.flags & lib.TAS_FF_RX_FIN:
+        if flags & lib.TAS_FF_RX_FIN:
             ev |= lib.TAS_EV_FIN_RCVD
         ev &= ~conn.fin_events
         if ev:
@@ -1503,6 +1522,13 @@ class Engine:
             elif conn.state is State.CLOSED:
                 self._free(conn)
             return
+        if conn.state is State.ESTABLISHED or conn.state is State.CLOSE_WAIT:
+            self._close_open(conn, tx_head, rx_tail)
+        else:
+            self._close_general(conn, tx_head, rx_tail)
+
+    def _close_general(self, conn: Conn, tx_head: int, rx_tail: int) -> None:
+        """close() of an installed flow, any state (each step its own call)."""
         snap = self._snapshot(conn)
         rx_head = snap.rx_head
         if rx_head > rx_tail and rx_head > snap.rx_tail and conn.state in _UNREAD_RESETS:
@@ -1519,6 +1545,30 @@ class Engine:
         self._shutdown(conn, tx_head)
         conn.detached = True
         lib.tas_sp_set_status(self._ftraw, conn.fid, status, _FF_DETACHED)
+        self._settle(conn)
+
+    def _close_open(self, conn: Conn, tx_head: int, rx_tail: int) -> None:
+        """close() of an installed flow in ESTABLISHED or CLOSE-WAIT (the
+        common case): the unread-data check, FIN after tx_head and DETACHED
+        in one C call (sp_flow.c tas_sp_close; twin spflow_py.app_close).
+        A FIN event not taken yet (KRX full) cannot take either state out of
+        _SHUTDOWN_STATES, so the decisions are those of the general path."""
+        out = self._u32
+        rc = lib.tas_sp_close(self._ftraw, conn.fid, tx_head, rx_tail, out)
+        if rc == 1:  # RFC 9293 3.10.4 / RFC 2525: closing with unread data resets
+            conn.detached = True
+            self._reset(conn, errno.ECONNRESET, send_rst=True)
+            return
+        flags = out[0]
+        if ((_EV_FIN_ACKED if flags & _FF_FIN_ACKED else 0) | (_EV_FIN_RCVD if flags & _FF_RX_FIN else 0)) \
+                & ~conn.fin_events:
+            self._catch_up_flags(conn, flags)
+        if rc != 0:
+            raise OSError(errno.EINVAL, "bad send position for shutdown")
+        conn.state = transition(conn.state, Event.APP_SHUTDOWN)
+        self._track_closing(conn)
+        self.kick_flow(conn)
+        conn.detached = True
         self._settle(conn)
 
     def abort(self, ctx, flow: int) -> None:
@@ -1585,6 +1635,18 @@ class Engine:
             out.append(d)
         return out
 
+    def _counters(self) -> dict:
+        """The counters, with what the KRX drain answered in C (an echo
+        request counts as an exception, as when Python answered it)."""
+        c = dict(self.counters)
+        d = self.drain_stats
+        if d is not None:
+            n = int(d.echo_replies) + int(d.ktx_full)
+            c["exceptions"] += n
+            c["icmp_echo_replies"] += n
+            c["icmp_echo_ktx_full"] = int(d.ktx_full)
+        return c
+
     def stats(self) -> dict:
         from nicemu.wire import DROP_REASON_NAMES
 
@@ -1607,7 +1669,7 @@ class Engine:
                 "half_open": sum(len(lst.half_open) for lst in self.listeners.values()),
                 "listeners": len(self.listeners), "time_wait": len(self.time_wait),
                 "arp_entries": len(self.arp), **flow_memory(self.ft.n_flows, [(c.rx_len, c.tx_len) for c in self.conns.values()]),
-                "slowpath": dict(self.counters),
+                "slowpath": self._counters(),
                 "cc": self.cc.stats() if self.cc is not None else {"cc_algorithm": "fp-newreno"}}
 
 

@@ -289,25 +289,49 @@ class Stack:
             pass
         mem = self._krx_mem
         if mem is None:  # one buffer for every wake-up (dequeue_n allocates 64 KiB a call)
-            mem = self._krx_mem = ffi.new("uint8_t[]", KRX_BATCH * lib.TAS_KQ_ENTRY_SIZE)
-            self._krx_view = ffi.buffer(self._krx_mem)
-        view, on_krx, dequeue = self._krx_view, self.engine.on_krx, lib.tas_ring_dequeue_n
+            mem = self._krx_setup()
+        view, on_krx, drain, doorbell = self._krx_view, self.engine.on_krx, lib.tas_sp_krx_drain, lib.tas_sp_doorbell
+        st, ftraw, mac, ip = self._drain_stats, self.ft.raw, self._drain_mac, self._drain_ip
         server = self.server
         if server is not None:
             server.draining = True  # the drain's events go out at its end, below
+        armed = False
         try:
-            for ring in self.krx:
-                raw = ring.raw
-                while True:
-                    n = dequeue(raw, mem, KRX_BATCH)
-                    if n:
-                        on_krx(view, n)
-                    if n < KRX_BATCH:  # drained; later entries come with a new doorbell
-                        break
+            while True:
+                found = False
+                for raw, ktx, core, evfd in self._drain_cores:
+                    while True:
+                        # ICMP echo requests are answered (and the core kicked) in C on the way (sp_flow.c)
+                        n = drain(raw, ktx, mem, KRX_BATCH, mac, ip, st, ftraw, core, evfd)
+                        if n:
+                            found = True
+                            on_krx(view, n)
+                        if n < KRX_BATCH:  # drained
+                            break
+                if armed and not found:
+                    break
+                # arm the doorbell (a core that posts from now on writes the
+                # eventfd), then look once more: a core that posted while we
+                # were awake did not write it (struct tas_cc_news_hdr sp_armed)
+                doorbell(ftraw, lib.TAS_SP_ARMED)
+                armed = True
         finally:
             if server is not None:
                 server.draining = False
                 server.flush_events_now()  # newconn out before the rest of the loop pass
+
+    def _krx_setup(self):
+        """The drain's buffer and arguments (_on_doorbell), made once."""
+        engine = self.engine
+        mem = self._krx_mem = ffi.new("uint8_t[]", KRX_BATCH * lib.TAS_KQ_ENTRY_SIZE)
+        self._krx_view = ffi.buffer(mem)
+        self._drain_stats = st = ffi.new("struct tas_sp_drain_stats *")
+        engine.drain_stats = st  # its counters (Engine.stats)
+        self._drain_mac, self._drain_ip = bytes(engine.mac), engine.local_ip_int
+        evfds = self.fpm.evfds if self.fpm is not None else []
+        self._drain_cores = [(ring.raw, self.ktx[c].raw, c, evfds[c] if c < len(evfds) else -1)
+                             for c, ring in enumerate(self.krx)]
+        return mem
 
     def fp_stats(self) -> list[dict]:
         out = []

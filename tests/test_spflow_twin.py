@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -122,7 +124,7 @@ def test_timer_restarted_after_the_scan_read_the_clock_is_not_expired():
 @given(
     flow_st,
     U32,
-    st.sampled_from(["rto", "probe", "close", "status", "mss"]),
+    st.sampled_from(["rto", "probe", "close", "status", "mss", "app_close"]),
     st.integers(0, 1 << 21),
     st.integers(0, 2),
     st.integers(0, (1 << 17) - 1),
@@ -143,6 +145,15 @@ def test_flow_ops_match(d, now, op, close_off, status, set_flags):
         elif op == "close":
             pos = fa.tx_una + close_off
             r1, r2 = lib.tas_sp_tx_close(a.raw, 3, pos), spflow_py.tx_close(fb, pos)
+        elif op == "app_close":  # (rx positions: some unread data, some not)
+            for f in (fa, fb):
+                f.rx_tail = 1000 + (set_flags & 7)
+                f.rx_head = f.rx_tail + (status & 1) * (set_flags >> 3 & 3)
+            pos, rx_tail = fa.tx_una + close_off, fa.rx_head - (set_flags >> 5 & 1)
+            out = ffi.new("uint32_t *")
+            r1 = (lib.tas_sp_close(a.raw, 3, pos, rx_tail, out), out[0])
+            r2 = spflow_py.app_close(fb, pos, rx_tail)
+            assert r1[1] == d["flags"]
         else:
             r1, r2 = (
                 lib.tas_sp_set_status(a.raw, 3, status, set_flags),
@@ -382,5 +393,157 @@ def test_send_seg_matches(mac, ip, sport, dport, seq, ack, flags, win, opts, mss
             lib.tas_sp_send_seg(rings[0][0].raw, segs[0], *args)
         assert lib.tas_sp_send_seg(rings[0][0].raw, segs[0], *args) == 0
     finally:
+        ra.close()
+        rb.close()
+
+
+def _ip_frame(src_mac: bytes, dst_ip: int, proto: int, l4: bytes, opts: bytes = b"", src_ip: int = 0xC6120001,
+              ttl: int = 63, tos: int = 0, ident: int = 7) -> bytes:
+    from kernel_slowpath.frames import csum
+
+    ihl = 5 + len(opts) // 4
+    ip = bytearray(struct.pack("!BBHHHBBHII", 0x40 | ihl, tos, 4 * ihl + len(l4), ident, 0, ttl, proto, 0,
+                               src_ip, dst_ip) + opts)
+    ip[10:12] = struct.pack("!H", csum(bytes(ip)))
+    return b"\x02\0\0\0\0\x02" + src_mac + b"\x08\x00" + bytes(ip) + l4
+
+
+def _icmp(typ: int, payload: bytes, ident: int = 1, seq: int = 1) -> bytes:
+    from kernel_slowpath.frames import csum
+
+    m = bytearray(struct.pack("!BBHHH", typ, 0, 0, ident, seq) + payload)
+    m[2:4] = struct.pack("!H", csum(bytes(m)))
+    return bytes(m)
+
+
+LOCAL_IP = 0xC6120002
+
+krx_entry_st = st.one_of(
+    # echo requests to us (with and without IP options, any payload)
+    st.builds(lambda mac, pl, o, tos, ident: (lib.TAS_KRX_PACKET, _ip_frame(mac, LOCAL_IP, 1, _icmp(8, pl),
+                                                                           b"\x01" * o, tos=tos, ident=ident)),
+              st.binary(min_size=6, max_size=6), st.binary(max_size=1400), st.sampled_from([0, 4, 8]),
+              st.integers(0, 255), st.integers(0, 0xFFFF)),
+    # echo requests to someone else, echo replies, other ICMP, TCP, truncated
+    st.builds(lambda pl: (lib.TAS_KRX_PACKET, _ip_frame(b"\x02\0\0\0\0\x09", LOCAL_IP + 1, 1, _icmp(8, pl))),
+              st.binary(max_size=64)),
+    st.builds(lambda t, pl: (lib.TAS_KRX_PACKET, _ip_frame(b"\x02\0\0\0\0\x09", LOCAL_IP, 1, _icmp(t, pl))),
+              st.sampled_from([0, 3, 11]), st.binary(max_size=64)),
+    st.builds(lambda b: (lib.TAS_KRX_PACKET, _ip_frame(b"\x02\0\0\0\0\x09", LOCAL_IP, 6, b)), st.binary(max_size=80)),
+    st.builds(lambda b: (lib.TAS_KRX_PACKET, b), st.binary(max_size=60)),
+    st.builds(lambda fid, ev: (lib.TAS_KRX_FLOW, (fid, ev)), st.integers(0, 100), st.integers(0, 15)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(krx_entry_st, max_size=12), st.integers(1, 8), st.sampled_from([2, 4, 16]))
+def test_krx_drain_matches(entries, max_n, ktx_slots):
+    """tas_sp_krx_drain against spflow_py.krx_drain: the same entries left
+    for Python (in order), the same echo replies on KTX, the same counts; a
+    reply is a valid frame back to the sender."""
+    from flextcp.ring import Ring
+    from flextcp.stackmem import stack_layout
+
+    lay = stack_layout(N, 1, 16)
+    size = lib.TAS_KQ_ENTRY_SIZE
+    ra, rb = Region.create(lay.size, "spda"), Region.create(lay.size, "spdb")
+    mac = b"\x02\0\0\0\0\x02"
+    try:
+        sides = []
+        for r in (ra, rb):
+            krx_p = Ring.create(r, lay.krx_off[0], 16, size, True)
+            krx_c = Ring.attach(r, lay.krx_off[0], 16, size, False)
+            ktx_p = Ring.create(r, lay.ktx_off[0], ktx_slots, size, True)
+            ktx_c = Ring.attach(r, lay.ktx_off[0], ktx_slots, size, False)
+            for kind, v in entries:
+                e = bytearray(size)
+                if kind == lib.TAS_KRX_FLOW:
+                    struct.pack_into("<HHII", e, 0, kind, 0, v[0], v[1])
+                else:
+                    struct.pack_into("<HH", e, 0, kind, len(v))
+                    e[32 : 32 + len(v)] = v
+                assert krx_p.enqueue_n(bytes(e), 1) == 1
+            sides.append((krx_c, ktx_p, ktx_c, ffi.new("struct tas_sp_drain_stats *")))
+        outs = []
+        for i, (krx_c, ktx_p, _, stats) in enumerate(sides):
+            got = []
+            while True:
+                if i == 0:
+                    buf = ffi.new("uint8_t[]", max_n * size)
+                    n = lib.tas_sp_krx_drain(krx_c.raw, ktx_p.raw, buf, max_n, mac, LOCAL_IP, stats, ffi.NULL, 0, -1)
+                    chunk = ffi.buffer(buf, n * size)[:]
+                else:
+                    chunk = spflow_py.krx_drain(krx_c, ktx_p, max_n, mac, LOCAL_IP, stats)
+                    n = len(chunk) // size
+                assert n <= max_n
+                got.append(chunk)
+                if n < max_n:
+                    break
+            outs.append(b"".join(got))
+        assert outs[0] == outs[1]
+        sa, sb = sides[0][3], sides[1][3]
+        assert (sa.echo_replies, sa.ktx_full) == (sb.echo_replies, sb.ktx_full)
+        echoes = [v for kind, v in entries if kind == lib.TAS_KRX_PACKET and len(v) >= 42 and v[23] == 1
+                  and v[30:34] == struct.pack("!I", LOCAL_IP) and v[14 + (v[14] & 15) * 4] == 8]
+        assert sa.echo_replies + sa.ktx_full == len(echoes)
+        assert len(outs[0]) // size == len(entries) - len(echoes)
+        ra_ktx, rb_ktx = sides[0][2].dequeue_n(64), sides[1][2].dequeue_n(64)
+        assert len(ra_ktx) == len(rb_ktx) == sa.echo_replies * size
+        p = ffi.new("struct tas_pkt *")
+        for k in range(sa.echo_replies):
+            ea, eb = ra_ktx[k * size : (k + 1) * size], rb_ktx[k * size : (k + 1) * size]
+            kind, n = struct.unpack_from("<HH", ea, 0)
+            assert kind == lib.TAS_KTX_FRAME
+            assert ea[: 32 + n] == eb[: 32 + n]
+            frame = ea[32 : 32 + n]
+            assert lib.tas_parse_frame(frame, n, p) == lib.TAS_PK_ICMP
+            assert p.src_ip == LOCAL_IP and frame[6:12] == mac and frame[p.l4_off] == 0
+            from kernel_slowpath.frames import csum
+            assert csum(frame[p.l4_off :]) == 0
+    finally:
+        ra.close()
+        rb.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([lib.TAS_KTX_FRAME, lib.TAS_KTX_KICK, lib.TAS_KTX_RX]), U32,
+       st.binary(max_size=lib.TAS_KQ_DATA + 8), st.booleans())
+def test_ktx_post_matches(kind, fid, data, armed):
+    """tas_sp_ktx_post against spflow_py.ktx_post: the same KTX entry (a
+    too long frame: nothing), a full ring refuses, and the core's eventfd
+    written only while it sleeps."""
+    import os
+
+    from flextcp.flowtab import news_off
+    from flextcp.ring import Ring
+    from flextcp.stackmem import stack_layout
+
+    lay = stack_layout(N, 1, 4)
+    ra, rb = Region.create(lay.size, "spka"), Region.create(lay.size, "spkb")
+    evfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    try:
+        entry = lib.TAS_KQ_ENTRY_SIZE
+        ft = FlowTable.create(ra, lay.ft_off, N)
+        hdrs = [r.cast("struct tas_cc_news_hdr", lay.ft_off + news_off(N)) for r in (ra, rb)]
+        FlowTable.create(rb, lay.ft_off, N)
+        for h in hdrs:
+            h.fp_armed[0] = 1 if armed else 0
+        rings = [(Ring.create(r, lay.ktx_off[0], 4, entry, True), Ring.attach(r, lay.ktx_off[0], 4, entry, False))
+                 for r in (ra, rb)]  # fmt: skip
+        r1 = lib.tas_sp_ktx_post(rings[0][0].raw, kind, fid, data, len(data), ft.raw, 0, evfd)
+        k1 = os.eventfd_read(evfd) if armed else 0
+        r2 = spflow_py.ktx_post(rings[1][0], kind, fid, data, hdrs[1], 0, evfd)
+        k2 = os.eventfd_read(evfd) if armed else 0
+        assert r1 == r2 == (1 if len(data) <= lib.TAS_KQ_DATA else 0)
+        assert k1 == k2 == (1 if armed else 0)
+        e1, e2 = rings[0][1].dequeue_n(1), rings[1][1].dequeue_n(1)
+        assert e1 == e2
+        if r1:
+            assert struct.unpack_from("<HHI", e1, 0) == (kind, len(data), fid) and e1[32 : 32 + len(data)] == data
+            for _ in range(4):
+                lib.tas_sp_ktx_post(rings[0][0].raw, kind, fid, data, len(data), ft.raw, 0, -1)
+            assert lib.tas_sp_ktx_post(rings[0][0].raw, kind, fid, data, len(data), ft.raw, 0, -1) == 0
+    finally:
+        os.close(evfd)
         ra.close()
         rb.close()

@@ -137,6 +137,8 @@ void tas_fp_set_armed(struct tas_fp *fp, uint32_t armed)
         struct tas_ctx_hdr *h = (struct tas_ctx_hdr *)fp->ctx[fp->active[i]]->base;
         __atomic_store_n(&h->fp_armed[fp->cfg.core], armed, __ATOMIC_SEQ_CST);
     }
+    if (fp->cfg.core < TAS_FP_ARMED_CORES) /* the slow path's KTX kicks (tas_sp_kick) */
+        __atomic_store_n(&fp->ft.news->fp_armed[fp->cfg.core], armed, __ATOMIC_SEQ_CST);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
 
@@ -499,7 +501,12 @@ uint32_t tas_fp_poll(struct tas_fp *fp, uint64_t now_us)
         }
     }
     if (fp->krx_posted) {
-        kick(fp->cfg.sp_evfd);
+        /* only if the slow path may sleep (tas_abi.h struct tas_cc_news_hdr) */
+        uint32_t *spa = &fp->ft.news->sp_armed;
+        uint32_t a = __atomic_load_n(spa, __ATOMIC_SEQ_CST);
+        if (a == TAS_SP_ARMED ? __atomic_exchange_n(spa, TAS_SP_AWAKE, __ATOMIC_SEQ_CST) == TAS_SP_ARMED
+                              : a != TAS_SP_AWAKE)
+            kick(fp->cfg.sp_evfd);
         fp->krx_posted = 0;
     }
     if (work)

@@ -3,6 +3,7 @@
  */
 #include <stddef.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tas_abi.h"
 #include "flowtab.h"
@@ -355,6 +356,28 @@ int tas_sp_tx_close(struct tas_ft *ft, uint32_t id, uint64_t tx_head)
     return rc;
 }
 
+int tas_sp_close(struct tas_ft *ft, uint32_t id, uint64_t tx_head, uint64_t rx_tail, uint32_t *flags_out)
+{
+    struct tas_flow *f = get(ft, id);
+    if (!f)
+        return -2;
+    int rc = -1;
+    tas_flow_lock(f);
+    uint32_t flags = f->flags;
+    *flags_out = flags;
+    uint64_t rx_head = f->rx_head;
+    if (rx_head > rx_tail && rx_head > f->rx_tail) {
+        rc = 1;
+    } else if (f->status == TAS_FLOW_ACTIVE && tx_head >= f->tx_head && tx_head - f->tx_una <= f->tx_len) {
+        if (!(flags & TAS_FF_TX_FIN))
+            f->tx_head = tx_head;
+        f->flags = flags | TAS_FF_TX_FIN | TAS_FF_DETACHED;
+        rc = 0;
+    }
+    tas_flow_unlock(f);
+    return rc;
+}
+
 int tas_sp_set_status(struct tas_ft *ft, uint32_t id, uint16_t status, uint32_t set_flags)
 {
     struct tas_flow *f = get(ft, id);
@@ -552,4 +575,131 @@ uint32_t tas_sp_cc_news_arm(struct tas_ft *ft, uint32_t armed)
         if (__atomic_load_n(&ft->news_bits[i], __ATOMIC_SEQ_CST))
             return 1;
     return 0;
+}
+
+/* ---- KRX drain (spflow.h tas_sp_krx_drain) -------------------------- */
+
+static inline uint16_t rd16(const uint8_t *p)
+{
+    return (uint16_t)((p[0] << 8) | p[1]);
+}
+
+static inline void wr16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+/* The echo reply to the KRX packet entry `k` if it is an echo request to
+ * local_ip (as frames.icmp_echo_reply): 1 handled (reply queued or
+ * dropped on a full KTX), 0 not an echo request for us. */
+static int answer_echo(const struct tas_krx *k, struct tas_ring *ktx, const uint8_t *mac, uint32_t local_ip,
+                       struct tas_sp_drain_stats *st)
+{
+    struct tas_pkt p;
+    const uint8_t *f = k->data;
+    uint32_t len = k->len;
+    if (len > TAS_KQ_DATA || tas_parse_frame(f, len, &p) != TAS_PK_ICMP || p.dst_ip != local_ip ||
+        f[p.l4_off] != 8)
+        return 0;
+    uint32_t l3 = p.l3_off, l4 = p.l4_off;
+    uint32_t total = rd16(f + l3 + 2);
+    /* (tas_parse_frame: l4 <= l3 + total <= len and at least 8 ICMP bytes) */
+    uint32_t icmp_len = l3 + total - l4;
+    uint8_t e[TAS_KQ_ENTRY_SIZE];
+    struct tas_ktx *t = (struct tas_ktx *)e;
+    memset(e, 0, sizeof(e)); /* no stale stack bytes in the shared ring */
+    uint8_t *o = t->data;
+    memcpy(o, f + 6, 6);
+    memcpy(o + 6, mac, 6);
+    wr16(o + 12, 0x0800);
+    uint8_t *ip = o + 14;
+    memcpy(ip, f + l3, 20);
+    memcpy(ip + 12, f + l3 + 16, 4);
+    memcpy(ip + 16, f + l3 + 12, 4);
+    ip[0] = 0x45;
+    ip[8] = 64;
+    wr16(ip + 2, (uint16_t)(20 + icmp_len));
+    wr16(ip + 10, 0);
+    wr16(ip + 10, tas_csum_fold(tas_csum_partial(ip, 20, 0)));
+    uint8_t *icmp = ip + 20;
+    memcpy(icmp, f + l4, icmp_len);
+    icmp[0] = 0;
+    wr16(icmp + 2, 0);
+    wr16(icmp + 2, tas_csum_fold(tas_csum_partial(icmp, icmp_len, 0)));
+    t->kind = TAS_KTX_FRAME;
+    t->len = (uint16_t)(34 + icmp_len);
+    if (tas_ring_enqueue_n(ktx, e, 1) == 1)
+        st->echo_replies++;
+    else
+        st->ktx_full++;
+    return 1;
+}
+
+uint32_t tas_sp_krx_drain(struct tas_ring *krx, struct tas_ring *ktx, uint8_t *out, uint32_t max,
+                          const uint8_t *mac, uint32_t local_ip, struct tas_sp_drain_stats *st,
+                          struct tas_ft *ft, uint32_t core, int evfd)
+{
+    uint64_t replies = st->echo_replies;
+    uint32_t n = 0;
+    while (n < max) {
+        uint32_t want = max - n;
+        uint32_t got = tas_ring_dequeue_n(krx, out + (size_t)n * TAS_KQ_ENTRY_SIZE, want);
+        uint32_t kept = n;
+        for (uint32_t i = n; i < n + got; i++) {
+            uint8_t *e = out + (size_t)i * TAS_KQ_ENTRY_SIZE;
+            const struct tas_krx *k = (const struct tas_krx *)e;
+            if (k->kind == TAS_KRX_PACKET && answer_echo(k, ktx, mac, local_ip, st))
+                continue;
+            if (kept != i)
+                memcpy(out + (size_t)kept * TAS_KQ_ENTRY_SIZE, e, TAS_KQ_ENTRY_SIZE);
+            kept++;
+        }
+        n = kept;
+        if (got < want)
+            break; /* drained */
+    }
+    if (st->echo_replies != replies && evfd >= 0)
+        tas_sp_kick(ft, core, evfd);
+    return n;
+}
+
+/* ---- doorbells (tas_abi.h struct tas_cc_news_hdr) ------------------- */
+
+void tas_sp_doorbell(struct tas_ft *ft, uint32_t state)
+{
+    __atomic_store_n(&ft->news->sp_armed, state, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+uint32_t tas_sp_kick(struct tas_ft *ft, uint32_t core, int evfd)
+{
+    /* Dekker with the core's arm-fence-poll-sleep: our KTX entry is
+     * published before we read its armed word */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (ft && core < TAS_FP_ARMED_CORES && !__atomic_load_n(&ft->news->fp_armed[core], __ATOMIC_SEQ_CST))
+        return 0;
+    uint64_t one = 1;
+    ssize_t r = write(evfd, &one, sizeof(one));
+    (void)r;
+    return 1;
+}
+
+uint32_t tas_sp_ktx_post(struct tas_ring *ktx, uint16_t kind, uint32_t flow_id, const uint8_t *data,
+                         uint32_t len, struct tas_ft *ft, uint32_t core, int evfd)
+{
+    if (len > TAS_KQ_DATA)
+        return 0;
+    uint8_t e[TAS_KQ_ENTRY_SIZE];
+    struct tas_ktx *k = (struct tas_ktx *)e;
+    memset(e, 0, sizeof(e)); /* no stale stack bytes in the shared ring */
+    k->kind = kind;
+    k->len = (uint16_t)len;
+    k->flow_id = flow_id;
+    if (len)
+        memcpy(k->data, data, len);
+    uint32_t ok = tas_ring_enqueue_n(ktx, e, 1) == 1;
+    if (evfd >= 0)
+        tas_sp_kick(ft, core, evfd);
+    return ok;
 }

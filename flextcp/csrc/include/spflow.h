@@ -169,6 +169,16 @@ int tas_sp_snapshot(struct tas_ft *ft, uint32_t id, struct tas_flow_snap *out);
 int tas_sp_tx_close(struct tas_ft *ft, uint32_t id, uint64_t tx_head);
 /* Set status and OR flags (e.g. TAS_FF_DETACHED) under the lock. */
 int tas_sp_set_status(struct tas_ft *ft, uint32_t id, uint16_t status, uint32_t set_flags);
+/* The app closes flow `id` while it is ESTABLISHED or CLOSE-WAIT (engine.py
+ * close): under the flow lock, *flags_out = the record's flags (the FIN
+ * events the slow path may not have seen), then
+ *  - unread data (rx_head beyond both the app's rx_tail and the record's):
+ *    nothing changed, 1 (the caller resets: RFC 9293 3.10.4, RFC 2525);
+ *  - as tas_sp_tx_close (FIN after tx_head) and TAS_FF_DETACHED (as
+ *    tas_sp_set_status), 0; a flow not ACTIVE or a bad tx_head: nothing
+ *    changed, -1.
+ * -2 for a bad id.  Twin: spflow_py.app_close. */
+int tas_sp_close(struct tas_ft *ft, uint32_t id, uint64_t tx_head, uint64_t rx_tail, uint32_t *flags_out);
 
 /* ---- congestion control (issue 6, docs/CC.md) ---------------------- */
 /* Byte offset of the side records (struct tas_flow_cc) from the start of
@@ -237,5 +247,45 @@ uint32_t tas_sp_cc_news_arm(struct tas_ft *ft, uint32_t armed);
 /* Active flows (among the first `budget`) with data or a FIN in flight or
  * unsent: the timer scan runs fast only while there are any. */
 uint32_t tas_sp_count_busy(struct tas_ft *ft, uint32_t budget);
+
+/* What tas_sp_krx_drain answered itself (added to, never reset). */
+struct tas_sp_drain_stats {
+    uint64_t echo_replies;  /* ICMP echo requests answered (replies queued on KTX) */
+    uint64_t ktx_full;      /* replies dropped: KTX full */
+};
+
+/* Take up to `max` entries (TAS_KQ_ENTRY_SIZE bytes each) of a KRX ring
+ * into `out` for the slow path's Python, answering on the way what needs no
+ * decision: an ICMP echo request (RFC 792) to local_ip -- a frame that
+ * tas_parse_frame classes TAS_PK_ICMP with type 8 -- gets its echo reply
+ * (Ethernet back to the sender from `mac`, a 20-byte IPv4 header: the
+ * request's with addresses swapped, TTL 64, no options; the ICMP message
+ * with type 0, both checksums new) queued on `ktx` and is not returned.
+ * Returns how many entries were written to out; fewer than max only when
+ * the ring was found empty.  If it queued a reply it kicks fast-path core
+ * `core` (the owner of both rings) as tas_sp_kick(ft, core, evfd) does
+ * (ft NULL: always; evfd < 0: never).  Twin: spflow_py.krx_drain. */
+uint32_t tas_sp_krx_drain(struct tas_ring *krx, struct tas_ring *ktx, uint8_t *out, uint32_t max,
+                          const uint8_t *mac, uint32_t local_ip, struct tas_sp_drain_stats *st,
+                          struct tas_ft *ft, uint32_t core, int evfd);
+
+/* The slow path's doorbell word (struct tas_cc_news_hdr sp_armed):
+ * store `state` (TAS_SP_ARMED before it may sleep, TAS_SP_AWAKE while it
+ * drains), then a full fence; after arming, the caller looks at its KRX
+ * rings once more.  Twin: spflow_py.doorbell. */
+void tas_sp_doorbell(struct tas_ft *ft, uint32_t state);
+/* After a KTX entry for fast-path core `core`: a full fence, then write
+ * its eventfd `evfd` only if the core sleeps (fp_armed[core]; a core from
+ * TAS_FP_ARMED_CORES on always).  Returns 1 if it wrote.  Twin:
+ * spflow_py.kick. */
+uint32_t tas_sp_kick(struct tas_ft *ft, uint32_t core, int evfd);
+
+/* Queue one KTX entry (kind, flow_id, data[0:len], the rest of the slot
+ * zero) on `ktx`, fast-path core `core`'s ring, then kick the core as
+ * tas_sp_kick(ft, core, evfd) does (also when the ring was full: what is
+ * queued already goes out).  1 queued, 0 not (ring full, or len beyond
+ * TAS_KQ_DATA).  Twin: spflow_py.ktx_post. */
+uint32_t tas_sp_ktx_post(struct tas_ring *ktx, uint16_t kind, uint32_t flow_id, const uint8_t *data,
+                         uint32_t len, struct tas_ft *ft, uint32_t core, int evfd);
 
 #endif /* TAS_SPFLOW_H */

@@ -298,9 +298,22 @@ struct tas_flow_cc {
  * only.  `armed`: the slow path's loop sleeps with nothing scheduled; the
  * fast path core that sets a bit and finds it armed clears it and posts one
  * TAS_KRX_FLOW event with TAS_EV_CC_NEWS (re-arming if the queue was full). */
+/* The same line carries the doorbell words between the slow path and the
+ * fast paths (the wake-up protocol of the apps' doorbells, DESIGN.md 7):
+ * `sp_armed` -- TAS_SP_ARMED: the slow path may sleep, a core that posted
+ * KRX entries exchanges it for TAS_SP_AWAKE and writes the slow path's
+ * eventfd (one write per sleep); TAS_SP_AWAKE: it is draining or will look
+ * at KRX again before it sleeps (no write); 0: it does not take part (a
+ * write for every poll that posted, as before).  `fp_armed[c]`: fast-path
+ * core c (< TAS_FP_ARMED_CORES) sleeps; the slow path writes its eventfd
+ * after a KTX entry only then (tas_sp_kick; higher cores always). */
+#define TAS_SP_ARMED 1
+#define TAS_SP_AWAKE 2
+#define TAS_FP_ARMED_CORES 14
 struct tas_cc_news_hdr {
     uint32_t armed;         /* SP sets (sleeping), FP clears (posting the wake-up) */
-    uint8_t pad[60];
+    uint32_t sp_armed;      /* SP sets, FP exchanges (see above) */
+    uint32_t fp_armed[14];  /* FP core c: 1 while it sleeps (tas_fp_set_armed) */
 };
 
 /* Flow table region header.  Hash slots follow the flow records. */

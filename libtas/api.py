@@ -1458,6 +1458,11 @@ class Listener:
                 self.ctx._poll_locked()
             return len(self._queue)
 
+    def queued(self) -> int:
+        """Connections already queued for accept() (no poll: for callers
+        that poll the context themselves, e.g. the socket shim's pump)."""
+        return len(self._queue)
+
     def accept(self, timeout: float | None = None) -> Connection:
         """The next established connection.  timeout=0: BlockingIOError if
         none is queued; TimeoutError after timeout seconds."""

@@ -134,6 +134,8 @@ class Runtime:
         self._lock = threading.Lock()
         self._adds: list = []
         self.links: dict[int, Link] = {}
+        self.by_fid: dict[int, Link] = {}  # flow id -> link (ready_flows() names flows)
+        self._connecting: set[Link] = set()
         self.listeners: list[ListenLink] = []
         self.accepted: dict[str, Link] = {}
         self._counter = 0
@@ -209,38 +211,96 @@ class Runtime:
 
     # -- the pump -----------------------------------------------------------------
     def _run(self) -> None:
+        """The pump's loop.  A pass services only what may have changed: the
+        links of the flows the context names (ready_flows(): data, acks,
+        FIN, state changes), the links whose pair end poll() reported, the
+        connecting ones and the listeners with queued connections; a full
+        pass (every link) follows new links, a wake-up eventfd write
+        (abort, listener close, exit), lost hints and an idle poll()
+        timeout.  Then arm the doorbell, re-check, and sleep in poll(): the
+        masks are level-triggered, so nothing left over is missed."""
         ctx = self.ctx
         P = self._poller
-        P.register(ctx.fileno(), select.POLLIN)
+        cfd = ctx.fileno()
+        P.register(cfd, select.POLLIN)
         P.register(self._wake, select.POLLIN)
+        full = True
+        touched: set[int] = set()
         while not self._stopped:
             try:
-                self._take_adds()
-                if self._service_all():
-                    continue
+                if self._adds:
+                    self._take_adds()
+                    full = True
+                ctx.poll()
+                ready = ctx.ready_flows()
+                if ctx.hints_lost() or self._exiting:
+                    full = True
+                self._pass(ready, touched, full)
+                full = False
+                touched = set()
                 if ctx.prepare_sleep():
                     ctx.finish_sleep()
                     continue
                 retry = any(ll.pending for ll in self.listeners)
-                for link in self.links.values():
-                    self._set_mask(link)
                 events = P.poll(10 if retry else 1000)
                 ctx.finish_sleep()
-                try:
-                    os.eventfd_read(self._wake)
-                except BlockingIOError:
-                    pass
+                if not events:
+                    full = True
                 for fd, ev in events:
+                    if fd == cfd:
+                        continue
+                    if fd == self._wake:
+                        try:
+                            os.eventfd_read(self._wake)
+                        except BlockingIOError:
+                            pass
+                        full = True
+                        continue
                     link = self.links.get(fd)
-                    if link is not None and ev & (select.POLLHUP | select.POLLERR):
+                    if link is None:
+                        continue
+                    touched.add(fd)
+                    if ev & (select.POLLHUP | select.POLLERR):
                         link.app_gone = True
                         self._unregister(link)
             except OSError as e:
                 if e.errno == errno.EBADF and getattr(self.ctx, "_closed", False):
                     return  # context closed (interpreter exit)
+                full = True
                 self._log_error(e)
             except Exception as e:  # never die silently: the app would hang
+                full = True
                 self._log_error(e)
+
+    def _pass(self, ready: set, touched: set, full: bool) -> None:
+        """Service the listeners with work and the links that may have
+        changed (all of them if full), then update their poll masks."""
+        for ll in list(self.listeners):
+            if ll.closed or ll.pending or ll.lst.queued():
+                self._service_listener(ll)
+        links = self.links
+        if full:
+            todo = list(links.values())
+        else:
+            todo = []
+            by_fid = self.by_fid
+            for fid in ready:
+                link = by_fid.get(fid)
+                if link is not None and link.fd in links:
+                    todo.append(link)
+            for fd in touched:
+                link = links.get(fd)
+                if link is not None and link not in todo:
+                    todo.append(link)
+            for link in self._connecting:
+                if link not in todo:
+                    todo.append(link)
+        for link in todo:
+            if link.state == DONE:
+                continue
+            self._service(link, full or link.fd in touched)
+            if link.state != DONE:
+                self._set_mask(link)
 
     def _log_error(self, e: BaseException) -> None:
         if not self._error_logged:
@@ -253,11 +313,17 @@ class Runtime:
             adds, self._adds = self._adds, []
         for kind, obj in adds:
             if kind == "link":
-                self.links[obj.fd] = obj
-                obj.mask = 0
-                self._poller.register(obj.fd, 0)
+                self._add(obj)
             else:
                 self.listeners.append(obj)
+
+    def _add(self, link: Link) -> None:
+        self.links[link.fd] = link
+        self.by_fid[link.conn.flow_id] = link
+        if link.state == CONNECTING:
+            self._connecting.add(link)
+        link.mask = 0
+        self._poller.register(link.fd, 0)
 
     def _set_mask(self, link: Link) -> None:
         if link.mask < 0 or link.app_gone:
@@ -279,15 +345,6 @@ class Runtime:
                 self._poller.unregister(link.fd)
             except (KeyError, ValueError):
                 pass
-
-    def _service_all(self) -> bool:
-        progress = self.ctx.poll() > 0
-        if self.listeners:
-            for ll in list(self.listeners):
-                progress |= self._service_listener(ll)
-        for link in list(self.links.values()):
-            progress |= self._service(link)
-        return progress
 
     def _service_listener(self, ll: ListenLink) -> bool:
         if ll.closed:
@@ -326,9 +383,7 @@ class Runtime:
             link.token = f"{self.pid}/{token}"
             with self._lock:
                 self.accepted[link.token] = link
-            self.links[link.fd] = link
-            link.mask = 0
-            self._poller.register(link.fd, 0)
+            self._add(link)
             progress = True
         return progress
 
@@ -337,6 +392,9 @@ class Runtime:
         link.outcome.set()
         self._unregister(link)
         self.links.pop(link.fd, None)
+        self._connecting.discard(link)
+        if self.by_fid.get(link.conn.flow_id) is link:
+            del self.by_fid[link.conn.flow_id]
         if link.token:
             with self._lock:
                 self.accepted.pop(link.token, None)
@@ -360,7 +418,10 @@ class Runtime:
                 break
             link.junk -= n
 
-    def _service(self, link: Link) -> bool:
+    def _service(self, link: Link, look: bool = True) -> bool:
+        """Move what can move for one link.  look=False: poll() did not
+        report the pair end, so if it was watched for input (POLLIN in the
+        mask) the app wrote nothing into the pair: skip reading it."""
         conn = link.conn
         progress = False
         if link.abort_req:
@@ -373,9 +434,11 @@ class Runtime:
                 return False
             # Record the outcome before draining the filler: draining makes the app's fd
             # writable, and a woken app must already see SO_ERROR / the connected state.
+            self._connecting.discard(link)
             if st == "connected":
                 link.state = ESTABLISHED
                 link.outcome.set()
+                look = True
                 self._drain_junk(link)
                 progress = True
             else:
@@ -437,6 +500,10 @@ class Runtime:
         # app -> stack, under the context lock: an app thread's direct send
         # (send_direct) then never lands between bytes read from the pair and
         # their send into the flow
+        if not look and link.mask > 0 and link.mask & select.POLLIN and not link.app_eof:
+            if conn._is_reset():
+                return self._on_reset(link, conn._reset)
+            return progress
         with self.ctx._lock:
             while not link.app_eof:
                 if conn._is_reset():

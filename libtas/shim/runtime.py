@@ -37,9 +37,13 @@ import threading
 import time
 from collections import deque
 
+from libtas.shim import shimio
+
 log = logging.getLogger("libtas.shim")
 
 _BUF = 256 << 10
+_FWD_MAX = 1 << 20  # bytes tas_shim_fwd moves per call (then the other links get a turn)
+_AF_FIN_RESET = 3  # TAS_AF_RX_FIN | TAS_AF_RESET
 
 
 def _ctx_buf() -> int | None:
@@ -136,6 +140,7 @@ class Runtime:
         self.links: dict[int, Link] = {}
         self.by_fid: dict[int, Link] = {}  # flow id -> link (ready_flows() names flows)
         self._connecting: set[Link] = set()
+        self._fresh: list[Link] = []  # links added since the last pass
         self.listeners: list[ListenLink] = []
         self.accepted: dict[str, Link] = {}
         self._counter = 0
@@ -145,6 +150,7 @@ class Runtime:
         self._exiting = False
         self._stopped = False
         self._error_logged = False
+        self._io = shimio.ShimIO(self.ctx)
         self._thread = threading.Thread(target=self._run, name="tas-shim-pump", daemon=True)
         self._thread.start()
         atexit.register(self._atexit)
@@ -193,17 +199,26 @@ class Runtime:
         allowed only while the pair holds nothing the app wrote before (its
         bytes must reach the stack first).  The pump moves pair -> stack under
         the context lock, so checking the pair and writing here under the same
-        lock keeps the app's byte order.  Returns bytes taken (0: use the pair)."""
+        lock keeps the app's byte order.  The copy and the flow's update are
+        one C call (tas_shim_send).  Returns bytes taken (0: use the pair)."""
         if link.state != ESTABLISHED or link.app_eof or link.app_gone or link.junk:
             return 0
         ctx = self.ctx
+        conn = link.conn
         with ctx._lock:
+            if ctx._closed or conn._state != "connected" or conn._shut_wr or conn._gone or conn._reset:
+                return 0  # the pair path reports it as the kernel would
             try:
                 if _unread(link.inner):
                     return 0
-                return link.conn.send(data, timeout=0)
-            except (OSError, ValueError):
-                return 0  # full, reset, closed: the pair path reports it as the kernel would
+                n, st = self._io.send(conn, data)
+            except (OSError, ValueError, TypeError):
+                return 0
+            if st & shimio.UNPOSTED:
+                ctx._queue_update(conn)
+            if ctx._updates or ctx.stack._closes:
+                ctx._flush()
+            return n
 
     def take_accepted(self, token: str) -> Link | None:
         with self._lock:
@@ -238,7 +253,9 @@ class Runtime:
                 self._pass(ready, touched, full)
                 full = False
                 touched = set()
-                if ctx.prepare_sleep():
+                # (hints an app thread's call drained meanwhile wait in
+                # ctx._ready: no sleep then)
+                if ctx.prepare_sleep() or ctx._ready:
                     ctx.finish_sleep()
                     continue
                 retry = any(ll.pending for ll in self.listeners)
@@ -280,25 +297,27 @@ class Runtime:
                 self._service_listener(ll)
         links = self.links
         if full:
-            todo = list(links.values())
+            todo = dict(links)
         else:
-            todo = []
+            todo = {}
             by_fid = self.by_fid
             for fid in ready:
                 link = by_fid.get(fid)
                 if link is not None and link.fd in links:
-                    todo.append(link)
+                    todo[link.fd] = link
             for fd in touched:
                 link = links.get(fd)
-                if link is not None and link not in todo:
-                    todo.append(link)
+                if link is not None:
+                    todo[fd] = link
             for link in self._connecting:
-                if link not in todo:
-                    todo.append(link)
-        for link in todo:
-            if link.state == DONE:
+                todo[link.fd] = link
+            for link in self._fresh:
+                todo[link.fd] = link
+        self._fresh = []
+        for fd, link in todo.items():
+            if link.state == DONE or links.get(fd) is not link:
                 continue
-            self._service(link, full or link.fd in touched)
+            self._service(link, full or fd in touched)
             if link.state != DONE:
                 self._set_mask(link)
 
@@ -324,6 +343,7 @@ class Runtime:
             self._connecting.add(link)
         link.mask = 0
         self._poller.register(link.fd, 0)
+        self._fresh.append(link)  # serviced in this pass: its hints may be gone already
 
     def _set_mask(self, link: Link) -> None:
         if link.mask < 0 or link.app_gone:
@@ -448,8 +468,40 @@ class Runtime:
                 self._drain_junk(link)
                 self._finish(link)
                 return True
-        # stack -> app
-        while not link.stack_eof and not link.app_gone:
+        # stack -> app: one C call per batch (tas_shim_fwd); the Python
+        # loop below only for what it leaves (a reset, a bogus position)
+        slow = True
+        if not link.stack_eof and not link.app_gone and conn._state == "connected" and not conn._gone:
+            ctx = self.ctx
+            with ctx._lock:
+                if ctx._closed:
+                    raise OSError(errno.EBADF, "context closed")
+                n, st = self._io.fwd(conn, link.inner, _FWD_MAX)
+                if st & shimio.UNPOSTED:
+                    ctx._queue_update(conn)
+                if ctx._updates or ctx.stack._closes:
+                    ctx._flush()
+            if n:
+                progress = True
+            slow = bool(st & shimio.ODD)
+            if st & shimio.GONE:
+                link.app_gone = True
+                self._unregister(link)
+            elif st & shimio.AGAIN:
+                link.want_out = True
+            elif not st & shimio.ODD:
+                link.want_out = not st & shimio.EMPTY  # (max moved: come back when writable)
+                if st & shimio.EMPTY and conn._af.flags & _AF_FIN_RESET:
+                    if conn._is_reset():
+                        return self._on_reset(link, conn._reset)
+                    if conn.at_eof:
+                        try:
+                            link.inner.shutdown(socket.SHUT_WR)
+                        except OSError:
+                            pass
+                        link.stack_eof = True
+                        progress = True
+        while slow and not link.stack_eof and not link.app_gone:
             try:
                 view = conn.recv_view()
             except ConnectionResetError as e:

@@ -22,9 +22,9 @@ FLOW_AREA = 64 + 2 * 64  # appflow block, rx and tx buffers of at most 64 bytes
 
 
 def test_status_bits_match_the_header():
-    assert (shimio.EMPTY, shimio.AGAIN, shimio.GONE, shimio.ODD, shimio.POSTED, shimio.UNPOSTED) == (
+    assert (shimio.EMPTY, shimio.AGAIN, shimio.GONE, shimio.ODD, shimio.POSTED, shimio.UNPOSTED, shimio.DUE) == (
         lib.TAS_SHIM_EMPTY, lib.TAS_SHIM_AGAIN, lib.TAS_SHIM_GONE, lib.TAS_SHIM_ODD,
-        lib.TAS_SHIM_POSTED, lib.TAS_SHIM_UNPOSTED,
+        lib.TAS_SHIM_POSTED, lib.TAS_SHIM_UNPOSTED, lib.TAS_SHIM_DUE,
     )  # fmt: skip
 
 
@@ -154,10 +154,12 @@ def test_send_matches_twin(state, f, core, data):
 @given(
     state=_states(), f=_flow(), core=st.integers(0, 4),
     room=st.sampled_from([None, None, -1, 0, 5, 20]), maxn=st.sampled_from([1, 7, 1 << 20]),
+    nopost=st.booleans(),
 )  # fmt: skip
-def test_fwd_matches_twin(state, f, core, room, maxn):
+def test_fwd_matches_twin(state, f, core, room, maxn, nopost):
     """tas_shim_fwd against fwd_twin: bytes moved, status, positions, the
-    bytes the pair's other end reads, ATX entries and doorbells."""
+    bytes the pair's other end reads, ATX entries and doorbells (nopost:
+    the pump's call, context NULL, DUE instead of an update)."""
     f["core"] = core
 
     def op(c, cfl, cv, py, pfl, pv, post):
@@ -165,9 +167,9 @@ def test_fwd_matches_twin(state, f, core, room, maxn):
         a2, b2 = _pair(room)
         try:
             stp = ffi.new("uint32_t *")
-            n = lib.tas_shim_fwd(c.actx, cfl, a1.fileno(), maxn, stp)
+            n = lib.tas_shim_fwd(ffi.NULL if nopost else c.actx, cfl, a1.fileno(), maxn, stp)
             got_c = (n, stp[0], _drain(b1))
-            n2, st2 = shimio.fwd_twin(post, pfl, pv.rx, a2, maxn)
+            n2, st2 = shimio.fwd_twin(None if nopost else post, pfl, pv.rx, a2, maxn)
             return got_c, (n2, st2, _drain(b2))
         finally:
             for s in (a1, b1, a2, b2):

@@ -112,7 +112,7 @@ uint64_t tas_shim_fwd(struct tas_app_ctx *c, struct tas_app_flow *f, int32_t fd,
         freed = f->rx_tail - f->rx_posted;
         rx_head = __atomic_load_n(&af->rx_head, __ATOMIC_ACQUIRE);
         if (freed > 0 && (was_full == 1 || freed >= f->rx_len / 4 || rx_head - f->rx_posted >= f->rx_len / 2))
-            *st |= post_update(c, f);
+            *st |= c != NULL ? post_update(c, f) : TAS_SHIM_DUE;
     }
     return moved;
 }

@@ -350,7 +350,7 @@ class Runtime:
             return
         m = 0
         if link.state == ESTABLISHED:
-            if not link.app_eof and link.conn.tx_space() > 0:
+            if not link.app_eof and link.conn._tx_free() > 0:  # (no lock: a hint)
                 m |= select.POLLIN
             if link.want_out and not link.stack_eof:
                 m |= select.POLLOUT
@@ -473,14 +473,14 @@ class Runtime:
         slow = True
         if not link.stack_eof and not link.app_gone and conn._state == "connected" and not conn._gone:
             ctx = self.ctx
-            with ctx._lock:
-                if ctx._closed:
-                    raise OSError(errno.EBADF, "context closed")
-                n, st = self._io.fwd(conn, link.inner, _FWD_MAX)
-                if st & shimio.UNPOSTED:
-                    ctx._queue_update(conn)
-                if ctx._updates or ctx.stack._closes:
-                    ctx._flush()
+            if ctx._closed:
+                raise OSError(errno.EBADF, "context closed")
+            n, st = self._io.fwd(conn, link.inner, _FWD_MAX)
+            if st & shimio.DUE:
+                with ctx._lock:
+                    if not ctx._closed:
+                        ctx._queue_update(conn)
+                        ctx._flush()
             if n:
                 progress = True
             slow = bool(st & shimio.ODD)

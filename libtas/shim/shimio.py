@@ -7,8 +7,11 @@ Python twins (TAS_PURE=1; compared by tests/test_shim_io.py).
   bytes into the pump end of the app's socketpair, plus the window update
   when one is due (Runtime._service).
 
-Both run with the context lock held (the positions are libtas's); the C
-calls release the GIL, so the pump's send() into the pair does not keep the
+send runs with the context lock held (the positions are libtas's, the ATX
+ring has one producer at a time); fwd without it (the pump alone advances a
+shim flow's rx_tail) and reports DUE when the window update should be
+posted, which the pump then does under the lock.  The C calls release the
+GIL, so the pump's send() into the pair does not keep the
 app thread it wakes waiting for the interpreter.  Both return (bytes,
 status bits below); the caller queues the flow's update on UNPOSTED.
 """
@@ -20,9 +23,10 @@ import socket
 from flextcp.native import ffi, lib
 from libtas.api import _ATX, _M64, TAS_ATX_UPDATE
 
-EMPTY, AGAIN, GONE, ODD, POSTED, UNPOSTED = 1, 2, 4, 8, 16, 32
+EMPTY, AGAIN, GONE, ODD, POSTED, UNPOSTED, DUE = 1, 2, 4, 8, 16, 32, 64
 _RESET = 2  # TAS_AF_RESET
 _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+_NULL_CTX = ffi.NULL
 
 
 def _post_one(post, fl) -> int:
@@ -60,7 +64,7 @@ def send_twin(post, fl, txmv, data) -> tuple[int, int]:
 
 def fwd_twin(post, fl, rxmv, sock: socket.socket, maxn: int) -> tuple[int, int]:
     """Python twin of tas_shim_fwd (rxmv: the flow's rx buffer; sock: the
-    pump end, non-blocking)."""
+    pump end, non-blocking; post None: report DUE instead of posting)."""
     af = fl.af
     rx_len = fl.rx_len
     moved = st = 0
@@ -102,7 +106,7 @@ def fwd_twin(post, fl, rxmv, sock: socket.socket, maxn: int) -> tuple[int, int]:
         if freed > 0 and (
             was_full or freed >= rx_len // 4 or ((af.rx_head - fl.rx_posted) & _M64) >= rx_len // 2
         ):
-            st |= _post_one(post, fl)
+            st |= _post_one(post, fl) if post is not None else DUE
     return moved, st
 
 
@@ -112,7 +116,8 @@ class ShimIO:
     def __init__(self, ctx) -> None:
         self.ctx = ctx
         self.actx = getattr(ctx, "_actx", None)
-        self._st = ffi.new("uint32_t *")
+        self._st = ffi.new("uint32_t *")  # (one per thread: send's, the pump's)
+        self._fst = ffi.new("uint32_t *")
 
     def send(self, conn, data) -> tuple[int, int]:
         if self.actx is None:
@@ -122,7 +127,8 @@ class ShimIO:
         return n, self._st[0]
 
     def fwd(self, conn, sock: socket.socket, maxn: int) -> tuple[int, int]:
+        """Without posting (the caller posts on DUE, under the lock)."""
         if self.actx is None:
-            return fwd_twin(self.ctx._post_twin, conn._fl, conn._rx, sock, maxn)
-        n = lib.tas_shim_fwd(self.actx, conn._fl, sock.fileno(), maxn, self._st)
-        return n, self._st[0]
+            return fwd_twin(None, conn._fl, conn._rx, sock, maxn)
+        n = lib.tas_shim_fwd(_NULL_CTX, conn._fl, sock.fileno(), maxn, self._fst)
+        return n, self._fst[0]

@@ -23,6 +23,7 @@
 #define TAS_SHIM_ODD 8        /* reset flag or a bogus position: nothing moved, look in Python */
 #define TAS_SHIM_POSTED 16    /* an ATX update was posted */
 #define TAS_SHIM_UNPOSTED 32  /* an update was due but its ring was full: the caller queues it */
+#define TAS_SHIM_DUE 64       /* tas_shim_fwd with c NULL: an update is due, the caller posts it */
 
 /* Copy as much of src[0..n) as the flow's tx buffer has room for (libtas
  * Connection.send with timeout=0 on a connected flow), advance tx_head and
@@ -41,7 +42,10 @@ uint32_t tas_shim_send(struct tas_app_ctx *c, struct tas_app_flow *f, const uint
  * the freed space (Connection._after_consume's rule, was_full taken at the
  * start: full buffer, a quarter of it freed since the last update, or the
  * advertised window shrunk to half).  Nothing moves if the flow has
- * TAS_AF_RESET or a bogus rx_head (ODD).  Returns the bytes moved. */
+ * TAS_AF_RESET or a bogus rx_head (ODD).  c NULL: post nothing, report
+ * TAS_SHIM_DUE instead (the shim's pump moves bytes without the context
+ * lock -- it alone advances a shim flow's rx_tail -- and takes the lock
+ * only to post).  Returns the bytes moved. */
 uint64_t tas_shim_fwd(struct tas_app_ctx *c, struct tas_app_flow *f, int32_t fd, uint64_t max,
                       uint32_t *st);
 

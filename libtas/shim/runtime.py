@@ -69,6 +69,10 @@ _EXIT_DRAIN = 10.0  # seconds the interpreter exit waits for app data to reach t
 CONNECTING, ESTABLISHED, FAILED, DONE = "connecting", "established", "failed", "done"
 
 
+_SET = threading.Event()
+_SET.set()
+
+
 class Link:
     """One stack connection and the pump's end of the app's socketpair."""
 
@@ -80,7 +84,8 @@ class Link:
         self.junk = junk  # filler bytes written by connect() so the app fd is not writable yet
         self.error = 0  # connect failure (SO_ERROR)
         self.reset = 0  # errno of a reset
-        self.outcome = threading.Event()  # connect finished (either way)
+        # connect finished (either way); born established: already set
+        self.outcome = threading.Event() if state == CONNECTING else _SET
         self.app_eof = False  # the app shut down writing (or closed)
         self.app_gone = False  # every app fd closed (POLLHUP / EPIPE)
         self.stack_eof = False  # peer FIN passed on (pump end shut down for writing)
@@ -576,10 +581,14 @@ class Runtime:
                 if n == 0:
                     link.app_eof = True
                     progress = True
-                    try:
-                        conn.shutdown(socket.SHUT_WR)
-                    except OSError:
-                        pass
+                    if not (link.stack_eof or link.app_gone):
+                        # a half-close: FIN now, the flow stays open.  Else the
+                        # flow is closed below, which sends the FIN after the
+                        # data as well (no shutdown round trip to the stack).
+                        try:
+                            conn.shutdown(socket.SHUT_WR)
+                        except OSError:
+                            pass
                     break
                 try:
                     conn.send(self._bufmv[:n], timeout=0)

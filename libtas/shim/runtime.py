@@ -237,11 +237,12 @@ class Runtime:
         connecting ones and the listeners with queued connections; a full
         pass (every link) follows new links, a wake-up eventfd write
         (abort, listener close, exit), lost hints and an idle poll()
-        timeout.  Then arm the doorbell, re-check, and sleep in poll(): the
+        timeout.  Then sleep in poll() (doorbell armed, see below): the
         masks are level-triggered, so nothing left over is missed."""
         ctx = self.ctx
         P = self._poller
         cfd = ctx.fileno()
+        hdr = ctx._hdr
         P.register(cfd, select.POLLIN)
         P.register(self._wake, select.POLLIN)
         full = True
@@ -258,18 +259,29 @@ class Runtime:
                 self._pass(ready, touched, full)
                 full = False
                 touched = set()
-                # (hints an app thread's call drained meanwhile wait in
-                # ctx._ready: no sleep then)
-                if ctx.prepare_sleep() or ctx._ready:
-                    ctx.finish_sleep()
+                # The doorbell stays armed while the pump works: armed and
+                # re-checked once (prepare_sleep), every later drain (the
+                # ctx.poll() above, after the eventfd was cleared) is a
+                # re-check, since the fast path rings the eventfd for
+                # whatever it posts after it.  A wake-up then costs no
+                # disarm, re-arm and second drain -- calls that would hand
+                # the GIL to the app thread the pump has just woken.  Armed
+                # again in full if a libtas wait of an app thread disarmed it.
+                if hdr.app_armed != 1 and ctx.prepare_sleep():
                     continue
-                retry = any(ll.pending for ll in self.listeners)
+                # (hints or events an app thread's call took meanwhile: no sleep)
+                if ctx._ready or ctx._events:
+                    continue
+                retry = self.listeners and any(ll.pending for ll in self.listeners)
                 events = P.poll(10 if retry else 1000)
-                ctx.finish_sleep()
                 if not events:
                     full = True
                 for fd, ev in events:
                     if fd == cfd:
+                        try:
+                            os.eventfd_read(cfd)  # before the next drain (see above)
+                        except BlockingIOError:
+                            pass
                         continue
                     if fd == self._wake:
                         try:

@@ -530,6 +530,11 @@ class Stack:
     def flows(self) -> list[dict]:
         return self._call("flows")[0]["flows"]
 
+    def control_fileno(self) -> int:
+        """The control socket's fd: readable when the stack sent something
+        (for a caller that polls it itself, see Context.poll_ready)."""
+        return self._sock.fileno()
+
     def close(self) -> None:
         """Close every context and the control connection (the stack then
         releases everything this app held)."""
@@ -1251,6 +1256,28 @@ class Context:
         finally:
             lock.release()
         return r
+
+    def poll_ready(self, events: bool = True) -> tuple[set[int], bool]:
+        """poll(), then ready_flows() and hints_lost(), under one lock (the
+        socket shim pump's step).  ``events=False``: without reading the
+        control socket (events an earlier read queued are processed), for
+        a caller that watches ``stack.control_fileno()`` itself."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            self._check_open()
+            if events:
+                self.stack._drain_events()
+            if self._events:
+                self._process_events()
+            self._poll_arx()
+            if self._updates or self.stack._closes:
+                self._flush()
+            r, self._ready = self._ready, set()
+            lost, self._hints_lost = self._hints_lost, False
+        finally:
+            lock.release()
+        return r, lost
 
     def hints_lost(self) -> bool:
         """True (once) if notifications may have been lost since the last

@@ -245,16 +245,19 @@ class Runtime:
         hdr = ctx._hdr
         P.register(cfd, select.POLLIN)
         P.register(self._wake, select.POLLIN)
-        full = True
+        ctl = self.stack.control_fileno()
+        P.register(ctl, select.POLLIN)
+        full = ctl_ready = True
         touched: set[int] = set()
         while not self._stopped:
             try:
                 if self._adds:
                     self._take_adds()
                     full = True
-                ctx.poll()
-                ready = ctx.ready_flows()
-                if ctx.hints_lost() or self._exiting:
+                # the control socket is read only when poll() said so
+                ready, lost = ctx.poll_ready(ctl_ready)
+                ctl_ready = False
+                if lost or self._exiting:
                     full = True
                 self._pass(ready, touched, full)
                 full = False
@@ -275,8 +278,13 @@ class Runtime:
                 retry = self.listeners and any(ll.pending for ll in self.listeners)
                 events = P.poll(10 if retry else 1000)
                 if not events:
-                    full = True
+                    full = ctl_ready = True
                 for fd, ev in events:
+                    if fd == ctl:
+                        ctl_ready = True
+                        if ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                            P.unregister(ctl)  # the stack is gone: read once more, then no more
+                        continue
                     if fd == cfd:
                         try:
                             os.eventfd_read(cfd)  # before the next drain (see above)
@@ -300,10 +308,10 @@ class Runtime:
             except OSError as e:
                 if e.errno == errno.EBADF and getattr(self.ctx, "_closed", False):
                     return  # context closed (interpreter exit)
-                full = True
+                full = ctl_ready = True
                 self._log_error(e)
             except Exception as e:  # never die silently: the app would hang
-                full = True
+                full = ctl_ready = True
                 self._log_error(e)
 
     def _pass(self, ready: set, touched: set, full: bool) -> None:
@@ -661,9 +669,12 @@ def _unread(sock: socket.socket) -> int:
     return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
+_pid = os.getpid()  # this process's (updated in a forked child: no getpid() per send)
+
+
 def current() -> Runtime | None:
     rt = _runtime
-    return rt if rt is not None and rt.pid == os.getpid() else None
+    return rt if rt is not None and rt.pid == _pid else None
 
 
 def _after_fork_in_child() -> None:
@@ -671,7 +682,8 @@ def _after_fork_in_child() -> None:
     # not usable here: forget it without touching it.  Inherited shim sockets
     # keep working through the parent's pump (their fds are kernel sockets);
     # new stack sockets in the child get a runtime of their own.
-    global _runtime, _runtime_lock
+    global _runtime, _runtime_lock, _pid
+    _pid = os.getpid()
     _runtime = None
     _runtime_lock = threading.Lock()
 

@@ -409,25 +409,28 @@ class Runtime:
             inner = socket.socket(
                 socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
             )
+            link = Link(conn, inner, ESTABLISHED)
             with self._lock:
                 self._counter += 1
                 token = self._counter
+                # before connect(): the app's accept() may run as soon as
+                # connect() wakes it, and must find its link (send_direct,
+                # resets), not fall back to the pair for good
+                link.token = f"{self.pid}/{token}"
+                self.accepted[link.token] = link
             try:
                 inner.bind(_fmt_name(self.pid, token, conn.local_address, conn.remote_address))
                 inner.connect(ll.addr)
-            except BlockingIOError:  # the app's accept backlog is full: retry soon
+            except OSError as e:
+                with self._lock:
+                    self.accepted.pop(link.token, None)
                 inner.close()
-                ll.pending.appendleft(conn)
-                break
-            except OSError:  # the app's listening socket is gone
-                inner.close()
-                conn._abort_quiet()
+                if isinstance(e, BlockingIOError):  # the app's accept backlog is full: retry soon
+                    ll.pending.appendleft(conn)
+                    break
+                conn._abort_quiet()  # the app's listening socket is gone
                 progress = True
                 continue
-            link = Link(conn, inner, ESTABLISHED)
-            link.token = f"{self.pid}/{token}"
-            with self._lock:
-                self.accepted[link.token] = link
             self._add(link)
             progress = True
         return progress

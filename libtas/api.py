@@ -1257,11 +1257,13 @@ class Context:
             lock.release()
         return r
 
-    def poll_ready(self, events: bool = True) -> tuple[set[int], bool]:
+    def poll_ready(self, events: bool = True, clear: bool = False) -> tuple[set[int], bool]:
         """poll(), then ready_flows() and hints_lost(), under one lock (the
         socket shim pump's step).  ``events=False``: without reading the
         control socket (events an earlier read queued are processed), for
-        a caller that watches ``stack.control_fileno()`` itself."""
+        a caller that watches ``stack.control_fileno()`` itself.
+        ``clear``: first clear the eventfd (fileno(), it was readable; in
+        the drain's C call), for a caller that sleeps on it armed."""
         lock = self._lock
         lock.acquire()
         try:
@@ -1270,7 +1272,12 @@ class Context:
                 self.stack._drain_events()
             if self._events:
                 self._process_events()
-            self._poll_arx()
+            if clear and self._actx is None:
+                try:
+                    os.eventfd_read(self.evfd)
+                except BlockingIOError:
+                    pass
+            self._poll_arx(lib.TAS_APP_WAKE_CLEAR if clear else 0)
             if self._updates or self.stack._closes:
                 self._flush()
             r, self._ready = self._ready, set()

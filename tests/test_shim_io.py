@@ -22,9 +22,12 @@ FLOW_AREA = 64 + 2 * 64  # appflow block, rx and tx buffers of at most 64 bytes
 
 
 def test_status_bits_match_the_header():
-    assert (shimio.EMPTY, shimio.AGAIN, shimio.GONE, shimio.ODD, shimio.POSTED, shimio.UNPOSTED, shimio.DUE) == (
+    assert (
+        shimio.EMPTY, shimio.AGAIN, shimio.GONE, shimio.ODD, shimio.POSTED, shimio.UNPOSTED, shimio.DUE,
+        shimio.BUSY,
+    ) == (
         lib.TAS_SHIM_EMPTY, lib.TAS_SHIM_AGAIN, lib.TAS_SHIM_GONE, lib.TAS_SHIM_ODD,
-        lib.TAS_SHIM_POSTED, lib.TAS_SHIM_UNPOSTED, lib.TAS_SHIM_DUE,
+        lib.TAS_SHIM_POSTED, lib.TAS_SHIM_UNPOSTED, lib.TAS_SHIM_DUE, lib.TAS_SHIM_BUSY,
     )  # fmt: skip
 
 
@@ -136,16 +139,31 @@ def _run(state, f, op):
 
 
 @settings(max_examples=300, deadline=None)
-@given(state=_states(), f=_flow(), core=st.integers(0, 4), data=st.binary(max_size=80))
-def test_send_matches_twin(state, f, core, data):
+@given(
+    state=_states(), f=_flow(), core=st.integers(0, 4), data=st.binary(max_size=80),
+    pair=st.sampled_from(["none", "empty", "holds", "closed"]),
+)  # fmt: skip
+def test_send_matches_twin(state, f, core, data, pair):
     """tas_shim_send against send_twin: bytes taken, status, positions, tx
-    bytes, ATX entries and doorbells."""
+    bytes, ATX entries and doorbells; BUSY (nothing else) while the pair's
+    end holds bytes or is not a socket any more."""
     f["core"] = core
 
     def op(c, cfl, cv, py, pfl, pv, post):
-        stp = ffi.new("uint32_t *")
-        n = lib.tas_shim_send(c.actx, cfl, ffi.from_buffer("uint8_t[]", data), len(data), stp)
-        return (n, stp[0]), shimio.send_twin(post, pfl, pv.tx, data)
+        a, b = socket.socketpair()
+        if pair == "holds":
+            b.send(b"x")
+        fd = {"none": -1, "closed": 1 << 20}.get(pair, a.fileno())
+        try:
+            stp = ffi.new("uint32_t *")
+            n = lib.tas_shim_send(c.actx, cfl, fd, ffi.from_buffer("uint8_t[]", data), len(data), stp)
+            got = (n, stp[0]), shimio.send_twin(post, pfl, fd, pv.tx, data)
+        finally:
+            a.close()
+            b.close()
+        if pair in ("holds", "closed"):
+            assert got[0] == (0, shimio.BUSY)
+        return got
 
     _run(state, f, op)
 

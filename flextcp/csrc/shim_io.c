@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include "tas_abi.h"
@@ -29,14 +30,19 @@ static uint32_t post_update(struct tas_app_ctx *c, struct tas_app_flow *f)
     return done == 0 ? TAS_SHIM_UNPOSTED : 0;  /* 2: core out of range, dropped */
 }
 
-uint32_t tas_shim_send(struct tas_app_ctx *c, struct tas_app_flow *f, const uint8_t *src, uint32_t n,
-                       uint32_t *st)
+uint32_t tas_shim_send(struct tas_app_ctx *c, struct tas_app_flow *f, int32_t fd, const uint8_t *src,
+                       uint32_t n, uint32_t *st)
 {
     struct tas_appflow *af = f->af;
     uint64_t used, space, out, k;
     uint32_t want;
+    int queued = 0;
 
     *st = 0;
+    if (fd >= 0 && (ioctl(fd, FIONREAD, &queued) < 0 || queued != 0)) {
+        *st = TAS_SHIM_BUSY;
+        return 0;
+    }
     if (__atomic_load_n(&af->flags, __ATOMIC_ACQUIRE) & TAS_AF_RESET) {
         *st = TAS_SHIM_ODD;
         return 0;

@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import atexit
 import errno
-import fcntl
 import logging
 import os
 import select
 import socket
-import struct
-import termios
 import threading
 import time
 from collections import deque
@@ -214,9 +211,7 @@ class Runtime:
             if ctx._closed or conn._state != "connected" or conn._shut_wr or conn._gone or conn._reset:
                 return 0  # the pair path reports it as the kernel would
             try:
-                if _unread(link.inner):
-                    return 0
-                n, st = self._io.send(conn, data)
+                n, st = self._io.send(conn, link.fd, data)  # (BUSY: the pair holds bytes)
             except (OSError, ValueError, TypeError):
                 return 0
             if st & shimio.UNPOSTED:
@@ -248,6 +243,7 @@ class Runtime:
         ctl = self.stack.control_fileno()
         P.register(ctl, select.POLLIN)
         full = ctl_ready = True
+        rang = False
         touched: set[int] = set()
         while not self._stopped:
             try:
@@ -255,8 +251,8 @@ class Runtime:
                     self._take_adds()
                     full = True
                 # the control socket is read only when poll() said so
-                ready, lost = ctx.poll_ready(ctl_ready)
-                ctl_ready = False
+                ready, lost = ctx.poll_ready(ctl_ready, rang)
+                ctl_ready = rang = False
                 if lost or self._exiting:
                     full = True
                 self._pass(ready, touched, full)
@@ -286,10 +282,7 @@ class Runtime:
                             P.unregister(ctl)  # the stack is gone: read once more, then no more
                         continue
                     if fd == cfd:
-                        try:
-                            os.eventfd_read(cfd)  # before the next drain (see above)
-                        except BlockingIOError:
-                            pass
+                        rang = True  # cleared before the next drain (see above)
                         continue
                     if fd == self._wake:
                         try:
@@ -665,11 +658,6 @@ def get() -> Runtime:
             raise OSError(errno.ENETDOWN, f"tas shim: no TAS stack running at {sd} ({e.strerror})") from None
         _runtime = rt
         return rt
-
-
-def _unread(sock: socket.socket) -> int:
-    """Bytes queued in sock for reading (FIONREAD, i.e. SIOCINQ)."""
-    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
 _pid = os.getpid()  # this process's (updated in a forked child: no getpid() per send)

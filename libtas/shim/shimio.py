@@ -1,9 +1,10 @@
 """The shim's byte paths, C kernels (flextcp/csrc/shim_io.c) and their
 Python twins (TAS_PURE=1; compared by tests/test_shim_io.py).
 
-* ``send(ctx, conn, data)``: an app thread's send() straight into the flow's
-  tx buffer plus its ATX update (Runtime.send_direct);
-* ``fwd(ctx, conn, sock, maxn)``: the pump's move of the flow's readable
+* ``send(conn, fd, data)``: an app thread's send() straight into the flow's
+  tx buffer plus its ATX update (Runtime.send_direct), unless the pair's
+  pump end fd still holds bytes the app wrote before (BUSY);
+* ``fwd(conn, sock, maxn)``: the pump's move of the flow's readable
   bytes into the pump end of the app's socketpair, plus the window update
   when one is due (Runtime._service).
 
@@ -18,12 +19,15 @@ status bits below); the caller queues the flow's update on UNPOSTED.
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import struct
+import termios
 
 from flextcp.native import ffi, lib
 from libtas.api import _ATX, _M64, TAS_ATX_UPDATE
 
-EMPTY, AGAIN, GONE, ODD, POSTED, UNPOSTED, DUE = 1, 2, 4, 8, 16, 32, 64
+EMPTY, AGAIN, GONE, ODD, POSTED, UNPOSTED, DUE, BUSY = 1, 2, 4, 8, 16, 32, 64, 128
 _RESET = 2  # TAS_AF_RESET
 _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 _NULL_CTX = ffi.NULL
@@ -40,8 +44,19 @@ def _post_one(post, fl) -> int:
     return UNPOSTED if done[0] == 0 else 0
 
 
-def send_twin(post, fl, txmv, data) -> tuple[int, int]:
+def _unread(fd: int) -> int:
+    """Bytes queued in fd for reading (FIONREAD, i.e. SIOCINQ)."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def send_twin(post, fl, fd: int, txmv, data) -> tuple[int, int]:
     """Python twin of tas_shim_send (txmv: the flow's tx buffer)."""
+    if fd >= 0:
+        try:
+            if _unread(fd):
+                return 0, BUSY
+        except OSError:
+            return 0, BUSY
     af = fl.af
     if af.flags & _RESET:
         return 0, ODD
@@ -119,11 +134,12 @@ class ShimIO:
         self._st = ffi.new("uint32_t *")  # (one per thread: send's, the pump's)
         self._fst = ffi.new("uint32_t *")
 
-    def send(self, conn, data) -> tuple[int, int]:
+    def send(self, conn, fd: int, data) -> tuple[int, int]:
+        """fd: the pump end of the pair (BUSY if it holds bytes), or -1."""
         if self.actx is None:
-            return send_twin(self.ctx._post_twin, conn._fl, conn._tx, data)
+            return send_twin(self.ctx._post_twin, conn._fl, fd, conn._tx, data)
         mv = memoryview(data).cast("B")
-        n = lib.tas_shim_send(self.actx, conn._fl, ffi.from_buffer("uint8_t[]", mv), len(mv), self._st)
+        n = lib.tas_shim_send(self.actx, conn._fl, fd, ffi.from_buffer("uint8_t[]", mv), len(mv), self._st)
         return n, self._st[0]
 
     def fwd(self, conn, sock: socket.socket, maxn: int) -> tuple[int, int]:

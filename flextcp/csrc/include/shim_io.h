@@ -24,15 +24,18 @@
 #define TAS_SHIM_POSTED 16    /* an ATX update was posted */
 #define TAS_SHIM_UNPOSTED 32  /* an update was due but its ring was full: the caller queues it */
 #define TAS_SHIM_DUE 64       /* tas_shim_fwd with c NULL: an update is due, the caller posts it */
+#define TAS_SHIM_BUSY 128     /* tas_shim_send: the pair holds bytes (FIONREAD), nothing copied */
 
-/* Copy as much of src[0..n) as the flow's tx buffer has room for (libtas
+/* If fd >= 0 and FIONREAD on it fails or is not 0 (the socketpair end
+ * still holds bytes the app wrote earlier: they go first), BUSY and
+ * nothing else.  Then copy as much of src[0..n) as the flow's tx buffer has room for (libtas
  * Connection.send with timeout=0 on a connected flow), advance tx_head and
  * post one ATX update (rx_tail, tx_head) on the flow's core, ringing it if
  * armed (tas_app_post).  Nothing is copied if the flow has TAS_AF_RESET
  * (ODD) or a bogus tx_acked.  Returns the bytes copied; *st gets
  * TAS_SHIM_ODD / POSTED / UNPOSTED (posted: rx_posted = rx_tail). */
-uint32_t tas_shim_send(struct tas_app_ctx *c, struct tas_app_flow *f, const uint8_t *src, uint32_t n,
-                       uint32_t *st);
+uint32_t tas_shim_send(struct tas_app_ctx *c, struct tas_app_flow *f, int32_t fd, const uint8_t *src,
+                       uint32_t n, uint32_t *st);
 
 /* Move up to max readable bytes of the flow into fd with
  * send(MSG_DONTWAIT | MSG_NOSIGNAL) (libtas recv_view + send + consume),

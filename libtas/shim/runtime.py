@@ -260,7 +260,7 @@ class Runtime:
                 touched = set()
                 # The doorbell stays armed while the pump works: armed and
                 # re-checked once (prepare_sleep), every later drain (the
-                # ctx.poll() above, after the eventfd was cleared) is a
+                # poll_ready() above, after the eventfd was cleared) is a
                 # re-check, since the fast path rings the eventfd for
                 # whatever it posts after it.  A wake-up then costs no
                 # disarm, re-arm and second drain -- calls that would hand

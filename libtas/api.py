@@ -530,6 +530,11 @@ class Stack:
     def flows(self) -> list[dict]:
         return self._call("flows")[0]["flows"]
 
+    def control_fileno(self) -> int:
+        """The control socket's fd: readable when the stack sent something
+        (for a caller that polls it itself, see Context.poll_ready)."""
+        return self._sock.fileno()
+
     def close(self) -> None:
         """Close every context and the control connection (the stack then
         releases everything this app held)."""
@@ -1252,6 +1257,35 @@ class Context:
             lock.release()
         return r
 
+    def poll_ready(self, events: bool = True, clear: bool = False) -> tuple[set[int], bool]:
+        """poll(), then ready_flows() and hints_lost(), under one lock (the
+        socket shim pump's step).  ``events=False``: without reading the
+        control socket (events an earlier read queued are processed), for
+        a caller that watches ``stack.control_fileno()`` itself.
+        ``clear``: first clear the eventfd (fileno(), it was readable; in
+        the drain's C call), for a caller that sleeps on it armed."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            self._check_open()
+            if events:
+                self.stack._drain_events()
+            if self._events:
+                self._process_events()
+            if clear and self._actx is None:
+                try:
+                    os.eventfd_read(self.evfd)
+                except BlockingIOError:
+                    pass
+            self._poll_arx(lib.TAS_APP_WAKE_CLEAR if clear else 0)
+            if self._updates or self.stack._closes:
+                self._flush()
+            r, self._ready = self._ready, set()
+            lost, self._hints_lost = self._hints_lost, False
+        finally:
+            lock.release()
+        return r, lost
+
     def hints_lost(self) -> bool:
         """True (once) if notifications may have been lost since the last
         call: an ARX ring was found full, so ready_flows() may miss flows;
@@ -1457,6 +1491,11 @@ class Listener:
             if not self.ctx._closed:
                 self.ctx._poll_locked()
             return len(self._queue)
+
+    def queued(self) -> int:
+        """Connections already queued for accept() (no poll: for callers
+        that poll the context themselves, e.g. the socket shim's pump)."""
+        return len(self._queue)
 
     def accept(self, timeout: float | None = None) -> Connection:
         """The next established connection.  timeout=0: BlockingIOError if

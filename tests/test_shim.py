@@ -380,3 +380,17 @@ def test_direct_and_pair_sends_keep_their_order(tas):
     assert got["rx_bytes"] == res["bytes"], f"received {got['rx_bytes']} of {res['bytes']} bytes"
     assert got["rx_sha256"] == res["sha256"], "bytes arrived in another order (or differ)"
     assert res["epipe"] == "EPIPE"
+
+
+def test_accepted_sockets_report_resets(tas):
+    """Every accepted socket is linked to its stack connection from its
+    first call, even when the app accepts while the pump is still inside
+    connect() (it used to fall back to the socketpair for good: no direct
+    sends, and a peer's RST read as plain EOF)."""
+    n = 30
+    srv = tas_run(tas, "accept-many", PY, APPS / "accept_many.py", 7160, n, ready="listening")
+    cli = linux(tas, "rst-client", PY, "-u", APPS / "linux_helper.py", "rst_client", 7160, STACK_IP, n)
+    assert cli.result(60)["echoed"] == n
+    res = srv.result(60)
+    assert res["echoed"] == 5 * n
+    assert res["outcomes"] == {"ConnectionResetError": n}, res

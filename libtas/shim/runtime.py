@@ -26,20 +26,21 @@ from __future__ import annotations
 
 import atexit
 import errno
-import fcntl
 import logging
 import os
 import select
 import socket
-import struct
-import termios
 import threading
 import time
 from collections import deque
 
+from libtas.shim import shimio
+
 log = logging.getLogger("libtas.shim")
 
 _BUF = 256 << 10
+_FWD_MAX = 1 << 20  # bytes tas_shim_fwd moves per call (then the other links get a turn)
+_AF_FIN_RESET = 3  # TAS_AF_RX_FIN | TAS_AF_RESET
 
 
 def _ctx_buf() -> int | None:
@@ -65,6 +66,10 @@ _EXIT_DRAIN = 10.0  # seconds the interpreter exit waits for app data to reach t
 CONNECTING, ESTABLISHED, FAILED, DONE = "connecting", "established", "failed", "done"
 
 
+_SET = threading.Event()
+_SET.set()
+
+
 class Link:
     """One stack connection and the pump's end of the app's socketpair."""
 
@@ -76,7 +81,8 @@ class Link:
         self.junk = junk  # filler bytes written by connect() so the app fd is not writable yet
         self.error = 0  # connect failure (SO_ERROR)
         self.reset = 0  # errno of a reset
-        self.outcome = threading.Event()  # connect finished (either way)
+        # connect finished (either way); born established: already set
+        self.outcome = threading.Event() if state == CONNECTING else _SET
         self.app_eof = False  # the app shut down writing (or closed)
         self.app_gone = False  # every app fd closed (POLLHUP / EPIPE)
         self.stack_eof = False  # peer FIN passed on (pump end shut down for writing)
@@ -134,6 +140,9 @@ class Runtime:
         self._lock = threading.Lock()
         self._adds: list = []
         self.links: dict[int, Link] = {}
+        self.by_fid: dict[int, Link] = {}  # flow id -> link (ready_flows() names flows)
+        self._connecting: set[Link] = set()
+        self._fresh: list[Link] = []  # links added since the last pass
         self.listeners: list[ListenLink] = []
         self.accepted: dict[str, Link] = {}
         self._counter = 0
@@ -143,6 +152,7 @@ class Runtime:
         self._exiting = False
         self._stopped = False
         self._error_logged = False
+        self._io = shimio.ShimIO(self.ctx)
         self._thread = threading.Thread(target=self._run, name="tas-shim-pump", daemon=True)
         self._thread.start()
         atexit.register(self._atexit)
@@ -191,17 +201,24 @@ class Runtime:
         allowed only while the pair holds nothing the app wrote before (its
         bytes must reach the stack first).  The pump moves pair -> stack under
         the context lock, so checking the pair and writing here under the same
-        lock keeps the app's byte order.  Returns bytes taken (0: use the pair)."""
+        lock keeps the app's byte order.  The copy and the flow's update are
+        one C call (tas_shim_send).  Returns bytes taken (0: use the pair)."""
         if link.state != ESTABLISHED or link.app_eof or link.app_gone or link.junk:
             return 0
         ctx = self.ctx
+        conn = link.conn
         with ctx._lock:
+            if ctx._closed or conn._state != "connected" or conn._shut_wr or conn._gone or conn._reset:
+                return 0  # the pair path reports it as the kernel would
             try:
-                if _unread(link.inner):
-                    return 0
-                return link.conn.send(data, timeout=0)
-            except (OSError, ValueError):
-                return 0  # full, reset, closed: the pair path reports it as the kernel would
+                n, st = self._io.send(conn, link.fd, data)  # (BUSY: the pair holds bytes)
+            except (OSError, ValueError, TypeError):
+                return 0
+            if st & shimio.UNPOSTED:
+                ctx._queue_update(conn)
+            if ctx._updates or ctx.stack._closes:
+                ctx._flush()
+            return n
 
     def take_accepted(self, token: str) -> Link | None:
         with self._lock:
@@ -209,38 +226,118 @@ class Runtime:
 
     # -- the pump -----------------------------------------------------------------
     def _run(self) -> None:
+        """The pump's loop.  A pass services only what may have changed: the
+        links of the flows the context names (ready_flows(): data, acks,
+        FIN, state changes), the links whose pair end poll() reported, the
+        connecting ones and the listeners with queued connections; a full
+        pass (every link) follows new links, a wake-up eventfd write
+        (abort, listener close, exit), lost hints and an idle poll()
+        timeout.  Then sleep in poll() (doorbell armed, see below): the
+        masks are level-triggered, so nothing left over is missed."""
         ctx = self.ctx
         P = self._poller
-        P.register(ctx.fileno(), select.POLLIN)
+        cfd = ctx.fileno()
+        hdr = ctx._hdr
+        P.register(cfd, select.POLLIN)
         P.register(self._wake, select.POLLIN)
+        ctl = self.stack.control_fileno()
+        P.register(ctl, select.POLLIN)
+        full = ctl_ready = True
+        rang = False
+        touched: set[int] = set()
         while not self._stopped:
             try:
-                self._take_adds()
-                if self._service_all():
+                if self._adds:
+                    self._take_adds()
+                    full = True
+                # the control socket is read only when poll() said so
+                ready, lost = ctx.poll_ready(ctl_ready, rang)
+                ctl_ready = rang = False
+                if lost or self._exiting:
+                    full = True
+                self._pass(ready, touched, full)
+                full = False
+                touched = set()
+                # The doorbell stays armed while the pump works: armed and
+                # re-checked once (prepare_sleep), every later drain (the
+                # poll_ready() above, after the eventfd was cleared) is a
+                # re-check, since the fast path rings the eventfd for
+                # whatever it posts after it.  A wake-up then costs no
+                # disarm, re-arm and second drain -- calls that would hand
+                # the GIL to the app thread the pump has just woken.  Armed
+                # again in full if a libtas wait of an app thread disarmed it.
+                if hdr.app_armed != 1 and ctx.prepare_sleep():
                     continue
-                if ctx.prepare_sleep():
-                    ctx.finish_sleep()
+                # (hints or events an app thread's call took meanwhile: no sleep)
+                if ctx._ready or ctx._events:
                     continue
-                retry = any(ll.pending for ll in self.listeners)
-                for link in self.links.values():
-                    self._set_mask(link)
+                retry = self.listeners and any(ll.pending for ll in self.listeners)
                 events = P.poll(10 if retry else 1000)
-                ctx.finish_sleep()
-                try:
-                    os.eventfd_read(self._wake)
-                except BlockingIOError:
-                    pass
+                if not events:
+                    full = ctl_ready = True
                 for fd, ev in events:
+                    if fd == ctl:
+                        ctl_ready = True
+                        if ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                            P.unregister(ctl)  # the stack is gone: read once more, then no more
+                        continue
+                    if fd == cfd:
+                        rang = True  # cleared before the next drain (see above)
+                        continue
+                    if fd == self._wake:
+                        try:
+                            os.eventfd_read(self._wake)
+                        except BlockingIOError:
+                            pass
+                        full = True
+                        continue
                     link = self.links.get(fd)
-                    if link is not None and ev & (select.POLLHUP | select.POLLERR):
+                    if link is None:
+                        continue
+                    touched.add(fd)
+                    if ev & (select.POLLHUP | select.POLLERR):
                         link.app_gone = True
                         self._unregister(link)
             except OSError as e:
                 if e.errno == errno.EBADF and getattr(self.ctx, "_closed", False):
                     return  # context closed (interpreter exit)
+                full = ctl_ready = True
                 self._log_error(e)
             except Exception as e:  # never die silently: the app would hang
+                full = ctl_ready = True
                 self._log_error(e)
+
+    def _pass(self, ready: set, touched: set, full: bool) -> None:
+        """Service the listeners with work and the links that may have
+        changed (all of them if full), then update their poll masks."""
+        for ll in list(self.listeners):
+            if ll.closed or ll.pending or ll.lst.queued():
+                self._service_listener(ll)
+        links = self.links
+        if full:
+            todo = dict(links)
+        else:
+            todo = {}
+            by_fid = self.by_fid
+            for fid in ready:
+                link = by_fid.get(fid)
+                if link is not None and link.fd in links:
+                    todo[link.fd] = link
+            for fd in touched:
+                link = links.get(fd)
+                if link is not None:
+                    todo[fd] = link
+            for link in self._connecting:
+                todo[link.fd] = link
+            for link in self._fresh:
+                todo[link.fd] = link
+        self._fresh = []
+        for fd, link in todo.items():
+            if link.state == DONE or links.get(fd) is not link:
+                continue
+            self._service(link, full or fd in touched)
+            if link.state != DONE:
+                self._set_mask(link)
 
     def _log_error(self, e: BaseException) -> None:
         if not self._error_logged:
@@ -253,18 +350,25 @@ class Runtime:
             adds, self._adds = self._adds, []
         for kind, obj in adds:
             if kind == "link":
-                self.links[obj.fd] = obj
-                obj.mask = 0
-                self._poller.register(obj.fd, 0)
+                self._add(obj)
             else:
                 self.listeners.append(obj)
+
+    def _add(self, link: Link) -> None:
+        self.links[link.fd] = link
+        self.by_fid[link.conn.flow_id] = link
+        if link.state == CONNECTING:
+            self._connecting.add(link)
+        link.mask = 0
+        self._poller.register(link.fd, 0)
+        self._fresh.append(link)  # serviced in this pass: its hints may be gone already
 
     def _set_mask(self, link: Link) -> None:
         if link.mask < 0 or link.app_gone:
             return
         m = 0
         if link.state == ESTABLISHED:
-            if not link.app_eof and link.conn.tx_space() > 0:
+            if not link.app_eof and link.conn._tx_free() > 0:  # (no lock: a hint)
                 m |= select.POLLIN
             if link.want_out and not link.stack_eof:
                 m |= select.POLLOUT
@@ -279,15 +383,6 @@ class Runtime:
                 self._poller.unregister(link.fd)
             except (KeyError, ValueError):
                 pass
-
-    def _service_all(self) -> bool:
-        progress = self.ctx.poll() > 0
-        if self.listeners:
-            for ll in list(self.listeners):
-                progress |= self._service_listener(ll)
-        for link in list(self.links.values()):
-            progress |= self._service(link)
-        return progress
 
     def _service_listener(self, ll: ListenLink) -> bool:
         if ll.closed:
@@ -307,28 +402,29 @@ class Runtime:
             inner = socket.socket(
                 socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
             )
+            link = Link(conn, inner, ESTABLISHED)
             with self._lock:
                 self._counter += 1
                 token = self._counter
+                # before connect(): the app's accept() may run as soon as
+                # connect() wakes it, and must find its link (send_direct,
+                # resets), not fall back to the pair for good
+                link.token = f"{self.pid}/{token}"
+                self.accepted[link.token] = link
             try:
                 inner.bind(_fmt_name(self.pid, token, conn.local_address, conn.remote_address))
                 inner.connect(ll.addr)
-            except BlockingIOError:  # the app's accept backlog is full: retry soon
+            except OSError as e:
+                with self._lock:
+                    self.accepted.pop(link.token, None)
                 inner.close()
-                ll.pending.appendleft(conn)
-                break
-            except OSError:  # the app's listening socket is gone
-                inner.close()
-                conn._abort_quiet()
+                if isinstance(e, BlockingIOError):  # the app's accept backlog is full: retry soon
+                    ll.pending.appendleft(conn)
+                    break
+                conn._abort_quiet()  # the app's listening socket is gone
                 progress = True
                 continue
-            link = Link(conn, inner, ESTABLISHED)
-            link.token = f"{self.pid}/{token}"
-            with self._lock:
-                self.accepted[link.token] = link
-            self.links[link.fd] = link
-            link.mask = 0
-            self._poller.register(link.fd, 0)
+            self._add(link)
             progress = True
         return progress
 
@@ -337,6 +433,9 @@ class Runtime:
         link.outcome.set()
         self._unregister(link)
         self.links.pop(link.fd, None)
+        self._connecting.discard(link)
+        if self.by_fid.get(link.conn.flow_id) is link:
+            del self.by_fid[link.conn.flow_id]
         if link.token:
             with self._lock:
                 self.accepted.pop(link.token, None)
@@ -360,7 +459,10 @@ class Runtime:
                 break
             link.junk -= n
 
-    def _service(self, link: Link) -> bool:
+    def _service(self, link: Link, look: bool = True) -> bool:
+        """Move what can move for one link.  look=False: poll() did not
+        report the pair end, so if it was watched for input (POLLIN in the
+        mask) the app wrote nothing into the pair: skip reading it."""
         conn = link.conn
         progress = False
         if link.abort_req:
@@ -373,9 +475,11 @@ class Runtime:
                 return False
             # Record the outcome before draining the filler: draining makes the app's fd
             # writable, and a woken app must already see SO_ERROR / the connected state.
+            self._connecting.discard(link)
             if st == "connected":
                 link.state = ESTABLISHED
                 link.outcome.set()
+                look = True
                 self._drain_junk(link)
                 progress = True
             else:
@@ -385,8 +489,40 @@ class Runtime:
                 self._drain_junk(link)
                 self._finish(link)
                 return True
-        # stack -> app
-        while not link.stack_eof and not link.app_gone:
+        # stack -> app: one C call per batch (tas_shim_fwd); the Python
+        # loop below only for what it leaves (a reset, a bogus position)
+        slow = True
+        if not link.stack_eof and not link.app_gone and conn._state == "connected" and not conn._gone:
+            ctx = self.ctx
+            if ctx._closed:
+                raise OSError(errno.EBADF, "context closed")
+            n, st = self._io.fwd(conn, link.inner, _FWD_MAX)
+            if st & shimio.DUE:
+                with ctx._lock:
+                    if not ctx._closed:
+                        ctx._queue_update(conn)
+                        ctx._flush()
+            if n:
+                progress = True
+            slow = bool(st & shimio.ODD)
+            if st & shimio.GONE:
+                link.app_gone = True
+                self._unregister(link)
+            elif st & shimio.AGAIN:
+                link.want_out = True
+            elif not st & shimio.ODD:
+                link.want_out = not st & shimio.EMPTY  # (max moved: come back when writable)
+                if st & shimio.EMPTY and conn._af.flags & _AF_FIN_RESET:
+                    if conn._is_reset():
+                        return self._on_reset(link, conn._reset)
+                    if conn.at_eof:
+                        try:
+                            link.inner.shutdown(socket.SHUT_WR)
+                        except OSError:
+                            pass
+                        link.stack_eof = True
+                        progress = True
+        while slow and not link.stack_eof and not link.app_gone:
             try:
                 view = conn.recv_view()
             except ConnectionResetError as e:
@@ -437,6 +573,10 @@ class Runtime:
         # app -> stack, under the context lock: an app thread's direct send
         # (send_direct) then never lands between bytes read from the pair and
         # their send into the flow
+        if not look and link.mask > 0 and link.mask & select.POLLIN and not link.app_eof:
+            if conn._is_reset():
+                return self._on_reset(link, conn._reset)
+            return progress
         with self.ctx._lock:
             while not link.app_eof:
                 if conn._is_reset():
@@ -457,10 +597,14 @@ class Runtime:
                 if n == 0:
                     link.app_eof = True
                     progress = True
-                    try:
-                        conn.shutdown(socket.SHUT_WR)
-                    except OSError:
-                        pass
+                    if not (link.stack_eof or link.app_gone):
+                        # a half-close: FIN now, the flow stays open.  Else the
+                        # flow is closed below, which sends the FIN after the
+                        # data as well (no shutdown round trip to the stack).
+                        try:
+                            conn.shutdown(socket.SHUT_WR)
+                        except OSError:
+                            pass
                     break
                 try:
                     conn.send(self._bufmv[:n], timeout=0)
@@ -516,14 +660,12 @@ def get() -> Runtime:
         return rt
 
 
-def _unread(sock: socket.socket) -> int:
-    """Bytes queued in sock for reading (FIONREAD, i.e. SIOCINQ)."""
-    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+_pid = os.getpid()  # this process's (updated in a forked child: no getpid() per send)
 
 
 def current() -> Runtime | None:
     rt = _runtime
-    return rt if rt is not None and rt.pid == os.getpid() else None
+    return rt if rt is not None and rt.pid == _pid else None
 
 
 def _after_fork_in_child() -> None:
@@ -531,7 +673,8 @@ def _after_fork_in_child() -> None:
     # not usable here: forget it without touching it.  Inherited shim sockets
     # keep working through the parent's pump (their fds are kernel sockets);
     # new stack sockets in the child get a runtime of their own.
-    global _runtime, _runtime_lock
+    global _runtime, _runtime_lock, _pid
+    _pid = os.getpid()
     _runtime = None
     _runtime_lock = threading.Lock()
 

@@ -267,25 +267,35 @@ def test_entry_sizes():
 FLOW_AREA = 64 + 2 * 64  # per flow: appflow block, rx and tx buffers of at most 64 bytes
 
 
+def flow_positions(draw, one_in: int) -> dict:
+    """A flow as an app's kernels see it: buffer sizes, positions, appflow
+    flags and the rx buffer's bytes; about one draw in ``one_in`` gives
+    positions no fast path would write (the kernels must refuse them)."""
+    rx_len = draw(st.sampled_from([8, 16, 64]))
+    tx_len = draw(st.sampled_from([8, 16, 64]))
+    rx_tail = draw(st.integers(0, 1 << 20))
+    bogus = draw(st.integers(0, one_in - 1)) == 0
+    rx_head = rx_tail + (rx_len + draw(st.integers(1, 50)) if bogus else draw(st.integers(0, rx_len)))
+    tx_head = draw(st.integers(0, 1 << 20))
+    used = draw(st.integers(0, tx_len)) if draw(st.integers(0, one_in - 1)) else tx_len + draw(st.integers(1, 50))
+    return {
+        "rx_len": rx_len, "tx_len": tx_len, "rx_tail": rx_tail, "rx_head": rx_head,
+        "tx_head": tx_head, "tx_acked": tx_head - used, "flags": draw(st.sampled_from([0, 0, 0, 1, 2, 3])),
+        "rx_data": draw(st.binary(min_size=rx_len, max_size=rx_len)),
+    }  # fmt: skip
+
+
 @st.composite
 def _echo_states(draw):
     n_cores, slots, per_core, armed, fp_armed = draw(_states())
     flows = []
     for fid in range(draw(st.integers(1, 6))):
-        rx_len = draw(st.sampled_from([8, 16, 64]))
-        tx_len = draw(st.sampled_from([8, 16, 64]))
-        rx_tail = draw(st.integers(0, 1 << 20))
-        bogus = draw(st.integers(0, 19)) == 0
-        rx_head = rx_tail + (rx_len + draw(st.integers(1, 50)) if bogus else draw(st.integers(0, rx_len)))
-        tx_head = draw(st.integers(0, 1 << 20))
-        used = draw(st.integers(0, tx_len)) if draw(st.integers(0, 19)) else tx_len + draw(st.integers(1, 50))
-        flows.append({
-            "fid": fid, "core": draw(st.integers(0, n_cores)), "rx_len": rx_len, "tx_len": tx_len,
-            "rx_tail": rx_tail, "rx_head": rx_head, "tx_head": tx_head, "tx_acked": tx_head - used,
-            "flags": draw(st.sampled_from([0, 0, 0, 1, 2, 3])),
+        f = flow_positions(draw, 20)
+        f.update({
+            "fid": fid, "core": draw(st.integers(0, n_cores)),
             "in_table": draw(st.integers(0, 9)) > 0, "echo": draw(st.integers(0, 9)) > 0,
-            "rx_data": draw(st.binary(min_size=rx_len, max_size=rx_len)),
         })  # fmt: skip
+        flows.append(f)
     ids = draw(st.lists(st.integers(0, len(flows) + 1), max_size=12))
     return n_cores, slots, per_core, armed, fp_armed, flows, ids
 

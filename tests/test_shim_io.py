@@ -11,7 +11,7 @@ import types
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_app_wait import _prepare, _ring_off, _states
+from test_app_wait import _prepare, _ring_off, _states, flow_positions
 
 import libtas.api as api
 from flextcp.native import ffi, lib
@@ -33,19 +33,9 @@ def test_status_bits_match_the_header():
 
 @st.composite
 def _flow(draw):
-    rx_len = draw(st.sampled_from([8, 16, 64]))
-    tx_len = draw(st.sampled_from([8, 16, 64]))
-    rx_tail = draw(st.integers(0, 1 << 20))
-    bogus_rx = draw(st.integers(0, 15)) == 0
-    rx_head = rx_tail + (rx_len + draw(st.integers(1, 50)) if bogus_rx else draw(st.integers(0, rx_len)))
-    tx_head = draw(st.integers(0, 1 << 20))
-    used = draw(st.integers(0, tx_len)) if draw(st.integers(0, 15)) else tx_len + draw(st.integers(1, 50))
-    return {
-        "rx_len": rx_len, "tx_len": tx_len, "rx_tail": rx_tail, "rx_head": rx_head,
-        "rx_posted": rx_tail - draw(st.integers(0, min(rx_tail, 2 * rx_len))),
-        "tx_head": tx_head, "tx_acked": tx_head - used, "flags": draw(st.sampled_from([0, 0, 0, 1, 2, 3])),
-        "rx_data": draw(st.binary(min_size=rx_len, max_size=rx_len)),
-    }  # fmt: skip
+    f = flow_positions(draw, 16)
+    f["rx_posted"] = f["rx_tail"] - draw(st.integers(0, min(f["rx_tail"], 2 * f["rx_len"])))
+    return f
 
 
 def _side_flow(side, base: int, f: dict, core: int):

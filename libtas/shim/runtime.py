@@ -443,6 +443,14 @@ class Runtime:
             link.conn._close_quiet()
         link.inner.close()
 
+    def _stack_eof(self, link: Link) -> None:
+        """The peer's FIN has been read out of the flow: the app reads EOF."""
+        try:
+            link.inner.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        link.stack_eof = True
+
     def _on_reset(self, link: Link, err: int) -> bool:
         link.reset = err or errno.ECONNRESET
         link.conn._close_quiet()
@@ -516,11 +524,7 @@ class Runtime:
                     if conn._is_reset():
                         return self._on_reset(link, conn._reset)
                     if conn.at_eof:
-                        try:
-                            link.inner.shutdown(socket.SHUT_WR)
-                        except OSError:
-                            pass
-                        link.stack_eof = True
+                        self._stack_eof(link)
                         progress = True
         while slow and not link.stack_eof and not link.app_gone:
             try:
@@ -535,11 +539,7 @@ class Runtime:
                 if conn._is_reset():
                     return self._on_reset(link, conn._reset)
                 if conn.at_eof:
-                    try:
-                        link.inner.shutdown(socket.SHUT_WR)
-                    except OSError:
-                        pass
-                    link.stack_eof = True
+                    self._stack_eof(link)
                     progress = True
                 break
             try:

@@ -503,14 +503,9 @@ class Context:
         if app.bin_events and app._deferred is None and self.server._loop is not None:
             if app.dead:
                 return
-            app._evbuf.append(_EV_NEWCONN.pack(
+            app.queue_record(self, _EV_NEWCONN.pack(
                 1, conn.core, conn.gen, self.ctx_id, fid, listener, conn.appflow_off, conn.rx_off, conn.rx_len,
                 conn.tx_off, conn.tx_len, engine.local_ip_int, conn.remote_ip, conn.local_port, conn.remote_port))
-            app._ev_ctxs[self.ctx_id] = self
-            if len(app._evbuf) >= ctlproto.EV_BATCH_MAX:  # a full message: send it now
-                app.flush_events()
-            else:
-                self.server.events_pending(app)
             return
         app.send_event(self, {"ev": "newconn", "ctx": self.ctx_id, "listener": listener,
                               "flow": engine.flow_info(conn)})
@@ -667,15 +662,21 @@ class App:
             except ProtocolError:
                 log.exception("app %d: event not encodable: %r", self.app_id, msg)
                 return
-            self._evbuf.append(rec)
-            self._ev_ctxs[ctx.ctx_id] = ctx
-            if len(self._evbuf) >= ctlproto.EV_BATCH_MAX:  # a full message: send it now
-                self.flush_events()
-            else:
-                self.server.events_pending(self)
+            self.queue_record(ctx, rec)
             return
         self.send(msg)
         ctx.ring()
+
+    def queue_record(self, ctx: Context, rec: bytes) -> None:
+        """A binary event record for ctx, sent with the others of this loop
+        pass (one message, each context's eventfd rung once) or at once when
+        the batch is full."""
+        self._evbuf.append(rec)
+        self._ev_ctxs[ctx.ctx_id] = ctx
+        if len(self._evbuf) >= ctlproto.EV_BATCH_MAX:  # a full message: send it now
+            self.flush_events()
+        else:
+            self.server.events_pending(self)
 
     def flush_events(self) -> None:
         """Send the gathered event records (one message per EV_BATCH_MAX)
